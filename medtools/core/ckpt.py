@@ -1,0 +1,179 @@
+"""safetensors checkpoints with medtools metadata; models are rebuilt from config alone.
+
+``__metadata__`` (string → string) holds ``medtools.kind``, ``medtools.version``,
+``medtools.config`` (JSON), ``medtools.norm`` (JSON) and provenance keys. Loading checks
+the kind; any problem (missing, truncated, wrong kind, config that does not build) is a
+CheckpointError → exit 3. No pickles, ever.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medtools.core.errors import CheckpointError
+from medtools.core.io import atomic_path
+
+# kind → "module:function" that builds the model from **config. Plain data, torch-free.
+BUILDERS: dict[str, str] = {
+    "seg": "medtools.brain.models:build_segmenter",
+    "reid": "medtools.brain.models:build_classifier",
+    "cls": "medtools.brain.models:build_classifier",
+    "ddpm": "medtools.synth.models:build_unet",
+    "ae-image": "medtools.collab.models:build_autoencoder",
+    "ae-mask": "medtools.collab.models:build_autoencoder",
+    "umn": "medtools.collab.models:build_umn",
+    "test": "medtools.core.ckpt:_build_test_model",
+}
+KINDS = tuple(BUILDERS) + ("klt-key",)
+
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    kind: str
+    config: dict[str, Any]
+    norm: dict[str, Any]
+    metadata: dict[str, str]
+    tensors: dict[str, Any] = field(default_factory=dict)  # name → torch.Tensor
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return {k[len("medtools."):]: _maybe_json(v) for k, v in self.metadata.items() if k.startswith("medtools.") and k not in ("medtools.kind", "medtools.config", "medtools.norm")}
+
+
+def _maybe_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return text
+
+
+def clean_state_dict(state: dict[str, Any]) -> dict[str, Any]:
+    """Strip DDP/compile prefixes and make tensors contiguous, unshared copies."""
+    cleaned = {}
+    for name, tensor in state.items():
+        for prefix in _PREFIXES:
+            while name.startswith(prefix):
+                name = name[len(prefix):]
+            name = name.replace("." + prefix, ".")
+        cleaned[name] = tensor.detach().cpu().contiguous().clone()
+    return cleaned
+
+
+def save(
+    path: Path | str,
+    tensors: dict[str, Any],
+    *,
+    kind: str,
+    config: dict[str, Any],
+    norm: dict[str, Any] | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically. ``tensors`` is a state dict (prefixes are stripped)."""
+    from safetensors.torch import save_file
+
+    import medtools
+
+    metadata = {
+        "medtools.kind": kind,
+        "medtools.version": medtools.__version__,
+        "medtools.config": json.dumps(config, sort_keys=True),
+        "medtools.norm": json.dumps(norm or {}, sort_keys=True),
+    }
+    for key, value in (provenance or {}).items():
+        metadata[f"medtools.{key}"] = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(clean_state_dict(tensors), str(tmp), metadata=metadata)
+    return path
+
+
+def read_metadata(path: Path | str) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file without loading tensors (fast, torch-free)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with open(path, "rb") as handle:
+            size_bytes = handle.read(8)
+            if len(size_bytes) != 8:
+                raise ValueError("file too short")
+            size = int.from_bytes(size_bytes, "little")
+            if size <= 0 or size > 100_000_000 or size + 8 > path.stat().st_size:
+                raise ValueError("bad header length")
+            header = json.loads(handle.read(size))
+        data_end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + size + data_end > path.stat().st_size:
+            raise ValueError("file is truncated")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a valid safetensors checkpoint ({exc})") from None
+    return dict(header.get("__metadata__") or {})
+
+
+def load(path: Path | str, *, kind: str | tuple[str, ...] | None = None, tensors: bool = True) -> Checkpoint:
+    """Read a checkpoint; check its kind. ``kind`` may be a tuple of acceptable kinds."""
+    path = Path(path)
+    metadata = read_metadata(path)
+    found = metadata.get("medtools.kind")
+    if found is None:
+        raise CheckpointError(f"{path} is not a medtools checkpoint (no medtools.kind in its metadata)")
+    wanted = (kind,) if isinstance(kind, str) else kind
+    if wanted and found not in wanted:
+        raise CheckpointError(f"{path}: expected a {' or '.join(wanted)} checkpoint, found kind {found!r}")
+    try:
+        config = json.loads(metadata.get("medtools.config", "{}"))
+        norm = json.loads(metadata.get("medtools.norm", "{}"))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: corrupt medtools.config/norm metadata ({exc})") from None
+    ckpt = Checkpoint(path=path, kind=found, config=config, norm=norm, metadata=metadata)
+    if tensors:
+        from safetensors.torch import load_file
+
+        try:
+            ckpt.tensors = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: cannot read tensors ({exc})") from None
+    return ckpt
+
+
+def build_model(ckpt: Checkpoint, *, load_weights: bool = True):
+    """Rebuild the model as BUILDERS[kind](**config) and load its weights (strict)."""
+    spec = BUILDERS.get(ckpt.kind)
+    if spec is None:
+        raise CheckpointError(f"{ckpt.path}: kind {ckpt.kind!r} has no model to build")
+    module_name, func_name = spec.split(":")
+    builder = getattr(importlib.import_module(module_name), func_name)
+    try:
+        model = builder(**ckpt.config)
+    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{ckpt.path}: config does not build a {ckpt.kind} model ({exc})") from None
+    if load_weights:
+        try:
+            model.load_state_dict(ckpt.tensors, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0:3]
+            raise CheckpointError(f"{ckpt.path}: weights do not match the config ({' '.join(first)})") from None
+    model.eval()
+    return model
+
+
+def load_model(path: Path | str, kind: str | tuple[str, ...], device: Any = None):
+    """Checkpoint + rebuilt model on ``device`` in eval mode."""
+    ckpt = load(path, kind=kind)
+    model = build_model(ckpt)
+    if device is not None:
+        model = model.to(device)
+    return ckpt, model
+
+
+def _build_test_model(in_features: int = 4, out_features: int = 2):
+    """A tiny model used by the checkpoint tests."""
+    import torch
+
+    return torch.nn.Linear(in_features, out_features)

@@ -1,0 +1,276 @@
+"""Datasets built from manifests: 2-D slices of (multi-modal) volumes, 2-D images, patient splits.
+
+Volumes are normalised per volume and modality (percentile window → [0, 1]); the method
+is recorded in the checkpoint's ``medtools.norm`` so inference does exactly the same.
+The slice cache is built once per dataset (arrays in memory, float16 for images); data
+sets larger than memory should be sharded by patient.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtools.core.errors import InputError, UsageError
+from medtools.core.io import as_volume, normalise_intensity, read_image
+
+DEFAULT_NORM = {"method": "percentile", "low": 0.5, "high": 99.5}
+
+
+def split_by_patient(rows: Sequence[dict[str, str]], val_fraction: float, seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Patient-wise split: no patient in both parts. At least one patient in each when possible."""
+    patients = sorted({r["patient"] for r in rows})
+    rng = random.Random(seed)
+    rng.shuffle(patients)
+    n_val = int(round(len(patients) * val_fraction))
+    if val_fraction > 0 and len(patients) > 1:
+        n_val = min(max(1, n_val), len(patients) - 1)
+    else:
+        n_val = 0
+    val_patients = set(patients[:n_val])
+    train = [r for r in rows if r["patient"] not in val_patients]
+    val = [r for r in rows if r["patient"] in val_patients]
+    return train, val
+
+
+def select_rows(rows: Sequence[dict[str, str]], *, visits: Sequence[str] | None = None, patients: Sequence[str] | None = None) -> list[dict[str, str]]:
+    out = list(rows)
+    if visits:
+        out = [r for r in out if r.get("visit") in set(visits)]
+    if patients:
+        out = [r for r in out if r["patient"] in set(patients)]
+    return out
+
+
+def normalise_volume(volume: np.ndarray, norm: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
+    """Apply a recorded normalisation to one modality volume; returns the window used."""
+    method = norm.get("method", "percentile")
+    if method == "percentile":
+        return normalise_intensity(volume, low=float(norm.get("low", 0.5)), high=float(norm.get("high", 99.5)))
+    if method == "minmax":
+        return normalise_intensity(volume, low=0.0, high=100.0)
+    if method == "none":
+        return volume.astype(np.float32), {"low": 0.0, "high": 1.0}
+    raise UsageError(f"unknown normalisation method {method!r}")
+
+
+def resize_slices(array: np.ndarray, size: int | None, *, labels: bool = False) -> np.ndarray:
+    """(N, C, H, W) or (N, H, W) → size×size (bilinear for images, nearest for labels)."""
+    if size is None or array.shape[-2:] == (size, size):
+        return array
+    import torch
+    import torch.nn.functional as F
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    squeeze = tensor.ndim == 3
+    if squeeze:
+        tensor = tensor[:, None]
+    if labels:
+        out = F.interpolate(tensor.float(), size=(size, size), mode="nearest").to(tensor.dtype)
+    else:
+        out = F.interpolate(tensor.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    out = out[:, 0] if squeeze else out
+    return out.numpy()
+
+
+def volume_to_slices(volume: np.ndarray, axis: int = 2) -> np.ndarray:
+    """(x, y, z) → (z, H, W) slices along ``axis`` with the image rows first (y, x transposed for viewing)."""
+    return np.moveaxis(volume, axis, 0)
+
+
+def slices_to_volume(slices: np.ndarray, axis: int = 2) -> np.ndarray:
+    return np.moveaxis(slices, 0, axis)
+
+
+@dataclass
+class SliceSet:
+    """All slices of a list of cases: images (N, C, H, W) float32 [0,1], labels (N, H, W) int64."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    patient_index: np.ndarray  # (N,) index into ``patients``
+    case_index: np.ndarray  # (N,) index into ``cases``
+    slice_index: np.ndarray  # (N,) z index in the volume
+    patients: list[str]
+    cases: list[str]
+    classes: list[str] = field(default_factory=list)
+    class_index: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, mask: np.ndarray) -> "SliceSet":
+        return SliceSet(
+            self.images[mask],
+            None if self.labels is None else self.labels[mask],
+            self.patient_index[mask],
+            self.case_index[mask],
+            self.slice_index[mask],
+            self.patients,
+            self.cases,
+            self.classes,
+            None if self.class_index is None else self.class_index[mask],
+        )
+
+    def torch_dataset(self, target: str = "labels"):
+        """A TensorDataset of (image, target) with target 'labels', 'patient' or 'class'."""
+        import torch
+        from torch.utils.data import TensorDataset
+
+        images = torch.from_numpy(np.ascontiguousarray(self.images, dtype=np.float32))
+        if target == "labels":
+            if self.labels is None:
+                raise InputError("these cases have no label maps")
+            y = torch.from_numpy(self.labels.astype(np.int64))
+        elif target == "patient":
+            y = torch.from_numpy(self.patient_index.astype(np.int64))
+        elif target == "class":
+            if self.class_index is None:
+                raise InputError("these items have no class")
+            y = torch.from_numpy(self.class_index.astype(np.int64))
+        else:
+            raise UsageError(f"unknown target {target!r}")
+        return TensorDataset(images, y)
+
+
+def map_labels(label: np.ndarray, label_map: dict[int, int] | None) -> np.ndarray:
+    """Map raw label values to class indices (e.g. BraTS 0,1,2,4 → 0..3); unknown values → error."""
+    label = np.rint(label).astype(np.int64)
+    if not label_map:
+        return label
+    lut_size = max(max(label_map), int(label.max(initial=0))) + 1
+    lut = np.full(lut_size, -1, dtype=np.int64)
+    for raw, cls in label_map.items():
+        lut[int(raw)] = cls
+    out = lut[np.clip(label, 0, lut_size - 1)]
+    if (out < 0).any() or (label < 0).any():
+        bad = sorted(set(np.unique(label[out < 0]).tolist()))
+        raise InputError(f"label values {bad} are not in the label map {label_map}")
+    return out
+
+
+def load_case_slices(
+    row: dict[str, str],
+    modalities: Sequence[str],
+    *,
+    norm: dict[str, Any] = DEFAULT_NORM,
+    size: int | None = None,
+    label_map: dict[int, int] | None = None,
+    need_label: bool = False,
+    axis: int = 2,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One case → (slices (Z, C, H, W) float32, labels (Z, H, W) int64 or None)."""
+    channels = []
+    shape = None
+    for modality in modalities:
+        if modality not in row:
+            raise InputError(f"case {row.get('case')} has no {modality} (has: {', '.join(k for k in row if k in ('flair', 't1', 't1ce', 't2'))})")
+        volume = as_volume(read_image(row[modality])).astype(np.float32)
+        if shape is not None and volume.shape != shape:
+            raise InputError(f"case {row.get('case')}: {modality} shape {volume.shape} differs from {shape}")
+        shape = volume.shape
+        normed, _ = normalise_volume(volume, norm)
+        channels.append(volume_to_slices(normed, axis))
+    images = np.stack(channels, axis=1)  # (Z, C, H, W)
+    labels = None
+    if "label" in row:
+        label = as_volume(read_image(row["label"]))
+        if label.shape != shape:
+            raise InputError(f"case {row.get('case')}: label shape {label.shape} differs from image {shape}")
+        labels = volume_to_slices(map_labels(label, label_map), axis)
+    elif need_label:
+        raise InputError(f"case {row.get('case')} has no label")
+    images = resize_slices(images, size)
+    if labels is not None:
+        labels = resize_slices(labels, size, labels=True)
+    return images.astype(np.float32), labels
+
+
+def build_slice_set(
+    rows: Sequence[dict[str, str]],
+    modalities: Sequence[str],
+    *,
+    norm: dict[str, Any] = DEFAULT_NORM,
+    size: int | None = None,
+    label_map: dict[int, int] | None = None,
+    need_label: bool = False,
+    skip_empty: bool = True,
+    patients: Sequence[str] | None = None,
+) -> SliceSet:
+    """Slices of all cases (empty slices, where every channel is constant, dropped)."""
+    if not rows:
+        raise InputError("no cases to load")
+    patient_names = list(patients) if patients is not None else sorted({r["patient"] for r in rows})
+    patient_lookup = {p: i for i, p in enumerate(patient_names)}
+    images, labels, p_idx, c_idx, z_idx = [], [], [], [], []
+    cases = []
+    for row in rows:
+        slices, label = load_case_slices(row, modalities, norm=norm, size=size, label_map=label_map, need_label=need_label)
+        keep = np.ones(len(slices), dtype=bool)
+        if skip_empty:
+            flat = slices.reshape(len(slices), -1)
+            keep = flat.max(axis=1) - flat.min(axis=1) > 1e-3
+        case_number = len(cases)
+        cases.append(row.get("case", str(case_number)))
+        images.append(slices[keep])
+        if label is not None:
+            labels.append(label[keep])
+        n = int(keep.sum())
+        p_idx.append(np.full(n, patient_lookup.get(row["patient"], -1)))
+        c_idx.append(np.full(n, case_number))
+        z_idx.append(np.nonzero(keep)[0])
+    return SliceSet(
+        np.concatenate(images),
+        np.concatenate(labels) if len(labels) == len(rows) else None,
+        np.concatenate(p_idx),
+        np.concatenate(c_idx),
+        np.concatenate(z_idx),
+        patient_names,
+        cases,
+    )
+
+
+def load_gray(path: Path | str, size: int | None = None) -> np.ndarray:
+    """A 2-D image (PNG/JPG/DICOM/…) → (H, W) float32 in [0, 1] by its bit depth."""
+    image = read_image(path)
+    array = image.array
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        array = array[..., :3].mean(axis=-1)
+    elif array.ndim == 3:
+        array = array[:, :, array.shape[2] // 2]
+    if image.array.dtype == np.uint8:
+        scaled = array.astype(np.float32) / 255.0
+    elif image.array.dtype == np.uint16:
+        scaled = array.astype(np.float32) / 65535.0
+    else:
+        scaled, _ = normalise_intensity(array.astype(np.float32), low=0.0, high=100.0)
+    if size is not None:
+        scaled = resize_slices(scaled[None, None], size)[0, 0]
+    return scaled.astype(np.float32)
+
+
+def build_image_set(rows: Sequence[dict[str, str]], *, size: int | None = None, classes: Sequence[str] | None = None, patients: Sequence[str] | None = None) -> SliceSet:
+    """2-D images (manifest rows with ``image``) → SliceSet with one channel."""
+    rows = [r for r in rows if "image" in r]
+    if not rows:
+        raise InputError("no 2-D images in these cases (manifest column 'image' is empty)")
+    patient_names = list(patients) if patients is not None else sorted({r["patient"] for r in rows})
+    class_names = list(classes) if classes is not None else sorted({r["class"] for r in rows if r.get("class")})
+    images = np.stack([load_gray(r["image"], size) for r in rows])[:, None]
+    class_lookup = {c: i for i, c in enumerate(class_names)}
+    return SliceSet(
+        images=images,
+        labels=None,
+        patient_index=np.array([patient_names.index(r["patient"]) if r["patient"] in patient_names else -1 for r in rows]),
+        case_index=np.arange(len(rows)),
+        slice_index=np.zeros(len(rows), dtype=np.int64),
+        patients=patient_names,
+        cases=[r.get("case", Path(r["image"]).stem) for r in rows],
+        classes=class_names,
+        class_index=np.array([class_lookup.get(r.get("class", ""), -1) for r in rows]) if class_names else None,
+    )

@@ -1,0 +1,48 @@
+"""Exit codes (shared/DESIGN.md) and the typed errors that map onto them.
+
+The meaning of a number never changes: scripts branch on it.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_PARTIAL = 1  # some items failed, the others were written
+EXIT_USAGE = 2  # bad flag, missing argument, impossible request
+EXIT_CHECKPOINT = 3  # model/checkpoint missing, corrupt, wrong kind, incompatible
+EXIT_INTEGRITY = 4  # wrong password, tampered ciphertext, Merkle mismatch
+EXIT_NO_INPUT = 5  # nothing found, unreadable or invalid data
+EXIT_INTERRUPTED = 130
+
+EXIT_TABLE = {
+    EXIT_OK: "success",
+    EXIT_PARTIAL: "some items failed (the others were written)",
+    EXIT_USAGE: "usage error (bad flag, missing argument)",
+    EXIT_CHECKPOINT: "model/checkpoint problem: missing, corrupt, wrong kind, incompatible config",
+    EXIT_INTEGRITY: "authentication or integrity failure: wrong password, tampered ciphertext, Merkle mismatch",
+    EXIT_NO_INPUT: "no usable input: nothing found, unreadable or invalid data",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C); partial outputs are removed",
+}
+
+
+class MedtoolsError(Exception):
+    """A user-facing error: printed as one line, no traceback, mapped to an exit code."""
+
+    exit_code = EXIT_PARTIAL
+
+
+class UsageError(MedtoolsError):
+    exit_code = EXIT_USAGE
+
+
+class CheckpointError(MedtoolsError):
+    exit_code = EXIT_CHECKPOINT
+
+
+class IntegrityError(MedtoolsError):
+    exit_code = EXIT_INTEGRITY
+
+
+class InputError(MedtoolsError):
+    """This input cannot be used (unreadable, wrong format, wrong shape)."""
+
+    exit_code = EXIT_NO_INPUT

@@ -1,0 +1,402 @@
+"""One I/O layer: read and write NIfTI, DICOM, PNG/JPG/TIFF and NPY/NPZ, keeping geometry.
+
+Every family reads through ``read_image`` and writes through ``write_image``; no family
+opens NIfTI or DICOM itself. Writes are atomic: a temporary file in the target folder is
+renamed into place, so a crash or Ctrl-C never leaves a half-written output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtools.core.errors import InputError, UsageError
+
+NIFTI_EXTS = (".nii.gz", ".nii")
+RASTER_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+DICOM_EXTS = (".dcm", ".dicom")
+ARRAY_EXTS = (".npy", ".npz")
+IMAGE_EXTS = NIFTI_EXTS + RASTER_EXTS + DICOM_EXTS + ARRAY_EXTS
+
+
+def split_ext(path: Path | str) -> tuple[str, str]:
+    """('scan', '.nii.gz') for scan.nii.gz: double extensions count as one."""
+    name = Path(path).name
+    lower = name.lower()
+    for ext in (".nii.gz",) + tuple(e for e in IMAGE_EXTS if e != ".nii.gz"):
+        if lower.endswith(ext):
+            return name[: -len(ext)], name[-len(ext):]
+    stem, dot, ext = name.rpartition(".")
+    return (stem, "." + ext) if dot and stem else (name, "")
+
+
+def format_of(path: Path | str) -> str:
+    """'nifti', 'png', 'jpeg', 'tiff', 'dicom', 'npy', 'npz' or 'dicom-series' (a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        return "dicom-series"
+    ext = split_ext(path)[1].lower()
+    return {
+        ".nii.gz": "nifti",
+        ".nii": "nifti",
+        ".png": "png",
+        ".jpg": "jpeg",
+        ".jpeg": "jpeg",
+        ".tif": "tiff",
+        ".tiff": "tiff",
+        ".dcm": "dicom",
+        ".dicom": "dicom",
+        ".npy": "npy",
+        ".npz": "npz",
+    }.get(ext, "unknown")
+
+
+@dataclass
+class Image:
+    """An image or volume with its geometry and the source metadata needed to write it back.
+
+    ``array`` is in (x, y, z) order for volumes as nibabel gives it, (H, W) or (H, W, C)
+    for raster images. ``affine`` is the 4×4 voxel→world (RAS) matrix when known.
+    ``meta`` keeps format-specific state: the NIfTI header, the DICOM dataset, PNG bit
+    depth, the source path.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray | None = None
+    format: str = "npy"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> tuple[float, ...] | None:
+        if self.affine is None:
+            return None
+        ndim = min(3, self.array.ndim)
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :ndim], axis=0))
+
+    @property
+    def is_volume(self) -> bool:
+        return self.format in ("nifti", "dicom-series") or (self.array.ndim == 3 and self.affine is not None and self.format not in RASTER_FORMATS)
+
+    def with_array(self, array: np.ndarray) -> "Image":
+        """Same geometry and metadata, new voxels (e.g. a label map for this scan)."""
+        return replace(self, array=array, meta=dict(self.meta))
+
+
+RASTER_FORMATS = ("png", "jpeg", "tiff")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read_image(path: Path | str) -> Image:
+    """Read any supported file (or DICOM series folder) into an Image; InputError if not possible."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"no such file: {path}")
+    fmt = format_of(path)
+    try:
+        if fmt == "nifti":
+            return _read_nifti(path)
+        if fmt in RASTER_FORMATS:
+            return _read_raster(path, fmt)
+        if fmt == "dicom":
+            return _read_dicom_file(path)
+        if fmt == "dicom-series":
+            return _read_dicom_series(path)
+        if fmt == "npy":
+            return Image(np.load(path, allow_pickle=False), format="npy", meta={"source": str(path)})
+        if fmt == "npz":
+            return _read_npz(path)
+        # Extension-less files are often DICOM (PACS exports).
+        if _looks_like_dicom(path):
+            return _read_dicom_file(path)
+    except InputError:
+        raise
+    except Exception as exc:  # any library error on a bad file is an input problem
+        raise InputError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    raise InputError(f"unsupported file type: {path} (supported: {', '.join(IMAGE_EXTS)}, DICOM series folders)")
+
+
+def _read_nifti(path: Path) -> Image:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    header = img.header.copy()
+    slope, inter = header.get_slope_inter()
+    scaled = not (slope in (None, 1.0) and inter in (None, 0.0)) and not (
+        slope is not None and np.isnan(slope)
+    )
+    # Keep the on-disk dtype unless the header scales it (then floats are the truth).
+    array = img.get_fdata(dtype=np.float32) if scaled else np.asanyarray(img.dataobj)
+    array = np.asarray(array)
+    return Image(array, affine=img.affine.copy(), format="nifti", meta={"header": header, "source": str(path)})
+
+
+def _read_raster(path: Path, fmt: str) -> Image:
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as pil:
+        mode = pil.mode
+        if mode in ("I;16", "I;16B", "I;16L"):
+            array = np.array(pil, dtype=np.uint16)
+            bits = 16
+        elif mode == "I":
+            array = np.array(pil).astype(np.int32)
+            bits = 16 if array.max(initial=0) < 65536 and array.min(initial=0) >= 0 else 32
+            if bits == 16:
+                array = array.astype(np.uint16)
+        elif mode == "F":
+            array = np.array(pil, dtype=np.float32)
+            bits = 32
+        elif mode in ("L", "1", "P"):
+            array = np.array(pil.convert("L"), dtype=np.uint8)
+            bits = 8
+        else:
+            rgb = np.array(pil.convert("RGB"), dtype=np.uint8)
+            # Grayscale stored as RGB (common for exported X-rays): keep one channel.
+            if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all():
+                array, mode = rgb[..., 0].copy(), mode + "->L"
+            else:
+                array = rgb
+            bits = 8
+    return Image(array, format=fmt, meta={"bits": bits, "mode": mode, "source": str(path)})
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _read_dicom_file(path: Path) -> Image:
+    import pydicom
+
+    ds = pydicom.dcmread(str(path))
+    if "PixelData" not in ds:
+        raise InputError(f"{path}: DICOM file has no pixel data")
+    array = ds.pixel_array
+    meta = {"dataset": ds, "source": str(path)}
+    affine = None
+    spacing = getattr(ds, "PixelSpacing", None)
+    if spacing is not None:
+        row, col = (float(v) for v in spacing)
+        affine = np.diag([col, row, float(getattr(ds, "SliceThickness", 1.0) or 1.0), 1.0])
+        position = getattr(ds, "ImagePositionPatient", None)
+        if position is not None:
+            affine[:3, 3] = [float(v) for v in position]
+    return Image(np.asarray(array), affine=affine, format="dicom", meta=meta)
+
+
+def dicom_series_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and (p.suffix.lower() in DICOM_EXTS or _looks_like_dicom(p)))
+
+
+def _dcm2niix_binary() -> str:
+    found = shutil.which("dcm2niix")
+    if found:
+        return found
+    try:  # the PyPI package ships the binary inside the module
+        import dcm2niix  # type: ignore
+
+        candidate = Path(dcm2niix.__file__).parent / "dcm2niix"
+        if candidate.exists():
+            return str(candidate)
+        binary = getattr(dcm2niix, "bin", None)
+        if binary:
+            return str(binary)
+    except ImportError:
+        pass
+    raise InputError("DICOM series need dcm2niix: pip install dcm2niix (or put dcm2niix on PATH)")
+
+
+def _read_dicom_series(folder: Path) -> Image:
+    """A DICOM series folder → volume through dcm2niix (slice order, oblique, mosaics, compression)."""
+    if not dicom_series_files(folder):
+        raise InputError(f"{folder}: folder holds no DICOM files")
+    binary = _dcm2niix_binary()
+    with tempfile.TemporaryDirectory(prefix="medtools-dcm2niix-") as tmp:
+        proc = subprocess.run(
+            [binary, "-z", "n", "-b", "n", "-f", "volume", "-o", tmp, str(folder)],
+            capture_output=True,
+            text=True,
+        )
+        outputs = sorted(Path(tmp).glob("*.nii"))
+        if proc.returncode != 0 or not outputs:
+            raise InputError(f"{folder}: dcm2niix could not convert the series: {proc.stdout[-300:]} {proc.stderr[-300:]}")
+        if len(outputs) > 1:
+            raise InputError(f"{folder}: holds {len(outputs)} series; give one series per folder")
+        image = _read_nifti(outputs[0])
+        image.array = np.array(image.array)  # detach from the temp file before it goes
+    image.format = "dicom-series"
+    image.meta["source"] = str(folder)
+    return image
+
+
+def _read_npz(path: Path) -> Image:
+    with np.load(path, allow_pickle=False) as data:
+        keys = list(data.keys())
+        key = "array" if "array" in keys else keys[0]
+        array = data[key]
+        affine = data["affine"] if "affine" in keys else None
+    return Image(array, affine=affine, format="npz", meta={"source": str(path)})
+
+
+# ---------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it into place only on success.
+
+    On any exception (KeyboardInterrupt included) the temporary file is removed and the
+    target is left untouched.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stem, ext = split_ext(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".part{ext}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_image(image: Image, path: Path | str, *, format: str | None = None) -> Path:
+    """Write atomically in the format named by ``format`` or the path's extension."""
+    path = Path(path)
+    fmt = format or format_of(path)
+    if fmt == "dicom-series":
+        raise UsageError("writing DICOM series is not supported; write NIfTI (or DICOM SEG with --format dicom-seg)")
+    with atomic_path(path) as tmp:
+        if fmt == "nifti":
+            _write_nifti(image, tmp)
+        elif fmt in RASTER_FORMATS:
+            _write_raster(image, tmp, fmt)
+        elif fmt == "dicom":
+            _write_dicom(image, tmp)
+        elif fmt == "npy":
+            with open(tmp, "wb") as handle:
+                np.save(handle, image.array)
+        elif fmt == "npz":
+            arrays = {"array": image.array}
+            if image.affine is not None:
+                arrays["affine"] = image.affine
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, **arrays)
+        else:
+            raise UsageError(f"cannot write format {fmt!r} ({path})")
+    return path
+
+
+def _write_nifti(image: Image, tmp: Path) -> None:
+    import nibabel as nib
+
+    array = np.asarray(image.array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
+    header = image.meta.get("header")
+    header = header.copy() if header is not None else None
+    affine = image.affine if image.affine is not None else np.eye(4)
+    img = nib.Nifti1Image(array, affine, header=header)
+    img.header.set_data_dtype(array.dtype)
+    img.header.set_slope_inter(1.0, 0.0)  # voxels are written as they are
+    if header is not None:
+        # keep the qform/sform codes of the source
+        img.set_qform(affine, code=int(header["qform_code"]) or 1)
+        img.set_sform(affine, code=int(header["sform_code"]) or 1)
+    nib.save(img, str(tmp))
+
+
+def _write_raster(image: Image, tmp: Path, fmt: str) -> None:
+    from PIL import Image as PILImage
+
+    array = np.asarray(image.array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        raise UsageError("float images cannot be written as PNG/JPEG/TIFF without scaling; convert to uint8/uint16 first")
+    if fmt == "jpeg" and array.dtype != np.uint8:
+        raise UsageError("JPEG holds only 8-bit images")
+    if array.dtype not in (np.uint8, np.uint16):
+        if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
+            raise UsageError(f"values {array.min()}..{array.max()} do not fit in a 16-bit image")
+        array = array.astype(np.uint16 if array.max(initial=0) > 255 else np.uint8)
+    if array.ndim == 3 and array.dtype == np.uint16:
+        raise UsageError("16-bit colour images are not supported")
+    pil = PILImage.fromarray(array) if array.dtype == np.uint8 else PILImage.fromarray(array.astype(np.uint16))
+    kwargs: dict[str, Any] = {"quality": 95} if fmt == "jpeg" else {}
+    pil.save(tmp, format={"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}[fmt], **kwargs)
+
+
+def _write_dicom(image: Image, tmp: Path) -> None:
+    ds = image.meta.get("dataset")
+    if ds is None:
+        raise UsageError("writing DICOM needs a DICOM source to copy tags from")
+    ds = copy.deepcopy(ds)
+    array = np.asarray(image.array)
+    bits = int(ds.BitsAllocated)
+    signed = int(getattr(ds, "PixelRepresentation", 0)) == 1
+    dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
+    if array.dtype != dtype:
+        info = np.iinfo(dtype)
+        array = np.clip(np.rint(array), info.min, info.max).astype(dtype)
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        from pydicom.uid import ExplicitVRLittleEndian
+
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.PixelData = array.tobytes()
+    ds.Rows, ds.Columns = array.shape[-2:] if array.ndim >= 2 else (1, array.shape[0])
+    ds.save_as(str(tmp), enforce_file_format=True) if _pydicom_major() >= 3 else ds.save_as(str(tmp), write_like_original=False)
+
+
+def _pydicom_major() -> int:
+    import pydicom
+
+    return int(pydicom.__version__.split(".")[0])
+
+
+# ---------------------------------------------------------------- helpers for volumes
+
+
+def as_volume(image: Image) -> np.ndarray:
+    """The image as (x, y, z): 2-D images become one slice."""
+    array = image.array
+    if array.ndim == 2:
+        return array[:, :, None]
+    if array.ndim == 4 and array.shape[-1] == 1:
+        return array[..., 0]
+    return array
+
+
+def normalise_intensity(volume: np.ndarray, *, low: float = 0.5, high: float = 99.5, mask: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """Percentile window → [0, 1] float32; returns the window so it can be undone exactly."""
+    values = volume[mask] if mask is not None and mask.any() else volume[volume != volume.min()] if (volume != volume.min()).any() else volume
+    lo = float(np.percentile(values, low))
+    hi = float(np.percentile(values, high))
+    if hi <= lo:
+        hi = lo + 1.0
+    out = np.clip((volume.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    return out, {"low": lo, "high": hi}
+
+
+def denormalise_intensity(normed: np.ndarray, window: dict[str, float]) -> np.ndarray:
+    return normed * (window["high"] - window["low"]) + window["low"]

@@ -1,0 +1,184 @@
+"""Find cases in folders and describe them as a CSV: patient, case, visit, modalities, label, class.
+
+Patient identity comes from here (folder and file naming rules below), never from guesses
+inside training code. Recognised layouts:
+
+* BraTS: ``<case>/<case>_{flair,t1,t1ce,t2,seg}.nii.gz``; the patient is the case name
+  with a trailing visit suffix (``_1``, ``_v2``) removed.
+* DeepMedic BraTS 2015: ``<case>/{Flair,T1c,...}_*.nii.gz`` + ``OTMultiClass.nii.gz``
+  (``brainmask`` is ignored).
+* Per-patient folders with visits: ``<patient>/<Visit>_Scan_<MOD>.nii.gz`` +
+  ``<Visit>_Mask.nii.gz`` (TCIA Brain-Tumor-Progression); visits are ``Pre``/``Post``.
+* 2-D class folders: ``<root>/<CLASS>/<image>.png|jpg``; the patient is read from a
+  ``manifest.csv`` in ``<root>`` (``file``, ``patient_id`` columns) when present, else
+  from the file name (``person12_…``, ``IM-0001-…``, ``p0003-…``), else the file stem.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from medtools.core.errors import InputError
+from medtools.core.io import NIFTI_EXTS, RASTER_EXTS, split_ext
+
+MODALITIES = ("flair", "t1", "t1ce", "t2")
+COLUMNS = ("patient", "case", "visit", *MODALITIES, "image", "label", "class")
+
+_ALIASES = {
+    "flair": "flair",
+    "t1": "t1",
+    "t1w": "t1",
+    "t1ce": "t1ce",
+    "t1c": "t1ce",
+    "t1gd": "t1ce",
+    "t1post": "t1ce",
+    "t2": "t2",
+    "t2w": "t2",
+    "seg": "label",
+    "label": "label",
+    "labels": "label",
+    "mask": "label",
+    "otmulticlass": "label",
+    "ot": "label",
+}
+_IGNORED = {"brainmask", "license"}
+_VISIT_RE = re.compile(r"^(?P<patient>.+?)[_-](?P<visit>v?\d{1,2})$", re.IGNORECASE)
+_PATIENT_PATTERNS = (
+    re.compile(r"^(?P<p>person\d+)_"),
+    re.compile(r"^(?P<p>NORMAL2-IM-\d+)-"),
+    re.compile(r"^(?P<p>IM-\d+)-"),
+    re.compile(r"^(?P<p>p\d+)[-_]"),
+)
+
+
+def split_visit(name: str) -> tuple[str, str]:
+    """'brats_2013_pat0001_1' → ('brats_2013_pat0001', '1'); no suffix → (name, '1')."""
+    match = _VISIT_RE.match(name)
+    if match:
+        return match.group("patient"), match.group("visit")
+    return name, "1"
+
+
+def _role(stem: str) -> tuple[list[str], str | None]:
+    """Split a file stem into (prefix tokens, role) where role is a modality, 'label' or None."""
+    tokens = stem.split("_")
+    for index, token in enumerate(tokens):
+        low = token.lower()
+        if low in _IGNORED:
+            return tokens[:index], None
+        if low in _ALIASES:
+            prefix = [t for t in tokens[:index] if t.lower() != "scan"]
+            return prefix, _ALIASES[low]
+    return tokens, None
+
+
+def _volume_rows(folder: Path, files: Sequence[Path]) -> list[dict[str, str]]:
+    cases: dict[str, dict[str, str]] = {}
+    for path in files:
+        stem = split_ext(path)[0]
+        prefix, role = _role(stem)
+        if role is None:
+            continue
+        joined = "_".join(prefix)
+        if not prefix or joined == folder.name:
+            case = folder.name
+            patient, visit = split_visit(folder.name)
+        else:
+            case = f"{folder.name}_{joined}"
+            patient, visit = folder.name, joined
+        row = cases.setdefault(case, {"patient": patient, "case": case, "visit": visit})
+        if role in row:
+            raise InputError(f"{folder}: two files for {role} of case {case}: {row[role]} and {path}")
+        row[role] = str(path)
+    return [row for row in cases.values() if any(m in row for m in MODALITIES)]
+
+
+def _patient_from_name(stem: str) -> str:
+    for pattern in _PATIENT_PATTERNS:
+        match = pattern.match(stem)
+        if match:
+            return match.group("p")
+    return stem
+
+
+def _class_folder_rows(root: Path, class_dirs: Sequence[Path]) -> list[dict[str, str]]:
+    known: dict[str, str] = {}
+    listing = root / "manifest.csv"
+    if listing.is_file():
+        with open(listing, newline="") as handle:
+            for record in csv.DictReader(handle):
+                if "file" in record and record.get("patient_id"):
+                    known[str((root / record["file"]).resolve())] = record["patient_id"]
+    rows = []
+    for class_dir in class_dirs:
+        for path in sorted(class_dir.iterdir()):
+            if not path.name.lower().endswith(RASTER_EXTS):
+                continue
+            stem = split_ext(path)[0]
+            patient = known.get(str(path.resolve())) or _patient_from_name(stem)
+            rows.append({"patient": patient, "case": stem, "visit": "", "image": str(path), "class": class_dir.name})
+    return rows
+
+
+def discover(roots: Iterable[Path | str]) -> list[dict[str, str]]:
+    """All cases under the roots, sorted by (patient, case)."""
+    rows: list[dict[str, str]] = []
+    for root in map(Path, roots):
+        if not root.exists():
+            raise InputError(f"no such folder: {root}")
+        if root.is_file():
+            raise InputError(f"{root} is a file; manifest takes folders")
+        for folder in sorted([root, *(p for p in root.rglob("*") if p.is_dir())]):
+            if any(part.startswith(".") for part in folder.relative_to(root).parts):
+                continue
+            children = sorted(folder.iterdir())
+            volumes = [p for p in children if p.is_file() and p.name.lower().endswith(NIFTI_EXTS)]
+            if volumes:
+                rows.extend(_volume_rows(folder, volumes))
+            class_dirs = [
+                p for p in children if p.is_dir() and any(c.name.lower().endswith(RASTER_EXTS) for c in p.iterdir())
+            ]
+            if class_dirs:
+                rows.extend(_class_folder_rows(folder, class_dirs))
+    if not rows:
+        raise InputError(f"no cases found in {', '.join(map(str, roots))}")
+    rows.sort(key=lambda r: (r["patient"], r["case"], r.get("image", "")))
+    return rows
+
+
+def to_csv(rows: Sequence[dict[str, str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: row.get(key, "") for key in COLUMNS})
+    return buffer.getvalue()
+
+
+def read_csv(path: Path | str) -> list[dict[str, str]]:
+    """Read a manifest; relative paths are taken relative to the CSV's folder when they exist there."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"no such manifest: {path}")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or "patient" not in rows[0]:
+        raise InputError(f"{path}: not a medtools manifest (needs columns {', '.join(COLUMNS)})")
+    for row in rows:
+        for key in (*MODALITIES, "image", "label"):
+            value = row.get(key) or ""
+            if value and not Path(value).is_absolute() and not Path(value).exists() and (path.parent / value).exists():
+                row[key] = str(path.parent / value)
+    return [{k: v for k, v in row.items() if v not in (None, "")} for row in rows]
+
+
+def load_rows(data: Path | str | Sequence[Path | str]) -> list[dict[str, str]]:
+    """A manifest CSV, or folders to discover."""
+    sources = [data] if isinstance(data, (str, Path)) else list(data)
+    if len(sources) == 1 and str(sources[0]).lower().endswith(".csv"):
+        return read_csv(sources[0])
+    return discover(sources)

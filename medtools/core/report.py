@@ -1,0 +1,195 @@
+"""The stdout/stderr contract: machine output on stdout, logs and progress on stderr.
+
+stdout carries written paths (one per line) or JSON; everything for humans goes to
+stderr and is silenced by ``-q``. ``run_items`` gives every batch command the same
+per-item error handling and exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from medtools.core.errors import (
+    EXIT_NO_INPUT,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    MedtoolsError,
+)
+
+T = TypeVar("T")
+
+_state = {"quiet": False, "json": False}
+
+
+def configure(*, quiet: bool = False, json_output: bool = False) -> None:
+    """Set process-wide output options (called once by each command)."""
+    _state["quiet"] = quiet
+    _state["json"] = json_output
+
+
+def is_quiet() -> bool:
+    return bool(_state["quiet"])
+
+
+def log(message: str) -> None:
+    """A human message on stderr (silenced by -q)."""
+    if not _state["quiet"]:
+        print(message, file=sys.stderr, flush=True)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr; shown even with -q because it changes what happened."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def emit_path(path: Path | str) -> None:
+    """A written file's path on stdout (for xargs and pipes)."""
+    print(str(path), flush=True)
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def to_json(obj: Any, *, indent: int | None = 2) -> str:
+    return json.dumps(obj, indent=indent, default=_default, allow_nan=True)
+
+
+def emit_json(obj: Any) -> None:
+    """One JSON document on stdout."""
+    print(to_json(obj), flush=True)
+
+
+def emit_jsonl(obj: Any) -> None:
+    """One JSON Lines record on stdout."""
+    print(to_json(obj, indent=None), flush=True)
+
+
+def progress(iterable: Iterable[T], *, total: int | None = None, description: str = "") -> Iterator[T]:
+    """Iterate with a rich progress bar on stderr when stderr is a TTY and not quiet."""
+    if _state["quiet"] or not sys.stderr.isatty():
+        yield from iterable
+        return
+    from rich.progress import Progress
+
+    from rich.console import Console
+
+    with Progress(console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        for value in iterable:
+            yield value
+            bar.advance(task)
+
+
+def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class RunRecord:
+    """Provenance for --json results (DESIGN: versions, checkpoint hash, device, seed, time)."""
+
+    started: float = field(default_factory=time.time)
+    device: str | None = None
+    seed: int | None = None
+    checkpoints: dict[str, str] = field(default_factory=dict)
+
+    def add_checkpoint(self, path: Path | str) -> None:
+        self.checkpoints[str(path)] = sha256_file(path)
+
+    def as_dict(self) -> dict[str, Any]:
+        import medtools
+
+        record: dict[str, Any] = {
+            "medtools": medtools.__version__,
+            "python": sys.version.split()[0],
+            "device": self.device,
+            "seed": self.seed,
+            "checkpoints": self.checkpoints,
+            "wall_s": round(time.time() - self.started, 3),
+            "argv": sys.argv[1:],
+        }
+        if "torch" in sys.modules:
+            record["torch"] = sys.modules["torch"].__version__
+        return record
+
+
+@dataclass
+class ItemOutcome:
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0 all fine, 1 some failed, 5 nothing usable."""
+        if self.failed == 0:
+            return EXIT_OK
+        if self.ok == 0 and self.skipped == 0:
+            return EXIT_NO_INPUT
+        return EXIT_PARTIAL
+
+
+def run_items(
+    items: Iterable[T],
+    work: Callable[[T], Any],
+    *,
+    name: Callable[[T], str] = str,
+    total: int | None = None,
+    description: str = "",
+) -> ItemOutcome:
+    """Apply ``work`` to each item; a failing item is reported on stderr and the batch goes on.
+
+    ``work`` returns ``"skipped"`` to count an item as skipped. KeyboardInterrupt is not
+    caught: it propagates to the CLI wrapper, which exits 130.
+    """
+    outcome = ItemOutcome()
+    for item in progress(items, total=total, description=description):
+        try:
+            result = work(item)
+        except MedtoolsError as exc:
+            outcome.failed += 1
+            outcome.failures.append((name(item), str(exc)))
+            error(f"{name(item)}: {exc}")
+            continue
+        except (OSError, ValueError, RuntimeError) as exc:
+            outcome.failed += 1
+            outcome.failures.append((name(item), f"{type(exc).__name__}: {exc}"))
+            error(f"{name(item)}: {type(exc).__name__}: {exc}")
+            if os.environ.get("MEDTOOLS_DEBUG"):
+                raise
+            continue
+        if result == "skipped":
+            outcome.skipped += 1
+        else:
+            outcome.ok += 1
+    return outcome

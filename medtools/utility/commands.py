@@ -1,0 +1,111 @@
+"""Helpers every user needs: manifest, convert, info."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from medtools.core import report
+from medtools.core.cliutil import Inputs, Json, Output, Overwrite, Quiet, Shard, command
+
+
+def register(app: typer.Typer) -> None:
+    app.command("manifest")(manifest)
+    app.command("convert")(convert)
+    app.command("info")(info)
+
+
+@command
+def manifest(
+    folders: Annotated[list[Path], typer.Argument(help="Folders to search for cases.", show_default=False)],
+    output: Output = None,
+    relative: Annotated[bool, typer.Option("--relative", help="Write paths relative to the -o file's folder.")] = False,
+    quiet: Quiet = False,
+) -> int:
+    """Find cases (BraTS, per-patient visit folders, 2-D class folders) and write a CSV.
+
+    Columns: patient, case, visit, flair, t1, t1ce, t2, image, label, class. The CSV goes
+    to stdout unless -o is given (then the path is printed).
+    """
+    import os
+
+    from medtools.core.io import atomic_path
+    from medtools.core.manifest import COLUMNS, MODALITIES, discover, to_csv
+
+    rows = discover(folders)
+    if relative:
+        if output is None:
+            from medtools.core.errors import UsageError
+
+            raise UsageError("--relative needs -o FILE")
+        base = output.resolve().parent
+        for row in rows:
+            for key in (*MODALITIES, "image", "label"):
+                if row.get(key):
+                    row[key] = os.path.relpath(Path(row[key]).resolve(), base)
+    else:
+        for row in rows:
+            for key in (*MODALITIES, "image", "label"):
+                if row.get(key):
+                    row[key] = str(Path(row[key]).resolve())
+    text = to_csv(rows)
+    patients = len({r["patient"] for r in rows})
+    report.log(f"{len(rows)} cases, {patients} patients ({', '.join(c for c in COLUMNS if any(r.get(c) for r in rows))})")
+    if output is None:
+        print(text, end="")
+    else:
+        with atomic_path(output) as tmp:
+            tmp.write_text(text)
+        report.emit_path(output)
+    return 0
+
+
+@command
+def convert(
+    inputs: Inputs,
+    output: Output = None,
+    to: Annotated[str, typer.Option("--to", help="nifti | png | npy | npz")] = "nifti",
+    axis: Annotated[int, typer.Option("--axis", help="Slice axis for --to png (0, 1, 2).")] = 2,
+    shard: Shard = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> int:
+    """DICOM series → NIfTI, volumes → PNG slices (+ volume.json) or NPY, keeping geometry."""
+    from medtools.core.inputs import check_output_arg, expand_inputs, parse_shard, shard_items
+    from medtools.utility.convert import convert as convert_one
+
+    items = shard_items(expand_inputs(inputs, series=True), parse_shard(shard))
+    output = check_output_arg(output, len(items))
+
+    def work(item):
+        written = convert_one(item, output, to=to, axis=axis, overwrite=overwrite, single=len(items) == 1)
+        for path in written:
+            report.emit_path(path)
+        return written or "skipped"
+
+    return report.run_items(items, work, total=len(items), description="convert").exit_code
+
+
+@command
+def info(
+    inputs: Inputs,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Shape, dtype, spacing/affine, intensity range, DICOM key tags, or checkpoint metadata."""
+    from medtools.core.inputs import expand_inputs
+    from medtools.core.io import IMAGE_EXTS
+    from medtools.utility.info import describe, render
+
+    items = expand_inputs(inputs, exts=IMAGE_EXTS + (".safetensors",), series=True)
+
+    def work(item):
+        data = describe(item.path)
+        if json_output:
+            report.emit_jsonl(data)
+        else:
+            print(render(data))
+
+    return report.run_items(items, work).exit_code

@@ -1,0 +1,95 @@
+"""Format conversion: DICOM series → NIfTI, volumes → PNG slices or NPY, keeping geometry.
+
+PNG slices cannot hold an affine or float intensities, so each converted volume gets a
+``<stem>.json`` sidecar with the affine, the slice axis and the linear intensity mapping
+(``value = png * scale + offset``) that undoes the 16-bit quantisation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from medtools.core.errors import UsageError
+from medtools.core.inputs import Item, output_for
+from medtools.core.io import Image, as_volume, atomic_path, read_image, split_ext, write_image
+
+TARGETS = ("nifti", "png", "npy", "npz")
+
+
+def looks_like_label(array: np.ndarray, name: str) -> bool:
+    """Integer volume with few values, or a file named like a label map."""
+    lowered = name.lower()
+    if any(token in lowered for token in ("seg", "label", "mask", "otmulticlass")):
+        return True
+    if array.dtype.kind in "iub":
+        return np.unique(array[:: max(1, array.size // 200000)]).size <= 16
+    return False
+
+
+def convert(item: Item, output: Path, *, to: str, axis: int = 2, overwrite: bool = False, single: bool = False) -> list[Path]:
+    """Convert one input; returns written paths (empty if all outputs existed)."""
+    if to not in TARGETS:
+        raise UsageError(f"--to must be one of {', '.join(TARGETS)}")
+    ext = {"nifti": ".nii.gz", "npy": ".npy", "npz": ".npz", "png": ""}[to]
+    image = read_image(item.path)
+    if to == "png":
+        folder = output_for(item, output, ext="")
+        sidecar = folder / "volume.json"
+        if sidecar.exists() and not overwrite:
+            return []
+        return _volume_to_png(image, folder, axis=axis, label=looks_like_label(image.array, item.path.name))
+    target = output_for(item, output, ext=ext, single=single)
+    if target.exists() and not overwrite:
+        return []
+    if to == "nifti":
+        if image.format in ("png", "jpeg", "tiff") and image.affine is None:
+            image = Image(image.array, affine=np.eye(4), format="nifti")
+        return [write_image(image, target, format="nifti")]
+    written = [write_image(image, target, format=to)]
+    if to == "npy" and image.affine is not None:
+        written.append(_write_json(target.with_name(split_ext(target)[0] + ".json"), {"affine": image.affine.tolist(), "source": str(item.path)}))
+    return written
+
+
+def _write_json(path: Path, data: dict) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
+    return path
+
+
+def _volume_to_png(image: Image, folder: Path, *, axis: int, label: bool) -> list[Path]:
+    volume = as_volume(image)
+    if axis not in (0, 1, 2):
+        raise UsageError("--axis must be 0, 1 or 2")
+    slices = np.moveaxis(volume, axis, 0)
+    if label:
+        if slices.min() < 0 or slices.max() > 255:
+            raise UsageError("label values must be 0..255 for PNG")
+        quantised, scale, offset, bits = slices.astype(np.uint8), 1.0, 0.0, 8
+    else:
+        lo, hi = float(slices.min()), float(slices.max())
+        integer = slices.dtype.kind in "iu" and hi - lo <= 65535
+        scale = 1.0 if integer else (hi - lo) / 65535.0 or 1.0
+        offset = lo
+        quantised = np.rint((slices.astype(np.float64) - offset) / scale).astype(np.uint16)
+        bits = 16
+    written = []
+    for index, plane in enumerate(quantised):
+        written.append(write_image(Image(plane, format="png"), folder / f"slice_{index:04d}.png"))
+    meta = {
+        "source": image.meta.get("source"),
+        "shape": list(volume.shape),
+        "dtype": str(volume.dtype),
+        "affine": None if image.affine is None else image.affine.tolist(),
+        "axis": axis,
+        "label": label,
+        "bits": bits,
+        "scale": scale,
+        "offset": offset,
+        "restore": "value = png * scale + offset; slices stacked along axis",
+    }
+    written.append(_write_json(folder / "volume.json", meta))
+    return written

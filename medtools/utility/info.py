@@ -1,0 +1,82 @@
+"""What a file holds: image geometry and intensity, DICOM key tags, or checkpoint metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtools.core import ckpt
+from medtools.core.io import read_image
+
+DICOM_KEYS = ("Modality", "Manufacturer", "StudyDate", "SeriesDescription", "PatientID", "PatientName", "Rows", "Columns", "BitsStored", "PhotometricInterpretation", "TransferSyntaxUID")
+
+
+def describe(path: Path) -> dict[str, Any]:
+    if path.name.endswith(".safetensors"):
+        return describe_checkpoint(path)
+    image = read_image(path)
+    array = image.array
+    finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array
+    info: dict[str, Any] = {
+        "path": str(path),
+        "format": image.format,
+        "shape": list(array.shape),
+        "dtype": str(array.dtype),
+        "min": float(finite.min()) if finite.size else None,
+        "max": float(finite.max()) if finite.size else None,
+        "mean": float(finite.mean()) if finite.size else None,
+    }
+    if image.affine is not None:
+        info["spacing"] = [round(s, 6) for s in image.spacing]
+        info["affine"] = np.round(image.affine, 6).tolist()
+    if image.format == "nifti" and "header" in image.meta:
+        import nibabel as nib
+
+        info["orientation"] = "".join(nib.aff2axcodes(image.affine))
+        info["description"] = image.meta["header"]["descrip"].tobytes().rstrip(b"\0").decode("latin-1")
+    if "bits" in image.meta:
+        info["bits"] = image.meta["bits"]
+    if "dataset" in image.meta:
+        ds = image.meta["dataset"]
+        tags = {}
+        for key in DICOM_KEYS:
+            value = ds.file_meta.get(key) if key == "TransferSyntaxUID" else ds.get(key)
+            if value is not None:
+                tags[key] = str(value.value if hasattr(value, "value") else value)
+        info["dicom"] = tags
+    return info
+
+
+def describe_checkpoint(path: Path) -> dict[str, Any]:
+    metadata = ckpt.read_metadata(path)
+    out: dict[str, Any] = {"path": str(path), "format": "safetensors", "sha256": None}
+    for key, value in sorted(metadata.items()):
+        short = key[len("medtools."):] if key.startswith("medtools.") else key
+        try:
+            out[short] = json.loads(value)
+        except ValueError:
+            out[short] = value
+    if "kind" not in out:
+        out["note"] = "not a medtools checkpoint (no medtools.kind)"
+    from medtools.core.report import sha256_file
+
+    out["sha256"] = sha256_file(path)
+    out.pop("history", None) if isinstance(out.get("history"), list) and len(out["history"]) > 50 else None
+    return out
+
+
+def render(info: dict[str, Any]) -> str:
+    """Human-readable lines for one description."""
+    lines = [info["path"]]
+    for key, value in info.items():
+        if key == "path":
+            continue
+        if isinstance(value, (dict, list)):
+            value = json.dumps(value)
+            if len(value) > 160:
+                value = value[:157] + "..."
+        lines.append(f"  {key}: {value}")
+    return "\n".join(lines)
