@@ -1,0 +1,3 @@
+from medtools.cli import app
+
+app(prog_name="medtools")

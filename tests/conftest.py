@@ -1,0 +1,49 @@
+"""Shared fixtures: the CLI runner, small phantoms made once per session, shared data paths."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MEDTOOLS = [sys.executable, "-m", "medtools"]
+
+
+def run_cli(*args: str, input: str | None = None, cwd: Path | None = None, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """Run `medtools ARGS` in a subprocess (CPU, quiet environment); returns the completed process."""
+    full_env = {**os.environ, "MEDTOOLS_DEVICE": "cpu", "PYTHONHASHSEED": "0", **(env or {})}
+    proc = subprocess.run([*MEDTOOLS, *map(str, args)], input=input, capture_output=True, text=True, cwd=cwd, env=full_env, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"medtools {' '.join(map(str, args))} exited {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def brain_phantom(tmp_path_factory) -> Path:
+    """4 patients × 2 visits, 64×64×12, all modalities + labels."""
+    from medtools.phantom.generate import write_brain_phantoms
+
+    root = tmp_path_factory.mktemp("brain")
+    write_brain_phantoms(root, patients=4, visits=2, size=64, slices=12, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def cxr_phantom(tmp_path_factory) -> Path:
+    from medtools.phantom.generate import write_cxr_phantoms
+
+    root = tmp_path_factory.mktemp("cxr")
+    write_cxr_phantoms(root, n=24, patients=12, size=32, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present")
+    return SHARED_DATA
