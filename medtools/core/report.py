@@ -21,6 +21,7 @@ from medtools.core.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
     MedtoolsError,
+    UsageError,
 )
 
 T = TypeVar("T")
@@ -148,15 +149,19 @@ class ItemOutcome:
     failed: int = 0
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    codes: list[int] = field(default_factory=list)  # exit code of each failure
 
     @property
     def exit_code(self) -> int:
-        """0 all fine, 1 some failed, 5 nothing usable."""
+        """0 all fine, 1 some failed; when nothing succeeded, the failures' shared code
+        (3 every checkpoint bad, 4 every file failed authentication) or else 5."""
         if self.failed == 0:
             return EXIT_OK
-        if self.ok == 0 and self.skipped == 0:
-            return EXIT_NO_INPUT
-        return EXIT_PARTIAL
+        if self.ok or self.skipped:
+            return EXIT_PARTIAL
+        if self.codes and len(set(self.codes)) == 1 and self.codes[0] not in (EXIT_OK, EXIT_PARTIAL):
+            return self.codes[0]
+        return EXIT_NO_INPUT
 
 
 def run_items(
@@ -169,21 +174,29 @@ def run_items(
 ) -> ItemOutcome:
     """Apply ``work`` to each item; a failing item is reported on stderr and the batch goes on.
 
-    ``work`` returns ``"skipped"`` to count an item as skipped. KeyboardInterrupt is not
-    caught: it propagates to the CLI wrapper, which exits 130.
+    ``work`` returns ``"skipped"`` to count an item as skipped. Not caught, because they
+    are not about one item: KeyboardInterrupt (the CLI wrapper exits 130), UsageError
+    (the command line is wrong for every item: exit 2) and BrokenPipeError (stdout's
+    reader is gone, e.g. ``| head``: stop working).
     """
     outcome = ItemOutcome()
     for item in progress(items, total=total, description=description):
         try:
             result = work(item)
+        except UsageError as exc:
+            raise UsageError(f"{name(item)}: {exc}") from None
+        except BrokenPipeError:
+            raise
         except MedtoolsError as exc:
             outcome.failed += 1
             outcome.failures.append((name(item), str(exc)))
+            outcome.codes.append(exc.exit_code)
             error(f"{name(item)}: {exc}")
             continue
         except (OSError, ValueError, RuntimeError) as exc:
             outcome.failed += 1
             outcome.failures.append((name(item), f"{type(exc).__name__}: {exc}"))
+            outcome.codes.append(EXIT_NO_INPUT)
             error(f"{name(item)}: {type(exc).__name__}: {exc}")
             if os.environ.get("MEDTOOLS_DEBUG"):
                 raise
