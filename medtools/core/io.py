@@ -188,16 +188,42 @@ def _read_dicom_file(path: Path) -> Image:
     if "PixelData" not in ds:
         raise InputError(f"{path}: DICOM file has no pixel data")
     array = ds.pixel_array
-    meta = {"dataset": ds, "source": str(path)}
-    affine = None
-    spacing = getattr(ds, "PixelSpacing", None)
-    if spacing is not None:
-        row, col = (float(v) for v in spacing)
-        affine = np.diag([col, row, float(getattr(ds, "SliceThickness", 1.0) or 1.0), 1.0])
-        position = getattr(ds, "ImagePositionPatient", None)
-        if position is not None:
-            affine[:3, 3] = [float(v) for v in position]
+    meta: dict[str, Any] = {"dataset": ds, "source": str(path)}
+    slope, intercept = float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
+    if (slope, intercept) != (1.0, 0.0):
+        meta["rescale"] = {"slope": slope, "intercept": intercept}  # stored values → e.g. HU
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    affine = _dicom_affine(ds) if frames == 1 else None
     return Image(np.asarray(array), affine=affine, format="dicom", meta=meta)
+
+
+def _dicom_affine(ds: Any) -> np.ndarray | None:
+    """RAS affine of a single-frame DICOM for array index (row, column[, 0]).
+
+    DICOM (PS3.3 C.7.6.2): position = IPP + row·ΔR·(column cosines) + column·ΔC·(row cosines),
+    with PixelSpacing = [ΔR between rows, ΔC between columns] and IOP = [row cosines,
+    column cosines], in LPS; x and y are negated for RAS as in NIfTI.
+    """
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    if not spacing:
+        return None
+    delta_row, delta_col = (float(v) for v in spacing)
+    orientation = ds.get("ImageOrientationPatient")
+    if orientation and len(orientation) == 6:
+        row_cos = np.array([float(v) for v in orientation[:3]])
+        col_cos = np.array([float(v) for v in orientation[3:]])
+    else:
+        row_cos, col_cos = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
+    normal = np.cross(row_cos, col_cos)
+    thickness = float(ds.get("SliceThickness", 1.0) or 1.0)
+    position = ds.get("ImagePositionPatient")
+    affine = np.eye(4)
+    affine[:3, 0] = col_cos * delta_row
+    affine[:3, 1] = row_cos * delta_col
+    affine[:3, 2] = normal * thickness
+    if position and len(position) == 3:
+        affine[:3, 3] = [float(v) for v in position]
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
 
 
 def dicom_series_files(folder: Path) -> list[Path]:
