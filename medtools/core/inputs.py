@@ -57,6 +57,35 @@ def _walk(root: Path, exts: Sequence[str], series: bool) -> Iterable[Item]:
                 yield Item(path, path.relative_to(root))
 
 
+def _leading_plain_parts(pattern: str) -> list[str]:
+    """The folders of a glob before its first wildcard: 'data/*/x.nii' → ['data']."""
+    parts = list(Path(pattern).parts[:-1])
+    plain = []
+    for part in parts:
+        if glob.has_magic(part):
+            break
+        plain.append(part)
+    return plain
+
+
+def _mirrored(paths: Sequence[Path]) -> list[Item]:
+    """Items for paths given on stdin: relative paths mirror as they are; absolute ones
+    (or ones with '..') mirror relative to their common folder, so that
+    ``find /data -name '*.nii.gz' | medtools convert - -o out`` keeps /data's layout."""
+    outside = [p for p in paths if p.is_absolute() or ".." in p.parts]
+    base = None
+    if outside:
+        absolute = [Path(os.path.abspath(p)) for p in outside]
+        base = Path(os.path.commonpath([str(a.parent) for a in absolute]))
+    items = []
+    for path in paths:
+        if path.is_absolute() or ".." in path.parts:
+            items.append(Item(path, Path(os.path.abspath(path)).relative_to(base)))
+        else:
+            items.append(Item(path, path))
+    return items
+
+
 def expand_inputs(
     args: Sequence[str | Path],
     *,
@@ -74,20 +103,17 @@ def expand_inputs(
         arg = str(arg)
         if arg == "-":
             source = stdin if stdin is not None else sys.stdin
-            for line in source:
-                line = line.strip()
-                if line:
-                    path = Path(line)
-                    items.append(Item(path, Path(path.name)) if path.is_absolute() or ".." in path.parts else Item(path, path))
+            items.extend(_mirrored([Path(line.strip()) for line in source if line.strip()]))
             continue
         path = Path(arg)
         if path.is_dir():
             items.extend(_walk(path, exts, series))
         elif path.is_file():
             items.append(Item(path, Path(path.name)))
-        elif any(ch in arg for ch in "*?["):
-            matches = sorted(glob.glob(arg, recursive=True))
-            items.extend(Item(Path(m), Path(Path(m).name)) for m in matches if Path(m).is_file())
+        elif glob.has_magic(arg):
+            matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True)) if Path(m).is_file()]
+            plain = _leading_plain_parts(arg)  # mirror the layout below the glob's fixed folders
+            items.extend(Item(m, m.relative_to(Path(*plain)) if plain else m) for m in matches)
         else:
             raise InputError(f"no such file or folder: {arg}")
     seen: set[Path] = set()
@@ -108,8 +134,15 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
         task, count = os.environ.get("SLURM_ARRAY_TASK_ID"), os.environ.get("SLURM_ARRAY_TASK_COUNT")
         if task is None or count is None:
             return None
-        minimum = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-        return int(task) - minimum + 1, int(count)
+        try:
+            minimum = int(os.environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            step = int(os.environ.get("SLURM_ARRAY_TASK_STEP", "1") or 1)
+            k, n = (int(task) - minimum) // max(step, 1) + 1, int(count)
+        except ValueError:
+            raise UsageError(f"SLURM_ARRAY_TASK_ID={task!r}/SLURM_ARRAY_TASK_COUNT={count!r} are not integers; pass --shard K/N") from None
+        if not (n >= 1 and 1 <= k <= n):
+            raise UsageError(f"SLURM_ARRAY_TASK_ID={task} (min {minimum}, step {step}) is not one of {n} parts; pass --shard K/N")
+        return k, n
     try:
         k_text, n_text = spec.split("/")
         k, n = int(k_text), int(n_text)
