@@ -74,13 +74,17 @@ def convert(
 ) -> int:
     """DICOM series → NIfTI, volumes → PNG slices (+ volume.json) or NPY, keeping geometry."""
     from medtools.core.inputs import check_output_arg, expand_inputs, parse_shard, shard_items
+    from medtools.utility.convert import check_options, single_file_output
     from medtools.utility.convert import convert as convert_one
 
-    items = shard_items(expand_inputs(inputs, series=True), parse_shard(shard))
+    check_options(to, axis)
+    part = parse_shard(shard)
+    items = shard_items(expand_inputs(inputs, series=True), part)
     output = check_output_arg(output, len(items))
+    single = single_file_output(output, to, len(items)) and part is None
 
     def work(item):
-        written = convert_one(item, output, to=to, axis=axis, overwrite=overwrite, single=len(items) == 1)
+        written = convert_one(item, output, to=to, axis=axis, overwrite=overwrite, single=single)
         for path in written:
             report.emit_path(path)
         return written or "skipped"

@@ -14,9 +14,50 @@ import numpy as np
 
 from medtools.core.errors import UsageError
 from medtools.core.inputs import Item, output_for
-from medtools.core.io import Image, as_volume, atomic_path, read_image, split_ext, write_image
+from medtools.core.io import IMAGE_EXTS, Image, as_volume, atomic_path, read_image, split_ext, write_image
 
 TARGETS = ("nifti", "png", "npy", "npz")
+TARGET_EXTS = {"nifti": (".nii.gz", ".nii"), "npy": (".npy",), "npz": (".npz",), "png": ()}
+
+
+def check_options(to: str, axis: int) -> None:
+    """Reject bad --to/--axis before any file is read (exit 2, not one error per item)."""
+    if to not in TARGETS:
+        raise UsageError(f"--to must be one of {', '.join(TARGETS)}, got {to!r}")
+    if axis not in (0, 1, 2):
+        raise UsageError(f"--axis must be 0, 1 or 2, got {axis}")
+
+
+def single_file_output(output: Path, to: str, n_items: int) -> bool:
+    """Is -o the output file itself? Only for one input and an -o named like the target.
+
+    An -o with another image extension is a mistake (NIfTI bytes in a .npy file); any
+    other name (``results.v2``) is a folder.
+    """
+    ext = split_ext(output)[1].lower()
+    if n_items != 1 or output.is_dir() or not ext:
+        return False
+    if ext in TARGET_EXTS[to]:
+        return True
+    if ext in IMAGE_EXTS:
+        wanted = " or ".join(TARGET_EXTS[to]) or "a folder"
+        raise UsageError(f"-o {output} does not match --to {to} (give {wanted})")
+    return False
+
+
+def real_values(image: Image) -> Image:
+    """A DICOM file's stored values through RescaleSlope/Intercept (e.g. HU), as dcm2niix gives series."""
+    rescale = image.meta.get("rescale")
+    if image.format != "dicom" or not rescale:
+        return image
+    slope, intercept = rescale["slope"], rescale["intercept"]
+    values = image.array.astype(np.float64) * slope + intercept
+    if slope == 1.0 and float(intercept).is_integer() and -32768 <= values.min(initial=0) and values.max(initial=0) <= 32767:
+        values = values.astype(np.int16)
+    else:
+        values = values.astype(np.float32)
+    meta = {k: v for k, v in image.meta.items() if k != "rescale"}
+    return Image(values, affine=image.affine, format=image.format, meta=meta)
 
 
 def looks_like_label(array: np.ndarray, name: str) -> bool:
@@ -31,10 +72,9 @@ def looks_like_label(array: np.ndarray, name: str) -> bool:
 
 def convert(item: Item, output: Path, *, to: str, axis: int = 2, overwrite: bool = False, single: bool = False) -> list[Path]:
     """Convert one input; returns written paths (empty if all outputs existed)."""
-    if to not in TARGETS:
-        raise UsageError(f"--to must be one of {', '.join(TARGETS)}")
+    check_options(to, axis)
     ext = {"nifti": ".nii.gz", "npy": ".npy", "npz": ".npz", "png": ""}[to]
-    image = read_image(item.path)
+    image = real_values(read_image(item.path))
     if to == "png":
         folder = output_for(item, output, ext="")
         sidecar = folder / "volume.json"
@@ -62,8 +102,6 @@ def _write_json(path: Path, data: dict) -> Path:
 
 def _volume_to_png(image: Image, folder: Path, *, axis: int, label: bool) -> list[Path]:
     volume = as_volume(image)
-    if axis not in (0, 1, 2):
-        raise UsageError("--axis must be 0, 1 or 2")
     slices = np.moveaxis(volume, axis, 0)
     if label:
         if slices.min() < 0 or slices.max() > 255:
