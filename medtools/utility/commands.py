@@ -95,6 +95,7 @@ def convert(
 @command
 def info(
     inputs: Inputs,
+    kind: Annotated[Optional[str], typer.Option("--kind", help="Require checkpoints of this kind (seg, reid, ddpm, ...): exit 3 otherwise.")] = None,
     json_output: Json = False,
     quiet: Quiet = False,
 ) -> int:
@@ -106,7 +107,7 @@ def info(
     items = expand_inputs(inputs, exts=IMAGE_EXTS + (".safetensors",), series=True)
 
     def work(item):
-        data = describe(item.path)
+        data = describe(item.path, kind=kind)
         if json_output:
             report.emit_jsonl(data)
         else:

@@ -9,14 +9,21 @@ from typing import Any
 import numpy as np
 
 from medtools.core import ckpt
+from medtools.core.errors import CheckpointError
 from medtools.core.io import read_image
 
 DICOM_KEYS = ("Modality", "Manufacturer", "StudyDate", "SeriesDescription", "PatientID", "PatientName", "Rows", "Columns", "BitsStored", "PhotometricInterpretation", "TransferSyntaxUID")
 
 
-def describe(path: Path) -> dict[str, Any]:
+def describe(path: Path, *, kind: str | None = None) -> dict[str, Any]:
+    """What ``path`` holds; with ``kind``, it must be a checkpoint of that kind (else exit 3)."""
     if path.name.endswith(".safetensors"):
-        return describe_checkpoint(path)
+        info = describe_checkpoint(path)
+        if kind is not None and info.get("kind") != kind:
+            raise CheckpointError(f"expected a {kind} checkpoint, found {info.get('kind', 'no medtools kind')!r}")
+        return info
+    if kind is not None:
+        raise CheckpointError(f"expected a {kind} checkpoint, found a non-checkpoint file")
     image = read_image(path)
     array = image.array
     finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array
@@ -47,6 +54,8 @@ def describe(path: Path) -> dict[str, Any]:
             if value is not None:
                 tags[key] = str(value.value if hasattr(value, "value") else value)
         info["dicom"] = tags
+    if "rescale" in image.meta:
+        info["rescale"] = image.meta["rescale"]
     return info
 
 
