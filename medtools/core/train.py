@@ -220,6 +220,9 @@ def fit(
     for epoch in range(start_epoch, spec.epochs):
         if sampler is not None:
             sampler.set_epoch(epoch)
+        # The shuffle order is a function of (seed, epoch), so a resumed run sees the same
+        # batches as an uninterrupted one.
+        generator.manual_seed(spec.seed * 1_000_003 + epoch)
         train_model.train()
         epoch_start, total, count = time.time(), 0.0, 0
         iterator = iter(loader)
