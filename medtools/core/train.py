@@ -176,8 +176,14 @@ def fit(
         if not sidecar.exists():
             raise CheckpointError(f"--resume: no training state at {sidecar}")
         saved = ckpt.load(sidecar, kind="train-state")
-        model.load_state_dict({k[len("model."):]: v for k, v in saved.tensors.items() if k.startswith("model.")})
-        _restore_optimizer(optimizer, saved.tensors, saved.config["optimizer"])
+        if saved.config.get("for", spec.kind) != spec.kind:
+            raise CheckpointError(f"--resume: {sidecar} is the training state of a {saved.config['for']} model, not {spec.kind}")
+        try:
+            model.load_state_dict({k[len("model."):]: v for k, v in saved.tensors.items() if k.startswith("model.")})
+            _restore_optimizer(optimizer, saved.tensors, saved.config["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            reason = " ".join(str(exc).split())[:240] or type(exc).__name__
+            raise CheckpointError(f"--resume: {sidecar} does not match this model and its options ({reason})") from None
         if ema is not None:
             for key in ema.shadow:
                 if f"ema.{key}" in saved.tensors:
