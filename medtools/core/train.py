@@ -46,6 +46,7 @@ class TrainSpec:
     steps_per_epoch: int | None = None  # cap (None = one pass over the data)
     grad_clip: float | None = None
     monitor: str | None = None  # validation metric logged as "best"
+    precise_bn_batches: int = 50  # recompute BatchNorm statistics before each save (0 = off)
     drop_last: bool = False
 
 
@@ -124,6 +125,32 @@ def _restore_optimizer(optimizer: Any, tensors: dict[str, Any], plain: dict[str,
     optimizer.load_state_dict({"state": state, "param_groups": plain["param_groups"]})
 
 
+def recalibrate_batchnorm(model: Any, loader: Any, device: Any, batches: int, inputs: Callable[[Any], Any]) -> bool:
+    """Recompute BatchNorm running statistics with the final weights ("precise BN",
+    Wu & Johnson 2021): with few steps and a fast optimizer the running averages lag the
+    weights and eval-mode predictions collapse. Returns False when the model has no BN."""
+    import torch
+
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms or batches <= 0:
+        return False
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        for index, batch in enumerate(loader):
+            if index >= batches:
+                break
+            model(inputs(_move(batch, device)))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.train(was_training)
+    return True
+
+
 def fit(
     model: Any,
     train_set: Any,
@@ -135,12 +162,15 @@ def fit(
     prepare: Callable[[Any, Any, Any], tuple[Any, Any, Any]] | None = None,
     after_epoch: Callable[[int, Any], dict[str, Any]] | None = None,
     collate_fn: Callable | None = None,
+    model_inputs: Callable[[Any], Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` and write ``spec.output`` each epoch; returns history and final metrics.
 
     ``step(model, batch)`` returns a scalar loss (batch already on the device, inside
     autocast). ``prepare(model, optimizer, loader)`` may wrap all three (e.g. opacus);
     ``after_epoch(epoch, model)`` returns extra provenance to store (e.g. DP epsilon).
+    ``model_inputs(batch)`` picks the model input from a batch for BatchNorm
+    recalibration (default: the first element); pass ``spec.precise_bn_batches=0`` to skip.
     """
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
@@ -257,6 +287,8 @@ def fit(
         if after_epoch is not None:
             extra.update(after_epoch(epoch + 1, model))
             record.update({k: v for k, v in extra.items() if isinstance(v, (int, float))})
+        if ema is None and spec.precise_bn_batches and prepare is None:
+            recalibrate_batchnorm(model, loader, device, spec.precise_bn_batches, model_inputs or (lambda b: b[0] if isinstance(b, (list, tuple)) else b))
         weights = ema.state_dict_for(model) if ema is not None else model.state_dict()
         if is_main and validate is not None:
             eval_model = model
