@@ -56,9 +56,14 @@ _PATIENT_PATTERNS = (
 
 
 def split_visit(name: str) -> tuple[str, str]:
-    """'brats_2013_pat0001_1' → ('brats_2013_pat0001', '1'); no suffix → (name, '1')."""
+    """'brats_2013_pat0001_1' → ('brats_2013_pat0001', '1'); no suffix → (name, '1').
+
+    A bare number is a visit only after a name that ends in a digit (``pat0001_1``,
+    ``UPENN-GBM-00001_11``); ``Patient_01`` and ``sub-02`` are patients, not visits of
+    ``Patient``/``sub`` (that would merge every patient into one). ``_v2`` is always a visit.
+    """
     match = _VISIT_RE.match(name)
-    if match:
+    if match and (match.group("visit")[0] in "vV" or match.group("patient")[-1].isdigit()):
         return match.group("patient"), match.group("visit")
     return name, "1"
 
