@@ -34,6 +34,10 @@ def manifest(
     from medtools.core.io import atomic_path
     from medtools.core.manifest import COLUMNS, MODALITIES, discover, to_csv
 
+    if output is not None and output.is_dir():
+        from medtools.core.errors import UsageError
+
+        raise UsageError(f"-o {output} is a folder; manifest writes one CSV file (e.g. -o {output / 'cases.csv'})")
     rows = discover(folders)
     if relative:
         if output is None:
