@@ -61,7 +61,9 @@ def clean_state_dict(state: dict[str, Any]) -> dict[str, Any]:
         for prefix in _PREFIXES:
             while name.startswith(prefix):
                 name = name[len(prefix):]
-            name = name.replace("." + prefix, ".")
+        # a compiled submodule leaves "._orig_mod." inside names; ".module." inside a name
+        # is a real submodule called "module" and is kept
+        name = name.replace("._orig_mod.", ".")
         cleaned[name] = tensor.detach().cpu().contiguous().clone()
     return cleaned
 
@@ -148,7 +150,10 @@ def build_model(ckpt: Checkpoint, *, load_weights: bool = True):
     if spec is None:
         raise CheckpointError(f"{ckpt.path}: kind {ckpt.kind!r} has no model to build")
     module_name, func_name = spec.split(":")
-    builder = getattr(importlib.import_module(module_name), func_name)
+    try:
+        builder = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise CheckpointError(f"{ckpt.path}: this medtools cannot build {ckpt.kind} models ({exc})") from None
     try:
         model = builder(**ckpt.config)
     except (TypeError, ValueError, KeyError, RuntimeError) as exc:
