@@ -58,9 +58,8 @@ def clean_state_dict(state: dict[str, Any]) -> dict[str, Any]:
     """Strip DDP/compile prefixes and make tensors contiguous, unshared copies."""
     cleaned = {}
     for name, tensor in state.items():
-        for prefix in _PREFIXES:
-            while name.startswith(prefix):
-                name = name[len(prefix):]
+        while name.startswith(_PREFIXES):  # any nesting order: _orig_mod.module.x
+            name = name.split(".", 1)[1]
         # a compiled submodule leaves "._orig_mod." inside names; ".module." inside a name
         # is a real submodule called "module" and is kept
         name = name.replace("._orig_mod.", ".")
