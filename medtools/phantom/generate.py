@@ -204,11 +204,14 @@ def cxr_image(seed: int, patient: int, index: int, *, pneumonia: bool, size: int
 def write_cxr_phantoms(output: Path, *, n: int, patients: int | None = None, size: int = 128, seed: int = 0, overwrite: bool = False) -> list[Path]:
     """``n`` images from ``patients`` patients (default n // 2), half of the patients with pneumonia."""
     patients = max(1, patients or n // 2)
+    # exactly half of the patients (rounded down) have pneumonia, chosen at random: a coin
+    # per patient often gave one class only for small sets
+    sick = {int(p) + 1 for p in _rng(seed, 5).permutation(patients)[: patients // 2]}
     written = []
     for i in range(n):
         patient = i % patients + 1
         index = i // patients + 1
-        pneumonia = bool(_rng(seed, 5, patient).random() < 0.5)
+        pneumonia = patient in sick
         cls = "PNEUMONIA" if pneumonia else "NORMAL"
         target = output / cls / f"p{patient:04d}-{index:02d}-{cls.lower()}.png"
         if target.exists() and not overwrite:
