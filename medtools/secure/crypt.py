@@ -19,11 +19,9 @@ from typing import Any
 
 from medtools.core import report
 from medtools.core.errors import EXIT_INTEGRITY, IntegrityError, UsageError
-from medtools.secure import container, methods
+from medtools.secure import AES_GCM, ALL_METHODS, container
 from medtools.secure.keystore import AccessDenied, KeyStore, now_iso, read_key_file, read_password
 
-AES_GCM = "aes-gcm"
-ALL_METHODS = (AES_GCM,) + methods.IMAGE_METHODS
 STDIO = "-"
 
 
@@ -152,6 +150,8 @@ def _target(item, options: Options, decrypting: bool, single: bool) -> Path:
 
     assert options.output is not None
     if options.method != AES_GCM:
+        from medtools.secure import methods
+
         return output_for(item, options.output, ext=methods.output_extension(item.rel), single=single)
     ext = split_ext(item.rel)[1]
     if not decrypting:
@@ -218,6 +218,8 @@ def encrypt(
         raise UsageError(f"--method {method} works on image files, not on stdin")
     if store is not None:
         raise UsageError(f"--to STORE is for --method aes-gcm; --method {method} takes --key FILE")
+    from medtools.secure import methods
+
     options.key = read_key_file(key_file) if key_file is not None else None
     methods.check_method(method, options.key)
     return _run(inputs, options, lambda item, target: _image_file(item, target, options, decrypt=False), decrypting=False)
@@ -254,6 +256,8 @@ def _encrypt_stdio(targets, options: Options) -> int:
 
 
 def _image_file(item, target: Path, options: Options, *, decrypt: bool) -> dict[str, Any]:
+    from medtools.secure import methods
+
     methods.process_file(item.path, target, options.method, key=options.key, block_size=options.block_size, window=options.window, decrypt=decrypt)
     return {"input": str(item.path), "output": str(target), "method": options.method}
 
@@ -277,6 +281,8 @@ def decrypt(
     if method != AES_GCM:
         if STDIO in inputs:
             raise UsageError(f"--method {method} works on image files, not on stdin")
+        from medtools.secure import methods
+
         options.key = read_key_file(key_file) if key_file is not None else None
         methods.check_method(method, options.key, decrypting=True)
         return _run(inputs, options, lambda item, target: _image_file(item, target, options, decrypt=True), decrypting=True)

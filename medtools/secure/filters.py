@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from medtools.secure import IRREVERSIBLE_FILTERS as IRREVERSIBLE
+from medtools.secure import REVERSIBLE_FILTERS as REVERSIBLE
 from medtools.secure import derive
 
-IRREVERSIBLE = ("median", "mean", "max", "min")
-REVERSIBLE = ("negative", "shuffle")
 FILTERS = IRREVERSIBLE + REVERSIBLE
 
 

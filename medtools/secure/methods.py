@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from medtools.core.errors import InputError, UsageError
-from medtools.secure import block, chaos, filters
+from medtools.secure import CIPHERS, IMAGE_METHODS, REVERSIBLE_FILTERS, block, chaos, filters
+from medtools.secure import IRREVERSIBLE_FILTERS as IRREVERSIBLE
 
-CIPHERS = ("logistic-sine", "block")
-REVERSIBLE = CIPHERS + filters.REVERSIBLE
-IRREVERSIBLE = filters.IRREVERSIBLE
-IMAGE_METHODS = REVERSIBLE + IRREVERSIBLE
+REVERSIBLE = CIPHERS + REVERSIBLE_FILTERS
 KEYED = ("logistic-sine", "block", "shuffle")
 
 
