@@ -28,9 +28,7 @@ def brain(
     """Multi-modal brain MRI (flair, t1, t1ce, t2 + BraTS labels) with stable patient identities."""
     from medtools.phantom.generate import write_brain_phantoms
 
-    written = write_brain_phantoms(output, patients=patients, visits=visits, size=size, slices=slices, seed=seed, overwrite=overwrite)
-    for path in written:
-        report.emit_path(path)
+    written = write_brain_phantoms(output, patients=patients, visits=visits, size=size, slices=slices, seed=seed, overwrite=overwrite, on_write=report.emit_path)
     report.log(f"wrote {len(written)} files for {patients} patients × {visits} visits to {output}")
     return 0
 
@@ -49,8 +47,6 @@ def cxr(
     """Chest X-ray PNGs with per-patient anatomy; pneumonia-like opacities for half the patients."""
     from medtools.phantom.generate import write_cxr_phantoms
 
-    written = write_cxr_phantoms(output, n=n, patients=patients, size=size, seed=seed, overwrite=overwrite)
-    for path in written:
-        report.emit_path(path)
+    written = write_cxr_phantoms(output, n=n, patients=patients, size=size, seed=seed, overwrite=overwrite, on_write=report.emit_path)
     report.log(f"wrote {len(written)} images to {output}")
     return 0

@@ -13,6 +13,7 @@ Everything is deterministic for a seed (numpy Generator per patient and visit).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,10 +131,21 @@ def brain_affine(size: int, slices: int, spacing: tuple[float, float, float] = (
 
 
 def write_brain_phantoms(
-    output: Path, *, patients: int, visits: int, size: int = 128, slices: int = 32, seed: int = 0, overwrite: bool = False
+    output: Path,
+    *,
+    patients: int,
+    visits: int,
+    size: int = 128,
+    slices: int = 32,
+    seed: int = 0,
+    overwrite: bool = False,
+    on_write: Callable[[Path], None] | None = None,
 ) -> list[Path]:
-    """Write ``patients × visits`` BraTS-layout cases; returns the written files."""
-    written = []
+    """Write ``patients × visits`` BraTS-layout cases; returns the written files.
+
+    ``on_write(path)`` is called as each file lands (the CLI prints paths as it goes).
+    """
+    written = _Written(on_write)
     affine = brain_affine(size, slices)
     for patient in range(1, patients + 1):
         for visit in range(1, visits + 1):
@@ -146,7 +158,20 @@ def write_brain_phantoms(
             for name, volume in volumes.items():
                 written.append(write_image(Image(np.rint(volume).astype(np.int16), affine=affine, format="nifti"), targets[name]))
             written.append(write_image(Image(label, affine=affine, format="nifti"), targets["seg"]))
-    return written
+    return list(written)
+
+
+class _Written(list):
+    """A list of written paths that reports each one as it is added."""
+
+    def __init__(self, on_write: Callable[[Path], None] | None):
+        super().__init__()
+        self._on_write = on_write
+
+    def append(self, path: Path) -> None:
+        super().append(path)
+        if self._on_write is not None:
+            self._on_write(path)
 
 
 # ------------------------------------------------------------------ chest X-ray
@@ -201,13 +226,22 @@ def cxr_image(seed: int, patient: int, index: int, *, pneumonia: bool, size: int
     return np.clip(image * 255, 0, 255).astype(np.uint8)
 
 
-def write_cxr_phantoms(output: Path, *, n: int, patients: int | None = None, size: int = 128, seed: int = 0, overwrite: bool = False) -> list[Path]:
+def write_cxr_phantoms(
+    output: Path,
+    *,
+    n: int,
+    patients: int | None = None,
+    size: int = 128,
+    seed: int = 0,
+    overwrite: bool = False,
+    on_write: Callable[[Path], None] | None = None,
+) -> list[Path]:
     """``n`` images from ``patients`` patients (default n // 2), half of the patients with pneumonia."""
     patients = max(1, patients or n // 2)
     # exactly half of the patients (rounded down) have pneumonia, chosen at random: a coin
     # per patient often gave one class only for small sets
     sick = {int(p) + 1 for p in _rng(seed, 5).permutation(patients)[: patients // 2]}
-    written = []
+    written = _Written(on_write)
     for i in range(n):
         patient = i % patients + 1
         index = i // patients + 1
@@ -217,4 +251,4 @@ def write_cxr_phantoms(output: Path, *, n: int, patients: int | None = None, siz
         if target.exists() and not overwrite:
             continue
         written.append(write_image(Image(cxr_image(seed, patient, index, pneumonia=pneumonia, size=size), format="png"), target))
-    return written
+    return list(written)
