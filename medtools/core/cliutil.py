@@ -43,6 +43,10 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             code = func(*args, **kwargs)
         except MedtoolsError as exc:
+            if os.environ.get("MEDTOOLS_DEBUG"):  # where it came from, for bug reports
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
             report.error(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
