@@ -193,11 +193,12 @@ class Result:
 
 
 class HashingReader:
-    """Reads exactly what was asked (or up to EOF) and hashes every byte read."""
+    """Reads exactly what was asked (or up to EOF) and, unless told not to, hashes every byte read."""
 
-    def __init__(self, handle: BinaryIO):
+    def __init__(self, handle: BinaryIO, *, hashing: bool = True):
         self.handle = handle
         self.digest = hashlib.sha256()
+        self.hashing = hashing
         self.count = 0
 
     def read(self, size: int) -> bytes:
@@ -208,8 +209,9 @@ class HashingReader:
                 break
             parts.append(block)
             missing -= len(block)
-        data = b"".join(parts)
-        self.digest.update(data)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if self.hashing:
+            self.digest.update(data)
         self.count += len(data)
         return data
 
@@ -226,8 +228,12 @@ def encrypt_stream(
     name: str = "",
     chunk_size: int = DEFAULT_CHUNK,
     random_bytes: RandomBytes | None = None,
+    digest: bool = True,
 ) -> Result:
-    """Encrypt ``source`` into ``target`` for every recipient; constant memory."""
+    """Encrypt ``source`` into ``target`` for every recipient; constant memory.
+
+    ``digest`` keeps the SHA-256 of the written ciphertext (for audit logs and --json).
+    """
     if random_bytes is None:
         from Crypto.Random import get_random_bytes as random_bytes  # type: ignore[no-redef]
     if not recipients:
@@ -245,21 +251,23 @@ def encrypt_stream(
 
     def write(data: bytes) -> None:
         target.write(data)
-        out_digest.update(data)
+        if digest:
+            out_digest.update(data)
 
     write(prefix + body + mac)
     payload_key = _hkdf(file_key, payload_salt, "payload")
-    reader = HashingReader(source)
+    reader = HashingReader(source, hashing=False)
     counter, current = 0, reader.read(chunk_size)
     while True:
         following = reader.read(chunk_size) if len(current) == chunk_size else b""
         last = not following
         ciphertext, tag = _gcm(payload_key, _nonce(counter, last)).encrypt_and_digest(current)
-        write(ciphertext + tag)
+        write(ciphertext)
+        write(tag)
         if last:
             break
         counter, current = counter + 1, following
-    return Result(name, header.users(), plaintext_bytes=reader.count, ciphertext_sha256=out_digest.hexdigest(), extra={"chunks": counter + 1})
+    return Result(name, header.users(), plaintext_bytes=reader.count, ciphertext_sha256=out_digest.hexdigest() if digest else "", extra={"chunks": counter + 1})
 
 
 def read_header(reader: HashingReader) -> tuple[Header, bytes]:
@@ -314,13 +322,14 @@ def open_header(header: Header, mac: bytes, identities: Identities) -> tuple[byt
     return file_key, opened_by
 
 
-def decrypt_stream(source: BinaryIO | HashingReader, target: BinaryIO, identities: Identities) -> Result:
+def decrypt_stream(source: BinaryIO | HashingReader, target: BinaryIO, identities: Identities, *, digest: bool = True) -> Result:
     """Decrypt ``source`` into ``target``; IntegrityError on any damage, wrong key or truncation.
 
     Only authenticated chunks are written; when this raises, the caller must discard what
     was written (files go through an atomic temp path; a pipe consumer must check the exit).
+    ``digest`` keeps the SHA-256 of the ciphertext read (for audit logs).
     """
-    reader = source if isinstance(source, HashingReader) else HashingReader(source)
+    reader = source if isinstance(source, HashingReader) else HashingReader(source, hashing=digest)
     header, mac = read_header(reader)
     file_key, opened_by = open_header(header, mac, identities)
     name_bytes = _open_once(_hkdf(file_key, b"", "name"), header.sealed_name)
@@ -337,8 +346,9 @@ def decrypt_stream(source: BinaryIO | HashingReader, target: BinaryIO, identitie
         last = not following
         if len(current) < TAG_BYTES:
             raise IntegrityError(f"truncated file (chunk {counter})")
+        view = memoryview(current)
         try:
-            plain = _gcm(payload_key, _nonce(counter, last)).decrypt_and_verify(current[:-TAG_BYTES], current[-TAG_BYTES:])
+            plain = _gcm(payload_key, _nonce(counter, last)).decrypt_and_verify(view[:-TAG_BYTES], view[-TAG_BYTES:])
         except ValueError:
             what = "truncated or damaged" if last else "damaged"
             raise IntegrityError(f"{what} file: chunk {counter} fails authentication") from None
@@ -353,7 +363,7 @@ def decrypt_stream(source: BinaryIO | HashingReader, target: BinaryIO, identitie
         opened_by=opened_by,
         plaintext_bytes=written,
         ciphertext_bytes=reader.count,
-        ciphertext_sha256=reader.digest.hexdigest(),
+        ciphertext_sha256=reader.digest.hexdigest() if reader.hashing else "",
         extra={"chunks": counter + 1},
     )
 

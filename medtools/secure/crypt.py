@@ -197,6 +197,11 @@ def _run(inputs: Sequence[str], options: Options, work, decrypting: bool) -> int
 # ---------------------------------------------------------------- encrypt
 
 
+def _digest(options: Options) -> bool:
+    """Hash the ciphertext only when someone reads the hash (audit log, --json)."""
+    return options.audit_log is not None or options.json_output
+
+
 def encrypt(
     inputs: Sequence[str],
     *,
@@ -230,7 +235,7 @@ def _encrypt_file(item, target: Path, targets, options: Options) -> dict[str, An
 
     with open(item.path, "rb") as source, atomic_path(target) as tmp:
         with open(tmp, "wb") as sink:
-            result = container.encrypt_stream(source, sink, targets, name=item.path.name, chunk_size=options.chunk_size)
+            result = container.encrypt_stream(source, sink, targets, name=item.path.name, chunk_size=options.chunk_size, digest=_digest(options))
     record = {"input": str(item.path), "output": str(target), "method": AES_GCM, "recipients": result.recipients, "bytes": result.plaintext_bytes, "sha256": result.ciphertext_sha256}
     audit(options.audit_log, action="encrypt", input=str(item.path), output=str(target), recipients=result.recipients, sha256=result.ciphertext_sha256, result="ok")
     return record
@@ -246,10 +251,10 @@ def _encrypt_stdio(targets, options: Options) -> int:
         if options.output.exists() and not options.overwrite:
             raise UsageError(f"{options.output} exists; pass --overwrite to replace it")
         with atomic_path(options.output) as tmp, open(tmp, "wb") as sink:
-            result = container.encrypt_stream(source, sink, targets, chunk_size=options.chunk_size)
+            result = container.encrypt_stream(source, sink, targets, chunk_size=options.chunk_size, digest=_digest(options))
         _emit({"input": STDIO, "output": str(options.output), "method": AES_GCM, "recipients": result.recipients, "bytes": result.plaintext_bytes, "sha256": result.ciphertext_sha256}, options)
     else:
-        result = container.encrypt_stream(source, sys.stdout.buffer, targets, chunk_size=options.chunk_size)
+        result = container.encrypt_stream(source, sys.stdout.buffer, targets, chunk_size=options.chunk_size, digest=_digest(options))
         sys.stdout.buffer.flush()
     audit(options.audit_log, action="encrypt", input=STDIO, output=str(options.output or STDIO), recipients=result.recipients, sha256=result.ciphertext_sha256, result="ok")
     return 0
@@ -301,8 +306,8 @@ def decrypt(
     return _run(inputs, options, lambda item, target: _decrypt_file(item, target, keyring, options), decrypting=True)
 
 
-def _decrypt_to(source, sink, keyring: Keyring) -> container.Result:
-    return container.decrypt_stream(source, sink, keyring.identities)
+def _decrypt_to(source, sink, keyring: Keyring, options: Options) -> container.Result:
+    return container.decrypt_stream(source, sink, keyring.identities, digest=options.audit_log is not None)
 
 
 def _failure_record(exc: IntegrityError, keyring: Keyring) -> dict[str, Any]:
@@ -316,7 +321,7 @@ def _decrypt_file(item, target: Path, keyring: Keyring, options: Options) -> dic
     try:
         with open(item.path, "rb") as source, atomic_path(target) as tmp:
             with open(tmp, "wb") as sink:
-                result = _decrypt_to(source, sink, keyring)
+                result = _decrypt_to(source, sink, keyring, options)
     except IntegrityError as exc:
         audit(options.audit_log, action="decrypt", input=str(item.path), sha256=sha256_file(item.path), **_failure_record(exc, keyring))
         raise
@@ -327,7 +332,7 @@ def _decrypt_file(item, target: Path, keyring: Keyring, options: Options) -> dic
 def _decrypt_stdio(keyring: Keyring, options: Options) -> int:
     if options.json_output and options.output is None:
         raise UsageError("--json needs -o FILE when the decrypted stream goes to stdout")
-    source = container.HashingReader(sys.stdin.buffer)
+    source = container.HashingReader(sys.stdin.buffer, hashing=options.audit_log is not None)
     try:
         if options.output is not None:
             from medtools.core.io import atomic_path
@@ -335,10 +340,10 @@ def _decrypt_stdio(keyring: Keyring, options: Options) -> int:
             if options.output.exists() and not options.overwrite:
                 raise UsageError(f"{options.output} exists; pass --overwrite to replace it")
             with atomic_path(options.output) as tmp, open(tmp, "wb") as sink:
-                result = _decrypt_to(source, sink, keyring)
+                result = _decrypt_to(source, sink, keyring, options)
             _emit({"input": STDIO, "output": str(options.output), "method": AES_GCM, "name": result.name, "user": result.opened_by, "bytes": result.plaintext_bytes}, options)
         else:
-            result = _decrypt_to(source, sys.stdout.buffer, keyring)
+            result = _decrypt_to(source, sys.stdout.buffer, keyring, options)
             sys.stdout.buffer.flush()
     except IntegrityError as exc:
         audit(options.audit_log, action="decrypt", input=STDIO, sha256=source.digest.hexdigest(), sha256_of="bytes read before the failure", **_failure_record(exc, keyring))
