@@ -28,11 +28,12 @@ def validate_device(spec: str | None) -> str:
 
 def resolve_device(spec: str | None = None):
     """A torch.device for the spec; see module docstring for the fallback rule."""
+    spec = validate_device(spec)  # before importing torch: a typo fails at once
+
     import torch
 
     from medtools.core.report import log
 
-    spec = validate_device(spec)
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
