@@ -164,6 +164,24 @@ def test_vector_matches_docs():
     assert digest and digest.group(1) == hashlib.sha256(documented).hexdigest()
 
 
+def test_x25519_vector_matches_docs():
+    from Crypto.Protocol.DH import import_x25519_private_key
+
+    private = import_x25519_private_key(bytes(range(32, 64)))
+    public = private.public_key().export_key(format="raw")
+    blob = seal(
+        b"medtools test vector\n",
+        [container.X25519Recipient("alice", public)],
+        name="hello.txt",
+        chunk_size=CHUNK,
+        random_bytes=deterministic_random(b"medtools-mte test vector 2"),
+    )
+    text = (ROOT / "docs" / "formats.md").read_text()
+    assert public.hex() in text
+    assert f"vector-2 SHA-256:\n`{hashlib.sha256(blob).hexdigest()}`" in text
+    assert unseal(blob, [container.X25519Identity("alice", private)]) == b"medtools test vector\n"
+
+
 def test_bad_chunk_size_and_no_recipients_are_usage_errors():
     from medtools.core.errors import UsageError
 
