@@ -51,6 +51,7 @@ class BrainIdentity:
     contrast_jitter: np.ndarray  # (4 modalities, 8 tissues)
     tumor_center: np.ndarray
     tumor_radius: float
+    spots: np.ndarray  # (k, 4): centre xyz + radius of white-matter hyperintensities (stable per patient)
 
 
 def brain_identity(seed: int, patient: int) -> BrainIdentity:
@@ -59,10 +60,12 @@ def brain_identity(seed: int, patient: int) -> BrainIdentity:
     ventricle = np.array([rng.uniform(0.07, 0.16), rng.uniform(0.05, 0.11), rng.uniform(0.14, 0.28), rng.uniform(0.18, 0.35)])
     texture = _smooth_field(rng, (48, 48, 48), rng.uniform(1.5, 3.0))
     bias = rng.uniform(-0.18, 0.18, size=4)
-    jitter = rng.uniform(0.9, 1.1, size=(4, 8))
+    jitter = rng.uniform(0.85, 1.15, size=(4, 8))
     side = rng.choice([-1, 1])
     center = np.array([side * rng.uniform(0.25, 0.45), rng.uniform(-0.4, 0.4), rng.uniform(-0.25, 0.25)])
-    return BrainIdentity(radii, ventricle, texture, bias, jitter, center, rng.uniform(0.14, 0.22))
+    k = int(rng.integers(3, 9))
+    spots = np.column_stack([rng.uniform(-0.45, 0.45, size=(k, 3)) * [1, 1, 0.8], rng.uniform(0.05, 0.10, size=k)])
+    return BrainIdentity(radii, ventricle, texture, bias, jitter, center, rng.uniform(0.14, 0.22), spots)
 
 
 def brain_volume(
@@ -95,6 +98,10 @@ def brain_volume(
         v = ((px - sign * dx) / vx) ** 2 + ((py + 0.05) / vy) ** 2 + (pz / vz) ** 2
         tissue[brain & (v < 1.0)] = 2
     tissue[(r >= 0.88) & (r < 0.90)] = 2  # thin outer CSF
+    hyper = np.zeros(x.shape, dtype=bool)
+    for sx, sy, sz, sr in ident.spots:
+        hyper |= (px - sx) ** 2 + (py - sy) ** 2 + ((pz - sz) * 0.8) ** 2 < sr**2
+    hyper &= tissue == 3
 
     # tumor grows with the visit number
     growth = 1.0 + 0.3 * (visit - 1) + rng.uniform(-0.05, 0.05)
@@ -117,7 +124,8 @@ def brain_volume(
     for m, name in enumerate(BRAIN_MODALITIES):
         table = np.asarray(_CONTRAST[name], dtype=np.float32) * ident.contrast_jitter[m].astype(np.float32)
         table[0] = 0.0
-        signal = table[tissue] * (1.0 + 0.06 * texture * (tissue >= 3)) * bias * gain
+        signal = table[tissue] * (1.0 + 0.10 * texture * (tissue >= 3))
+        signal = np.where(hyper & (label == 0), signal * (1.6 if name in ("flair", "t2") else 0.8), signal) * bias * gain
         noisy = np.abs(signal + noise_level * rng.standard_normal(x.shape) + 1j * noise_level * rng.standard_normal(x.shape))
         volumes[name] = (noisy * 1000.0).astype(np.float32)
     return volumes, label
@@ -216,11 +224,14 @@ def cxr_image(seed: int, patient: int, index: int, *, pneumonia: bool, size: int
     tex = ndimage.zoom(texture, size / 64, order=1)[:size, :size]
     image += 0.03 * tex * lungs
     if pneumonia:
-        for _ in range(rng.integers(1, 4)):
-            side = rng.choice([-1, 1])
-            cx, cy = side * (lung_gap + lung_w * rng.uniform(0.5, 1.3)), rng.uniform(-0.2, 0.45)
-            r = rng.uniform(0.10, 0.22)
-            image += rng.uniform(0.15, 0.28) * np.exp(-(((x - cx) ** 2 + (y - cy) ** 2) / r**2)) * lungs
+        # its own random stream: the exposure and noise below stay those of the normal twin,
+        # so the opacities are the only difference between the classes
+        opacity = _rng(seed, 6, patient, index)
+        for _ in range(opacity.integers(1, 4)):
+            side = opacity.choice([-1, 1])
+            cx, cy = side * (lung_gap + lung_w * opacity.uniform(0.5, 1.3)), opacity.uniform(-0.2, 0.45)
+            r = opacity.uniform(0.10, 0.22)
+            image += opacity.uniform(0.15, 0.28) * np.exp(-(((x - cx) ** 2 + (y - cy) ** 2) / r**2)) * lungs
     image = image * rng.uniform(0.9, 1.1) + rng.uniform(-0.03, 0.03)
     image += rng.normal(0, 0.015, size=image.shape)
     return np.clip(image * 255, 0, 255).astype(np.uint8)
