@@ -1,0 +1,291 @@
+"""Brain privacy commands: seg-train, segment, seg-eval, reid-train, reid-eval, protect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from medtools.core import report
+from medtools.core.cliutil import (
+    BatchSize,
+    Compile,
+    Device,
+    Inputs,
+    Json,
+    Model,
+    Output,
+    Overwrite,
+    Precision,
+    Quiet,
+    Seed,
+    Shard,
+    Workers,
+    command,
+)
+
+Data = Annotated[list[Path], typer.Argument(help="Manifest CSV or folders of cases.", show_default=False)]
+Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
+Lr = Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")]
+Size = Annotated[int, typer.Option("--size", min=16, help="Slices are resized to size×size.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT's .train-state.safetensors.")]
+Steps = Annotated[Optional[int], typer.Option("--steps-per-epoch", min=1, help="Cap on optimizer steps per epoch.")]
+Modalities = Annotated[Optional[str], typer.Option("--modalities", help="Comma-separated, e.g. flair,t1ce (default: all present in every case).")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("seg-train")(seg_train)
+    app.command("segment")(segment)
+    app.command("seg-eval")(seg_eval)
+    app.command("reid-train")(reid_train)
+    app.command("reid-eval")(reid_eval)
+    app.command("protect")(protect)
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def _data(paths: list[Path]):
+    return paths[0] if len(paths) == 1 else paths
+
+
+def _emit_training(result: dict, json_output: bool, record: report.RunRecord) -> None:
+    if json_output:
+        record.device = result.get("device")
+        report.emit_json({**result, "run": record.as_dict()})
+    else:
+        report.emit_path(result["output"])
+
+
+@command
+def seg_train(
+    data: Data,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors).")],
+    modalities: Modalities = None,
+    binary: Annotated[bool, typer.Option("--binary", help="Tumor vs background (any label > 0).")] = False,
+    arch: Annotated[str, typer.Option("--arch", help="unet | unet-scse | unetplusplus | fpn | deeplabv3plus")] = "unet",
+    encoder: Annotated[str, typer.Option("--encoder", help="smp encoder (random init), e.g. resnet34, resnet18.")] = "resnet34",
+    size: Size = 128,
+    epochs: Epochs = 20,
+    batch_size: BatchSize = None,
+    lr: Lr = 1e-3,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of patients held out for validation.")] = 0.2,
+    steps_per_epoch: Steps = None,
+    seed: Seed = 0,
+    device: Device = None,
+    precision: Precision = None,
+    compile: Compile = False,
+    workers: Workers = 0,
+    resume: Resume = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Train a U-Net (smp) tumor segmenter on 2-D slices; Dice+CE; patient-wise validation."""
+    from medtools.brain.segment import train_segmenter
+
+    record = report.RunRecord(seed=seed)
+    result = train_segmenter(
+        _data(data), output, modalities=_split(modalities), binary=binary, arch=arch, encoder=encoder, size=size,
+        epochs=epochs, batch_size=batch_size or 16, lr=lr, val_fraction=val_fraction, seed=seed, device=device,
+        precision=precision, compile=compile, workers=workers, resume=resume, steps_per_epoch=steps_per_epoch,
+    )
+    _emit_training(result, json_output, record)
+    return 0
+
+
+@command
+def segment(
+    inputs: Inputs,
+    model: Model,
+    output: Output = None,
+    probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write softmax maps (<case>_seg_prob.nii.gz).")] = False,
+    out_format: Annotated[str, typer.Option("--format", help="nifti | dicom-seg (DICOM series input).")] = "nifti",
+    batch_size: BatchSize = None,
+    workers: Workers = 2,
+    shard: Shard = None,
+    device: Device = None,
+    precision: Precision = None,
+    compile: Compile = False,
+    overwrite: Overwrite = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Segment volumes (NIfTI, DICOM series, case folders, manifest) into label maps in the input geometry."""
+    from medtools.brain.cases import resolve_cases
+    from medtools.brain.segment import segment_cases
+    from medtools.core.inputs import check_output_arg, parse_shard
+
+    cases = resolve_cases(inputs)
+    part = parse_shard(shard)
+    if part:
+        cases = sorted(cases, key=lambda c: c.case)[part[0] - 1 :: part[1]]
+    output = check_output_arg(output, 2)
+    record = report.RunRecord()
+    record.add_checkpoint(model)
+    results = segment_cases(cases, model, output, device=device, precision=precision, compile=compile, batch_size=batch_size or 32, workers=workers, probabilities=probabilities, overwrite=overwrite, out_format=out_format)
+    return _drain(results, json_output, record)
+
+
+def _drain(results, json_output: bool, record: report.RunRecord) -> int:
+    """Report per-case results from a generator: paths (or JSON lines), errors on stderr."""
+    outcome = report.ItemOutcome()
+    for case, result in report.progress(results, description="cases"):
+        if isinstance(result, Exception):
+            outcome.failed += 1
+            report.error(f"{case.case}: {result}")
+            if isinstance(result, (KeyboardInterrupt,)):
+                raise result
+            continue
+        if result == "skipped":
+            outcome.skipped += 1
+            continue
+        outcome.ok += 1
+        paths = result["outputs"] if isinstance(result, dict) else result
+        if json_output:
+            report.emit_jsonl(result if isinstance(result, dict) else {"case": case.case, "outputs": [str(p) for p in paths]})
+        else:
+            for path in paths:
+                report.emit_path(path)
+    if json_output:
+        report.emit_jsonl({"summary": {"ok": outcome.ok, "failed": outcome.failed, "skipped": outcome.skipped}, "run": record.as_dict()})
+    return outcome.exit_code
+
+
+@command
+def seg_eval(
+    pred: Annotated[Path, typer.Argument(help="Folder of predicted label maps.")],
+    truth: Annotated[Path, typer.Argument(help="Ground truth: manifest CSV, case folders or a folder of label maps.")],
+    hd95: Annotated[bool, typer.Option("--hd95/--no-hd95", help="Compute HD95 (slower).")] = True,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Dice/IoU/HD95 per label and per BraTS region (WT, TC, ET), per case and mean."""
+    from medtools.brain.evaluate import evaluate_pair, pair_files, summarise
+    from medtools.core.errors import InputError
+
+    pairs = pair_files(pred, truth)
+    per_case: dict[str, dict] = {}
+
+    def work(pair):
+        case, pred_path, truth_path = pair
+        if pred_path is None:
+            raise InputError("no prediction for this case")
+        per_case[case] = evaluate_pair(pred_path, truth_path, with_hd95=hd95)
+
+    outcome = report.run_items(pairs, work, name=lambda p: p[0], total=len(pairs), description="seg-eval")
+    if not per_case:
+        raise InputError("no prediction matched any ground-truth case")
+    mean = summarise(per_case)
+    if json_output:
+        report.emit_json({"mean": mean, "cases": per_case, "missing": [c for c, p, _ in pairs if p is None], "run": report.RunRecord().as_dict()})
+    else:
+        print(f"{'region':<12}{'dice':>8}{'iou':>8}{'hd95':>9}{'cases':>7}")
+        for key, values in mean.items():
+            print(f"{key:<12}{values['dice']:>8.4f}{values['iou']:>8.4f}{values['hd95']:>9.2f}{values['cases']:>7}")
+    return outcome.exit_code
+
+
+@command
+def reid_train(
+    data: Data,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors).")],
+    arch: Annotated[str, typer.Option("--arch", help="Any timm classifier (random init): resnet18, resnet34, densenet121, ...")] = "resnet18",
+    label: Annotated[str, typer.Option("--label", help="Manifest column to predict: patient (re-identification) or e.g. class.")] = "patient",
+    modalities: Modalities = None,
+    size: Size = 128,
+    train_visits: Annotated[Optional[str], typer.Option("--train-visits", help="Visits to train on (default: first visit of each patient).")] = None,
+    val_visits: Annotated[Optional[str], typer.Option("--val-visits", help="Visits to validate on (default: the others).")] = None,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held-out share when no visit split is possible.")] = 0.2,
+    epochs: Epochs = 20,
+    batch_size: BatchSize = None,
+    lr: Lr = 1e-3,
+    steps_per_epoch: Steps = None,
+    seed: Seed = 0,
+    device: Device = None,
+    precision: Precision = None,
+    compile: Compile = False,
+    workers: Workers = 0,
+    resume: Resume = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Train a re-identification attacker (patient id from slices) or any image classifier (--label)."""
+    from medtools.brain.reid import train_reid
+
+    record = report.RunRecord(seed=seed)
+    result = train_reid(
+        _data(data), output, arch=arch, label=label, modalities=_split(modalities), size=size,
+        train_visits=_split(train_visits), val_visits=_split(val_visits), val_fraction=val_fraction, epochs=epochs,
+        batch_size=batch_size or 32, lr=lr, seed=seed, device=device, precision=precision, compile=compile,
+        workers=workers, resume=resume, steps_per_epoch=steps_per_epoch,
+    )
+    _emit_training(result, json_output, record)
+    return 0
+
+
+@command
+def reid_eval(
+    data: Data,
+    model: Model,
+    batch_size: BatchSize = None,
+    device: Device = None,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Top-1/top-5 accuracy, chance level and per-patient accuracy of an attacker on these cases."""
+    from medtools.brain.reid import eval_reid
+
+    record = report.RunRecord()
+    record.add_checkpoint(model)
+    result = eval_reid(_data(data), model, batch_size=batch_size or 64, device=device)
+    if json_output:
+        report.emit_json({**result, "run": record.as_dict()})
+    else:
+        print(f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  chance {result['chance']:.4f}  items {result['items']}  identities {result['identities']}")
+    return 0
+
+
+@command
+def protect(
+    inputs: Inputs,
+    attacker: Annotated[list[Path], typer.Option("--attacker", "-a", help="Re-identification checkpoint(s) to blind (several = ensemble).")],
+    output: Output = None,
+    utility: Annotated[Optional[Path], typer.Option("--utility", help="Segmentation checkpoint whose output must not change.")] = None,
+    eps: Annotated[float, typer.Option("--eps", help="L∞ budget as a fraction of each modality's normalised range (p0.5–p99.5 window).")] = 0.05,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="PGD iterations.")] = 10,
+    step_size: Annotated[Optional[float], typer.Option("--step-size", help="PGD step (default max(eps/4, 2.5·eps/steps)).")] = None,
+    objective: Annotated[str, typer.Option("--objective", help="untargeted | decoy | entropy | feature")] = "untargeted",
+    utility_weight: Annotated[float, typer.Option("--utility-weight", help="Weight of the segmentation-preserving KL term.")] = 1.0,
+    random_start: Annotated[bool, typer.Option("--random-start/--no-random-start", help="Start from uniform noise in the eps ball.")] = True,
+    diversity: Annotated[bool, typer.Option("--diversity/--no-diversity", help="Random shifts each step (input diversity).")] = True,
+    mask_background: Annotated[bool, typer.Option("--mask-background/--no-mask-background", help="Leave air (volume minimum) untouched.")] = True,
+    batch_size: BatchSize = None,
+    workers: Workers = 1,
+    shard: Shard = None,
+    seed: Seed = 0,
+    device: Device = None,
+    overwrite: Overwrite = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Add L∞ PGD noise that blinds re-identification while keeping segmentation (see docs/brain.md)."""
+    from medtools.brain.cases import resolve_cases
+    from medtools.brain.protect import protect_cases
+    from medtools.core.inputs import check_output_arg, parse_shard
+
+    cases = resolve_cases(inputs)
+    part = parse_shard(shard)
+    if part:
+        cases = sorted(cases, key=lambda c: c.case)[part[0] - 1 :: part[1]]
+    output = check_output_arg(output, 2)
+    record = report.RunRecord(seed=seed)
+    for path in attacker + ([utility] if utility else []):
+        record.add_checkpoint(path)
+    results = protect_cases(
+        cases, output, attackers=attacker, utility=utility, eps=eps, steps=steps, step_size=step_size, objective=objective,
+        utility_weight=utility_weight, random_start=random_start, diversity=diversity, mask_background=mask_background,
+        batch_size=batch_size or 32, workers=workers, seed=seed, device=device, overwrite=overwrite,
+    )
+    return _drain(results, json_output, record)

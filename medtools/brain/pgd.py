@@ -1,0 +1,200 @@
+"""Adversarial protection: L∞ PGD noise that blinds re-identification attackers while a
+segmentation model keeps its output (Madry et al. 2018, "Towards Deep Learning Models
+Resistant to Adversarial Attacks"; expectation over transformation, Athalye et al. 2018).
+
+Units: ``eps`` is a fraction of each modality's normalised intensity range, i.e. of the
+percentile window [p0.5, p99.5] that maps the volume to [0, 1] (the normalisation recorded
+in the checkpoints). In raw units the budget is ``eps × (p99.5 − p0.5)`` per modality, and
+it holds exactly after writing: integer outputs are rounded and then clipped to
+``floor(eps × range)``.
+
+Objectives (what the noise pushes the attackers towards):
+
+* ``untargeted`` – away from the true identity (the seed's method);
+* ``decoy`` – towards a random other identity, drawn per slice, so the noise is not one
+  consistent patient-specific pattern;
+* ``entropy`` – towards a uniform prediction;
+* ``feature`` – penultimate features away from the clean image's features (label-free).
+
+Several ``--attacker`` checkpoints form an ensemble (losses averaged). Each step sees
+random rounding noise of the output's quantisation step and, with ``diversity``, a
+random shift, so the protection survives writing to disk and small pose changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtools.brain.cases import LoadedCase
+from medtools.brain.segment import logits_for
+from medtools.core import ckpt
+from medtools.core.data import slices_to_volume
+from medtools.core.errors import UsageError
+from medtools.core.io import Image
+
+OBJECTIVES = ("untargeted", "decoy", "entropy", "feature")
+
+
+@dataclass
+class Attacker:
+    model: Any
+    size: int
+    class_names: list[str]
+    modalities: list[str]
+    path: Path
+
+
+def load_attackers(paths: list[Path], device: Any) -> list[Attacker]:
+    attackers = []
+    for path in paths:
+        checkpoint, model = ckpt.load_model(path, ("reid", "cls"), device)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        c = checkpoint.config
+        attackers.append(Attacker(model, int(c["image_size"]), list(c["class_names"]), list(c.get("modalities") or []), path))
+    return attackers
+
+
+def quantisation_steps(loaded: LoadedCase) -> np.ndarray:
+    """Per-channel rounding step of the output file in normalised units (0 for float files)."""
+    steps = []
+    for image, window in zip(loaded.images, loaded.windows):
+        integer = image.array.dtype.kind in "iu"
+        steps.append(1.0 / (window["high"] - window["low"]) if integer else 0.0)
+    return np.asarray(steps, dtype=np.float32)
+
+
+def pgd_delta(
+    slices: Any,
+    attackers: list[tuple[Attacker, list[int]]],
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    objective: str,
+    identity: list[int | None],
+    utility: tuple[Any, int, list[int]] | None = None,
+    utility_weight: float = 1.0,
+    random_start: bool = True,
+    quant: Any = None,
+    diversity: bool = True,
+    mask: Any = None,
+    generator: Any = None,
+) -> Any:
+    """The perturbation (same shape as ``slices``, |δ| ≤ eps) for one batch of slices.
+
+    ``attackers`` pairs each attacker with the channel indices it reads; ``identity`` gives,
+    per attacker, the true class index of this case (None: use the clean prediction).
+    ``utility`` is (segmentation model, its input size, its channels).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if objective not in OBJECTIVES:
+        raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
+    x = slices.detach()
+    if random_start:
+        delta = (torch.rand(x.shape, generator=generator, device="cpu").to(x.device) * 2 - 1) * eps
+    else:
+        delta = torch.zeros_like(x)
+    if mask is not None:
+        delta = delta * mask
+    with torch.no_grad():
+        targets, clean_features, clean_seg = [], [], None
+        for (attacker, channels), known in zip(attackers, identity):
+            logits = logits_for(attacker.model, x[:, channels], attacker.size)
+            truth = torch.full((len(x),), known, device=x.device) if known is not None else logits.argmax(1)
+            if objective == "decoy":
+                n = logits.shape[1]
+                offset = torch.randint(1, max(n, 2), (len(x),), generator=generator).to(x.device)
+                targets.append((truth + offset) % n)
+            else:
+                targets.append(truth)
+            if objective == "feature":
+                clean_features.append(_features(attacker, x[:, channels]).detach())
+        if utility is not None:
+            seg_model, seg_size, seg_channels = utility
+            clean_seg = logits_for(seg_model, x[:, seg_channels], seg_size).float().log_softmax(1)
+
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        adv = x + delta
+        if quant is not None:
+            adv = adv + (torch.rand(x.shape, generator=generator).to(x.device) - 0.5) * quant
+        if diversity:
+            shift = [int(v) for v in torch.randint(-2, 3, (2,), generator=generator)]
+            adv_seen = torch.roll(adv, shifts=shift, dims=(-2, -1))
+        else:
+            adv_seen = adv
+        loss = 0.0
+        for index, ((attacker, channels), target) in enumerate(zip(attackers, targets)):
+            inp = adv_seen[:, channels]
+            if objective == "feature":
+                loss = loss - F.cosine_similarity(_features(attacker, inp).flatten(1), clean_features[index].flatten(1)).mean()
+                continue
+            logits = logits_for(attacker.model, inp, attacker.size).float()
+            if objective == "untargeted":
+                loss = loss + F.cross_entropy(logits, target)
+            elif objective == "decoy":
+                loss = loss - F.cross_entropy(logits, target)
+            else:  # entropy: minimise KL(uniform || p)
+                loss = loss + logits.log_softmax(1).mean()
+        loss = loss / len(attackers)
+        if utility is not None:
+            seg_model, seg_size, seg_channels = utility
+            adv_seg = logits_for(seg_model, adv[:, seg_channels], seg_size).float().log_softmax(1)
+            loss = loss - utility_weight * F.kl_div(adv_seg, clean_seg, log_target=True, reduction="batchmean") / (adv_seg.shape[-1] * adv_seg.shape[-2]) * 1000.0
+        (grad,) = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            delta = delta + step_size * grad.sign()
+            delta = delta.clamp(-eps, eps)
+            if mask is not None:
+                delta = delta * mask
+    return delta.detach()
+
+
+def _features(attacker: Attacker, images: Any) -> Any:
+    import torch.nn.functional as F
+
+    from medtools.brain.models import classifier_features
+
+    if images.shape[-1] != attacker.size:
+        images = F.interpolate(images, size=(attacker.size, attacker.size), mode="bilinear", align_corners=False)
+    return classifier_features(attacker.model, images)
+
+
+def quantise_delta(loaded: LoadedCase, delta: np.ndarray, eps: float) -> tuple[list[Image], np.ndarray]:
+    """Write-ready protected images (same dtype and geometry) and the perturbation they really hold
+    (normalised units, (Z, C, H, W)) after rounding and clipping to the budget."""
+    out_images, real = [], []
+    for channel, (image, window) in enumerate(zip(loaded.images, loaded.windows)):
+        scale = window["high"] - window["low"]
+        raw = image.array
+        volume_delta = slices_to_volume(delta[:, channel]).reshape(raw.shape) * scale
+        if raw.dtype.kind in "iu":
+            budget = np.floor(eps * scale + 1e-9)
+            step = np.clip(np.rint(volume_delta), -budget, budget)
+            info = np.iinfo(raw.dtype)
+            protected = np.clip(raw.astype(np.int64) + step.astype(np.int64), info.min, info.max).astype(raw.dtype)
+        else:
+            protected = (raw.astype(np.float64) + np.clip(volume_delta, -eps * scale, eps * scale)).astype(raw.dtype)
+        out_images.append(image.with_array(protected))
+        applied = (protected.astype(np.float64) - raw.astype(np.float64)) / scale
+        real.append(np.moveaxis(applied.reshape(raw.shape if raw.ndim == 3 else (*raw.shape, 1)), 2, 0))
+    return out_images, np.stack(real, axis=1).astype(np.float32)
+
+
+def image_quality(clean: np.ndarray, protected: np.ndarray) -> dict[str, float]:
+    """L∞, PSNR and SSIM on normalised [0, 1] slices (Z, C, H, W), data range 1."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    clean64, prot64 = clean.astype(np.float64), np.clip(protected.astype(np.float64), 0.0, 1.0)
+    linf = float(np.abs(protected - clean).max()) if clean.size else 0.0
+    mse = float(np.mean((clean64 - prot64) ** 2))
+    psnr = float("inf") if mse == 0 else float(peak_signal_noise_ratio(clean64, prot64, data_range=1.0))
+    ssim_values = [structural_similarity(clean64[z, c], prot64[z, c], data_range=1.0) for z in range(clean.shape[0]) for c in range(clean.shape[1]) if min(clean.shape[-2:]) >= 7]
+    return {"linf": linf, "psnr": psnr, "ssim": float(np.mean(ssim_values)) if ssim_values else float("nan")}

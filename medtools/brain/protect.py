@@ -1,0 +1,153 @@
+"""`protect` driver: load each case once, run PGD over its slices in batches, write the protected
+volumes with the input's format, dtype and geometry, and report what the noise costs and buys."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtools.brain.cases import SINGLE, Case, load_case
+from medtools.brain.pgd import image_quality, load_attackers, pgd_delta, quantise_delta, quantisation_steps
+from medtools.brain.segment import logits_for, prefetch
+from medtools.core import ckpt
+from medtools.core.data import DEFAULT_NORM
+from medtools.core.device import resolve_device, seed_everything
+from medtools.core.errors import UsageError
+from medtools.core.io import write_image
+
+
+def _union(lists: Sequence[Sequence[str]]) -> list[str]:
+    out: list[str] = []
+    for items in lists:
+        for item in items:
+            if item not in out:
+                out.append(item)
+    return out
+
+
+def protect_cases(
+    cases: Sequence[Case],
+    output: Path,
+    *,
+    attackers: Sequence[Path],
+    utility: Path | None = None,
+    eps: float = 0.05,
+    steps: int = 10,
+    step_size: float | None = None,
+    objective: str = "untargeted",
+    utility_weight: float = 1.0,
+    random_start: bool = True,
+    diversity: bool = True,
+    mask_background: bool = True,
+    batch_size: int = 32,
+    workers: int = 1,
+    seed: int = 0,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> Iterator[tuple[Case, Any]]:
+    """Yields (case, result dict | 'skipped' | exception) per case, in order."""
+    import torch
+
+    if not attackers:
+        raise UsageError("protect needs at least one --attacker checkpoint")
+    if not 0 < eps <= 1:
+        raise UsageError("--eps must be in (0, 1] (a fraction of the normalised intensity range)")
+    step_size = step_size if step_size is not None else max(eps / 4, 2.5 * eps / max(steps, 1))
+    dev = resolve_device(device)
+    seed_everything(seed)
+    loaded_attackers = load_attackers(list(attackers), dev)
+    seg = None
+    if utility is not None:
+        seg_ckpt, seg_model = ckpt.load_model(utility, "seg", dev)
+        for p in seg_model.parameters():
+            p.requires_grad_(False)
+        seg = (seg_model, int(seg_ckpt.config["image_size"]), list(seg_ckpt.config["modalities"]))
+    modality_lists = [a.modalities for a in loaded_attackers] + ([seg[2]] if seg else [])
+    modalities = _union(modality_lists) or [SINGLE]
+    channel_of = {m: i for i, m in enumerate(modalities)}
+    attacker_channels = [[channel_of[m] for m in (a.modalities or modalities)] for a in loaded_attackers]
+    norm = DEFAULT_NORM
+
+    def targets_of(case: Case) -> dict[str, Path]:
+        return {m: output / case.rel_dir / path.name for m, path in zip(modalities, case.files_for(modalities))}
+
+    todo = []
+    for case in cases:
+        try:
+            targets = targets_of(case)
+        except Exception as exc:
+            yield case, exc
+            continue
+        if not overwrite and all(t.exists() for t in targets.values()):
+            yield case, "skipped"
+        else:
+            todo.append(case)
+
+    generator = torch.Generator().manual_seed(seed)
+    for case, loaded in prefetch(todo, lambda c: load_case(c, modalities, norm), workers):
+        if isinstance(loaded, Exception):
+            yield case, loaded
+            continue
+        try:
+            for image in loaded.images:
+                if image.format == "jpeg":
+                    raise UsageError("JPEG is lossy: protected noise would not survive; convert to PNG first")
+            quant = torch.from_numpy(quantisation_steps(loaded)).view(1, -1, 1, 1).to(dev)
+            identity = [a.class_names.index(case.patient) if case.patient in a.class_names else None for a in loaded_attackers]
+            slices = loaded.slices
+            background = np.stack([slices[:, c] <= 0 for c in range(slices.shape[1])], 1).all(1, keepdims=True) if mask_background else None
+            deltas = []
+            for start in range(0, len(slices), batch_size):
+                x = torch.from_numpy(slices[start : start + batch_size]).to(dev)
+                mask = None if background is None else torch.from_numpy(~background[start : start + batch_size]).to(dev).float()
+                delta = pgd_delta(
+                    x,
+                    list(zip(loaded_attackers, attacker_channels)),
+                    eps=eps,
+                    steps=steps,
+                    step_size=step_size,
+                    objective=objective,
+                    identity=identity,
+                    utility=(seg[0], seg[1], [channel_of[m] for m in seg[2]]) if seg else None,
+                    utility_weight=utility_weight,
+                    random_start=random_start,
+                    quant=quant,
+                    diversity=diversity,
+                    mask=mask,
+                    generator=generator,
+                )
+                deltas.append(delta.cpu().numpy())
+            delta = np.concatenate(deltas)
+            protected_images, real_delta = quantise_delta(loaded, delta, eps)
+            written = [write_image(image, target) for image, target in zip(protected_images, targets_of(case).values())]
+            protected_slices = slices + real_delta
+            result = {"case": case.case, "patient": case.patient, "outputs": [str(w) for w in written], "eps": eps, **image_quality(slices, protected_slices)}
+            result.update(_whitebox(loaded_attackers, attacker_channels, identity, slices, protected_slices, dev, batch_size))
+            yield case, result
+        except Exception as exc:
+            yield case, exc
+
+
+def _whitebox(attackers, channels, identity, clean: np.ndarray, protected: np.ndarray, dev: Any, batch_size: int) -> dict[str, Any]:
+    """Fraction of slices each attacker still assigns to the case's identity, clean vs protected."""
+    import torch
+
+    out = {}
+    keep = (clean.reshape(len(clean), -1).max(1) - clean.reshape(len(clean), -1).min(1)) > 1e-3
+    for attacker, chans, known in zip(attackers, channels, identity):
+        if known is None or not keep.any():
+            continue
+        scores = []
+        for data in (clean[keep], protected[keep]):
+            hits = 0
+            with torch.no_grad():
+                for start in range(0, len(data), batch_size):
+                    x = torch.from_numpy(np.ascontiguousarray(data[start : start + batch_size][:, chans])).to(dev)
+                    hits += int((logits_for(attacker.model, x, attacker.size).argmax(1) == known).sum())
+            scores.append(hits / len(data))
+        out[f"whitebox_top1_clean[{attacker.path.name}]"] = scores[0]
+        out[f"whitebox_top1_protected[{attacker.path.name}]"] = scores[1]
+    return out

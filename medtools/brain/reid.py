@@ -1,0 +1,217 @@
+"""Re-identification attacker: a classifier that predicts who a slice (or image) belongs to.
+
+Identity labels come from the manifest (``patient`` by default, any column with
+``--label``, e.g. ``class`` for NORMAL/PNEUMONIA chest X-rays). The honest evaluation is
+across visits: train on one exam of each patient, test on the patient's other exams; a
+random split of slices from the same scan flatters the attacker. With ``--train-visits``
+unset and patients with several visits, the first visit (sorted) trains and the others
+validate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtools.brain.models import build_classifier
+from medtools.brain.segment import common_modalities
+from medtools.core import ckpt, report
+from medtools.core.data import DEFAULT_NORM, SliceSet, build_image_set, build_slice_set
+from medtools.core.errors import InputError, UsageError
+from medtools.core.manifest import MODALITIES, load_rows
+from medtools.core.train import TrainSpec, fit
+
+UNIT_NORM = {"method": "unit"}  # 2-D images: divide by the bit depth's maximum
+
+
+def _is_volume_rows(rows: Sequence[dict[str, str]]) -> bool:
+    return any(r.get(m) for r in rows for m in MODALITIES)
+
+
+def load_items(rows: Sequence[dict[str, str]], *, modalities: Sequence[str] | None, size: int, label: str, class_names: Sequence[str] | None = None) -> tuple[SliceSet, np.ndarray, list[str]]:
+    """Slices (volumes) or images (2-D) with targets from manifest column ``label``."""
+    names = list(class_names) if class_names is not None else sorted({r[label] for r in rows if r.get(label)})
+    lookup = {n: i for i, n in enumerate(names)}
+    if _is_volume_rows(rows):
+        data = build_slice_set(rows, modalities or common_modalities(rows), size=size)
+        row_by_case = {r.get("case", str(i)): r for i, r in enumerate(rows)}
+        targets = np.array([lookup.get(row_by_case[data.cases[c]].get(label, ""), -1) for c in data.case_index])
+    else:
+        data = build_image_set(rows, size=size)
+        targets = np.array([lookup.get(r.get(label, ""), -1) for r in rows if "image" in r])
+    return data, targets, names
+
+
+def split_visits(rows: Sequence[dict[str, str]], train_visits: Sequence[str] | None, val_visits: Sequence[str] | None, val_fraction: float, seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]], str]:
+    """(train rows, validation rows, description of the split)."""
+    if train_visits:
+        train = [r for r in rows if r.get("visit") in set(train_visits)]
+        val = [r for r in rows if r.get("visit") in set(val_visits)] if val_visits else [r for r in rows if r.get("visit") not in set(train_visits)]
+        return train, val, f"visits {','.join(train_visits)} → {','.join(val_visits or ['others'])}"
+    by_patient: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_patient.setdefault(row["patient"], []).append(row)
+    if all(len({r.get("case") for r in group}) > 1 for group in by_patient.values()) and _is_volume_rows(rows):
+        train, val = [], []
+        for group in by_patient.values():
+            ordered = sorted(group, key=lambda r: (r.get("visit", ""), r.get("case", "")))
+            train.append(ordered[0])
+            val.extend(ordered[1:])
+        return train, val, "first visit of each patient → other visits"
+    # one exam per patient (or 2-D images): split images within each label
+    rng = np.random.default_rng(seed)
+    mask = rng.random(len(rows)) < val_fraction
+    return [r for r, m in zip(rows, mask) if not m], [r for r, m in zip(rows, mask) if m], f"random {val_fraction:.0%} of items (no cross-visit split possible)"
+
+
+def _augment(images: Any) -> Any:
+    """Random rotation (±10°), shift (±6%), scale (±5%) and intensity jitter per sample:
+    identity must survive the pose and scanner changes between visits."""
+    import math
+
+    import torch
+    import torch.nn.functional as F
+
+    n, device = images.shape[0], images.device
+    angle = (torch.rand(n, device=device) - 0.5) * math.radians(20)
+    zoom = 1.0 + (torch.rand(n, device=device) - 0.5) * 0.1
+    shift = (torch.rand(n, 2, device=device) - 0.5) * 0.12
+    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    scale = 1.0 + 0.2 * (torch.rand(n, 1, 1, 1, device=device) - 0.5)
+    return images * scale
+
+
+def train_reid(
+    data: Path | str | Sequence[Path | str],
+    output: Path,
+    *,
+    arch: str = "resnet18",
+    label: str = "patient",
+    modalities: Sequence[str] | None = None,
+    size: int = 128,
+    train_visits: Sequence[str] | None = None,
+    val_visits: Sequence[str] | None = None,
+    val_fraction: float = 0.2,
+    epochs: int = 20,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str | None = None,
+    precision: str | None = None,
+    compile: bool = False,
+    workers: int = 0,
+    resume: bool = False,
+    steps_per_epoch: int | None = None,
+) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    rows = [r for r in load_rows(data) if r.get(label)]
+    if not rows:
+        raise InputError(f"no cases with a {label!r} column in {data}")
+    if _is_volume_rows(rows):
+        modalities = list(modalities) if modalities else common_modalities(rows)
+    train_rows, val_rows, how = split_visits(rows, train_visits, val_visits, val_fraction, seed)
+    if not train_rows:
+        raise UsageError("the split leaves no training cases (check --train-visits)")
+    class_names = sorted({r[label] for r in train_rows})
+    report.log(f"reid-train: {len(class_names)} {label} classes; split: {how}; {len(train_rows)} training, {len(val_rows)} validation cases")
+    train_set, train_y, _ = load_items(train_rows, modalities=modalities, size=size, label=label, class_names=class_names)
+    val = None
+    if val_rows:
+        val_set, val_y, _ = load_items(val_rows, modalities=modalities, size=size, label=label, class_names=class_names)
+        keep = val_y >= 0
+        val = (val_set.images[keep], val_y[keep])
+    in_channels = train_set.images.shape[1]
+    config = {"arch": arch, "in_channels": in_channels, "num_classes": len(class_names), "image_size": size, "class_names": class_names, "label": label, "modalities": list(modalities or [])}
+    model = build_classifier(**config)
+    dataset = torch.utils.data.TensorDataset(torch.from_numpy(train_set.images), torch.from_numpy(train_y.astype(np.int64)))
+
+    def step(net: Any, batch: Any) -> Any:
+        images, targets = batch
+        return F.cross_entropy(net(_augment(images)).float(), targets, label_smoothing=0.1)
+
+    def validate(net: Any) -> dict[str, float]:
+        if val is None:
+            return {}
+        logits = predict_logits(net, val[0], batch_size * 2)
+        return {"val_top1": float((logits.argmax(1) == val[1]).mean()), "val_chance": 1.0 / len(class_names)}
+
+    spec = TrainSpec(
+        output=output,
+        kind="reid",
+        config=config,
+        norm=dict(DEFAULT_NORM) if modalities else dict(UNIT_NORM),
+        provenance={"data": str(data), "split": how, "train_cases": [r.get("case", "") for r in train_rows][:2000]},
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        precision=precision,
+        compile=compile,
+        workers=workers,
+        resume=resume,
+        steps_per_epoch=steps_per_epoch,
+        monitor="val_top1",
+    )
+    result = fit(model, dataset, step, spec, validate=validate)
+    result.update({"classes": len(class_names), "label": label, "split": how, "train_items": len(dataset), "val_items": 0 if val is None else len(val[1])})
+    return result
+
+
+def predict_logits(net: Any, images: np.ndarray, batch_size: int, size: int | None = None) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    dev = next(net.parameters()).device
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(dev)
+            if size is not None and x.shape[-1] != size:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+            out.append(net(x).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def eval_reid(data: Path | str | Sequence[Path | str], model_path: Path, *, batch_size: int = 64, device: str | None = None) -> dict[str, Any]:
+    """Top-1/top-5, chance level and per-identity accuracy of an attacker on the given cases."""
+    from medtools.core.device import resolve_device
+
+    dev = resolve_device(device)
+    checkpoint, net = ckpt.load_model(model_path, ("reid", "cls"), dev)
+    config = checkpoint.config
+    label, names = config.get("label", "patient"), config["class_names"]
+    rows = [r for r in load_rows(data) if r.get(label)]
+    if not rows:
+        raise InputError(f"no cases with a {label!r} column in {data}")
+    items, targets, _ = load_items(rows, modalities=config.get("modalities") or None, size=int(config["image_size"]), label=label, class_names=names)
+    known = targets >= 0
+    unknown = sorted({r[label] for r in rows} - set(names))
+    if unknown:
+        report.warn(f"{len(unknown)} {label} value(s) unknown to the attacker are left out: {', '.join(unknown[:5])}{'…' if len(unknown) > 5 else ''}")
+    if not known.any():
+        raise InputError(f"none of the {label} values in {data} is known to the attacker")
+    logits = predict_logits(net, items.images[known], batch_size)
+    y = targets[known]
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    per = {}
+    for index in sorted(set(y.tolist())):
+        sel = y == index
+        per[names[index]] = {"top1": float((logits[sel].argmax(1) == index).mean()), "items": int(sel.sum())}
+    return {
+        "top1": float((logits.argmax(1) == y).mean()),
+        "top5": float((top5 == y[:, None]).any(1).mean()),
+        "chance": 1.0 / len(names),
+        "items": int(known.sum()),
+        "identities": len(per),
+        "per_identity": per,
+        "label": label,
+    }

@@ -1,0 +1,309 @@
+"""Tumor segmentation: train an smp U-Net on 2-D slices, segment volumes back in their geometry.
+
+Training: Dice + cross-entropy, random flips and intensity jitter, patient-wise validation
+split with per-epoch Dice (and BraTS WT/TC/ET when the labels are BraTS-style), on the
+shared loop (core.train.fit). Inference: slices of several volumes are batched together,
+resized to the training size, and the logits are resized back before the argmax, so the
+label map has the input's exact shape and affine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtools.brain.cases import Case, LoadedCase, load_case
+from medtools.brain.metrics import BRATS_REGIONS, dice, is_brats
+from medtools.brain.models import BRATS_LABEL_MAP, build_segmenter
+from medtools.core import ckpt, report
+from medtools.core.data import DEFAULT_NORM, build_slice_set, map_labels, slices_to_volume, split_by_patient
+from medtools.core.errors import InputError, UsageError
+from medtools.core.io import Image, write_image
+from medtools.core.manifest import MODALITIES, load_rows
+from medtools.core.train import TrainSpec, fit
+
+
+def common_modalities(rows: Sequence[dict[str, str]]) -> list[str]:
+    """Modalities present in every row, in the canonical order."""
+    present = [m for m in MODALITIES if all(r.get(m) for r in rows)]
+    if not present:
+        raise InputError("no modality is present in every case; pass --modalities")
+    return present
+
+
+def label_scheme(values: set[int], binary: bool) -> tuple[dict[int, int], list[int]]:
+    """(raw label → class index, class index → raw label written by segment)."""
+    if binary:
+        mapping = {v: int(v > 0) for v in values | {0}}
+        return mapping, [0, 1]
+    if values <= {0, 1}:
+        return {0: 0, 1: 1}, [0, 1]
+    if is_brats(values):
+        return dict(BRATS_LABEL_MAP), [0, 1, 2, 4]
+    ordered = sorted(values | {0})
+    return {v: i for i, v in enumerate(ordered)}, ordered
+
+
+def logits_for(model: Any, slices: Any, size: int) -> Any:
+    """Model logits for (N, C, H, W) slices of any size: resized to ``size`` and back."""
+    import torch.nn.functional as F
+
+    height, width = slices.shape[-2:]
+    x = slices if (height, width) == (size, size) else F.interpolate(slices, size=(size, size), mode="bilinear", align_corners=False)
+    logits = model(x)
+    if (height, width) != (size, size):
+        logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
+    return logits
+
+
+def _augment(images: Any, labels: Any) -> tuple[Any, Any]:
+    """Random flips (per batch) and per-sample intensity scale/shift."""
+    import torch
+
+    if torch.rand(()) < 0.5:
+        images, labels = images.flip(-1), labels.flip(-1)
+    if torch.rand(()) < 0.5:
+        images, labels = images.flip(-2), labels.flip(-2)
+    scale = 1.0 + 0.1 * (torch.rand(images.shape[0], 1, 1, 1, device=images.device) - 0.5)
+    shift = 0.05 * (torch.rand(images.shape[0], 1, 1, 1, device=images.device) - 0.5)
+    return images * scale + shift, labels
+
+
+def train_segmenter(
+    data: Path | str | Sequence[Path | str],
+    output: Path,
+    *,
+    modalities: Sequence[str] | None = None,
+    binary: bool = False,
+    arch: str = "unet",
+    encoder: str = "resnet34",
+    size: int = 128,
+    epochs: int = 20,
+    batch_size: int = 16,
+    lr: float = 1e-3,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    device: str | None = None,
+    precision: str | None = None,
+    compile: bool = False,
+    workers: int = 0,
+    resume: bool = False,
+    steps_per_epoch: int | None = None,
+) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+    from segmentation_models_pytorch.losses import DiceLoss
+
+    rows = [r for r in load_rows(data) if r.get("label")]
+    if not rows:
+        raise InputError(f"no labelled cases in {data}")
+    modalities = list(modalities) if modalities else common_modalities(rows)
+    train_rows, val_rows = split_by_patient(rows, val_fraction, seed)
+    report.log(f"seg-train: {len(train_rows)} training cases, {len(val_rows)} validation cases ({len({r['patient'] for r in val_rows})} patients), modalities {','.join(modalities)}")
+    train_set = build_slice_set(train_rows, modalities, size=size, need_label=True)
+    val_set = build_slice_set(val_rows, modalities, size=size, need_label=True) if val_rows else None
+    values = set(np.unique(train_set.labels).tolist())
+    if val_set is not None:
+        values |= set(np.unique(val_set.labels).tolist())
+    mapping, label_values = label_scheme(values, binary)
+    train_set.labels = map_labels(train_set.labels, mapping)
+    if val_set is not None:
+        val_set.labels = map_labels(val_set.labels, mapping)
+    classes = len(label_values)
+    config = {
+        "arch": arch,
+        "encoder": encoder,
+        "in_channels": len(modalities),
+        "classes": classes,
+        "modalities": modalities,
+        "image_size": size,
+        "label_values": label_values,
+    }
+    model = build_segmenter(**config)
+    dice_loss = DiceLoss(mode="multiclass", from_logits=True)
+
+    def step(net: Any, batch: Any) -> Any:
+        images, labels = _augment(*batch)
+        logits = net(images)
+        return F.cross_entropy(logits.float(), labels) + dice_loss(logits.float(), labels)
+
+    def validate(net: Any) -> dict[str, float]:
+        if val_set is None:
+            return {}
+        dev = next(net.parameters()).device
+        preds = []
+        for start in range(0, len(val_set), batch_size * 2):
+            x = torch.from_numpy(val_set.images[start : start + batch_size * 2]).to(dev)
+            preds.append(net(x).argmax(1).cpu().numpy())
+        pred = np.concatenate(preds)
+        raw_pred, raw_true = np.asarray(label_values)[pred], np.asarray(label_values)[val_set.labels]
+        metrics = {f"val_dice_{label_values[c]}": dice(pred == c, val_set.labels == c) for c in range(1, classes)}
+        metrics["val_dice_fg"] = dice(pred > 0, val_set.labels > 0)
+        if is_brats(label_values):
+            for name, members in BRATS_REGIONS.items():
+                metrics[f"val_{name}"] = dice(np.isin(raw_pred, members), np.isin(raw_true, members))
+        metrics["val_dice_mean"] = float(np.mean([metrics[f"val_dice_{label_values[c]}"] for c in range(1, classes)]))
+        return metrics
+
+    spec = TrainSpec(
+        output=output,
+        kind="seg",
+        config=config,
+        norm=dict(DEFAULT_NORM),
+        provenance={"data": str(data), "train_cases": [r["case"] for r in train_rows], "val_cases": [r["case"] for r in val_rows], "label_map": {str(k): v for k, v in mapping.items()}},
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        precision=precision,
+        compile=compile,
+        workers=workers,
+        resume=resume,
+        steps_per_epoch=steps_per_epoch,
+        monitor="val_dice_mean",
+    )
+    result = fit(model, train_set.torch_dataset("labels"), step, spec, validate=validate)
+    result.update({"train_slices": len(train_set), "val_slices": 0 if val_set is None else len(val_set), "classes": classes, "label_values": label_values, "modalities": modalities})
+    return result
+
+
+class Segmenter:
+    """A loaded segmentation checkpoint ready for batched inference on one device."""
+
+    def __init__(self, path: Path, *, device: str | None = None, precision: str | None = None, compile: bool = False):
+        from medtools.core.device import prepare_model, resolve_device, resolve_precision
+
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.checkpoint = ckpt.load(path, kind="seg")
+        self.model = prepare_model(ckpt.build_model(self.checkpoint), self.device, compile=compile)
+        self.config = self.checkpoint.config
+        self.modalities: list[str] = self.config["modalities"]
+        self.size: int = int(self.config["image_size"])
+        self.label_values = np.asarray(self.config["label_values"])
+        self.norm = self.checkpoint.norm or DEFAULT_NORM
+
+    def probabilities(self, slices: np.ndarray, batch_size: int) -> np.ndarray:
+        """(N, C, H, W) slices → (N, classes, H, W) softmax probabilities (float32)."""
+        import torch
+
+        from medtools.core.device import autocast
+
+        out = []
+        with torch.inference_mode(), autocast(self.device, self.precision):
+            for start in range(0, len(slices), batch_size):
+                x = torch.from_numpy(slices[start : start + batch_size]).to(self.device, non_blocking=True)
+                if self.device.type == "cuda":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out.append(logits_for(self.model, x, self.size).float().softmax(1).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.label_values), *slices.shape[-2:]), np.float32)
+
+    def label_volume(self, probs: np.ndarray) -> np.ndarray:
+        """(Z, classes, H, W) probabilities → raw label volume (x, y, z) uint8."""
+        return slices_to_volume(self.label_values[probs.argmax(1)].astype(np.uint8))
+
+
+def prefetch(cases: Sequence[Case], loader, workers: int) -> Iterator[tuple[Case, Any]]:
+    """Yield (case, loader(case) or the exception) in order, loading ahead in threads."""
+    if workers <= 0:
+        for case in cases:
+            try:
+                yield case, loader(case)
+            except Exception as exc:  # reported per item by the caller
+                yield case, exc
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [(case, pool.submit(loader, case)) for case in cases[: workers * 2]]
+        queued = len(futures)
+        while futures:
+            case, future = futures.pop(0)
+            if queued < len(cases):
+                futures.append((cases[queued], pool.submit(loader, cases[queued])))
+                queued += 1
+            try:
+                yield case, future.result()
+            except Exception as exc:
+                yield case, exc
+
+
+def segment_cases(
+    cases: Sequence[Case],
+    model_path: Path,
+    output: Path,
+    *,
+    device: str | None = None,
+    precision: str | None = None,
+    compile: bool = False,
+    batch_size: int = 32,
+    workers: int = 2,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    suffix: str = "_seg",
+    out_format: str = "nifti",
+):
+    """Segment cases; yields (case, written paths or 'skipped' or an exception) in input order.
+
+    Slices of consecutive cases are gathered until a batch is full so small volumes still
+    fill the device.
+    """
+    if out_format not in ("nifti", "dicom-seg"):
+        raise UsageError("--format must be nifti or dicom-seg")
+    segmenter = Segmenter(model_path, device=device, precision=precision, compile=compile)
+    targets = {case.case: output / case.rel_dir / f"{case.case}{suffix}.nii.gz" for case in cases}
+    todo = [c for c in cases if overwrite or not targets[c.case].exists()]
+    for case in cases:
+        if case not in todo:
+            yield case, "skipped"
+    group: list[LoadedCase] = []
+
+    def flush() -> Iterator[tuple[Case, Any]]:
+        if not group:
+            return
+        slices = np.concatenate([g.slices for g in group])
+        probs = segmenter.probabilities(slices, batch_size)
+        start = 0
+        for loaded in group:
+            n = len(loaded.slices)
+            case_probs = probs[start : start + n]
+            start += n
+            try:
+                yield loaded.case, _write_outputs(loaded, case_probs, segmenter, targets[loaded.case.case], probabilities, out_format)
+            except Exception as exc:  # reported per item by the caller
+                yield loaded.case, exc
+        group.clear()
+
+    for case, loaded in prefetch(todo, lambda c: load_case(c, segmenter.modalities, segmenter.norm), workers):
+        if isinstance(loaded, Exception):
+            yield case, loaded
+            continue
+        group.append(loaded)
+        if sum(len(g.slices) for g in group) >= batch_size:
+            yield from flush()
+    yield from flush()
+
+
+def _write_outputs(loaded: LoadedCase, probs: np.ndarray, segmenter: Segmenter, target: Path, probabilities: bool, out_format: str) -> list[Path]:
+    reference = loaded.images[0]
+    labels = segmenter.label_volume(probs)
+    if reference.array.ndim == 2:  # a 2-D input gives a 2-D label image
+        labels = labels[:, :, 0]
+    written = []
+    if out_format == "dicom-seg":
+        from medtools.brain.dicomseg import write_dicom_seg
+
+        written.append(write_dicom_seg(loaded, labels, target.with_name(target.name.replace(".nii.gz", ".dcm"))))
+    else:
+        header = reference.meta.get("header")
+        image = Image(labels, affine=reference.affine, format="nifti", meta={"header": header} if header is not None else {})
+        written.append(write_image(image, target, format="nifti"))
+    if probabilities:
+        volume = np.moveaxis(probs, 1, -1)  # (Z, H, W, classes)
+        volume = np.moveaxis(volume, 0, 2).astype(np.float32)  # (H, W, Z, classes) = (x, y, z, c)
+        prob_path = target.with_name(target.name.replace(".nii.gz", "_prob.nii.gz"))
+        written.append(write_image(Image(volume, affine=reference.affine, format="nifti"), prob_path, format="nifti"))
+    return written
