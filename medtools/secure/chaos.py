@@ -12,21 +12,26 @@ carries more than 2^100 keys. Lanes are iterated together, which vectorises the 
 numpy; after a burn-in their samples give
 
 * the pixel permutation (stable argsort of n samples, the classic chaotic sort),
-* three key-dependent S-boxes over the M = 2^bits grey levels (argsort of M samples each),
-* three keystreams k1, k2, k3 of n grey levels (the low 48 bits of ⌊x·2^52⌋).
+* four key-dependent S-boxes over the M = 2^bits grey levels (argsort of M samples each),
+* four keystreams k1..k4 of n grey levels (the low 48 bits of ⌊x·2^52⌋).
 
 Cipher (flat image p of n levels, arithmetic mod M):
 
     a = p[perm]
-    b = S1[iv1 + cumsum(a + k1)]              forward chain
-    c = S2[iv2 + reverse_cumsum(b + k2)]      backward chain
-    y = S3[iv3 + cumsum(c + k3)]              forward chain
+    b = S1[iv1 + prefix(a + k1)]     forward chain
+    c = S2[iv2 + suffix(b + k2)]     backward chain
+    d = S3[iv3 + prefix(c + k3)]     forward chain
+    y = S4[iv4 + suffix(d + k4)]     backward chain
 
 A prefix sum is a chained diffusion c_i = f(c_{i−1}, p_i) that numpy computes without a
-Python loop; the S-boxes make each pass non-linear. After the backward pass every output
-depends on every input, and the third pass turns the constant difference left in front of
-a change into a random one, so one changed pixel changes ~(1 − 1/M) of the cipher pixels
-by a uniform amount (NPCR ≈ 99.61 %, UACI ≈ 33.46 % for 8 bits).
+Python loop; the S-boxes make each pass non-linear. A change at chain position j reaches
+every later position in pass 1 and every earlier one in pass 2, unless the sum of the
+differences pass 1 left behind is 0 mod M (probability 1/M); pass 3 turns the constant
+difference in front of j into a random one. Pass 4 repeats pass 2, so a change is lost
+for positions before j only if both sums vanish (probability ~1/M²): measured on chest
+X-rays, three passes missed in ~1 of 200 one-pixel trials. One changed pixel changes
+~(1 − 1/M) of the cipher pixels by a uniform amount (NPCR ≈ 99.61 %, UACI ≈ 33.46 % for
+8 bits).
 
 sin(πx) is evaluated with a fixed odd Taylor polynomial (degree 21, error < 2e-18 on the
 folded range) built from IEEE add/multiply only, so every machine computes the same orbit
@@ -49,6 +54,7 @@ from medtools.secure import derive
 BURN_IN = 64  # iterations discarded before sampling (transient of the orbit)
 MIN_LANES = 1024
 MAX_STEPS = 256  # lanes grow with the image so that at most this many sequential steps run
+PASSES = 4  # diffusion passes: forward, backward, forward, backward
 # sin(θ) = Σ (−1)^k θ^(2k+1)/(2k+1)!, k = 0..10 (θ ≤ π/2 after folding)
 _SIN_COEFFS = tuple((-1) ** k / math.factorial(2 * k + 1) for k in range(11))
 _RESEED = 0.6180339887498949  # an orbit that lands exactly on 0 (a fixed point) restarts here
@@ -117,10 +123,10 @@ class Schedule:
     """Everything the cipher needs for one key, image size and bit depth."""
 
     perm: np.ndarray
-    sboxes: tuple[np.ndarray, np.ndarray, np.ndarray]
-    inverse_sboxes: tuple[np.ndarray, np.ndarray, np.ndarray]
-    streams: tuple[np.ndarray, np.ndarray, np.ndarray]
-    ivs: tuple[int, int, int]
+    sboxes: tuple[np.ndarray, ...]
+    inverse_sboxes: tuple[np.ndarray, ...]
+    streams: tuple[np.ndarray, ...]
+    ivs: tuple[int, ...]
     bits: int
 
     @property
@@ -139,7 +145,7 @@ def schedule(key: bytes, n: int, bits: int) -> Schedule:
     geometry = f"{n}/{bits}"
     perm = np.argsort(lss_samples(key, f"perm/{geometry}", n), kind="stable")
     boxes = []
-    for index in range(3):
+    for index in range(PASSES):
         box = np.argsort(lss_samples(key, f"sbox{index}/{geometry}", levels), kind="stable").astype(dtype)
         boxes.append(box)
     inverse = []
@@ -148,11 +154,11 @@ def schedule(key: bytes, n: int, bits: int) -> Schedule:
         inv[box] = np.arange(levels, dtype=dtype)
         inverse.append(inv)
     per_sample = 6 if dtype == np.uint8 else 3
-    samples = lss_samples(key, f"stream/{geometry}", -(-(3 * n + 3) // per_sample))
-    flat = _keystream(samples, 3 * n + 3, dtype, mask)
-    streams = (flat[:n], flat[n : 2 * n], flat[2 * n : 3 * n])
-    ivs = tuple(int(v) for v in flat[3 * n :])
-    return Schedule(perm, tuple(boxes), tuple(inverse), streams, ivs, bits)  # type: ignore[arg-type]
+    count = PASSES * (n + 1)
+    flat = _keystream(lss_samples(key, f"stream/{geometry}", -(-count // per_sample)), count, dtype, mask)
+    streams = tuple(flat[i * n : (i + 1) * n] for i in range(PASSES))
+    ivs = tuple(int(v) for v in flat[PASSES * n :])
+    return Schedule(perm, tuple(boxes), tuple(inverse), streams, ivs, bits)
 
 
 CHAIN_WIDTH = 16384  # columns of the chain matrix (see _layout)
@@ -281,14 +287,11 @@ def encrypt(levels: np.ndarray, key: bytes, bits: int) -> np.ndarray:
     if flat.size == 0:
         return levels.copy()
     sched = schedule(bytes(key), flat.size, bits)
-    s1, s2, s3 = sched.sboxes
-    k1, k2, k3 = sched.streams
-    iv1, iv2, iv3 = sched.ivs
-    a = flat[sched.perm]
-    b = _lookup(s1, _mod(_prefix(a + k1, iv1), sched))
-    c = _lookup(s2, _mod(_suffix(b + k2, iv2), sched))
-    y = _lookup(s3, _mod(_prefix(c + k3, iv3), sched))
-    return y.reshape(levels.shape)
+    values = flat[sched.perm]
+    for index, (box, stream, iv) in enumerate(zip(sched.sboxes, sched.streams, sched.ivs)):
+        chain = _suffix if index % 2 else _prefix
+        values = _lookup(box, _mod(chain(values + stream, iv), sched))
+    return values.reshape(levels.shape)
 
 
 def decrypt(cipher: np.ndarray, key: bytes, bits: int) -> np.ndarray:
@@ -297,12 +300,10 @@ def decrypt(cipher: np.ndarray, key: bytes, bits: int) -> np.ndarray:
     if flat.size == 0:
         return cipher.copy()
     sched = schedule(bytes(key), flat.size, bits)
-    i1, i2, i3 = sched.inverse_sboxes
-    k1, k2, k3 = sched.streams
-    iv1, iv2, iv3 = sched.ivs
-    c = _mod(_unprefix(_lookup(i3, flat), iv3) - k3, sched)
-    b = _mod(_unsuffix(_lookup(i2, c), iv2) - k2, sched)
-    a = _mod(_unprefix(_lookup(i1, b), iv1) - k1, sched)
-    plain = np.empty_like(a)
-    plain[sched.perm] = a
+    values = flat
+    for index in reversed(range(PASSES)):
+        unchain = _unsuffix if index % 2 else _unprefix
+        values = _mod(unchain(_lookup(sched.inverse_sboxes[index], values), sched.ivs[index]) - sched.streams[index], sched)
+    plain = np.empty_like(values)
+    plain[sched.perm] = values
     return plain.reshape(cipher.shape)
