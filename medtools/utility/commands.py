@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 @command
 def manifest(
     folders: Annotated[list[Path], typer.Argument(help="Folders to search for cases.", show_default=False)],
-    output: Output = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="CSV file to write (default: stdout); replaced if it exists.")] = None,
     relative: Annotated[bool, typer.Option("--relative", help="Write paths relative to the -o file's folder.")] = False,
     quiet: Quiet = False,
 ) -> int:
