@@ -43,7 +43,9 @@ def describe(path: Path, *, kind: str | None = None) -> dict[str, Any]:
         import nibabel as nib
 
         info["orientation"] = "".join(nib.aff2axcodes(image.affine))
-        info["description"] = image.meta["header"]["descrip"].tobytes().rstrip(b"\0").decode("latin-1")
+        description = image.meta["header"]["descrip"].tobytes().rstrip(b"\0").decode("latin-1").strip()
+        if description:
+            info["description"] = description
     if "bits" in image.meta:
         info["bits"] = image.meta["bits"]
     if "dataset" in image.meta:
