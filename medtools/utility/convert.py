@@ -61,13 +61,22 @@ def real_values(image: Image) -> Image:
 
 
 def looks_like_label(array: np.ndarray, name: str) -> bool:
-    """Integer volume with few values, or a file named like a label map."""
+    """Whole values in 0..255 (exact as 8-bit PNG) and either few of them or a label-like name.
+
+    The name alone is not enough: ``case_seg_prob.nii.gz`` holds probabilities in [0, 1],
+    which an 8-bit label PNG would truncate to zeros.
+    """
+    if array.size == 0 or array.dtype.kind not in "iubf":
+        return False
+    if array.min() < 0 or array.max() > 255:
+        return False
+    sample = array.ravel()[:: max(1, array.size // 200_000)]
+    if array.dtype.kind == "f" and not np.array_equal(sample, np.rint(sample)):
+        return False
     lowered = name.lower()
     if any(token in lowered for token in ("seg", "label", "mask", "otmulticlass")):
-        return True
-    if array.dtype.kind in "iub":
-        return np.unique(array[:: max(1, array.size // 200000)]).size <= 16
-    return False
+        return bool(array.dtype.kind != "f" or np.array_equal(array, np.rint(array)))
+    return array.dtype.kind in "iub" and np.unique(sample).size <= 16
 
 
 def convert(item: Item, output: Path, *, to: str, axis: int = 2, overwrite: bool = False, single: bool = False) -> list[Path]:
@@ -103,10 +112,8 @@ def _write_json(path: Path, data: dict) -> Path:
 def _volume_to_png(image: Image, folder: Path, *, axis: int, label: bool) -> list[Path]:
     volume = as_volume(image)
     slices = np.moveaxis(volume, axis, 0)
-    if label:
-        if slices.min() < 0 or slices.max() > 255:
-            raise UsageError("label values must be 0..255 for PNG")
-        quantised, scale, offset, bits = slices.astype(np.uint8), 1.0, 0.0, 8
+    if label:  # whole values in 0..255 (looks_like_label)
+        quantised, scale, offset, bits = np.rint(slices).astype(np.uint8), 1.0, 0.0, 8
     else:
         lo, hi = float(slices.min()), float(slices.max())
         integer = slices.dtype.kind in "iu" and hi - lo <= 65535
@@ -114,9 +121,14 @@ def _volume_to_png(image: Image, folder: Path, *, axis: int, label: bool) -> lis
         offset = lo
         quantised = np.rint((slices.astype(np.float64) - offset) / scale).astype(np.uint16)
         bits = 16
-    written = []
-    for index, plane in enumerate(quantised):
-        written.append(write_image(Image(plane, format="png"), folder / f"slice_{index:04d}.png"))
+    written: list[Path] = []
+    try:
+        for index, plane in enumerate(quantised):
+            written.append(write_image(Image(plane, format="png"), folder / f"slice_{index:04d}.png"))
+    except BaseException:  # Ctrl-C or a write error: no half volume is left behind
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     meta = {
         "source": image.meta.get("source"),
         "shape": list(volume.shape),
