@@ -138,3 +138,30 @@ def test_info_text_and_json(volumes: Path, tmp_path: Path) -> None:
     assert dicom["format"] == "dicom" and dicom["dicom"]["Modality"] == "CT" and dicom["dicom"]["Rows"] == "128"
     assert dicom["rescale"] == {"slope": 1.0, "intercept": -1024.0}
     assert dicom["dicom"]["TransferSyntaxUID"] == "1.2.840.10008.1.2.1"
+
+
+def test_probability_map_named_seg_is_not_truncated_to_labels(tmp_path: Path) -> None:
+    probabilities = np.random.default_rng(2).random((6, 5, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(probabilities, np.eye(4)), tmp_path / "case_seg_prob.nii.gz")
+    run_cli("convert", tmp_path / "case_seg_prob.nii.gz", "-o", tmp_path / "png", "--to", "png", check=True)
+    volume, _ = restore(tmp_path / "png" / "case_seg_prob")
+    np.testing.assert_allclose(volume, probabilities, atol=1.0 / 65535)
+
+
+def test_interrupted_png_volume_leaves_no_slices(volumes: Path, tmp_path: Path, monkeypatch) -> None:
+    from medtools.core.inputs import Item
+    from medtools.utility import convert as convert_module
+
+    real_write, calls = convert_module.write_image, []
+
+    def write_twice_then_interrupt(image, path, **kwargs):
+        calls.append(path)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real_write(image, path, **kwargs)
+
+    monkeypatch.setattr(convert_module, "write_image", write_twice_then_interrupt)
+    item = Item(volumes / "a" / "scan.nii.gz", Path("a/scan.nii.gz"))
+    with pytest.raises(KeyboardInterrupt):
+        convert_module.convert(item, tmp_path / "png", to="png")
+    assert [p for p in (tmp_path / "png").rglob("*") if p.is_file()] == []
