@@ -9,6 +9,7 @@ import typer
 
 from medtools.core import report
 from medtools.core.cliutil import Overwrite, Quiet, Seed, command
+from medtools.core.errors import UsageError
 
 app = typer.Typer(help="Synthetic data with real layouts (brain MRI in BraTS layout, chest X-rays).", no_args_is_help=True)
 
@@ -28,6 +29,7 @@ def brain(
     """Multi-modal brain MRI (flair, t1, t1ce, t2 + BraTS labels) with stable patient identities."""
     from medtools.phantom.generate import write_brain_phantoms
 
+    _check_folder(output)
     written = write_brain_phantoms(output, patients=patients, visits=visits, size=size, slices=slices, seed=seed, overwrite=overwrite, on_write=report.emit_path)
     report.log(f"wrote {len(written)} files for {patients} patients × {visits} visits to {output}")
     return 0
@@ -47,6 +49,12 @@ def cxr(
     """Chest X-ray PNGs with per-patient anatomy; pneumonia-like opacities for half the patients."""
     from medtools.phantom.generate import write_cxr_phantoms
 
+    _check_folder(output)
     written = write_cxr_phantoms(output, n=n, patients=patients, size=size, seed=seed, overwrite=overwrite, on_write=report.emit_path)
     report.log(f"wrote {len(written)} images to {output}")
     return 0
+
+
+def _check_folder(output: Path) -> None:
+    if output.exists() and not output.is_dir():
+        raise UsageError(f"-o {output} is a file; phantoms go into a folder")
