@@ -82,6 +82,7 @@ def test_exit_1_some_items_failed_the_others_written(tmp_path: Path) -> None:
         ("convert", "{png}", "-o", "{out}", "--bogus-flag"),
         ("phantom", "brain", "-n", "1"),  # missing -o
         ("phantom", "cxr", "-n", "0", "-o", "{out}"),  # below the minimum
+        ("phantom", "cxr", "-n", "1", "-o", "{png}"),  # -o is a file
         ("info",),  # missing input
         ("nonsense-command",),
     ],
