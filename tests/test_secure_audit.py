@@ -17,6 +17,10 @@ def test_wu_bounds_match_the_published_256x256_values():
     assert bounds["uaci_low"] == pytest.approx(33.2824, abs=1e-4)
     assert bounds["uaci_high"] == pytest.approx(33.6447, abs=1e-4)
     assert audit.ideal(8) == pytest.approx({"npcr": 99.609375, "uaci": 33.463542}, abs=1e-5)
+    assert audit.expected_entropy(8, 256 * 256) == pytest.approx(7.99719, abs=1e-5)
+    rng = np.random.default_rng(3)
+    measured = [audit.entropy(rng.integers(0, 256, 256 * 256)) for _ in range(20)]
+    assert np.mean(measured) == pytest.approx(audit.expected_entropy(8, 256 * 256), abs=2e-4)
 
 
 def test_statistics_on_known_inputs():

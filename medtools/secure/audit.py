@@ -57,6 +57,16 @@ def entropy(levels: np.ndarray) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
+def expected_entropy(bits: int, pixels: int) -> float | None:
+    """Mean entropy of a truly uniform random image of this size (Miller-Madow bias:
+    bits − (M − 1)/(2 n ln 2)); below ``bits`` because n samples never fill M bins evenly.
+    None when n < 10·M, where the approximation does not hold."""
+    levels = 1 << bits
+    if pixels < 10 * levels:
+        return None
+    return float(bits - (levels - 1) / (2 * pixels * np.log(2)))
+
+
 def _pairs(levels: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarray]:
     x = levels.astype(np.float64)
     if direction == "horizontal":
@@ -157,7 +167,7 @@ def run_audit(
         "trials_passing": int(sum(bounds["uaci_low"] <= v <= bounds["uaci_high"] for v in uaci_values)),
         "trials": trials,
     }
-    result["entropy"] = {"plain": entropy(plain.levels), "cipher": entropy(cipher), "ideal": float(min(bits, np.log2(plain.levels.size)))}
+    result["entropy"] = {"plain": entropy(plain.levels), "cipher": entropy(cipher), "ideal": float(min(bits, np.log2(plain.levels.size))), "expected_uniform": expected_entropy(bits, int(plain.levels.size))}
     result["correlation"] = {"plain": correlations(plain.levels), "cipher": correlations(cipher)}
     result["chi_square"] = {"plain": chi_square(plain.levels, bits), "cipher": chi_square(cipher, bits)}
     result["key_sensitivity"] = _key_sensitivity(plain.levels, computed, bits, method, key, block_size, window)
@@ -257,7 +267,8 @@ def render_audit(result: dict[str, Any]) -> str:
     low, high = uaci["interval_0.05"]
     lines.append(f"UACI  {uaci['mean']:8.4f} %  (target {uaci['target']:.4f}, Wu α=0.05 [{low:.4f}, {high:.4f}]; {uaci['trials_passing']}/{uaci['trials']} trials pass)")
     ent = result["entropy"]
-    lines.append(f"entropy  plain {ent['plain']:.4f}  cipher {ent['cipher']:.4f}  (ideal {ent['ideal']:.4f})")
+    expected = f", a uniform random image of this size: {ent['expected_uniform']:.4f}" if ent.get("expected_uniform") else ""
+    lines.append(f"entropy  plain {ent['plain']:.4f}  cipher {ent['cipher']:.4f}  (ideal {ent['ideal']:.4f}{expected})")
     for name in ("plain", "cipher"):
         corr = result["correlation"][name]
         lines.append(f"correlation {name:6s}  h {corr['horizontal']:+.4f}  v {corr['vertical']:+.4f}  d {corr['diagonal']:+.4f}")

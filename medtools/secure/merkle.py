@@ -193,6 +193,16 @@ def walk(folder: Path, *, exclude: Iterable[Path] = ()) -> list[str]:
     return sorted(found)
 
 
+def _read_json(path: Path, what: str) -> Any:
+    """A manifest or proof: missing is an input error (5), unreadable an integrity one (4)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"no {what} at {path}") from None
+    except (OSError, ValueError) as exc:
+        raise IntegrityError(f"{path} is not a readable {what}: {exc}") from None
+
+
 @dataclass
 class Seal:
     files: list[dict[str, Any]]  # {"path", "size", "sha256"} sorted by path
@@ -220,12 +230,7 @@ class Seal:
 
     @classmethod
     def load(cls, path: Path) -> "Seal":
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"no manifest at {path}") from None
-        except (OSError, ValueError) as exc:
-            raise IntegrityError(f"{path} is not a readable seal manifest: {exc}") from None
+        data = _read_json(path, "seal manifest")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise IntegrityError(f"{path} is not a medtools seal manifest")
         if data.get("version") != VERSION:
@@ -394,13 +399,7 @@ def verify_command(
     if proof is not None:
         if manifest is not None or folder is not None:
             raise UsageError("--proof is checked on its own: give no manifest or folder (use --file FILE to check content)")
-        try:
-            data = json.loads(Path(proof).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UsageError(f"no proof file {proof}") from None
-        except (OSError, ValueError) as exc:
-            raise IntegrityError(f"{proof} is not a readable proof: {exc}") from None
-        result = check_proof(data, file=file, hmac_key=key, public_key=public_key)
+        result = check_proof(_read_json(proof, "proof"), file=file, hmac_key=key, public_key=public_key)
         if json_output:
             report.emit_json(result)
         report.log(f"proof OK: {result['path']} is in the seal with root {result['root']} (signature: {result['signature']})")
