@@ -378,18 +378,20 @@ def _write_raster(image: Image, tmp: Path, fmt: str) -> None:
     from PIL import Image as PILImage
 
     array = np.asarray(image.array)
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
+        raise InputError(f"a {fmt.upper()} holds a 2-D gray, RGB or RGBA image, not shape {array.shape}")
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
     if array.dtype.kind == "f":
-        raise UsageError("float images cannot be written as PNG/JPEG/TIFF without scaling; convert to uint8/uint16 first")
+        raise InputError("float images cannot be written as PNG/JPEG/TIFF without scaling; convert to uint8/uint16 first")
     if fmt == "jpeg" and array.dtype != np.uint8:
-        raise UsageError("JPEG holds only 8-bit images")
+        raise InputError("JPEG holds only 8-bit images")
     if array.dtype not in (np.uint8, np.uint16):
         if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
-            raise UsageError(f"values {array.min()}..{array.max()} do not fit in a 16-bit image")
+            raise InputError(f"values {array.min()}..{array.max()} do not fit in a 16-bit image")
         array = array.astype(np.uint16 if array.max(initial=0) > 255 else np.uint8)
     if array.ndim == 3 and array.dtype == np.uint16:
-        raise UsageError("16-bit colour images are not supported")
+        raise InputError("16-bit colour images are not supported")
     pil = PILImage.fromarray(array) if array.dtype == np.uint8 else PILImage.fromarray(array.astype(np.uint16))
     kwargs: dict[str, Any] = {"quality": 95} if fmt == "jpeg" else {}
     pil.save(tmp, format={"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}[fmt], **kwargs)
