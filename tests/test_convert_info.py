@@ -165,3 +165,12 @@ def test_interrupted_png_volume_leaves_no_slices(volumes: Path, tmp_path: Path, 
     with pytest.raises(KeyboardInterrupt):
         convert_module.convert(item, tmp_path / "png", to="png")
     assert [p for p in (tmp_path / "png").rglob("*") if p.is_file()] == []
+
+
+def test_volume_png_cannot_hold_is_an_item_error_not_a_stop(volumes: Path, tmp_path: Path) -> None:
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 5), np.int16), np.eye(4)), volumes / "b" / "dwi.nii.gz")  # 4-D
+    proc = run_cli("convert", volumes, "-o", tmp_path / "png", "--to", "png")
+    assert proc.returncode == 1, proc.stderr
+    assert "dwi.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
+    assert sum(p.name == "volume.json" for p in (tmp_path / "png").rglob("*")) == 3
+    assert not (tmp_path / "png" / "b" / "dwi").exists() or not any((tmp_path / "png" / "b" / "dwi").iterdir())

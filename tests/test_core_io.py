@@ -207,10 +207,27 @@ def test_grayscale_stored_as_rgb_jpeg_comes_back_2d(tmp_path: Path) -> None:
     assert image.array.ndim == 2 and image.array.dtype == np.uint8
 
 
-def test_float_image_is_not_silently_written_as_png(tmp_path: Path) -> None:
-    with pytest.raises(UsageError):
-        write_image(Image(np.zeros((4, 4), np.float32), format="png"), tmp_path / "x.png")
+@pytest.mark.parametrize(
+    ("name", "array"),
+    [
+        ("x.png", np.zeros((4, 4), np.float32)),  # no silent scaling
+        ("x.jpg", np.zeros((4, 4), np.uint16)),
+        ("x.png", np.full((4, 4), 70_000, np.int32)),
+        ("x.png", np.zeros((4, 4, 3), np.uint16)),
+        ("x.png", np.zeros((4, 4, 6), np.uint8)),  # a volume is not a picture
+    ],
+)
+def test_arrays_a_raster_cannot_hold_are_item_errors(tmp_path: Path, name: str, array: np.ndarray) -> None:
+    with pytest.raises(InputError):
+        write_image(Image(array, format=io.format_of(name)), tmp_path / name)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_format_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        write_image(Image(np.zeros((2, 2), np.uint8)), tmp_path / "x.bmp")
+    with pytest.raises(UsageError):
+        write_image(Image(np.zeros((2, 2), np.uint8)), tmp_path / "x.dcm")  # no DICOM source to copy tags from
 
 
 def test_npy_and_npz_round_trip(tmp_path: Path) -> None:
