@@ -99,6 +99,24 @@ def test_dicom_file_round_trip_keeps_tags_and_pixels(tmp_path: Path) -> None:
     np.testing.assert_allclose(back.affine, image.affine)
 
 
+@pytest.mark.parametrize(
+    "name",
+    ["SC_rgb_jpeg_dcmd.dcm", "SC_rgb_dcmtk_+eb+cy+np.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm"],
+)
+def test_dicom_colour_compressed_and_big_endian_files_write_back(tmp_path: Path, name: str) -> None:
+    from pydicom.data import get_testdata_file
+
+    source = get_testdata_file(name)  # bundled with pydicom (no download)
+    if source is None:
+        pytest.skip(f"{name} is not bundled with this pydicom")
+    image = read_image(source)
+    write_image(image, tmp_path / "out.dcm")
+    back = read_image(tmp_path / "out.dcm")
+    np.testing.assert_array_equal(back.array, image.array)
+    assert back.meta["dataset"].PatientName == image.meta["dataset"].PatientName
+    assert back.meta["dataset"].file_meta.TransferSyntaxUID.is_little_endian
+
+
 def test_dicom_file_affine_follows_orientation_and_spacing_order() -> None:
     """Anisotropic pixels on an oblique plane: (row, col) → world must follow PS3.3 C.7.6.2."""
     ds = pydicom.dcmread(ct_small())

@@ -409,13 +409,28 @@ def _write_dicom(image: Image, tmp: Path) -> None:
     if array.dtype != dtype:
         info = np.iinfo(dtype)
         array = np.clip(np.rint(array), info.min, info.max).astype(dtype)
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax.is_compressed or not syntax.is_little_endian:
+        # the pixels are written raw, little-endian (the tags are kept, only their encoding changes)
         from pydicom.uid import ExplicitVRLittleEndian
 
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.PixelData = array.tobytes()
-    ds.Rows, ds.Columns = array.shape[-2:] if array.ndim >= 2 else (1, array.shape[0])
-    ds.save_as(str(tmp), enforce_file_format=True) if _pydicom_major() >= 3 else ds.save_as(str(tmp), write_like_original=False)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples > 1:  # colour: numpy (…, rows, columns, samples) is interleaved RGB
+        ds.Rows, ds.Columns = array.shape[-3:-1]
+        ds.PlanarConfiguration = 0
+        if str(ds.get("PhotometricInterpretation", "")).startswith("YBR"):
+            ds.PhotometricInterpretation = "RGB"  # pydicom decoded YBR to RGB
+    else:
+        ds.Rows, ds.Columns = array.shape[-2:] if array.ndim >= 2 else (1, array.shape[0])
+    ds.PixelData = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    if _pydicom_major() >= 3:
+        import pydicom
+
+        # dcmwrite (unlike Dataset.save_as) may change a big-endian source to the file meta's little endian
+        pydicom.dcmwrite(str(tmp), ds, enforce_file_format=True)
+    else:  # pragma: no cover
+        ds.save_as(str(tmp), write_like_original=False)
 
 
 def _pydicom_major() -> int:
