@@ -49,6 +49,14 @@ def test_stdin_dash_reads_paths_and_mirrors_their_layout(tree: Path, monkeypatch
     assert rels(items) == ["a/mask.png", "b/mask.png"]
 
 
+def test_stdin_folders_are_walked(tree: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tree.parent)
+    items = expand_inputs(["-"], stdin=io.StringIO("root/a\nroot/b\n"), exts=(".nii.gz",))
+    assert rels(items) == ["root/a/scan.nii.gz", "root/b/scan.nii.gz"]
+    items = expand_inputs(["-"], stdin=io.StringIO(f"{tree}/a\n{tree}/b\n"), exts=(".png",))
+    assert rels(items) == ["a/mask.png", "b/mask.png"]
+
+
 def test_glob_mirrors_below_its_fixed_folders(tree: Path) -> None:
     items = expand_inputs([f"{tree}/*/scan.nii.gz"])
     assert rels(items) == ["a/scan.nii.gz", "b/scan.nii.gz"]

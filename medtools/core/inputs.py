@@ -68,10 +68,11 @@ def _leading_plain_parts(pattern: str) -> list[str]:
     return plain
 
 
-def _mirrored(paths: Sequence[Path]) -> list[Item]:
+def _mirrored(paths: Sequence[Path], exts: Sequence[str] = IMAGE_EXTS, series: bool = False) -> list[Item]:
     """Items for paths given on stdin: relative paths mirror as they are; absolute ones
     (or ones with '..') mirror relative to their common folder, so that
-    ``find /data -name '*.nii.gz' | medtools convert - -o out`` keeps /data's layout."""
+    ``find /data -name '*.nii.gz' | medtools convert - -o out`` keeps /data's layout.
+    A folder is walked as on the command line (``ls -d cases/* | medtools … -``)."""
     outside = [p for p in paths if p.is_absolute() or ".." in p.parts]
     base = None
     if outside:
@@ -79,10 +80,11 @@ def _mirrored(paths: Sequence[Path]) -> list[Item]:
         base = Path(os.path.commonpath([str(a.parent) for a in absolute]))
     items = []
     for path in paths:
-        if path.is_absolute() or ".." in path.parts:
-            items.append(Item(path, Path(os.path.abspath(path)).relative_to(base)))
+        rel = Path(os.path.abspath(path)).relative_to(base) if path.is_absolute() or ".." in path.parts else path
+        if path.is_dir():
+            items.extend(Item(found.path, rel if found.path == path else rel / found.rel) for found in _walk(path, exts, series))
         else:
-            items.append(Item(path, path))
+            items.append(Item(path, rel))
     return items
 
 
@@ -103,7 +105,7 @@ def expand_inputs(
         arg = str(arg)
         if arg == "-":
             source = stdin if stdin is not None else sys.stdin
-            items.extend(_mirrored([Path(line.strip()) for line in source if line.strip()]))
+            items.extend(_mirrored([Path(line.strip()) for line in source if line.strip()], exts, series))
             continue
         path = Path(arg)
         if path.is_dir():
