@@ -124,6 +124,10 @@ class RunRecord:
     checkpoints: dict[str, str] = field(default_factory=dict)
 
     def add_checkpoint(self, path: Path | str) -> None:
+        from medtools.core.errors import CheckpointError
+
+        if not Path(path).is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
         self.checkpoints[str(path)] = sha256_file(path)
 
     def as_dict(self) -> dict[str, Any]:
