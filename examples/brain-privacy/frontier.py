@@ -1,0 +1,71 @@
+"""objective × eps frontier: a markdown table and a PNG plot from each cell's results.json."""
+
+import argparse
+import json
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("work", type=Path)
+    parser.add_argument("--objectives", required=True)
+    parser.add_argument("--epsilons", required=True)
+    args = parser.parse_args()
+    objectives, epsilons = args.objectives.split(), [float(e) for e in args.epsilons.split()]
+    cells = {}
+    for objective in objectives:
+        for eps in epsilons:
+            path = args.work / f"{objective}-{eps:g}" / "results.json"
+            if not path.exists():
+                path = next(args.work.glob(f"{objective}-{eps}*/results.json"), path)
+            if path.exists():
+                cells[(objective, eps)] = json.loads(path.read_text())
+    if not cells:
+        raise SystemExit("no results found")
+    any_cell = next(iter(cells.values()))
+    chance, raw = any_cell["chance"], any_cell["raw"]
+    lines = [
+        f"chance {chance:.3f}; raw: white-box {raw['whitebox_top1']:.3f}, transfer {raw['transfer_top1']:.3f}, Dice {raw['dice']:.4f}",
+        "",
+        "| objective | eps | white-box | transfer | adaptive | Dice | PSNR dB | SSIM |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (objective, eps), cell in sorted(cells.items()):
+        p = cell["protected"]
+        lines.append(f"| {objective} | {eps:g} | {p['whitebox_top1']:.3f} | {p['transfer_top1']:.3f} | {p['adaptive_top1']:.3f} | {p['dice']:.4f} | {p['psnr_db']:.2f} | {p['ssim']:.4f} |")
+    (args.work / "frontier.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for objective in objectives:
+        xs = [e for e in epsilons if (objective, e) in cells]
+        get = lambda key: [cells[(objective, e)]["protected"][key] for e in xs]  # noqa: E731
+        axes[0].plot(xs, get("whitebox_top1"), "o-", label=objective)
+        axes[1].plot(xs, get("transfer_top1"), "o-", label=objective)
+        axes[2].plot(xs, get("adaptive_top1"), "o-", label=objective)
+        axes[3].plot(get("psnr_db"), get("dice"), "o-", label=objective)
+    for ax, title in zip(axes[:3], ("white-box top-1", "transfer top-1", "adaptive top-1")):
+        ax.axhline(chance, color="grey", linestyle=":", label="chance")
+        ax.axhline(2 * chance, color="grey", linestyle="--", label="2× chance")
+        ax.set_xscale("log")
+        ax.set_xlabel("eps (fraction of normalised range)")
+        ax.set_title(title)
+    axes[0].axhline(raw["whitebox_top1"], color="black", linewidth=0.8, label="raw")
+    axes[1].axhline(raw["transfer_top1"], color="black", linewidth=0.8)
+    axes[2].axhline(raw["whitebox_top1"], color="black", linewidth=0.8)
+    axes[3].axhline(raw["dice"], color="black", linewidth=0.8)
+    axes[3].set_xlabel("PSNR dB")
+    axes[3].set_title("Dice vs PSNR")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(args.work / "frontier.png", dpi=110)
+    print(args.work / "frontier.png")
+
+
+if __name__ == "__main__":
+    main()
