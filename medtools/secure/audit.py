@@ -215,7 +215,7 @@ def _known_plaintext(plain: np.ndarray, computed: np.ndarray, other_path: Path, 
         "pairs_used": 1,
         "target": str(other_path),
         "pixels_recovered_pct": 100.0 * float(np.mean(recovered == other.levels)),
-        "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(top * top / mse)),
+        "psnr_db": None if mse == 0 else float(10 * np.log10(top * top / mse)),  # None: recovered exactly
     }
 
 
@@ -281,7 +281,8 @@ def render_audit(result: dict[str, Any]) -> str:
         lines.append(f"key sensitivity (pixels changed)  encrypt {enc}; wrong-key decrypt {dec}")
     kpa = result.get("known_plaintext_attack")
     if kpa and kpa.get("applicable"):
-        lines.append(f"known-plaintext attack (1 pair): {kpa['pixels_recovered_pct']:.2f} % of {kpa['target']} recovered, PSNR {kpa['psnr_db']:.1f} dB")
+        psnr = "exact" if kpa["psnr_db"] is None else f"PSNR {kpa['psnr_db']:.1f} dB"
+        lines.append(f"known-plaintext attack (1 pair): {kpa['pixels_recovered_pct']:.2f} % of {kpa['target']} recovered ({psnr})")
     for path in result.get("plots", []):
         lines.append(f"plot {path}")
     return "\n".join(lines)
