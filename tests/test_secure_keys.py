@@ -141,3 +141,9 @@ def test_gen_key_writes_private_hex_key_and_ed25519_pair(tmp_path):
     assert pair == [str(tmp_path / "sign.pem"), str(tmp_path / "sign.pem.pub")]
     assert "PRIVATE KEY" in (tmp_path / "sign.pem").read_text() and "PUBLIC KEY" in (tmp_path / "sign.pem.pub").read_text()
     assert stat.S_IMODE((tmp_path / "sign.pem").stat().st_mode) == 0o600
+
+
+def test_command_module_imports_nothing_heavy():
+    code = "import sys, medtools.secure.commands; print(sorted(m for m in ('numpy', 'Crypto', 'pydicom', 'scipy', 'matplotlib') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.strip() == "[]"
