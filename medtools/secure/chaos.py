@@ -1,4 +1,4 @@
-"""Logistic-sine chaotic image cipher: permutation + three chained diffusion passes.
+"""Logistic-sine chaotic image cipher: permutation + four chained diffusion passes.
 
 The logistic-sine system (LSS) of Zhou, Bao & Chen, "A new 1D chaotic system for image
 encryption", Signal Processing 97 (2014) 172-182:
@@ -7,7 +7,7 @@ encryption", Signal Processing 97 (2014) 172-182:
 
 Key schedule (docs/formats.md has the byte-level description): a 256-bit key is expanded
 with HKDF-SHA256/SHAKE256 (``derive.py``) into the starting points x0 and parameters r of
-L parallel LSS orbits ("lanes"), each with 52 + 52 bits of key material, so even one lane
+L parallel LSS orbits ("lanes"), each with 53 + 53 bits of key material, so even one lane
 carries more than 2^100 keys. Lanes are iterated together, which vectorises the map with
 numpy; after a burn-in their samples give
 
@@ -33,8 +33,9 @@ X-rays, three passes missed in ~1 of 200 one-pixel trials. One changed pixel cha
 ~(1 − 1/M) of the cipher pixels by a uniform amount (NPCR ≈ 99.61 %, UACI ≈ 33.46 % for
 8 bits).
 
-sin(πx) is evaluated with a fixed odd Taylor polynomial (degree 21, error < 2e-18 on the
-folded range) built from IEEE add/multiply only, so every machine computes the same orbit
+sin(πx) is evaluated with a fixed odd Taylor polynomial (degree 21, truncation error
+< 2e-18 on the folded range, so it agrees with libm to rounding) built from IEEE
+add/multiply only, so every machine computes the same orbit
 bit for bit: libm and SIMD sin differ in the last bit between CPUs and chaos would amplify
 that into a different key stream. Same key + same image → same cipher image (there is no
 nonce, so the file stays a plain image of the same size); see docs/secure.md for what that
