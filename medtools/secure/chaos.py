@@ -254,11 +254,11 @@ def _pair_table(box: np.ndarray) -> np.ndarray:
 def _lookup(box: np.ndarray, values: np.ndarray) -> np.ndarray:
     """box[values]; 8-bit levels go two at a time through the pair table (half the gathers)."""
     if box.dtype != np.uint8 or values.size < 2:
-        return box.take(values)
+        return box.take(values, mode="clip")  # indices are levels < len(box): no bounds check needed
     pairs = _pair_table_cached(box.tobytes())
     even = values.size - values.size % 2
     out = np.empty_like(values)
-    out[:even] = pairs.take(values[:even].view("<u2")).view(np.uint8)
+    out[:even] = pairs.take(values[:even].view("<u2"), mode="clip").view(np.uint8)
     out[even:] = box.take(values[even:])
     return out
 
@@ -288,7 +288,7 @@ def encrypt(levels: np.ndarray, key: bytes, bits: int) -> np.ndarray:
     if flat.size == 0:
         return levels.copy()
     sched = schedule(bytes(key), flat.size, bits)
-    values = flat[sched.perm]
+    values = flat.take(sched.perm, mode="clip")  # a permutation: always in range
     for index, (box, stream, iv) in enumerate(zip(sched.sboxes, sched.streams, sched.ivs)):
         chain = _suffix if index % 2 else _prefix
         values = _lookup(box, _mod(chain(values + stream, iv), sched))
