@@ -147,3 +147,19 @@ def test_command_module_imports_nothing_heavy():
     code = "import sys, medtools.secure.commands; print(sorted(m for m in ('numpy', 'Crypto', 'pydicom', 'scipy', 'matplotlib') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_stream_encryption_refuses_a_terminal(tmp_path):
+    pty = pytest.importorskip("pty")
+    store, _ = store_with(tmp_path, "alice")
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, [*MEDTOOLS, "encrypt", "-", "--to", str(store)], dict(os.environ))
+    output = b""
+    try:
+        while chunk := os.read(fd, 1024):
+            output += chunk
+    except OSError:
+        pass
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 2
+    assert b"terminal" in output

@@ -241,9 +241,18 @@ def _encrypt_file(item, target: Path, targets, options: Options) -> dict[str, An
     return record
 
 
+def _check_terminals(*, binary_out: bool) -> None:
+    """Refuse to wait for data typed on a terminal or to print ciphertext onto one (like age)."""
+    if sys.stdin.isatty():
+        raise UsageError("'-' reads the data from stdin, which is a terminal: redirect a file or a pipe into it")
+    if binary_out and sys.stdout.isatty():
+        raise UsageError("refusing to write encrypted bytes to a terminal: redirect stdout or give -o FILE")
+
+
 def _encrypt_stdio(targets, options: Options) -> int:
     if options.json_output and options.output is None:
         raise UsageError("--json needs -o FILE when the encrypted stream goes to stdout")
+    _check_terminals(binary_out=options.output is None)
     source = sys.stdin.buffer
     if options.output is not None:
         from medtools.core.io import atomic_path
@@ -332,6 +341,7 @@ def _decrypt_file(item, target: Path, keyring: Keyring, options: Options) -> dic
 def _decrypt_stdio(keyring: Keyring, options: Options) -> int:
     if options.json_output and options.output is None:
         raise UsageError("--json needs -o FILE when the decrypted stream goes to stdout")
+    _check_terminals(binary_out=False)
     source = container.HashingReader(sys.stdin.buffer, hashing=options.audit_log is not None)
     try:
         if options.output is not None:
