@@ -1,0 +1,1 @@
+"""Synthesis family: DDPM training and sampling, FID/KID/PRC, membership inference, DP-SGD."""

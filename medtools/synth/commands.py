@@ -1,0 +1,198 @@
+"""synth-train, synth, fid, mia: flags only; each calls one plain function by keyword."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from medtools.core import report
+from medtools.core.cliutil import BatchSize, Compile, Device, Inputs, Json, Model, Overwrite, Precision, Quiet, Seed, Shard, Workers, command
+
+PatientRegex = Annotated[Optional[str], typer.Option("--patient-regex", help="Regex on file names giving the patient id (group 'patient' or 1); default: manifest rules.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("synth-train")(synth_train)
+    app.command("synth")(synth)
+    app.command("fid")(fid)
+    app.command("mia")(mia)
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    from medtools.core.errors import UsageError
+
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+@command
+def synth_train(
+    inputs: Inputs,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors).")],
+    size: Annotated[int, typer.Option("--size", min=8, help="Images are resized to size×size.")] = 64,
+    channels: Annotated[int, typer.Option("--channels", help="1 (grayscale) or 3 (RGB).")] = 1,
+    widths: Annotated[str, typer.Option("--widths", help="UNet block widths, one per resolution level.")] = "32,64,128",
+    attention: Annotated[str, typer.Option("--attention", help="Levels (0 = full size) with self-attention; '' for none.")] = "2",
+    layers_per_block: Annotated[int, typer.Option("--layers-per-block", min=1, help="ResNet blocks per level.")] = 2,
+    norm_groups: Annotated[int, typer.Option("--norm-groups", min=1, help="GroupNorm groups (must divide every width).")] = 8,
+    timesteps: Annotated[int, typer.Option("--timesteps", min=2, help="Diffusion steps of the DDPM scheduler.")] = 1000,
+    schedule: Annotated[str, typer.Option("--schedule", help="Beta schedule: linear | scaled_linear | squaredcos_cap_v2.")] = "linear",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 50,
+    batch_size: BatchSize = None,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")] = 2e-4,
+    ema_decay: Annotated[float, typer.Option("--ema-decay", min=0.0, max=1.0, help="EMA of the weights saved in the checkpoint (0: none; ~0.9999 for long runs).")] = 0.995,
+    steps_per_epoch: Annotated[Optional[int], typer.Option("--steps-per-epoch", min=1, help="Cap on optimizer steps per epoch.")] = None,
+    patient_regex: PatientRegex = None,
+    dp_epsilon: Annotated[Optional[float], typer.Option("--dp-epsilon", help="Train with DP-SGD (opacus) to this privacy budget ε.")] = None,
+    dp_delta: Annotated[float, typer.Option("--dp-delta", help="DP δ (must be < 1/number of images).")] = 1e-5,
+    max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="DP-SGD per-sample gradient clipping norm C.")] = 1.0,
+    seed: Seed = 0,
+    device: Device = None,
+    precision: Precision = None,
+    compile: Compile = False,
+    workers: Workers = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT's .train-state.safetensors.")] = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Train a DDPM (diffusers UNet2DModel + 1000-step DDPMScheduler) on 2-D images; optional DP-SGD."""
+    from medtools.synth.train import train_ddpm
+
+    record = report.RunRecord(seed=seed)
+    result = train_ddpm(
+        inputs=inputs, output=output, size=size, channels=channels, widths=_ints(widths, "--widths"),
+        attention=_ints(attention, "--attention"), layers_per_block=layers_per_block, norm_groups=norm_groups,
+        timesteps=timesteps, beta_schedule=schedule, epochs=epochs, batch_size=batch_size or 16, lr=lr,
+        ema_decay=ema_decay, steps_per_epoch=steps_per_epoch, seed=seed, device=device, precision=precision,
+        compile=compile, workers=workers, resume=resume, patient_regex=patient_regex, dp_epsilon=dp_epsilon,
+        dp_delta=dp_delta, max_grad_norm=max_grad_norm,
+    )
+    if json_output:
+        record.device = result.get("device")
+        report.emit_json({**result, "run": record.as_dict()})
+    else:
+        report.emit_path(result["output"])
+    return 0
+
+
+@command
+def synth(
+    model: Model,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for sample-XXXXXX.png.")],
+    n: Annotated[int, typer.Option("-n", "--images", min=1, help="Number of images (indices 0..n-1).")] = 16,
+    sampler: Annotated[str, typer.Option("--sampler", help="ddpm | ddim | dpm-solver")] = "ddpm",
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampling steps (default: ddpm all, ddim 50, dpm-solver 20).")] = None,
+    eta: Annotated[float, typer.Option("--eta", help="DDIM eta (0 = deterministic).")] = 0.0,
+    bits: Annotated[int, typer.Option("--bits", help="PNG bit depth: 8 or 16.")] = 8,
+    batch_size: BatchSize = None,
+    seed: Seed = 0,
+    shard: Shard = None,
+    device: Device = None,
+    precision: Precision = None,
+    compile: Compile = False,
+    overwrite: Overwrite = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Sample N images from a DDPM checkpoint; same seed → same images; paths on stdout."""
+    from medtools.core.inputs import parse_shard
+    from medtools.synth.sample import synthesize
+
+    record = report.RunRecord(seed=seed)
+    written: list[str] = []
+    result = synthesize(
+        model=model, n=n, output=output, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size or 16,
+        bits=bits, eta=eta, device=device, precision=precision, compile=compile, shard=parse_shard(shard),
+        overwrite=overwrite, on_written=(lambda p: written.append(str(p))) if json_output else report.emit_path,
+    )
+    if json_output:
+        record.device = result["device"]
+        record.add_checkpoint(model)
+        report.emit_json({**result, "files": written, "run": record.as_dict()})
+    return 0
+
+
+@command
+def fid(
+    real: Annotated[str, typer.Argument(help="Real images: folder, manifest CSV, or statistics .npz.", show_default=False)],
+    fake: Annotated[Optional[str], typer.Argument(help="Generated images (folder, CSV or .npz); omit with --save-stats to only save REAL's statistics.", show_default=False)] = None,
+    features: Annotated[Optional[Path], typer.Option("--features", help="Use the penultimate features of this medtools classifier (kind reid/cls) instead of Inception.")] = None,
+    inception_weights: Annotated[Optional[Path], typer.Option("--inception-weights", help="Inception-v3 FID weights (.pth, torch-fidelity or pytorch-fid); env MEDTOOLS_INCEPTION_WEIGHTS.")] = None,
+    size: Annotated[Optional[int], typer.Option("--size", min=8, help="Resize every image to size×size first (Inception only; e.g. the generator's size).")] = None,
+    kid: Annotated[bool, typer.Option("--kid", help="Also Kernel Inception Distance (mean, std over subsets).")] = False,
+    prc: Annotated[bool, typer.Option("--prc", help="Also precision, recall, F-score (k-NN manifolds).")] = False,
+    save_stats: Annotated[Optional[Path], typer.Option("--save-stats", help="Write REAL's features and statistics to this .npz.")] = None,
+    batch_size: BatchSize = None,
+    workers: Workers = 0,
+    seed: Seed = 0,
+    device: Device = None,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Fréchet distance between two image sets (torch-fidelity): Inception FID, or --features for a medical one."""
+    from medtools.synth.fid import compute_fid
+
+    record = report.RunRecord(seed=seed)
+    result = compute_fid(
+        real=real, fake=fake, features=features, inception_weights=inception_weights, size=size, kid=kid, prc=prc,
+        save_stats=save_stats, batch_size=batch_size or 32, workers=workers, seed=seed, device=device,
+    )
+    if json_output:
+        record.device = result.pop("device", None)
+        if features is not None:
+            record.add_checkpoint(features)
+        report.emit_json({**result, "run": record.as_dict()})
+        return 0
+    result.pop("device", None)
+    if fake is None:
+        report.emit_path(result["saved_stats"])
+        return 0
+    for key, value in result["metrics"].items():
+        print(f"{key}\t{value:.6g}")
+    if save_stats is not None:
+        report.log(f"wrote {save_stats}")
+    return 0
+
+
+@command
+def mia(
+    model: Model,
+    members: Annotated[list[str], typer.Option("--members", help="Training images (folder, CSV, files); repeatable.")],
+    nonmembers: Annotated[list[str], typer.Option("--nonmembers", help="Images of other patients (folder, CSV, files); repeatable.")],
+    attacks: Annotated[str, typer.Option("--attacks", help="Comma-separated: loss (fixed-timestep denoising error), pia (proximal init.), secmi (DDIM inversion error).")] = "loss,pia,secmi",
+    timesteps: Annotated[str, typer.Option("--timesteps", help="Timesteps of the loss attack.")] = "50,100,200,300",
+    repeats: Annotated[int, typer.Option("--repeats", min=1, help="Noise draws per timestep for the loss attack.")] = 4,
+    roc: Annotated[Optional[Path], typer.Option("--roc", help="Write the ROC curves here (PNG) and as CSV beside it (.csv).")] = None,
+    patient_regex: PatientRegex = None,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Use at most this many images of each set (seeded choice).")] = None,
+    batch_size: BatchSize = None,
+    seed: Seed = 0,
+    device: Device = None,
+    precision: Precision = None,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Membership inference on a DDPM: AUC, balanced accuracy, TPR at 1% and 0.1% FPR per attack."""
+    from medtools.synth.mia import ATTACKS_HEADER, run_mia
+
+    record = report.RunRecord(seed=seed)
+    result = run_mia(
+        model=model, members=members, nonmembers=nonmembers, attacks=[a.strip() for a in attacks.split(",") if a.strip()],
+        timesteps=_ints(timesteps, "--timesteps"), repeats=repeats, roc=roc, patient_regex=patient_regex, limit=limit,
+        batch_size=batch_size or 32, seed=seed, device=device, precision=precision,
+    )
+    if json_output:
+        record.device = result.pop("device", None)
+        record.add_checkpoint(model)
+        report.emit_json({**result, "run": record.as_dict()})
+        return 0
+    print("\t".join(ATTACKS_HEADER))
+    for name, values in result["attacks"].items():
+        print("\t".join([name] + [f"{values[k]:.4f}" for k in ATTACKS_HEADER[1:]]))
+    for path in result.get("files", []):
+        report.log(f"wrote {path}")
+    return 0

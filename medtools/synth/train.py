@@ -1,0 +1,218 @@
+"""DDPM training (Ho et al. 2020) through the shared loop, optionally with DP-SGD (opacus).
+
+The step is the DDPM objective: pick t uniformly, noise the image with the training
+scheduler, regress the UNet's prediction on the noise (MSE). Differential privacy wraps
+model, optimizer and loader in the ``prepare`` hook of ``core.train.fit``
+(``PrivacyEngine.make_private``: Poisson sampling, per-sample gradients clipped to
+``max_grad_norm``, Gaussian noise calibrated so that the planned number of steps spends
+exactly ``--dp-epsilon`` at ``--dp-delta``); ``after_epoch`` stores the epsilon actually
+spent so far, with the accountant's history so that ``--resume`` continues the account.
+
+The diffusers UNet2DModel needed no layer replaced for opacus 1.6: it uses GroupNorm (not
+BatchNorm), Conv2d, Linear and SiLU, and attention is built from Linear layers plus a
+parameter-free ``scaled_dot_product_attention``; ``ModuleValidator.validate`` finds
+nothing to fix. One change was needed: opacus' default hook-based per-sample gradients
+are wrong (all zero) for the convolutions that follow a self-attention block (mid block,
+attention up blocks), while its functorch mode (``grad_sample_mode="functorch"``) matches
+per-example autograd exactly (tests/test_synth_units.py checks this), so DP training uses
+functorch mode. It is still checked at run time: a config it rejects is refused rather
+than silently "fixed" (``ModuleValidator.fix`` would change the architecture, and a
+checkpoint must rebuild from its config alone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from medtools.core import ckpt, report
+from medtools.core.errors import InputError, UsageError
+from medtools.core.train import TrainSpec, fit
+from medtools.synth.images import collect_images, data_fingerprint, load_images
+from medtools.synth.models import DEFAULT_ATTENTION, DEFAULT_WIDTHS, build_unet, count_parameters, unet_config
+from medtools.synth.schedule import scheduler_config, target_for, training_scheduler
+
+GRAD_SAMPLE_MODE = "functorch"  # opacus' "hooks" mode gives zero per-sample grads after UNet attention blocks
+DDPM_NORM = {"method": "unit", "model_range": [-1.0, 1.0]}  # [0,1] by bit depth, then 2x-1 for the UNet
+
+
+def ddpm_step(scheduler: Any):
+    """``step(model, batch) -> loss`` for core.train.fit: the simple DDPM loss."""
+
+    def step(model: Any, batch: Any) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        x0 = batch[0] if isinstance(batch, (list, tuple)) else batch
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        noisy = scheduler.add_noise(x0, noise, t)
+        predicted = model(noisy, t).sample
+        return F.mse_loss(predicted.float(), target_for(scheduler, x0, noise, t).float())
+
+    return step
+
+
+class DPTraining:
+    """The prepare/after_epoch pair that makes fit() train with DP-SGD and account ε."""
+
+    def __init__(self, *, epsilon: float, delta: float, max_grad_norm: float, planned_steps: int, resume_from: Path | None = None):
+        self.epsilon, self.delta, self.max_grad_norm, self.planned_steps = epsilon, delta, max_grad_norm, planned_steps
+        self.resume_from = resume_from
+        self.engine: Any = None
+        self.noise_multiplier: float | None = None
+        self.sample_rate: float | None = None
+
+    def prepare(self, model: Any, optimizer: Any, loader: Any) -> tuple[Any, Any, Any]:
+        import warnings
+
+        from opacus import PrivacyEngine
+        from opacus.accountants.utils import get_noise_multiplier
+        from opacus.validators import ModuleValidator
+
+        problems = ModuleValidator.validate(model, strict=False)
+        if problems:  # never for UNet2DModel (GroupNorm); refuse rather than change the architecture
+            raise UsageError(f"this UNet has layers opacus cannot train privately: {'; '.join(map(str, problems))}")
+        self.sample_rate = 1.0 / len(loader)
+        self.noise_multiplier = float(get_noise_multiplier(target_epsilon=self.epsilon, target_delta=self.delta, sample_rate=self.sample_rate, steps=self.planned_steps, accountant="rdp"))
+        self.engine = PrivacyEngine(accountant="rdp")
+        if self.resume_from is not None and self.resume_from.is_file():
+            saved = ckpt.load(self.resume_from, tensors=False).provenance.get("dp") or {}
+            self.engine.accountant.history = [tuple(h) for h in saved.get("accountant_history", [])]
+        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+        warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
+        warnings.filterwarnings("ignore", message=".*Optimal order is the largest alpha.*")
+        report.log(f"DP-SGD: target ε={self.epsilon} δ={self.delta}, noise multiplier {self.noise_multiplier:.3f}, clip {self.max_grad_norm}, sample rate {self.sample_rate:.4f}, {self.planned_steps} steps")
+        return self.engine.make_private(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm, poisson_sampling=True, grad_sample_mode=GRAD_SAMPLE_MODE)
+
+    def after_epoch(self, epoch: int, model: Any) -> dict[str, Any]:
+        spent = float(self.engine.get_epsilon(self.delta))
+        return {
+            "dp_epsilon": spent,
+            "dp": {
+                "epsilon": spent,
+                "delta": self.delta,
+                "target_epsilon": self.epsilon,
+                "noise_multiplier": self.noise_multiplier,
+                "max_grad_norm": self.max_grad_norm,
+                "sample_rate": self.sample_rate,
+                "steps": sum(int(h[2]) for h in self.engine.accountant.history),
+                "accountant": "rdp",
+                "accountant_history": [list(h) for h in self.engine.accountant.history],
+                "library": "opacus",
+                "grad_sample_mode": GRAD_SAMPLE_MODE,
+                "layers_replaced": [],
+            },
+        }
+
+
+def train_ddpm(
+    *,
+    inputs: Sequence[str],
+    output: Path,
+    size: int = 64,
+    channels: int = 1,
+    widths: Sequence[int] = DEFAULT_WIDTHS,
+    attention: Sequence[int] = DEFAULT_ATTENTION,
+    layers_per_block: int = 2,
+    norm_groups: int = 8,
+    timesteps: int = 1000,
+    beta_schedule: str = "linear",
+    epochs: int = 50,
+    batch_size: int = 16,
+    lr: float = 2e-4,
+    ema_decay: float | None = 0.995,
+    steps_per_epoch: int | None = None,
+    seed: int = 0,
+    device: str | None = None,
+    precision: str | None = None,
+    compile: bool = False,
+    workers: int = 0,
+    resume: bool = False,
+    patient_regex: str | None = None,
+    dp_epsilon: float | None = None,
+    dp_delta: float = 1e-5,
+    max_grad_norm: float = 1.0,
+) -> dict[str, Any]:
+    """Train a DDPM on 2-D images; writes ``output`` (kind ddpm) every epoch and returns fit()'s summary."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from medtools.core.train import distributed_context
+
+    config = unet_config(size=size, channels=channels, widths=widths, attention=attention, layers_per_block=layers_per_block, norm_groups=norm_groups)
+    sched_config = scheduler_config(timesteps=timesteps, beta_schedule=beta_schedule)
+    refs = collect_images(inputs, patient_regex=patient_regex)
+    patients = sorted({r.patient for r in refs})
+    report.log(f"{len(refs)} images of {len(patients)} patients at {size}×{size}×{channels}")
+    images = torch.from_numpy(load_images(refs, size, channels)) * 2.0 - 1.0
+    dataset = TensorDataset(images)
+
+    dp: DPTraining | None = None
+    if dp_epsilon is not None:
+        if dp_epsilon <= 0:
+            raise UsageError("--dp-epsilon must be positive")
+        if not 0 < dp_delta < 1.0 / len(refs):
+            raise UsageError(f"--dp-delta {dp_delta} must be in (0, 1/N) = (0, {1.0 / len(refs):.3g}) for N={len(refs)} training images")
+        if distributed_context()[2] > 1:
+            raise UsageError("DP training under torchrun is not supported (opacus needs DPDDP); run on one process")
+        if compile:
+            raise UsageError("--compile cannot be combined with DP training (opacus hooks)")
+        if precision not in (None, "auto", "fp32"):
+            raise UsageError("DP training runs in fp32 (per-sample gradients); drop --precision")
+        precision = "fp32"
+        per_epoch = steps_per_epoch or -(-len(dataset) // batch_size)
+        dp = DPTraining(epsilon=dp_epsilon, delta=dp_delta, max_grad_norm=max_grad_norm, planned_steps=epochs * per_epoch, resume_from=output if resume else None)
+
+    model = build_unet(**config)
+    report.log(f"UNet2DModel: {count_parameters(model) / 1e6:.2f}M parameters, widths {list(widths)}, attention at levels {list(attention)}")
+    scheduler = training_scheduler(sched_config)
+    provenance = {
+        "scheduler": sched_config,
+        "train_images": len(refs),
+        "train_patients": len(patients),
+        "data_sha256": data_fingerprint(refs),
+    }
+    spec = TrainSpec(
+        output=Path(output),
+        kind="ddpm",
+        config=config,
+        norm=DDPM_NORM,
+        provenance=provenance,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=0.0,
+        seed=seed,
+        device=device,
+        precision=precision,
+        compile=compile,
+        workers=workers,
+        resume=resume,
+        ema_decay=ema_decay or None,
+        steps_per_epoch=steps_per_epoch,
+    )
+    if len(dataset) < 1:
+        raise InputError("no training images")
+    result = fit(
+        model,
+        dataset,
+        ddpm_step(scheduler),
+        spec,
+        prepare=dp.prepare if dp else None,
+        after_epoch=dp.after_epoch if dp else None,
+    )
+    result.update({"train_images": len(refs), "train_patients": len(patients), "parameters": count_parameters(model)})
+    return result
+
+
+def load_ddpm(path: Path | str, device: Any = None) -> tuple[Any, Any, dict[str, Any]]:
+    """(checkpoint, UNet in eval mode on ``device``, DDPMScheduler config) for sampling and attacks."""
+    checkpoint, model = ckpt.load_model(path, "ddpm", device)
+    sched_config = checkpoint.provenance.get("scheduler")
+    if not isinstance(sched_config, dict):
+        from medtools.core.errors import CheckpointError
+
+        raise CheckpointError(f"{path}: no scheduler config (medtools.scheduler) in the checkpoint metadata")
+    return checkpoint, model, sched_config
