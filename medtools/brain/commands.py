@@ -10,7 +10,13 @@ import typer
 from medtools.core import report
 from medtools.core.cliutil import (
     BatchSize,
+    CheckpointOut,
     Compile,
+    Epochs,
+    Lr,
+    Resume,
+    StepsPerEpoch,
+    emit_training_result,
     Device,
     Inputs,
     Json,
@@ -26,11 +32,7 @@ from medtools.core.cliutil import (
 )
 
 Data = Annotated[list[Path], typer.Argument(help="Manifest CSV or folders of cases.", show_default=False)]
-Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
-Lr = Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")]
 Size = Annotated[int, typer.Option("--size", min=16, help="Slices are resized to size×size.")]
-Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT's .train-state.safetensors.")]
-Steps = Annotated[Optional[int], typer.Option("--steps-per-epoch", min=1, help="Cap on optimizer steps per epoch.")]
 Modalities = Annotated[Optional[str], typer.Option("--modalities", help="Comma-separated, e.g. flair,t1ce (default: all present in every case).")]
 
 
@@ -51,18 +53,20 @@ def _data(paths: list[Path]):
     return paths[0] if len(paths) == 1 else paths
 
 
-def _emit_training(result: dict, json_output: bool, record: report.RunRecord) -> None:
-    if json_output:
-        record.device = result.get("device")
-        report.emit_json({**result, "run": record.as_dict()})
-    else:
-        report.emit_path(result["output"])
+def _cases(inputs: list[str], shard: str | None):
+    """Cases from the positional inputs, the K-th of N parts when sharded."""
+    from medtools.brain.cases import resolve_cases
+    from medtools.core.inputs import parse_shard
+
+    cases = resolve_cases(inputs)
+    part = parse_shard(shard)
+    return sorted(cases, key=lambda c: c.case)[part[0] - 1 :: part[1]] if part else cases
 
 
 @command
 def seg_train(
     data: Data,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors).")],
+    output: CheckpointOut,
     modalities: Modalities = None,
     binary: Annotated[bool, typer.Option("--binary", help="Tumor vs background (any label > 0).")] = False,
     arch: Annotated[str, typer.Option("--arch", help="unet | unet-scse | unetplusplus | fpn | deeplabv3plus")] = "unet",
@@ -72,7 +76,7 @@ def seg_train(
     batch_size: BatchSize = None,
     lr: Lr = 1e-3,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of patients held out for validation.")] = 0.2,
-    steps_per_epoch: Steps = None,
+    steps_per_epoch: StepsPerEpoch = None,
     seed: Seed = 0,
     device: Device = None,
     precision: Precision = None,
@@ -91,7 +95,7 @@ def seg_train(
         epochs=epochs, batch_size=batch_size or 16, lr=lr, val_fraction=val_fraction, seed=seed, device=device,
         precision=precision, compile=compile, workers=workers, resume=resume, steps_per_epoch=steps_per_epoch,
     )
-    _emit_training(result, json_output, record)
+    emit_training_result(result, json_output, record)
     return 0
 
 
@@ -113,14 +117,10 @@ def segment(
     quiet: Quiet = False,
 ) -> int:
     """Segment volumes (NIfTI, DICOM series, case folders, manifest) into label maps in the input geometry."""
-    from medtools.brain.cases import resolve_cases
     from medtools.brain.segment import segment_cases
-    from medtools.core.inputs import check_output_arg, parse_shard
+    from medtools.core.inputs import check_output_arg
 
-    cases = resolve_cases(inputs)
-    part = parse_shard(shard)
-    if part:
-        cases = sorted(cases, key=lambda c: c.case)[part[0] - 1 :: part[1]]
+    cases = _cases(inputs, shard)
     output = check_output_arg(output, 2)
     record = report.RunRecord()
     record.add_checkpoint(model)
@@ -190,7 +190,7 @@ def seg_eval(
 @command
 def reid_train(
     data: Data,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors).")],
+    output: CheckpointOut,
     arch: Annotated[str, typer.Option("--arch", help="Any timm classifier (random init): resnet18, resnet34, densenet121, ...")] = "resnet18",
     label: Annotated[str, typer.Option("--label", help="Manifest column to predict: patient (re-identification) or e.g. class.")] = "patient",
     modalities: Modalities = None,
@@ -201,7 +201,7 @@ def reid_train(
     epochs: Epochs = 20,
     batch_size: BatchSize = None,
     lr: Lr = 1e-3,
-    steps_per_epoch: Steps = None,
+    steps_per_epoch: StepsPerEpoch = None,
     seed: Seed = 0,
     device: Device = None,
     precision: Precision = None,
@@ -221,7 +221,7 @@ def reid_train(
         batch_size=batch_size or 32, lr=lr, seed=seed, device=device, precision=precision, compile=compile,
         workers=workers, resume=resume, steps_per_epoch=steps_per_epoch,
     )
-    _emit_training(result, json_output, record)
+    emit_training_result(result, json_output, record)
     return 0
 
 
@@ -271,14 +271,10 @@ def protect(
     quiet: Quiet = False,
 ) -> int:
     """Add L∞ PGD noise that blinds re-identification while keeping segmentation (see docs/brain.md)."""
-    from medtools.brain.cases import resolve_cases
     from medtools.brain.protect import protect_cases
-    from medtools.core.inputs import check_output_arg, parse_shard
+    from medtools.core.inputs import check_output_arg
 
-    cases = resolve_cases(inputs)
-    part = parse_shard(shard)
-    if part:
-        cases = sorted(cases, key=lambda c: c.case)[part[0] - 1 :: part[1]]
+    cases = _cases(inputs, shard)
     output = check_output_arg(output, 2)
     record = report.RunRecord(seed=seed)
     for path in attacker + ([utility] if utility else []):

@@ -32,6 +32,21 @@ Shard = Annotated[Optional[str], typer.Option("--shard", help="K/N: process the 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them, so batches resume).")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No logs or progress on stderr.")]
+# training commands
+CheckpointOut = Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors).")]
+Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
+Lr = Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")]
+StepsPerEpoch = Annotated[Optional[int], typer.Option("--steps-per-epoch", min=1, help="Cap on optimizer steps per epoch.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT's .train-state.safetensors.")]
+
+
+def emit_training_result(result: dict[str, Any], json_output: bool, record: report.RunRecord) -> None:
+    """A training command's stdout: the checkpoint path, or the summary JSON with its run record."""
+    if json_output:
+        record.device = result.get("device")
+        report.emit_json({**result, "run": record.as_dict()})
+    else:
+        report.emit_path(result["output"])
 
 
 def command(func: Callable[..., Any]) -> Callable[..., Any]:
