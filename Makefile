@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(MAKE) -C examples/brain-privacy MEDTOOLS=$(abspath $(BIN))/medtools PYTHON=$(abspath $(BIN))/python demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) -q
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile -q
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x -m "not slow"
