@@ -36,6 +36,7 @@ TORCH_FIDELITY_FILE = "weights-inception-2015-12-05-6726825d.pth"
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + TORCH_FIDELITY_FILE
 ENV_WEIGHTS = "MEDTOOLS_INCEPTION_WEIGHTS"
+PRC_NEIGHBOURS = 3  # torch-fidelity's default k of the k-NN manifolds (Kynkäänniemi et al. 2019)
 
 # pytorch-fid's InceptionV3 wrapper (blocks.B.I.) → the Inception3 / torch-fidelity module names
 _PYTORCH_FID_BLOCKS = {
@@ -323,7 +324,10 @@ def compute_fid(
     if prc:
         from torch_fidelity.metric_prc import prc_features_to_metric
 
-        values = prc_features_to_metric(f_fake, f_real, verbose=False)  # torch-fidelity: input1 generated, input2 real
+        if min(n_real, n_fake) < PRC_NEIGHBOURS + 1:
+            raise UsageError(f"--prc needs at least {PRC_NEIGHBOURS + 1} images per set (k-NN with k = {PRC_NEIGHBOURS})")
+
+        values = prc_features_to_metric(f_fake, f_real, prc_neighborhood=PRC_NEIGHBOURS, verbose=False)  # torch-fidelity: input1 generated, input2 real
         metrics.update({"precision": float(values["precision"]), "recall": float(values["recall"]), "f_score": float(values["f_score"])})
     result["metrics"] = metrics
     return result
