@@ -256,7 +256,9 @@ def protect(
     eps: Annotated[float, typer.Option("--eps", help="L∞ budget as a fraction of each modality's normalised range (p0.5–p99.5 window).")] = 0.05,
     steps: Annotated[int, typer.Option("--steps", min=1, help="PGD iterations.")] = 10,
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="PGD step (default max(eps/4, 2.5·eps/steps)).")] = None,
-    objective: Annotated[str, typer.Option("--objective", help="untargeted | decoy | entropy | feature")] = "untargeted",
+    objective: Annotated[str, typer.Option("--objective", help="untargeted | decoy | entropy | feature | signature")] = "untargeted",
+    signature_share: Annotated[float, typer.Option("--signature-share", help="signature: fraction of eps spent on the decoy's block pattern.")] = 0.5,
+    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="signature: secret that draws each case's decoy (default: fresh random per run).")] = None,
     utility_weight: Annotated[float, typer.Option("--utility-weight", help="Weight of the segmentation-preserving KL term.")] = 1.0,
     random_start: Annotated[bool, typer.Option("--random-start/--no-random-start", help="Start from uniform noise in the eps ball.")] = True,
     diversity: Annotated[bool, typer.Option("--diversity/--no-diversity", help="Random shifts each step (input diversity).")] = True,
@@ -283,5 +285,6 @@ def protect(
         cases, output, attackers=attacker, utility=utility, eps=eps, steps=steps, step_size=step_size, objective=objective,
         utility_weight=utility_weight, random_start=random_start, diversity=diversity, mask_background=mask_background,
         batch_size=batch_size or 32, workers=workers, seed=seed, device=device, overwrite=overwrite,
+        signature_share=signature_share, key=key_file.read_bytes() if key_file else None,
     )
     return _drain(results, json_output, record)

@@ -14,7 +14,13 @@ Objectives (what the noise pushes the attackers towards):
 * ``decoy`` – towards a random other identity, drawn per slice, so the noise is not one
   consistent patient-specific pattern;
 * ``entropy`` – towards a uniform prediction;
-* ``feature`` – penultimate features away from the clean image's features (label-free).
+* ``feature`` – penultimate features away from the clean image's features (label-free);
+* ``signature`` – each case (one visit) gets a secret decoy identity drawn from ``--key``;
+  the noise is that decoy's fixed block pattern (``signature_share`` of the budget, the same
+  on every slice of the case) plus PGD towards the decoy with the rest. Against an attacker
+  retrained on protected images (adaptive): the pattern is an easier feature to learn than
+  anatomy (a "shortcut", as in unlearnable examples, Huang et al. 2021), and because the
+  decoy is redrawn per visit it points to the wrong patient on the patient's other visits.
 
 Several ``--attacker`` checkpoints form an ensemble (losses averaged). Each step sees
 random rounding noise of the output's quantisation step and, with ``diversity``, a
@@ -36,7 +42,8 @@ from medtools.core.data import slices_to_volume
 from medtools.core.errors import UsageError
 from medtools.core.io import Image
 
-OBJECTIVES = ("untargeted", "decoy", "entropy", "feature")
+OBJECTIVES = ("untargeted", "decoy", "entropy", "feature", "signature")
+SIGNATURE_GRID = 8  # the signature pattern is a GRID×GRID block pattern: survives resizing and shifts
 
 
 @dataclass
@@ -84,12 +91,16 @@ def pgd_delta(
     diversity: bool = True,
     mask: Any = None,
     generator: Any = None,
+    decoys: list[int | None] | None = None,
+    base: Any = None,
 ) -> Any:
     """The perturbation (same shape as ``slices``, |δ| ≤ eps) for one batch of slices.
 
     ``attackers`` pairs each attacker with the channel indices it reads; ``identity`` gives,
     per attacker, the true class index of this case (None: use the clean prediction).
-    ``utility`` is (segmentation model, its input size, its channels).
+    ``utility`` is (segmentation model, its input size, its channels). ``decoys`` fixes, per
+    attacker, the class to push towards (otherwise drawn per slice); ``base`` is a fixed
+    perturbation added first, PGD then spends only ``eps − max|base|``.
     """
     import torch
     import torch.nn.functional as F
@@ -97,6 +108,10 @@ def pgd_delta(
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
     x = slices.detach()
+    fixed = base if base is not None else torch.zeros_like(x)
+    if base is not None:
+        eps = max(eps - float(base.abs().max()), 0.0)
+        step_size = min(step_size, eps) if eps > 0 else 0.0
     if random_start:
         delta = (torch.rand(x.shape, generator=generator, device="cpu").to(x.device) * 2 - 1) * eps
     else:
@@ -108,7 +123,9 @@ def pgd_delta(
         for (attacker, channels), known in zip(attackers, identity):
             logits = logits_for(attacker.model, x[:, channels], attacker.size)
             truth = torch.full((len(x),), known, device=x.device) if known is not None else logits.argmax(1)
-            if objective == "decoy":
+            if decoys is not None and decoys[len(targets)] is not None:
+                targets.append(torch.full((len(x),), decoys[len(targets)], device=x.device))
+            elif objective in ("decoy", "signature"):
                 n = logits.shape[1]
                 offset = torch.randint(1, max(n, 2), (len(x),), generator=generator).to(x.device)
                 targets.append((truth + offset) % n)
@@ -122,7 +139,7 @@ def pgd_delta(
 
     for _ in range(steps):
         delta.requires_grad_(True)
-        adv = x + delta
+        adv = x + fixed + delta
         if quant is not None:
             adv = adv + (torch.rand(x.shape, generator=generator).to(x.device) - 0.5) * quant
         if diversity:
@@ -139,7 +156,7 @@ def pgd_delta(
             logits = logits_for(attacker.model, inp, attacker.size).float()
             if objective == "untargeted":
                 loss = loss + F.cross_entropy(logits, target)
-            elif objective == "decoy":
+            elif objective in ("decoy", "signature"):
                 loss = loss - F.cross_entropy(logits, target)
             else:  # entropy: minimise KL(uniform || p)
                 loss = loss + logits.log_softmax(1).mean()
@@ -154,7 +171,30 @@ def pgd_delta(
             delta = delta.clamp(-eps, eps)
             if mask is not None:
                 delta = delta * mask
-    return delta.detach()
+    return (fixed + delta).detach()
+
+
+def case_decoy(key: bytes, case_id: str, true_index: int | None, classes: int) -> int:
+    """The secret decoy identity of one case: HMAC(key, case id) over the other classes."""
+    import hashlib
+    import hmac
+
+    draw = int.from_bytes(hmac.new(key, case_id.encode(), hashlib.sha256).digest()[:8], "big")
+    if true_index is None or classes < 2:
+        return draw % max(classes, 1)
+    return (true_index + 1 + draw % (classes - 1)) % classes
+
+
+def signature_pattern(decoy_name: str, channels: int, height: int, width: int, amplitude: float) -> np.ndarray:
+    """The decoy's fixed ±amplitude block pattern (C, H, W): public and the same in every release,
+    so that it means "this decoy" to any model trained on protected images."""
+    import hashlib
+
+    seed = int.from_bytes(hashlib.sha256(f"medtools-signature:{decoy_name}".encode()).digest()[:8], "big")
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(channels, SIGNATURE_GRID, SIGNATURE_GRID))
+    rows = (np.arange(height) * SIGNATURE_GRID // height)[:, None]
+    cols = (np.arange(width) * SIGNATURE_GRID // width)[None, :]
+    return (signs[:, rows, cols] * amplitude).astype(np.float32)
 
 
 def _features(attacker: Attacker, images: Any) -> Any:

@@ -3,6 +3,7 @@ volumes with the input's format, dtype and geometry, and report what the noise c
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from medtools.brain.cases import SINGLE, Case, load_case
-from medtools.brain.pgd import image_quality, load_attackers, pgd_delta, quantise_delta, quantisation_steps
+from medtools.brain.pgd import case_decoy, image_quality, load_attackers, pgd_delta, quantise_delta, quantisation_steps, signature_pattern
 from medtools.brain.segment import logits_for, prefetch
 from medtools.core import ckpt
 from medtools.core.data import DEFAULT_NORM
@@ -47,6 +48,8 @@ def protect_cases(
     seed: int = 0,
     device: str | None = None,
     overwrite: bool = False,
+    signature_share: float = 0.5,
+    key: bytes | None = None,
 ) -> Iterator[tuple[Case, Any]]:
     """Yields (case, result dict | 'skipped' | exception) per case, in order."""
     import torch
@@ -55,6 +58,9 @@ def protect_cases(
         raise UsageError("protect needs at least one --attacker checkpoint")
     if not 0 < eps <= 1:
         raise UsageError("--eps must be in (0, 1] (a fraction of the normalised intensity range)")
+    if not 0 <= signature_share < 1:
+        raise UsageError("--signature-share must be in [0, 1)")
+    key = key if key is not None else os.urandom(32)
     step_size = step_size if step_size is not None else max(eps / 4, 2.5 * eps / max(steps, 1))
     dev = resolve_device(device)
     seed_everything(seed)
@@ -98,6 +104,13 @@ def protect_cases(
             quant = torch.from_numpy(quantisation_steps(loaded)).view(1, -1, 1, 1).to(dev)
             identity = [a.class_names.index(case.patient) if case.patient in a.class_names else None for a in loaded_attackers]
             slices = loaded.slices
+            decoys, base = None, None
+            if objective == "signature":
+                lead = loaded_attackers[0]
+                decoy = case_decoy(key, case.case, identity[0], len(lead.class_names))
+                decoy_name = lead.class_names[decoy]
+                decoys = [a.class_names.index(decoy_name) if decoy_name in a.class_names else None for a in loaded_attackers]
+                base = signature_pattern(decoy_name, slices.shape[1], *slices.shape[-2:], signature_share * eps)
             background = np.stack([slices[:, c] <= 0 for c in range(slices.shape[1])], 1).all(1, keepdims=True) if mask_background else None
             deltas = []
             for start in range(0, len(slices), batch_size):
@@ -118,6 +131,8 @@ def protect_cases(
                     diversity=diversity,
                     mask=mask,
                     generator=generator,
+                    decoys=decoys,
+                    base=None if base is None else torch.from_numpy(base).to(dev).expand_as(x) * (mask if mask is not None else 1.0),
                 )
                 deltas.append(delta.cpu().numpy())
             delta = np.concatenate(deltas)
