@@ -164,7 +164,7 @@ def mia(
     members: Annotated[list[str], typer.Option("--members", help="Training images (folder, CSV, files); repeatable.")],
     nonmembers: Annotated[list[str], typer.Option("--nonmembers", help="Images of other patients (folder, CSV, files); repeatable.")],
     attacks: Annotated[str, typer.Option("--attacks", help="Comma-separated: loss (fixed-timestep denoising error), pia (proximal init.), secmi (DDIM inversion error).")] = "loss,pia,secmi",
-    timesteps: Annotated[str, typer.Option("--timesteps", help="Timesteps of the loss attack.")] = "50,100,200,300",
+    timesteps: Annotated[str, typer.Option("--timesteps", help="Timesteps of the loss and pia attacks.")] = "10,50,100,200",
     repeats: Annotated[int, typer.Option("--repeats", min=1, help="Noise draws per timestep for the loss attack.")] = 4,
     roc: Annotated[Optional[Path], typer.Option("--roc", help="Write the ROC curves here (PNG) and as CSV beside it (.csv).")] = None,
     patient_regex: PatientRegex = None,

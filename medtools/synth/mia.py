@@ -217,7 +217,7 @@ def run_mia(
     members: Sequence[str],
     nonmembers: Sequence[str],
     attacks: Sequence[str] = ATTACKS,
-    timesteps: Sequence[int] = (50, 100, 200, 300),
+    timesteps: Sequence[int] = (10, 50, 100, 200),
     repeats: int = 4,
     roc: Path | None = None,
     patient_regex: str | None = None,

@@ -74,15 +74,16 @@ class DPTraining:
         problems = ModuleValidator.validate(model, strict=False)
         if problems:  # never for UNet2DModel (GroupNorm); refuse rather than change the architecture
             raise UsageError(f"this UNet has layers opacus cannot train privately: {'; '.join(map(str, problems))}")
+        # opacus' notices (secure RNG off: fine for research use; RDP order at the range end) are not user errors
+        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+        warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
+        warnings.filterwarnings("ignore", message=".*Optimal order is the largest alpha.*")
         self.sample_rate = 1.0 / len(loader)
         self.noise_multiplier = float(get_noise_multiplier(target_epsilon=self.epsilon, target_delta=self.delta, sample_rate=self.sample_rate, steps=self.planned_steps, accountant="rdp"))
         self.engine = PrivacyEngine(accountant="rdp")
         if self.resume_from is not None and self.resume_from.is_file():
             saved = ckpt.load(self.resume_from, tensors=False).provenance.get("dp") or {}
             self.engine.accountant.history = [tuple(h) for h in saved.get("accountant_history", [])]
-        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
-        warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
-        warnings.filterwarnings("ignore", message=".*Optimal order is the largest alpha.*")
         report.log(f"DP-SGD: target ε={self.epsilon} δ={self.delta}, noise multiplier {self.noise_multiplier:.3f}, clip {self.max_grad_norm}, sample rate {self.sample_rate:.4f}, {self.planned_steps} steps")
         return self.engine.make_private(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm, poisson_sampling=True, grad_sample_mode=GRAD_SAMPLE_MODE)
 
