@@ -108,6 +108,7 @@ complete -c medtools -n '__fish_seen_subcommand_from protect' -l device
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l diversity
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l eps
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l json
+complete -c medtools -n '__fish_seen_subcommand_from protect' -l key-file
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l mask-background
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l no-diversity
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l no-mask-background
@@ -119,6 +120,7 @@ complete -c medtools -n '__fish_seen_subcommand_from protect' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l random-start
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l seed
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l shard
+complete -c medtools -n '__fish_seen_subcommand_from protect' -l signature-share
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l step-size
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l steps
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l utility

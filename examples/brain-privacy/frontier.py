@@ -33,6 +33,14 @@ def main() -> None:
     for (objective, eps), cell in sorted(cells.items()):
         p = cell["protected"]
         lines.append(f"| {objective} | {eps:g} | {p['whitebox_top1']:.3f} | {p['transfer_top1']:.3f} | {p['adaptive_top1']:.3f} | {p['dice']:.4f} | {p['psnr_db']:.2f} | {p['ssim']:.4f} |")
+    lines += ["", "Smallest eps at which the adaptive attacker is at most 2× chance:", ""]
+    for objective in objectives:
+        hits = [e for e in epsilons if (objective, e) in cells and cells[(objective, e)]["protected"]["adaptive_top1"] <= 2 * chance]
+        if hits:
+            p = cells[(objective, hits[0])]["protected"]
+            lines.append(f"- {objective}: eps {hits[0]:g} (adaptive {p['adaptive_top1']:.3f}, Dice {p['dice']:.4f}, PSNR {p['psnr_db']:.2f} dB)")
+        else:
+            lines.append(f"- {objective}: none of the measured eps")
     (args.work / "frontier.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
