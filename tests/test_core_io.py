@@ -94,9 +94,18 @@ def test_dicom_file_round_trip_keeps_tags_and_pixels(tmp_path: Path) -> None:
     write_image(image.with_array(image.array + 1), tmp_path / "out.dcm")
     back = read_image(tmp_path / "out.dcm")
     np.testing.assert_array_equal(back.array, image.array + 1)
-    for tag in ("PatientName", "PatientID", "StudyInstanceUID", "SOPInstanceUID", "Modality", "PixelSpacing", "ImagePositionPatient", "RescaleIntercept"):
+    for tag in ("PatientName", "PatientID", "StudyInstanceUID", "Modality", "PixelSpacing", "ImagePositionPatient", "RescaleIntercept"):
         assert back.meta["dataset"].get(tag) == source.get(tag), tag
     np.testing.assert_allclose(back.affine, image.affine)
+    # changed pixels are a new object: new SOP and series UIDs (reproducible), ImageType DERIVED
+    written = back.meta["dataset"]
+    assert written.SOPInstanceUID != source.SOPInstanceUID and written.SOPInstanceUID.startswith("2.25.")
+    assert written.file_meta.MediaStorageSOPInstanceUID == written.SOPInstanceUID
+    assert written.SeriesInstanceUID != source.SeriesInstanceUID and written.ImageType[0] == "DERIVED"
+    write_image(image.with_array(image.array + 1), tmp_path / "again.dcm")
+    assert read_image(tmp_path / "again.dcm").meta["dataset"].SOPInstanceUID == written.SOPInstanceUID
+    write_image(image, tmp_path / "same.dcm")  # unchanged pixels: the same object, UIDs kept
+    assert read_image(tmp_path / "same.dcm").meta["dataset"].SOPInstanceUID == source.SOPInstanceUID
 
 
 @pytest.mark.parametrize(

@@ -423,7 +423,10 @@ def _write_dicom(image: Image, tmp: Path) -> None:
             ds.PhotometricInterpretation = "RGB"  # pydicom decoded YBR to RGB
     else:
         ds.Rows, ds.Columns = array.shape[-2:] if array.ndim >= 2 else (1, array.shape[0])
-    ds.PixelData = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    pixels = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    if pixels != _source_pixels(ds):
+        _mark_derived(ds, pixels)
+    ds.PixelData = pixels
     if _pydicom_major() >= 3:
         import pydicom
 
@@ -431,6 +434,35 @@ def _write_dicom(image: Image, tmp: Path) -> None:
         pydicom.dcmwrite(str(tmp), ds, enforce_file_format=True)
     else:  # pragma: no cover
         ds.save_as(str(tmp), write_like_original=False)
+
+
+def _source_pixels(ds: Any) -> bytes | None:
+    """The source's pixels in the encoding we write (None when they cannot be decoded)."""
+    try:
+        array = np.asarray(ds.pixel_array)
+    except Exception:
+        return None
+    return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def _mark_derived(ds: Any, pixels: bytes) -> None:
+    """Changed pixels make a new object: a PACS must never see two different images under one
+    SOPInstanceUID. New UIDs are derived (2.25.<hash>) from the source UID and the new pixels, so a
+    rerun reproduces them and all files of one source series land in one new series."""
+    import hashlib
+
+    def derived_uid(*parts: bytes) -> str:
+        return "2.25." + str(int.from_bytes(hashlib.sha256(b"medtools-derived:" + b":".join(parts)).digest()[:16], "big"))
+
+    if "SOPInstanceUID" in ds:
+        ds.SOPInstanceUID = derived_uid(str(ds.SOPInstanceUID).encode(), hashlib.sha256(pixels).digest())
+        if "MediaStorageSOPInstanceUID" in ds.file_meta:
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if "SeriesInstanceUID" in ds:
+        ds.SeriesInstanceUID = derived_uid(str(ds.SeriesInstanceUID).encode())
+    image_type = list(ds.get("ImageType") or ["DERIVED", "SECONDARY"])
+    image_type[0] = "DERIVED"
+    ds.ImageType = image_type
 
 
 def _pydicom_major() -> int:
