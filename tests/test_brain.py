@@ -153,3 +153,15 @@ def test_signature_objective_misleads_an_adaptive_attacker(trained, tmp_path):
     run_cli("reid-train", manifests["v1"], "-o", tmp_path / "adaptive.safetensors", "--val-fraction", "0", "--seed", "2", *REID_FLAGS, check=True)
     adaptive = json.loads(run_cli("reid-eval", manifests["v2"], "-m", tmp_path / "adaptive.safetensors", "--json", check=True).stdout)["top1"]
     assert adaptive < raw, (raw, adaptive)  # 4 patients, 3 PGD steps: 0.35 vs 0.48 here; 0.05 vs 0.46 in the 6-patient demo
+
+
+def test_logits_for_resizes_maps_back_but_not_class_logits():
+    """protect on 256² slices with a 128² attacker: class logits must come back untouched."""
+    import torch
+
+    from medtools.brain.segment import logits_for
+
+    classifier = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(2, 5))
+    assert logits_for(classifier, torch.rand(3, 2, 32, 32), 16).shape == (3, 5)
+    segmenter = torch.nn.Conv2d(2, 4, 1)
+    assert logits_for(segmenter, torch.rand(3, 2, 32, 32), 16).shape == (3, 4, 32, 32)

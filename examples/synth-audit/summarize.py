@@ -28,7 +28,7 @@ def main() -> None:
     inception = load(out / "fid-inception.json")
     print(f"\nInception FID: {inception.get('metrics', {}).get('fid', inception.get('skipped', 'n/a'))}\n")
     print("| model | attack | AUC | balanced acc. | TPR@1%FPR | TPR@0.1%FPR | members / non-members |\n|---|---|---|---|---|---|---|")
-    for label, name in (("DDPM", "mia"), ("overfit on 32", "mia-overfit"), ("DP-DDPM", "mia-dp")):
+    for label, name in (("DDPM", "mia"), ("DP-DDPM", "mia-dp"), ("overfit on 32", "mia-overfit"), ("overfit on 32, DP", "mia-overfit-dp")):
         result = load(out / f"{name}.json")
         eps = result.get("model_dp", {}).get("epsilon")
         tag = f"{label} (ε={eps:.2f})" if eps is not None else label

@@ -49,13 +49,14 @@ def label_scheme(values: set[int], binary: bool) -> tuple[dict[int, int], list[i
 
 
 def logits_for(model: Any, slices: Any, size: int) -> Any:
-    """Model logits for (N, C, H, W) slices of any size: resized to ``size`` and back."""
+    """Model logits for (N, C, H, W) slices of any size: resized to ``size``, and spatial outputs
+    (segmentation maps) back to the slices' size; class logits (N, K) are returned as they are."""
     import torch.nn.functional as F
 
     height, width = slices.shape[-2:]
     x = slices if (height, width) == (size, size) else F.interpolate(slices, size=(size, size), mode="bilinear", align_corners=False)
     logits = model(x)
-    if (height, width) != (size, size):
+    if (height, width) != (size, size) and logits.ndim == 4:
         logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
     return logits
 
