@@ -139,8 +139,9 @@ def test_exit_5_no_usable_input(tmp_path: Path) -> None:
 
 def test_exit_130_on_ctrl_c_leaves_no_partial_files(tmp_path: Path) -> None:
     out = tmp_path / "brain"
+    # 1,200 files: long enough that even a test process starved by a loaded machine interrupts it
     proc = subprocess.Popen(
-        [*MEDTOOLS, "phantom", "brain", "-n", "30", "--size", "160", "--slices", "40", "-o", str(out)],
+        [*MEDTOOLS, "phantom", "brain", "-n", "120", "--size", "160", "--slices", "40", "-o", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )
     first = proc.stdout.readline()  # a path is printed as soon as its file is written
