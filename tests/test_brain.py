@@ -119,7 +119,7 @@ def test_protect_keeps_segmentation_better_than_random_noise(trained, brain_phan
     slices = load_case(case, ["flair", "t1ce"], seg.norm).slices
     x = torch.from_numpy(slices)
     eps = 0.05
-    delta = pgd_delta(x, [(attacker, [0, 1])], eps=eps, steps=5, step_size=0.0125, objective="untargeted", identity=[None], utility=(seg.model, seg.size, [0, 1]), utility_weight=1.0)
+    delta = pgd_delta(x, [(attacker, [0, 1])], eps=eps, steps=5, step_size=0.0125, objective="untargeted", identity=[None], utility=(seg.model, seg.size, [0, 1]), utility_weight=1.0, generator=torch.Generator().manual_seed(0))
     random = eps * torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
     clean = seg.probabilities(slices, 32)
 

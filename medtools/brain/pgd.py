@@ -120,11 +120,11 @@ def pgd_delta(
         delta = delta * mask
     with torch.no_grad():
         targets, clean_features, clean_seg = [], [], None
-        for (attacker, channels), known in zip(attackers, identity):
+        for index, ((attacker, channels), known) in enumerate(zip(attackers, identity)):
             logits = logits_for(attacker.model, x[:, channels], attacker.size)
             truth = torch.full((len(x),), known, device=x.device) if known is not None else logits.argmax(1)
-            if decoys is not None and decoys[len(targets)] is not None:
-                targets.append(torch.full((len(x),), decoys[len(targets)], device=x.device))
+            if decoys is not None and decoys[index] is not None:
+                targets.append(torch.full((len(x),), decoys[index], device=x.device))
             elif objective in ("decoy", "signature"):
                 n = logits.shape[1]
                 offset = torch.randint(1, max(n, 2), (len(x),), generator=generator).to(x.device)

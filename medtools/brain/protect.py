@@ -110,7 +110,7 @@ def protect_cases(
                 decoy = case_decoy(key, case.case, identity[0], len(lead.class_names))
                 decoy_name = lead.class_names[decoy]
                 decoys = [a.class_names.index(decoy_name) if decoy_name in a.class_names else None for a in loaded_attackers]
-                base = signature_pattern(decoy_name, slices.shape[1], *slices.shape[-2:], signature_share * eps)
+                base = torch.from_numpy(signature_pattern(decoy_name, slices.shape[1], *slices.shape[-2:], signature_share * eps)).to(dev)
             background = np.stack([slices[:, c] <= 0 for c in range(slices.shape[1])], 1).all(1, keepdims=True) if mask_background else None
             deltas = []
             for start in range(0, len(slices), batch_size):
@@ -132,7 +132,7 @@ def protect_cases(
                     mask=mask,
                     generator=generator,
                     decoys=decoys,
-                    base=None if base is None else torch.from_numpy(base).to(dev).expand_as(x) * (mask if mask is not None else 1.0),
+                    base=None if base is None else base.expand_as(x) * (mask if mask is not None else 1.0),
                 )
                 deltas.append(delta.cpu().numpy())
             delta = np.concatenate(deltas)
