@@ -5,6 +5,19 @@ import json
 from pathlib import Path
 
 
+def _is_cell(name: str, objective: str, eps: float) -> bool:
+    """OBJECTIVE-EPS or OBJECTIVE-EPS-repN (not OBJECTIVE-EPS5…)."""
+    base = f"{objective}-{eps:g}"
+    return name == base or (name.startswith(base + "-rep") and name[len(base) + 4 :].isdigit())
+
+
+def _mean_of(runs: list[dict]) -> dict:
+    """One cell from its replicate runs: protected metrics averaged, adaptive spread kept."""
+    protected = {key: sum(r["protected"][key] for r in runs) / len(runs) for key in ("whitebox_top1", "transfer_top1", "adaptive_top1", "dice", "psnr_db", "ssim")}
+    adaptive = [r["protected"]["adaptive_top1"] for r in runs]
+    return {**runs[0], "protected": protected, "runs": len(runs), "adaptive_min": min(adaptive), "adaptive_max": max(adaptive)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("work", type=Path)
@@ -15,25 +28,25 @@ def main() -> None:
     cells = {}
     for objective in objectives:
         for eps in epsilons:
-            path = args.work / f"{objective}-{eps:g}" / "results.json"
-            if not path.exists():
-                path = next(args.work.glob(f"{objective}-{eps}*/results.json"), path)
-            if path.exists():
-                cells[(objective, eps)] = json.loads(path.read_text())
+            runs = [json.loads(path.read_text()) for path in sorted(args.work.glob(f"{objective}-{eps:g}*/results.json")) if _is_cell(path.parent.name, objective, eps)]
+            if runs:
+                cells[(objective, eps)] = _mean_of(runs)
     if not cells:
         raise SystemExit("no results found")
     any_cell = next(iter(cells.values()))
     chance, raw = any_cell["chance"], any_cell["raw"]
     lines = [
         f"chance {chance:.3f}; raw: white-box {raw['whitebox_top1']:.3f}, transfer {raw['transfer_top1']:.3f}, Dice {raw['dice']:.4f}",
+        "Cells with replicates (REP=n: another secret key / PGD seed and attacker-C seed) show the mean and, for the adaptive attacker, [min–max].",
         "",
-        "| objective | eps | white-box | transfer | adaptive | Dice | PSNR dB | SSIM |",
-        "|---|---|---|---|---|---|---|---|",
+        "| objective | eps | runs | white-box | transfer | adaptive | Dice | PSNR dB | SSIM |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for (objective, eps), cell in sorted(cells.items()):
         p = cell["protected"]
-        lines.append(f"| {objective} | {eps:g} | {p['whitebox_top1']:.3f} | {p['transfer_top1']:.3f} | {p['adaptive_top1']:.3f} | {p['dice']:.4f} | {p['psnr_db']:.2f} | {p['ssim']:.4f} |")
-    lines += ["", "Smallest eps at which the adaptive attacker is at most 2× chance:", ""]
+        spread = f" [{cell['adaptive_min']:.3f}–{cell['adaptive_max']:.3f}]" if cell["runs"] > 1 else ""
+        lines.append(f"| {objective} | {eps:g} | {cell['runs']} | {p['whitebox_top1']:.3f} | {p['transfer_top1']:.3f} | {p['adaptive_top1']:.3f}{spread} | {p['dice']:.4f} | {p['psnr_db']:.2f} | {p['ssim']:.4f} |")
+    lines += ["", "Smallest eps at which the adaptive attacker (mean over runs) is at most 2× chance:", ""]
     for objective in objectives:
         hits = [e for e in epsilons if (objective, e) in cells and cells[(objective, e)]["protected"]["adaptive_top1"] <= 2 * chance]
         if hits:

@@ -43,18 +43,4 @@ $MEDTOOLS segment "$WORK/test.csv" -m "$WORK/seg.safetensors" -o "$cell/pred-raw
 $MEDTOOLS segment "$cell/protected.csv" -m "$WORK/seg.safetensors" -o "$cell/pred" --overwrite $Q > /dev/null
 $MEDTOOLS seg-eval "$cell/pred-raw" "$WORK/test.csv" --json $Q > "$cell/raw-seg-eval.json"
 $MEDTOOLS seg-eval "$cell/pred" "$WORK/test.csv" --json $Q > "$cell/seg-eval.json"
-$PYTHON - "$cell" <<'PY'
-import json, sys
-from pathlib import Path
-cell = Path(sys.argv[1])
-load = lambda name: json.loads((cell / name).read_text())
-rows = [json.loads(l) for l in (cell / "protect.jsonl").read_text().splitlines() if '"case"' in l]
-mean = lambda key: sum(r[key] for r in rows) / len(rows)
-dice = lambda s: " / ".join(f"{s['mean'][k]['dice']:.3f}" for k in ("WT", "TC", "ET") if k in s["mean"])
-lines = [f"{cell.name}: {len(rows)} held-out case(s); chance {load('reid-A.json')['chance']:.3f}; attackers trained on a slice split of the same scans (flattering)", "",
-         "| | white-box A | B | Dice WT / TC / ET (held-out patient) | PSNR dB | SSIM | L∞ |", "|---|---|---|---|---|---|---|",
-         f"| raw | {load('raw-reid-A.json')['top1']:.3f} | {load('raw-reid-B.json')['top1']:.3f} | {dice(load('raw-seg-eval.json'))} | – | – | 0 |",
-         f"| protected | {load('reid-A.json')['top1']:.3f} | {load('reid-B.json')['top1']:.3f} | {dice(load('seg-eval.json'))} | {mean('psnr'):.2f} | {mean('ssim'):.4f} | {max(r['linf'] for r in rows):.4f} |"]
-(cell / "results.md").write_text("\n".join(lines) + "\n")
-print("\n".join(lines))
-PY
+$PYTHON summarise.py --single-exam --work "$WORK" --cell "$cell" --objective "$OBJECTIVE" --eps "$EPS" --print

@@ -1,13 +1,70 @@
-"""Collect one protection setting's JSON outputs into results.json and a markdown table."""
+"""Collect one protection setting's JSON outputs into results.json and a markdown table.
+
+Two layouts: the Makefile's cross-visit cell (raw baselines under WORK/raw, attackers A, B
+and the adaptive C, protect log protect-rest.jsonl) and single-exam.sh's cell (raw baselines
+inside the cell, no adaptive attacker: one exam per patient, attackers trained on a slice
+split of the same scans, which flatters them).
+"""
 
 import argparse
 import json
 import math
 from pathlib import Path
 
+REGIONS = ("WT", "TC", "ET")
+
 
 def load(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def dice_of(seg_eval: dict) -> tuple[str, dict[str, float]]:
+    """The headline region (WT, else foreground, else the first class) and every BraTS region's Dice."""
+    mean = seg_eval["mean"]
+    region = "WT" if "WT" in mean else "foreground" if "foreground" in mean else next(iter(mean))
+    regions = {k: mean[k]["dice"] for k in REGIONS if k in mean} or {region: mean[region]["dice"]}
+    return region, regions
+
+
+def summarise(work: Path, cell: Path, objective: str, eps: float, single_exam: bool = False) -> tuple[dict, str]:
+    raw_dir, log, raw_prefix = (cell, cell / "protect.jsonl", "raw-") if single_exam else (work / "raw", cell / "protect-rest.jsonl", "")
+    cases = [r for r in (json.loads(l) for l in log.read_text().splitlines() if l.strip()) if "case" in r]
+    mean = lambda key: sum(r[key] for r in cases) / len(cases) if cases else math.nan  # noqa: E731
+    region, raw_dice = dice_of(load(raw_dir / f"{raw_prefix}seg-eval.json"))
+    _, prot_dice = dice_of(load(cell / "seg-eval.json"))
+    result = {
+        "objective": objective,
+        "eps": eps,
+        "design": "single-exam (attackers on a slice split of the same scans)" if single_exam else "cross-visit",
+        "chance": load(raw_dir / f"{raw_prefix}reid-A.json")["chance"],
+        "raw": {"whitebox_top1": load(raw_dir / f"{raw_prefix}reid-A.json")["top1"], "transfer_top1": load(raw_dir / f"{raw_prefix}reid-B.json")["top1"], "dice": raw_dice[region], "dice_regions": raw_dice},
+        "protected": {
+            "whitebox_top1": load(cell / "reid-A.json")["top1"],
+            "transfer_top1": load(cell / "reid-B.json")["top1"],
+            "adaptive_top1": None if single_exam else load(cell / "reid-C.json")["top1"],
+            "dice": prot_dice[region],
+            "dice_regions": prot_dice,
+            "psnr_db": mean("psnr"),
+            "ssim": mean("ssim"),
+            "linf": max((r["linf"] for r in cases), default=math.nan),
+        },
+        "dice_region": region,
+        "cases": len(cases),
+    }
+    r, p = result["raw"], result["protected"]
+    regions = " / ".join(raw_dice)
+    dice_text = lambda d: " / ".join(f"{v:.4f}" for v in d.values())  # noqa: E731
+    adaptive = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    table = [
+        f"objective {objective}, eps {eps} (fraction of the normalised range); chance {result['chance']:.3f}; {len(cases)} protected test cases; {result['design']}",
+        "",
+        f"| | white-box A | transfer B | adaptive C | Dice ({regions}) | PSNR dB | SSIM | L∞ |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| raw | {r['whitebox_top1']:.3f} | {r['transfer_top1']:.3f} | – | {dice_text(raw_dice)} | – | – | 0 |",
+        f"| protected | {p['whitebox_top1']:.3f} | {p['transfer_top1']:.3f} | {adaptive(p['adaptive_top1'])} | {dice_text(prot_dice)} | {p['psnr_db']:.2f} | {p['ssim']:.4f} | {p['linf']:.4f} |",
+        "",
+    ]
+    return result, "\n".join(table)
 
 
 def main() -> None:
@@ -16,43 +73,13 @@ def main() -> None:
     parser.add_argument("--cell", type=Path, required=True)
     parser.add_argument("--objective", required=True)
     parser.add_argument("--eps", type=float, required=True)
+    parser.add_argument("--single-exam", action="store_true", help="single-exam.sh's layout (no adaptive attacker)")
+    parser.add_argument("--print", action="store_true", help="print the table instead of the results.json path")
     args = parser.parse_args()
-    raw, cell = args.work / "raw", args.cell
-    records = [json.loads(l) for l in (cell / "protect-rest.jsonl").read_text().splitlines() if l.strip()]
-    cases = [r for r in records if "case" in r]
-    mean = lambda key: sum(r[key] for r in cases) / len(cases) if cases else math.nan  # noqa: E731
-    seg_raw, seg_prot = load(raw / "seg-eval.json")["mean"], load(cell / "seg-eval.json")["mean"]
-    region = "WT" if "WT" in seg_raw else "foreground" if "foreground" in seg_raw else next(iter(seg_raw))
-    result = {
-        "objective": args.objective,
-        "eps": args.eps,
-        "chance": load(raw / "reid-A.json")["chance"],
-        "raw": {"whitebox_top1": load(raw / "reid-A.json")["top1"], "transfer_top1": load(raw / "reid-B.json")["top1"], "dice": seg_raw[region]["dice"]},
-        "protected": {
-            "whitebox_top1": load(cell / "reid-A.json")["top1"],
-            "transfer_top1": load(cell / "reid-B.json")["top1"],
-            "adaptive_top1": load(cell / "reid-C.json")["top1"],
-            "dice": seg_prot[region]["dice"],
-            "psnr_db": mean("psnr"),
-            "ssim": mean("ssim"),
-            "linf": max((r["linf"] for r in cases), default=math.nan),
-        },
-        "dice_region": region,
-        "cases": len(cases),
-    }
-    (cell / "results.json").write_text(json.dumps(result, indent=2))
-    r, p = result["raw"], result["protected"]
-    table = [
-        f"objective {args.objective}, eps {args.eps} (fraction of the normalised range); chance {result['chance']:.3f}; {len(cases)} protected test cases",
-        "",
-        "| | white-box A | transfer B | adaptive C | Dice (" + region + ") | PSNR dB | SSIM | L∞ |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| raw | {r['whitebox_top1']:.3f} | {r['transfer_top1']:.3f} | – | {r['dice']:.4f} | – | – | 0 |",
-        f"| protected | {p['whitebox_top1']:.3f} | {p['transfer_top1']:.3f} | {p['adaptive_top1']:.3f} | {p['dice']:.4f} | {p['psnr_db']:.2f} | {p['ssim']:.4f} | {p['linf']:.4f} |",
-        "",
-    ]
-    (cell / "results.md").write_text("\n".join(table))
-    print(cell / "results.json")
+    result, table = summarise(args.work, args.cell, args.objective, args.eps, args.single_exam)
+    (args.cell / "results.json").write_text(json.dumps(result, indent=2))
+    (args.cell / "results.md").write_text(table)
+    print(table if args.print else args.cell / "results.json")
 
 
 if __name__ == "__main__":
