@@ -15,12 +15,13 @@ Objectives (what the noise pushes the attackers towards):
   consistent patient-specific pattern;
 * ``entropy`` – towards a uniform prediction;
 * ``feature`` – penultimate features away from the clean image's features (label-free);
-* ``signature`` – each case (one visit) gets a secret decoy identity drawn from ``--key``;
-  the noise is that decoy's fixed block pattern (``signature_share`` of the budget, the same
-  on every slice of the case) plus PGD towards the decoy with the rest. Against an attacker
-  retrained on protected images (adaptive): the pattern is an easier feature to learn than
-  anatomy (a "shortcut", as in unlearnable examples, Huang et al. 2021), and because the
-  decoy is redrawn per visit it points to the wrong patient on the patient's other visits.
+* ``signature`` – each case (one release of one visit) gets a secret block pattern and a
+  secret decoy identity, both drawn from HMAC(``--key``, case id): the pattern takes
+  ``signature_share`` of the budget (the same on every slice of the case), PGD towards the
+  decoy takes the rest. Against an attacker retrained on protected images (adaptive): the
+  pattern is an easier feature to learn than anatomy (a class-wise "shortcut", as in
+  unlearnable examples, Huang et al. 2021), and because every release gets an independent
+  pattern, what such a model learnt says nothing about the patient's other releases.
 
 Several ``--attacker`` checkpoints form an ensemble (losses averaged). Each step sees
 random rounding noise of the output's quantisation step and, with ``diversity``, a
@@ -185,12 +186,19 @@ def case_decoy(key: bytes, case_id: str, true_index: int | None, classes: int) -
     return (true_index + 1 + draw % (classes - 1)) % classes
 
 
-def signature_pattern(decoy_name: str, channels: int, height: int, width: int, amplitude: float) -> np.ndarray:
-    """The decoy's fixed ±amplitude block pattern (C, H, W): public and the same in every release,
-    so that it means "this decoy" to any model trained on protected images."""
-    import hashlib
+def signature_pattern(key: bytes, case_id: str, channels: int, height: int, width: int, amplitude: float) -> np.ndarray:
+    """The case's secret ±amplitude block pattern (C, H, W), drawn from HMAC(key, case id).
 
-    seed = int.from_bytes(hashlib.sha256(f"medtools-signature:{decoy_name}".encode()).digest()[:8], "big")
+    One pattern per release, the same on every slice: to a model trained on protected images it
+    is the easiest feature that separates patients (a class-wise shortcut), and because every
+    release gets an independent pattern it says nothing about the patient's other releases.
+    Unlike a public per-decoy pattern, two releases never share one, and without the key nobody
+    can regenerate it.
+    """
+    import hashlib
+    import hmac
+
+    seed = int.from_bytes(hmac.new(key, f"medtools-signature:{case_id}".encode(), hashlib.sha256).digest()[:8], "big")
     signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(channels, SIGNATURE_GRID, SIGNATURE_GRID))
     rows = (np.arange(height) * SIGNATURE_GRID // height)[:, None]
     cols = (np.arange(width) * SIGNATURE_GRID // width)[None, :]

@@ -48,7 +48,7 @@ def protect_cases(
     seed: int = 0,
     device: str | None = None,
     overwrite: bool = False,
-    signature_share: float = 0.5,
+    signature_share: float = 0.9,
     key: bytes | None = None,
 ) -> Iterator[tuple[Case, Any]]:
     """Yields (case, result dict | 'skipped' | exception) per case, in order."""
@@ -110,7 +110,7 @@ def protect_cases(
                 decoy = case_decoy(key, case.case, identity[0], len(lead.class_names))
                 decoy_name = lead.class_names[decoy]
                 decoys = [a.class_names.index(decoy_name) if decoy_name in a.class_names else None for a in loaded_attackers]
-                base = torch.from_numpy(signature_pattern(decoy_name, slices.shape[1], *slices.shape[-2:], signature_share * eps)).to(dev)
+                base = torch.from_numpy(signature_pattern(key, case.case, slices.shape[1], *slices.shape[-2:], signature_share * eps)).to(dev)
             background = np.stack([slices[:, c] <= 0 for c in range(slices.shape[1])], 1).all(1, keepdims=True) if mask_background else None
             deltas = []
             for start in range(0, len(slices), batch_size):
