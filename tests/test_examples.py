@@ -44,15 +44,17 @@ def test_summarise_and_frontier_average_replicates(tmp_path):
     _write(work / "raw" / "reid-A.json", {"top1": 0.5, "chance": 0.25})
     _write(work / "raw" / "reid-B.json", {"top1": 0.4})
     _write(work / "raw" / "seg-eval.json", _seg(0.95))
-    for name, adaptive in (("signature-0.05", 0.2), ("signature-0.05-rep1", 0.4), ("signature-0.5", 0.9)):
+    for seed, top1 in ((2, 0.5), (3, 0.3)):
+        _write(work / "raw" / f"reid-C-seed{seed}.json", {"top1": top1})
+    for name, adaptive, seed in (("signature-0.05", 0.2, 2), ("signature-0.05-rep1", 0.4, 3), ("signature-0.5", 0.9, 2)):
         _cross_visit_cell(work, name, adaptive)
-        _script("summarise.py", "--work", work, "--cell", work / name, "--objective", "signature", "--eps", name.split("-")[1])
+        _script("summarise.py", "--work", work, "--cell", work / name, "--objective", "signature", "--eps", name.split("-")[1], "--raw-adaptive", work / "raw" / f"reid-C-seed{seed}.json")
     result = json.loads((work / "signature-0.05" / "results.json").read_text())
     assert result["protected"]["adaptive_top1"] == 0.2 and result["cases"] == 1
     assert result["raw"]["dice_regions"] == pytest.approx({"WT": 0.95, "TC": 0.85, "ET": 0.75})
     table = _script("frontier.py", work, "--objectives", "signature", "--epsilons", "0.05 0.1")
     # the two replicates of eps 0.05 are averaged; eps 0.5 is not an eps 0.05 replicate
-    assert "| signature | 0.05 | 2 | 0.100 | 0.200 | 0.300 [0.200–0.400] |" in table
+    assert "| signature | 0.05 | 2 | 0.100 | 0.200 | 0.300 [0.200–0.400] | 0.400 |" in table
     assert "- signature: eps 0.05 (adaptive 0.300" in table
     assert (work / "frontier.png").stat().st_size > 0
 

@@ -1,7 +1,8 @@
 """Collect one protection setting's JSON outputs into results.json and a markdown table.
 
 Two layouts: the Makefile's cross-visit cell (raw baselines under WORK/raw, attackers A, B
-and the adaptive C, protect log protect-rest.jsonl) and single-exam.sh's cell (raw baselines
+and the adaptive C, whose raw baseline is the same recipe trained on raw first visits;
+protect log protect-rest.jsonl) and single-exam.sh's cell (raw baselines
 inside the cell, no adaptive attacker: one exam per patient, attackers trained on a slice
 split of the same scans, which flatters them).
 """
@@ -26,7 +27,7 @@ def dice_of(seg_eval: dict) -> tuple[str, dict[str, float]]:
     return region, regions
 
 
-def summarise(work: Path, cell: Path, objective: str, eps: float, single_exam: bool = False) -> tuple[dict, str]:
+def summarise(work: Path, cell: Path, objective: str, eps: float, single_exam: bool = False, raw_adaptive: Path | None = None) -> tuple[dict, str]:
     raw_dir, log, raw_prefix = (cell, cell / "protect.jsonl", "raw-") if single_exam else (work / "raw", cell / "protect-rest.jsonl", "")
     cases = [r for r in (json.loads(l) for l in log.read_text().splitlines() if l.strip()) if "case" in r]
     mean = lambda key: sum(r[key] for r in cases) / len(cases) if cases else math.nan  # noqa: E731
@@ -37,7 +38,8 @@ def summarise(work: Path, cell: Path, objective: str, eps: float, single_exam: b
         "eps": eps,
         "design": "single-exam (attackers on a slice split of the same scans)" if single_exam else "cross-visit",
         "chance": load(raw_dir / f"{raw_prefix}reid-A.json")["chance"],
-        "raw": {"whitebox_top1": load(raw_dir / f"{raw_prefix}reid-A.json")["top1"], "transfer_top1": load(raw_dir / f"{raw_prefix}reid-B.json")["top1"], "dice": raw_dice[region], "dice_regions": raw_dice},
+        "raw": {"whitebox_top1": load(raw_dir / f"{raw_prefix}reid-A.json")["top1"], "transfer_top1": load(raw_dir / f"{raw_prefix}reid-B.json")["top1"], "dice": raw_dice[region], "dice_regions": raw_dice,
+                "adaptive_top1": load(raw_adaptive)["top1"] if raw_adaptive else None},
         "protected": {
             "whitebox_top1": load(cell / "reid-A.json")["top1"],
             "transfer_top1": load(cell / "reid-B.json")["top1"],
@@ -60,7 +62,7 @@ def summarise(work: Path, cell: Path, objective: str, eps: float, single_exam: b
         "",
         f"| | white-box A | transfer B | adaptive C | Dice ({regions}) | PSNR dB | SSIM | L∞ |",
         "|---|---|---|---|---|---|---|---|",
-        f"| raw | {r['whitebox_top1']:.3f} | {r['transfer_top1']:.3f} | – | {dice_text(raw_dice)} | – | – | 0 |",
+        f"| raw | {r['whitebox_top1']:.3f} | {r['transfer_top1']:.3f} | {adaptive(r['adaptive_top1'])} | {dice_text(raw_dice)} | – | – | 0 |",
         f"| protected | {p['whitebox_top1']:.3f} | {p['transfer_top1']:.3f} | {adaptive(p['adaptive_top1'])} | {dice_text(prot_dice)} | {p['psnr_db']:.2f} | {p['ssim']:.4f} | {p['linf']:.4f} |",
         "",
     ]
@@ -74,9 +76,10 @@ def main() -> None:
     parser.add_argument("--objective", required=True)
     parser.add_argument("--eps", type=float, required=True)
     parser.add_argument("--single-exam", action="store_true", help="single-exam.sh's layout (no adaptive attacker)")
+    parser.add_argument("--raw-adaptive", type=Path, help="reid-eval JSON of attacker C's recipe trained on raw first visits")
     parser.add_argument("--print", action="store_true", help="print the table instead of the results.json path")
     args = parser.parse_args()
-    result, table = summarise(args.work, args.cell, args.objective, args.eps, args.single_exam)
+    result, table = summarise(args.work, args.cell, args.objective, args.eps, args.single_exam, args.raw_adaptive)
     (args.cell / "results.json").write_text(json.dumps(result, indent=2))
     (args.cell / "results.md").write_text(table)
     print(table if args.print else args.cell / "results.json")
