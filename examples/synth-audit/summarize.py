@@ -14,10 +14,10 @@ def load(path: Path) -> dict:
 def main() -> None:
     out = Path(sys.argv[1])
     if "--samplers" in sys.argv:
-        print("| sampler | fd_medtools vs held-out |\n|---|---|")
-        for name in ("ddpm", "ddim", "dpm-solver"):
-            result = load(out / f"fid-cmp-{name}.json")
-            print(f"| {name} | {result.get('metrics', {}).get('fd_medtools', float('nan')):.4f} |")
+        print("| sampler | fd_medtools vs held-out | vs DDPM-1000 |\n|---|---|---|")
+        fd = {name: load(out / f"fid-cmp-{name}.json").get("metrics", {}).get("fd_medtools", float("nan")) for name in ("ddpm", "ddim", "dpm-solver")}
+        for name, value in fd.items():
+            print(f"| {name} | {value:.4f} | {100 * (value / fd['ddpm'] - 1):+.1f} % |")
         return
     floor = load(out / "fid-floor.json").get("metrics", {})
     print("| set vs held-out real | fd_medtools | KID | precision | recall |\n|---|---|---|---|---|")

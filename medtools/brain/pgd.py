@@ -21,7 +21,8 @@ Objectives (what the noise pushes the attackers towards):
   decoy takes the rest. Against an attacker retrained on protected images (adaptive): the
   pattern is an easier feature to learn than anatomy (a class-wise "shortcut", as in
   unlearnable examples, Huang et al. 2021), and because every release gets an independent
-  pattern, what such a model learnt says nothing about the patient's other releases.
+  pattern, that shortcut does not carry over to the patient's other releases. It lowers the
+  adaptive attacker on average, not reliably (docs/results.md).
 
 Several ``--attacker`` checkpoints form an ensemble (losses averaged). Each step sees
 random rounding noise of the output's quantisation step and, with ``diversity``, a
@@ -191,7 +192,7 @@ def signature_pattern(key: bytes, case_id: str, channels: int, height: int, widt
 
     One pattern per release, the same on every slice: to a model trained on protected images it
     is the easiest feature that separates patients (a class-wise shortcut), and because every
-    release gets an independent pattern it says nothing about the patient's other releases.
+    release gets an independent pattern the shortcut does not carry over to other releases.
     Unlike a public per-decoy pattern, two releases never share one, and without the key nobody
     can regenerate it.
     """
