@@ -42,6 +42,10 @@ def test_samplers_share_the_training_schedule():
         assert sampler.config.num_train_timesteps == 1000
         assert sampler.config.beta_schedule == "squaredcos_cap_v2"
     assert (default_steps("ddpm", config), default_steps("ddim", config), default_steps("dpm-solver", config)) == (1000, 50, 20)
+    # every sampler keeps the predicted x0 in [-1, 1] (DPM-Solver via thresholding at 1)
+    assert make_sampler("ddim", config).config.clip_sample
+    dpm = make_sampler("dpm-solver", config).config
+    assert dpm.thresholding and dpm.sample_max_value == 1.0
     with pytest.raises(UsageError, match="ddpm, ddim, dpm-solver"):
         make_sampler("euler", config)
     with pytest.raises(UsageError, match="--schedule"):
