@@ -33,12 +33,13 @@ def summarise(work: Path, cell: Path, objective: str, eps: float, single_exam: b
     mean = lambda key: sum(r[key] for r in cases) / len(cases) if cases else math.nan  # noqa: E731
     region, raw_dice = dice_of(load(raw_dir / f"{raw_prefix}seg-eval.json"))
     _, prot_dice = dice_of(load(cell / "seg-eval.json"))
+    raw_a = load(raw_dir / f"{raw_prefix}reid-A.json")
     result = {
         "objective": objective,
         "eps": eps,
         "design": "single-exam (attackers on a slice split of the same scans)" if single_exam else "cross-visit",
-        "chance": load(raw_dir / f"{raw_prefix}reid-A.json")["chance"],
-        "raw": {"whitebox_top1": load(raw_dir / f"{raw_prefix}reid-A.json")["top1"], "transfer_top1": load(raw_dir / f"{raw_prefix}reid-B.json")["top1"], "dice": raw_dice[region], "dice_regions": raw_dice,
+        "chance": raw_a["chance"],
+        "raw": {"whitebox_top1": raw_a["top1"], "transfer_top1": load(raw_dir / f"{raw_prefix}reid-B.json")["top1"], "dice": raw_dice[region], "dice_regions": raw_dice,
                 "adaptive_top1": load(raw_adaptive)["top1"] if raw_adaptive else None},
         "protected": {
             "whitebox_top1": load(cell / "reid-A.json")["top1"],

@@ -176,12 +176,17 @@ def pgd_delta(
     return (fixed + delta).detach()
 
 
-def case_decoy(key: bytes, case_id: str, true_index: int | None, classes: int) -> int:
-    """The secret decoy identity of one case: HMAC(key, case id) over the other classes."""
+def _keyed_draw(key: bytes, message: str) -> int:
+    """A 64-bit number only the key holder can reproduce: the first 8 bytes of HMAC-SHA256(key, message)."""
     import hashlib
     import hmac
 
-    draw = int.from_bytes(hmac.new(key, case_id.encode(), hashlib.sha256).digest()[:8], "big")
+    return int.from_bytes(hmac.new(key, message.encode(), hashlib.sha256).digest()[:8], "big")
+
+
+def case_decoy(key: bytes, case_id: str, true_index: int | None, classes: int) -> int:
+    """The secret decoy identity of one case: HMAC(key, case id) over the other classes."""
+    draw = _keyed_draw(key, case_id)
     if true_index is None or classes < 2:
         return draw % max(classes, 1)
     return (true_index + 1 + draw % (classes - 1)) % classes
@@ -196,10 +201,7 @@ def signature_pattern(key: bytes, case_id: str, channels: int, height: int, widt
     Unlike a public per-decoy pattern, two releases never share one, and without the key nobody
     can regenerate it.
     """
-    import hashlib
-    import hmac
-
-    seed = int.from_bytes(hmac.new(key, f"medtools-signature:{case_id}".encode(), hashlib.sha256).digest()[:8], "big")
+    seed = _keyed_draw(key, f"medtools-signature:{case_id}")
     signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(channels, SIGNATURE_GRID, SIGNATURE_GRID))
     rows = (np.arange(height) * SIGNATURE_GRID // height)[:, None]
     cols = (np.arange(width) * SIGNATURE_GRID // width)[None, :]
