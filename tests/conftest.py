@@ -13,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 MEDTOOLS = [sys.executable, "-m", "medtools"]
 
+# A toy model kind, registered the way a family's models.py registers its kinds (torch-free
+# data: the builder is a "module:function" string). The core tests build checkpoints of it.
+from medtools.core.registry import register_kind  # noqa: E402
+
+register_kind("test", family="tests", builder="torch.nn:Linear", builder_keys=("in_features", "out_features"), description="toy kind of the tests", task="none", channels_key=None)
+
 
 def run_cli(*args: str, input: str | None = None, cwd: Path | None = None, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run `medtools ARGS` in a subprocess (CPU, quiet environment); returns the completed process."""

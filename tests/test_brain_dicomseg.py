@@ -28,7 +28,7 @@ def test_labels_are_sampled_at_each_source_slice(tmp_path: Path) -> None:
 def test_segment_writes_dicom_seg_for_a_series(tmp_path: Path) -> None:
     import highdicom as hd
 
-    from medtools.brain.models import build_segmenter
+    from medtools.nets.segmenter import build_segmenter
     from medtools.core import ckpt
 
     config = {"arch": "unet", "encoder": "resnet18", "in_channels": 1, "classes": 2, "modalities": ["t1"], "image_size": 64, "label_values": [0, 1]}

@@ -18,7 +18,7 @@ CONFIG = {"in_features": 4, "out_features": 2}
 @pytest.fixture()
 def saved(tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    model = ckpt._build_test_model(**CONFIG)
+    model = torch.nn.Linear(**CONFIG)
     return ckpt.save(
         tmp_path / "m.safetensors",
         model.state_dict(),
@@ -37,7 +37,7 @@ def test_round_trip_rebuilds_model_from_config_alone(saved: Path) -> None:
     assert loaded.provenance["version"]
     model = ckpt.build_model(loaded)
     torch.manual_seed(0)
-    reference = ckpt._build_test_model(**CONFIG)
+    reference = torch.nn.Linear(**CONFIG)
     x = torch.randn(3, 4)
     torch.testing.assert_close(model(x), reference(x))
     assert not model.training
@@ -82,10 +82,13 @@ def test_missing_and_foreign_files(tmp_path: Path) -> None:
 
 
 def test_config_that_does_not_build_is_a_checkpoint_error(tmp_path: Path) -> None:
-    model = ckpt._build_test_model(**CONFIG)
+    model = torch.nn.Linear(**CONFIG)
     bad = ckpt.save(tmp_path / "bad.safetensors", model.state_dict(), kind="test", config={"in_features": 4, "colour": "red"})
-    with pytest.raises(CheckpointError, match="config does not build"):
+    with pytest.raises(CheckpointError, match="unknown test config key"):
         ckpt.build_model(ckpt.load(bad))
+    wrong = ckpt.save(tmp_path / "wrong.safetensors", model.state_dict(), kind="test", config={"in_features": "four", "out_features": 2})
+    with pytest.raises(CheckpointError, match="config does not build"):
+        ckpt.build_model(ckpt.load(wrong))
     other = ckpt.save(tmp_path / "other.safetensors", model.state_dict(), kind="test", config={"in_features": 5, "out_features": 2})
     with pytest.raises(CheckpointError, match="weights do not match"):
         ckpt.build_model(ckpt.load(other))

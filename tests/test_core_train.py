@@ -29,7 +29,7 @@ def step(model, batch):
 def train(output: Path, epochs: int, *, resume: bool = False, seed: int = 3, **extra) -> dict:
     torch.manual_seed(0)
     spec = TrainSpec(output=output, kind="test", config=CONFIG, epochs=epochs, batch_size=8, lr=0.05, seed=seed, device="cpu", resume=resume, **extra)
-    return fit(ckpt._build_test_model(**CONFIG), dataset(), step, spec, validate=lambda m: {"acc": 0.5})
+    return fit(torch.nn.Linear(**CONFIG), dataset(), step, spec, validate=lambda m: {"acc": 0.5})
 
 
 def weights(path: Path) -> dict:
@@ -79,7 +79,7 @@ def test_resume_problems_are_checkpoint_errors(tmp_path: Path) -> None:
     train(out, 1)
     spec = TrainSpec(output=out, kind="seg", config=CONFIG, epochs=2, batch_size=8, device="cpu", resume=True)
     with pytest.raises(CheckpointError, match="not seg"):
-        fit(ckpt._build_test_model(**CONFIG), dataset(), step, spec)
+        fit(torch.nn.Linear(**CONFIG), dataset(), step, spec)
     spec = TrainSpec(output=out, kind="test", config={}, epochs=2, batch_size=8, device="cpu", resume=True)
     with pytest.raises(CheckpointError, match="does not match"):
         fit(torch.nn.Linear(4, 3), dataset(), step, spec)
@@ -88,4 +88,4 @@ def test_resume_problems_are_checkpoint_errors(tmp_path: Path) -> None:
 def test_batch_larger_than_data_with_drop_last_is_a_usage_error(tmp_path: Path) -> None:
     spec = TrainSpec(output=tmp_path / "m.safetensors", kind="test", config=CONFIG, epochs=1, batch_size=64, drop_last=True, device="cpu")
     with pytest.raises(UsageError, match="leaves no batch"):
-        fit(ckpt._build_test_model(**CONFIG), dataset(), step, spec)
+        fit(torch.nn.Linear(**CONFIG), dataset(), step, spec)

@@ -19,7 +19,10 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     import torch
     from medtools.core import ckpt
+    from medtools.core.registry import register_kind
     from medtools.core.train import TrainSpec, fit
+
+    register_kind("test", family="tests", builder="torch.nn:Linear", builder_keys=("in_features", "out_features"))
 
     out = Path(sys.argv[1])
     torch.manual_seed(0)  # same initial weights on every rank, as DDP expects
@@ -32,7 +35,7 @@ SCRIPT = textwrap.dedent(
 
     spec = TrainSpec(output=out / "model.safetensors", kind="test", config={"in_features": 4, "out_features": 2},
                      epochs=2, batch_size=8, lr=0.05, seed=0)
-    result = fit(ckpt._build_test_model(4, 2), data, step, spec)
+    result = fit(torch.nn.Linear(4, 2), data, step, spec)
     (out / f"rank{os.environ['RANK']}.json").write_text(json.dumps(result))
     """
 )

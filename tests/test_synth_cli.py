@@ -25,7 +25,7 @@ def tiny_ddpm(tmp_path_factory, cxr_phantom) -> tuple[Path, dict]:
 def _classifier(path: Path) -> Path:
     import torch
 
-    from medtools.brain.models import build_classifier
+    from medtools.nets.classifier import build_classifier
     from medtools.core import ckpt
 
     torch.manual_seed(0)

@@ -211,7 +211,7 @@ def signature_pattern(key: bytes, case_id: str, channels: int, height: int, widt
 def _features(attacker: Attacker, images: Any) -> Any:
     import torch.nn.functional as F
 
-    from medtools.brain.models import classifier_features
+    from medtools.nets.classifier import classifier_features
 
     if images.shape[-1] != attacker.size:
         images = F.interpolate(images, size=(attacker.size, attacker.size), mode="bilinear", align_corners=False)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from medtools.brain.models import build_classifier
+from medtools.nets.classifier import build_classifier
 from medtools.brain.segment import common_modalities
 from medtools.core import ckpt, report
 from medtools.core.data import DEFAULT_NORM, SliceSet, build_image_set, build_slice_set

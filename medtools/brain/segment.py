@@ -18,7 +18,8 @@ import numpy as np
 
 from medtools.brain.cases import Case, LoadedCase, load_case
 from medtools.brain.metrics import BRATS_REGIONS, dice, is_brats
-from medtools.brain.models import BRATS_LABEL_MAP, build_segmenter
+from medtools.brain.models import BRATS_LABEL_MAP
+from medtools.nets.segmenter import build_segmenter
 from medtools.core import ckpt, report
 from medtools.core.data import DEFAULT_NORM, build_slice_set, map_labels, slices_to_volume, split_by_patient
 from medtools.core.errors import InputError, UsageError

@@ -8,7 +8,6 @@ CheckpointError → exit 3. No pickles, ever.
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,19 +15,6 @@ from typing import Any
 
 from medtools.core.errors import CheckpointError
 from medtools.core.io import atomic_path
-
-# kind → "module:function" that builds the model from **config. Plain data, torch-free.
-BUILDERS: dict[str, str] = {
-    "seg": "medtools.brain.models:build_segmenter",
-    "reid": "medtools.brain.models:build_classifier",
-    "cls": "medtools.brain.models:build_classifier",
-    "ddpm": "medtools.synth.models:build_unet",
-    "ae-image": "medtools.collab.models:build_autoencoder",
-    "ae-mask": "medtools.collab.models:build_autoencoder",
-    "umn": "medtools.collab.models:build_umn",
-    "test": "medtools.core.ckpt:_build_test_model",
-}
-KINDS = tuple(BUILDERS) + ("klt-key",)
 
 _PREFIXES = ("module.", "_orig_mod.")
 
@@ -144,18 +130,25 @@ def load(path: Path | str, *, kind: str | tuple[str, ...] | None = None, tensors
 
 
 def build_model(ckpt: Checkpoint, *, load_weights: bool = True):
-    """Rebuild the model as BUILDERS[kind](**config) and load its weights (strict)."""
-    spec = BUILDERS.get(ckpt.kind)
-    if spec is None:
+    """Rebuild the model from the registry (kind → builder(**config)) and load its weights (strict).
+
+    Every failure is a CheckpointError (exit 3): an unregistered kind, a kind with no model,
+    an unknown config key or arch, a builder that rejects the config, weights that do not fit.
+    """
+    from medtools.core import registry
+    from medtools.core.errors import MedtoolsError
+
+    kind = registry.get(ckpt.kind) if ckpt.kind in registry.discover() else None
+    if kind is None or kind.builder is None:
         raise CheckpointError(f"{ckpt.path}: kind {ckpt.kind!r} has no model to build")
-    module_name, func_name = spec.split(":")
+    keywords = registry.check_config(kind, ckpt.config, where=str(ckpt.path))
     try:
-        builder = getattr(importlib.import_module(module_name), func_name)
+        builder = registry.resolve(kind.builder)
     except (ImportError, AttributeError) as exc:
         raise CheckpointError(f"{ckpt.path}: this medtools cannot build {ckpt.kind} models ({exc})") from None
     try:
-        model = builder(**ckpt.config)
-    except (TypeError, ValueError, KeyError, RuntimeError) as exc:
+        model = builder(**keywords)
+    except (TypeError, ValueError, KeyError, RuntimeError, MedtoolsError) as exc:
         raise CheckpointError(f"{ckpt.path}: config does not build a {ckpt.kind} model ({exc})") from None
     if load_weights:
         try:
@@ -174,10 +167,3 @@ def load_model(path: Path | str, kind: str | tuple[str, ...], device: Any = None
     if device is not None:
         model = model.to(device)
     return ckpt, model
-
-
-def _build_test_model(in_features: int = 4, out_features: int = 2):
-    """A tiny model used by the checkpoint tests."""
-    import torch
-
-    return torch.nn.Linear(in_features, out_features)

@@ -177,7 +177,7 @@ class ClassifierExtractor(Extractor):
     def __call__(self, images: Any) -> Any:
         import torch
 
-        from medtools.brain.models import classifier_features
+        from medtools.nets.classifier import classifier_features
 
         x = images.to(self.device)
         if "mean" in self.norm and "std" in self.norm:

@@ -2,8 +2,8 @@
 
 ``unet_config`` turns CLI-sized knobs (image size, channels, block widths, which levels
 get self-attention) into the exact ``UNet2DModel`` keyword dict that is stored as the
-checkpoint's ``medtools.config``; ``build_unet(**config)`` rebuilds it (the ``ddpm``
-entry of ``core.ckpt.BUILDERS``). Nothing here is re-implemented: diffusers owns the net.
+checkpoint's ``medtools.config``; ``build_unet(**config)`` rebuilds it (the ``ddpm`` kind
+registered below). Nothing here is re-implemented: diffusers owns the net.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from medtools.core.errors import UsageError
+from medtools.core.registry import register_kind
 
 DEFAULT_WIDTHS = (32, 64, 128)
 DEFAULT_ATTENTION = (2,)
@@ -61,11 +62,39 @@ def unet_config(
 
 
 def build_unet(**config: Any):
-    """``UNet2DModel(**config)``, random init; diffusers' private config keys are dropped."""
+    """``UNet2DModel(**config)``, random init (the registry passes only UNET_KEYS)."""
     from diffusers import UNet2DModel
 
-    clean = {k: v for k, v in config.items() if not k.startswith("_")}
-    return UNet2DModel(**clean)
+    return UNet2DModel(**config)
+
+
+def denoise(model: Any, x: Any, *, timesteps: Any) -> Any:
+    """ε_θ(x, t): the registered forward of a ``ddpm`` model (diffusers returns an output object)."""
+    return model(x, timesteps).sample
+
+
+# UNet2DModel's init keywords (diffusers 0.27+): a checkpoint config may hold only these
+UNET_KEYS = (
+    "sample_size", "in_channels", "out_channels", "center_input_sample", "time_embedding_type", "time_embedding_dim",
+    "freq_shift", "flip_sin_to_cos", "down_block_types", "mid_block_type", "up_block_types", "block_out_channels",
+    "layers_per_block", "mid_block_scale_factor", "downsample_padding", "downsample_type", "upsample_type", "dropout",
+    "act_fn", "attention_head_dim", "norm_num_groups", "attn_norm_num_groups", "norm_eps", "resnet_time_scale_shift",
+    "add_attention", "class_embed_type", "num_class_embeds", "num_train_timesteps",
+)
+
+register_kind(
+    "ddpm",
+    family="synth",
+    builder="medtools.synth.models:build_unet",
+    description="DDPM denoiser (diffusers UNet2DModel, epsilon prediction)",
+    builder_keys=UNET_KEYS,
+    forward="medtools.synth.models:denoise",
+    task="denoise",
+    tiny=(
+        {**unet_config(size=16, channels=1, widths=(8, 16), attention=(1,), layers_per_block=1, norm_groups=4)},
+        {**unet_config(size=16, channels=3, widths=(8, 16), attention=(), layers_per_block=1, norm_groups=4)},
+    ),
+)
 
 
 def count_parameters(model: Any) -> int:

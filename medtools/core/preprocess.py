@@ -1,0 +1,186 @@
+"""The one preprocessing path, shared by training and inference.
+
+A checkpoint's ``medtools.norm`` (docs/formats.md, "medtools.norm") says how raw pixels
+became model input; training writes it, :class:`medtools.core.predict.Predictor` reads it
+back through :func:`canonical_norm`, so both sides run these same functions:
+
+1. **intensity** (:func:`normalise`) per volume and channel, to [0, 1]:
+   ``percentile`` (window [p_low, p_high] of the non-background voxels, clipped),
+   ``minmax`` (= percentile 0–100), ``unit`` (divide by the bit depth's maximum: 255 for
+   8-bit, 65535 for 16-bit, min–max for float images), ``none``;
+2. **size** (:func:`resize`): bilinear with antialiasing for images (so shrinking a 240²
+   slice to 128² averages instead of aliasing, in training and inference alike), nearest
+   for label maps;
+3. **model range** (:func:`to_model_range`): [0, 1] mapped to ``model_range`` (the DDPM
+   works in [−1, 1]) and then ``(x − mean) / std`` when the norm has them.
+
+Older checkpoints wrote ``{}`` (percentile 0.5/99.5), or ``mean``/``std`` without a
+method; :func:`canonical_norm` maps every form seen so far onto the schema.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtools.core.errors import CheckpointError, InputError
+
+NORM_SCHEMA = 1
+METHODS = ("percentile", "minmax", "unit", "none")
+PERCENTILE_NORM = {"method": "percentile", "low": 0.5, "high": 99.5}
+UNIT_NORM = {"method": "unit"}
+DEFAULT_NORM = PERCENTILE_NORM  # what every brain checkpoint before the schema used
+
+
+def canonical_norm(norm: dict[str, Any] | None, default: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Any recorded ``medtools.norm`` → the schema: method, low, high, model_range, mean, std."""
+    norm = dict(norm or {})
+    if not norm or set(norm) <= {"schema"}:
+        norm = dict(default or DEFAULT_NORM)
+    method = norm.get("method", "percentile" if ("low" in norm or "high" in norm) else "unit" if ("mean" in norm or "model_range" in norm) else "percentile")
+    if method not in METHODS:
+        raise CheckpointError(f"unknown normalisation method {method!r} in medtools.norm (known: {', '.join(METHODS)})")
+    out: dict[str, Any] = {"schema": NORM_SCHEMA, "method": method}
+    if method == "percentile":
+        out["low"], out["high"] = float(norm.get("low", 0.5)), float(norm.get("high", 99.5))
+    if "model_range" in norm:
+        lo, hi = (float(v) for v in norm["model_range"])
+        out["model_range"] = [lo, hi]
+    if "mean" in norm or "std" in norm:
+        out["mean"], out["std"] = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
+        if out["std"] <= 0:
+            raise CheckpointError(f"medtools.norm std must be positive, got {out['std']}")
+    return out
+
+
+def normalise_intensity(volume: np.ndarray, *, low: float = 0.5, high: float = 99.5, mask: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
+    """Percentile window → [0, 1] float32; returns the window so it can be undone exactly.
+
+    The percentiles are taken over the voxels above the volume's minimum (the background of
+    a skull-stripped MRI is its minimum) unless ``mask`` says which voxels count.
+    """
+    values = volume[mask] if mask is not None and mask.any() else volume[volume != volume.min()] if (volume != volume.min()).any() else volume
+    lo = float(np.percentile(values, low))
+    hi = float(np.percentile(values, high))
+    if hi <= lo:
+        hi = lo + 1.0
+    out = np.clip((volume.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
+    return out, {"low": lo, "high": hi}
+
+
+def normalise(array: np.ndarray, norm: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
+    """Step 1 for one volume or image channel (any shape) → ([0, 1] float32, window used).
+
+    The window is in raw units: ``raw = low + x · (high − low)`` undoes it.
+    """
+    method = norm.get("method", "percentile")
+    if method == "percentile":
+        return normalise_intensity(array, low=float(norm.get("low", 0.5)), high=float(norm.get("high", 99.5)))
+    if method == "minmax":
+        return normalise_intensity(array, low=0.0, high=100.0)
+    if method == "unit":
+        if array.dtype == np.uint8:
+            return array.astype(np.float32) / 255.0, {"low": 0.0, "high": 255.0}
+        if array.dtype == np.uint16:
+            return array.astype(np.float32) / 65535.0, {"low": 0.0, "high": 65535.0}
+        return normalise_intensity(array.astype(np.float32), low=0.0, high=100.0)
+    if method == "none":
+        return array.astype(np.float32), {"low": 0.0, "high": 1.0}
+    raise CheckpointError(f"unknown normalisation method {method!r}")
+
+
+def resize(array: Any, size: int | tuple[int, int] | None, *, labels: bool = False) -> Any:
+    """Step 2: (N, C, H, W) or (N, H, W) → size (bilinear + antialias for images, nearest for labels).
+
+    Takes numpy arrays (returns numpy) or torch tensors (returns tensors, differentiable, on
+    their device). ``size`` None or equal to the current size returns the input unchanged.
+    """
+    if size is None:
+        return array
+    target = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    if tuple(array.shape[-2:]) == target:
+        return array
+    import torch
+    import torch.nn.functional as F
+
+    is_numpy = isinstance(array, np.ndarray)
+    tensor = torch.from_numpy(np.ascontiguousarray(array)) if is_numpy else array
+    squeeze = tensor.ndim == 3
+    if squeeze:
+        tensor = tensor[:, None]
+    if labels:
+        out = F.interpolate(tensor.float(), size=target, mode="nearest").to(tensor.dtype)
+    else:
+        dtype = tensor.dtype if tensor.is_floating_point() else torch.float32
+        out = F.interpolate(tensor.to(dtype), size=target, mode="bilinear", align_corners=False, antialias=True)
+    out = out[:, 0] if squeeze else out
+    return out.numpy() if is_numpy else out
+
+
+def to_model_range(x: Any, norm: dict[str, Any]) -> Any:
+    """Step 3: [0, 1] → the range the network was trained on (tensor or array)."""
+    if "model_range" in norm:
+        lo, hi = norm["model_range"]
+        x = x * (hi - lo) + lo
+    if "mean" in norm:
+        x = (x - norm["mean"]) / norm["std"]
+    return x
+
+
+def from_model_range(x: Any, norm: dict[str, Any]) -> Any:
+    """Inverse of :func:`to_model_range` (generated images back to [0, 1])."""
+    if "mean" in norm:
+        x = x * norm["std"] + norm["mean"]
+    if "model_range" in norm:
+        lo, hi = norm["model_range"]
+        x = (x - lo) / (hi - lo)
+    return x
+
+
+def volume_to_slices(volume: np.ndarray, axis: int = 2) -> np.ndarray:
+    """(x, y, z) → (z, x, y) slices along ``axis``."""
+    return np.moveaxis(volume, axis, 0)
+
+
+def slices_to_volume(slices: np.ndarray, axis: int = 2) -> np.ndarray:
+    return np.moveaxis(slices, 0, axis)
+
+
+def image_channels(image: Any, channels: int, norm: dict[str, Any]) -> np.ndarray:
+    """A read 2-D image (core.io.Image) → (channels, H, W) float32 in [0, 1] by ``norm``.
+
+    RGB(A) is averaged to gray for one channel; gray is repeated for three; a volume gives its
+    middle slice.
+    """
+    array = image.array
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        rgb = array[..., :3]
+        if channels == 3:
+            normed, _ = normalise(rgb, norm)
+            return np.moveaxis(normed, -1, 0).astype(np.float32)
+        gray = rgb.astype(np.float32).mean(axis=-1)
+        if rgb.dtype in (np.uint8, np.uint16) and norm.get("method") == "unit":
+            gray = gray / (255.0 if rgb.dtype == np.uint8 else 65535.0)
+            normed = gray
+        else:
+            normed, _ = normalise(gray, norm)
+    else:
+        if array.ndim == 3:
+            array = array[:, :, array.shape[2] // 2]
+        normed, _ = normalise(array, norm)
+    normed = normed.astype(np.float32)[None]
+    return np.repeat(normed, channels, axis=0) if channels > 1 else normed
+
+
+def load_image(path: Path | str, size: int | None = None, channels: int = 1, norm: dict[str, Any] | None = None) -> np.ndarray:
+    """A 2-D image file → (channels, size, size) float32 in [0, 1] (``unit`` norm by default)."""
+    from medtools.core.io import read_image
+
+    try:
+        image = read_image(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read image ({exc})") from None
+    out = image_channels(image, channels, norm or UNIT_NORM)
+    return resize(out[None], size)[0].astype(np.float32)
