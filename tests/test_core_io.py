@@ -298,7 +298,7 @@ def test_atomic_write_leaves_nothing_when_the_writer_raises(tmp_path: Path, monk
         Path(tmp).write_bytes(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(io, "_write_nifti", half_then_fail)
+    monkeypatch.setattr(io.images, "write_nifti", half_then_fail)
     with pytest.raises(OSError, match="disk full"):
         write_image(Image(np.zeros((2, 2, 2), np.uint8), affine=np.eye(4), format="nifti"), tmp_path / "out.nii.gz")
     assert list(tmp_path.iterdir()) == []
@@ -311,7 +311,7 @@ def test_atomic_write_keeps_the_old_file_when_an_overwrite_fails(tmp_path: Path,
     def fail(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io, "_write_raster", fail)
+    monkeypatch.setattr(io.images, "write_raster", fail)
     with pytest.raises(KeyboardInterrupt):
         write_image(Image(np.zeros((3, 3), np.uint8), format="png"), target)
     assert [p.name for p in tmp_path.iterdir()] == ["x.png"]

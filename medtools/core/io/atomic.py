@@ -1,0 +1,182 @@
+"""Atomic writes: a temporary file next to the target, renamed into place only on success.
+
+The temporary name is known before the file is created, so an exception or a signal at
+any point (KeyboardInterrupt, or SIGTERM/SIGHUP through ``core.signals``) removes it. A
+live temporary file is held under an exclusive ``flock``; a process killed without a
+chance to clean up (SIGKILL, power loss) leaves an unlocked ``.<stem>.<token>.part<ext>``
+that the next write into that folder removes. ``atomic_open`` writes through a file that
+has no name at all until it is complete (Linux ``O_TMPFILE``), for plaintext.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from medtools.core.io.formats import split_ext
+
+# .<stem>.<8 characters>.part<ext>: ours (hex token) and mkstemp's (older medtools versions)
+PART_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\.[^/]*)?$")
+
+_cleaned: set[str] = set()
+_renamed_hooks: list[Callable[[Path], None]] = []
+
+
+def part_name(target: Path) -> Path:
+    """A fresh temporary name beside ``target``: .<stem>.<token>.part<ext>."""
+    stem, ext = split_ext(target)
+    return target.parent / f".{stem}.{secrets.token_hex(4)}.part{ext}"
+
+
+def clean_stale(folder: Path | str) -> list[Path]:
+    """Remove the temporary files that earlier, killed runs left in ``folder`` (once per process).
+
+    A temporary file whose writer is alive holds an flock and is left alone, so parallel
+    shards writing into one folder never remove each other's files.
+    """
+    folder = Path(folder)
+    key = os.path.abspath(folder)
+    if key in _cleaned:
+        return []
+    _cleaned.add(key)
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        if not PART_PATTERN.match(entry.name) or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live writer holds it
+            os.close(fd)
+            continue
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _mode(private: bool) -> int:
+    return 0o600 if private else 0o666 & ~_umask()
+
+
+@contextlib.contextmanager
+def on_renamed(callback: Callable[[Path], None]) -> Iterator[None]:
+    """Call ``callback(path)`` as soon as each atomic write is renamed into place (e.g. print it)."""
+    _renamed_hooks.append(callback)
+    try:
+        yield
+    finally:
+        _renamed_hooks.remove(callback)
+
+
+def _renamed(target: Path) -> None:
+    for hook in list(_renamed_hooks):
+        hook(target)
+
+
+@contextlib.contextmanager
+def atomic_path(target: Path | str, *, private: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; rename it into place only on success.
+
+    On any exception (KeyboardInterrupt and the signals of ``core.signals`` included) the
+    temporary file is removed and the target is left untouched. ``private`` gives the
+    result mode 0600 (secrets); otherwise the usual umask mode.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(target.parent)
+    tmp = part_name(target)
+    fd = None
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # live: clean_stale of another process leaves it
+        yield tmp
+        os.chmod(tmp, _mode(private))
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)
+    _renamed(target)
+
+
+def _link_anonymous(fd: int, name: Path) -> bool:
+    """Give an O_TMPFILE file a name; False where the kernel or sandbox does not allow it."""
+    try:
+        os.link(f"/proc/self/fd/{fd}", name, follow_symlinks=True)
+        return True
+    except OSError:
+        pass
+    try:  # linkat(fd, "", AT_FDCWD, name, AT_EMPTY_PATH)
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.linkat(fd, b"", -100, os.fsencode(name), 0x1000) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+@contextlib.contextmanager
+def atomic_open(target: Path | str, *, private: bool = False) -> Iterator[BinaryIO]:
+    """Yield a binary file for ``target`` that has no name on disk until it is complete.
+
+    With ``O_TMPFILE`` the bytes written live in an unnamed inode: a crash, a signal, even
+    SIGKILL leaves nothing behind. On success the file is linked beside the target and
+    renamed over it. Where ``O_TMPFILE`` is not available this is ``atomic_path``.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(target.parent)
+    try:
+        fd = os.open(target.parent, os.O_TMPFILE | os.O_RDWR, 0o600)  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        with atomic_path(target, private=private) as tmp, open(tmp, "wb") as handle:
+            yield handle
+        return
+    handle = os.fdopen(fd, "w+b")
+    tmp: Path | None = None
+    try:
+        yield handle
+        handle.flush()
+        os.fchmod(fd, _mode(private))
+        tmp = part_name(target)
+        if not _link_anonymous(fd, tmp):
+            # no way to name the inode: copy the finished file into a named temporary
+            handle.seek(0)
+            with open(tmp, "xb") as named:
+                shutil.copyfileobj(handle, named, 1 << 20)
+            os.chmod(tmp, _mode(private))
+        os.replace(tmp, target)
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        handle.close()
+    _renamed(target)
