@@ -85,7 +85,7 @@ def bench_raw_gcm(size: int, chunks: list[int]) -> dict:
 
 
 def bench_logistic_sine(side: int, repeats: int) -> dict:
-    from medtools.secure import block, chaos
+    from medtools.imagecipher import block, chaos
 
     key = os.urandom(32)
     rng = np.random.default_rng(0)

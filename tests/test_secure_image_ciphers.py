@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from medtools.secure import audit, block, chaos, derive, methods
+from medtools.imagecipher import block, chaos, derive, methods
+from medtools.secure import audit
 
 KEY = bytes(range(32))
 REVERSIBLE = ("logistic-sine", "block", "negative", "shuffle")

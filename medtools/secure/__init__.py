@@ -6,10 +6,5 @@ primitives (AES-GCM, scrypt, HKDF, HMAC, SHA-256/SHAKE256, X25519, Ed25519) come
 pycryptodome and hashlib; nothing here implements a primitive of its own.
 """
 
-# Method names (plain data, so that the CLI and crypt.py need no numpy to check a flag).
-AES_GCM = "aes-gcm"
-CIPHERS = ("logistic-sine", "block")
-REVERSIBLE_FILTERS = ("negative", "shuffle")
-IRREVERSIBLE_FILTERS = ("median", "mean", "max", "min")
-IMAGE_METHODS = CIPHERS + REVERSIBLE_FILTERS + IRREVERSIBLE_FILTERS
-ALL_METHODS = (AES_GCM,) + IMAGE_METHODS
+# Method names live with the image ciphers (medtools.imagecipher, shared with the cls family).
+from medtools.imagecipher import AES_GCM, ALL_METHODS, CIPHERS, IMAGE_METHODS, IRREVERSIBLE_FILTERS, REVERSIBLE_FILTERS  # noqa: F401

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from medtools.secure import block, derive, methods
+from medtools.imagecipher import block, derive, methods
 
 KEY_BITS_TESTED = (0, 127, 255)
 

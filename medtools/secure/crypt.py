@@ -150,7 +150,7 @@ def _target(item, options: Options, decrypting: bool, single: bool) -> Path:
 
     assert options.output is not None
     if options.method != AES_GCM:
-        from medtools.secure import methods
+        from medtools.imagecipher import methods
 
         return output_for(item, options.output, ext=methods.output_extension(item.rel), single=single)
     ext = split_ext(item.rel)[1]
@@ -223,7 +223,7 @@ def encrypt(
         raise UsageError(f"--method {method} works on image files, not on stdin")
     if store is not None:
         raise UsageError(f"--to STORE is for --method aes-gcm; --method {method} takes --key FILE")
-    from medtools.secure import methods
+    from medtools.imagecipher import methods
 
     options.key = read_key_file(key_file) if key_file is not None else None
     methods.check_method(method, options.key)
@@ -270,7 +270,7 @@ def _encrypt_stdio(targets, options: Options) -> int:
 
 
 def _image_file(item, target: Path, options: Options, *, decrypt: bool) -> dict[str, Any]:
-    from medtools.secure import methods
+    from medtools.imagecipher import methods
 
     methods.process_file(item.path, target, options.method, key=options.key, block_size=options.block_size, window=options.window, decrypt=decrypt)
     return {"input": str(item.path), "output": str(target), "method": options.method}
@@ -295,7 +295,7 @@ def decrypt(
     if method != AES_GCM:
         if STDIO in inputs:
             raise UsageError(f"--method {method} works on image files, not on stdin")
-        from medtools.secure import methods
+        from medtools.imagecipher import methods
 
         options.key = read_key_file(key_file) if key_file is not None else None
         methods.check_method(method, options.key, decrypting=True)

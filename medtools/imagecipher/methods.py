@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from medtools.core.errors import InputError, UsageError
-from medtools.secure import CIPHERS, IMAGE_METHODS, REVERSIBLE_FILTERS, block, chaos, filters
-from medtools.secure import IRREVERSIBLE_FILTERS as IRREVERSIBLE
+from medtools.imagecipher import CIPHERS, IMAGE_METHODS, REVERSIBLE_FILTERS, block, chaos, filters
+from medtools.imagecipher import IRREVERSIBLE_FILTERS as IRREVERSIBLE
 
 REVERSIBLE = CIPHERS + REVERSIBLE_FILTERS
 KEYED = ("logistic-sine", "block", "shuffle")

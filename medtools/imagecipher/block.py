@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medtools.secure import derive
+from medtools.imagecipher import derive
 
 
 def _check(levels: np.ndarray, block: int) -> tuple[int, int, int]:

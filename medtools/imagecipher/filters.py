@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from medtools.secure import IRREVERSIBLE_FILTERS as IRREVERSIBLE
-from medtools.secure import REVERSIBLE_FILTERS as REVERSIBLE
-from medtools.secure import derive
+from medtools.imagecipher import IRREVERSIBLE_FILTERS as IRREVERSIBLE
+from medtools.imagecipher import REVERSIBLE_FILTERS as REVERSIBLE
+from medtools.imagecipher import derive
 
 FILTERS = IRREVERSIBLE + REVERSIBLE
 

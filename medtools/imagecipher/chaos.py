@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medtools.secure import derive
+from medtools.imagecipher import derive
 
 BURN_IN = 64  # iterations discarded before sampling (transient of the orbit)
 MIN_LANES = 1024
