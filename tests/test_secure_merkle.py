@@ -10,11 +10,12 @@ import pytest
 
 from conftest import run_cli
 from medtools.core.errors import IntegrityError
-from medtools.secure import merkle
+from medtools.core import merkle
+from medtools.secure import seal as sealing
 
 
 def leaves(n: int) -> list[bytes]:
-    return [merkle.leaf_hash(f"f{i:03d}", hashlib.sha256(bytes([i])).hexdigest()) for i in range(n)]
+    return [sealing.leaf_hash(f"f{i:03d}", hashlib.sha256(bytes([i])).hexdigest()) for i in range(n)]
 
 
 def test_tree_matches_the_rfc_definition_on_small_trees():
@@ -23,7 +24,7 @@ def test_tree_matches_the_rfc_definition_on_small_trees():
     assert merkle.tree_root([]) == hashlib.sha256(b"").digest()
     assert merkle.tree_root([a]) == a
     assert merkle.tree_root([a, b, c]) == h(h(a, b), c)  # split at 2, never a duplicated leaf
-    assert merkle.leaf_hash("x", "00" * 32) == hashlib.sha256(b"\x00" + b"\x00\x00\x00\x01x" + bytes(32)).digest()
+    assert sealing.leaf_hash("x", "00" * 32) == hashlib.sha256(b"\x00" + b"\x00\x00\x00\x01x" + bytes(32)).digest()
     assert merkle.tree_root([a, b]) != merkle.tree_root([b, a])
 
 
@@ -113,13 +114,13 @@ def test_hmac_and_ed25519_signed_roots(tmp_path, sealed):
     unsigned_check = run_cli("verify", ed, data)
     assert unsigned_check.returncode == 0 and "not checked" in unsigned_check.stderr
     # a re-sealed (attacker) manifest with a valid tree but without the key's signature
-    forged = merkle.seal_folder(data, hmac_key=read_key_file(other))
+    forged = sealing.seal_folder(data, hmac_key=read_key_file(other))
     (tmp_path / "forged.json").write_text(json.dumps(forged.to_json()))
     assert run_cli("verify", tmp_path / "forged.json", data, "--hmac-key", key).returncode == 4
 
 
 def test_check_proof_rejects_garbage():
     with pytest.raises(IntegrityError):
-        merkle.check_proof({"format": "medtools-seal-proof", "path": "a", "sha256": "zz", "index": 0, "tree_size": 1, "audit_path": [], "root": "00"})
+        sealing.check_proof({"format": "medtools-seal-proof", "path": "a", "sha256": "zz", "index": 0, "tree_size": 1, "audit_path": [], "root": "00"})
     with pytest.raises(IntegrityError):
-        merkle.check_proof({"format": "other"})
+        sealing.check_proof({"format": "other"})

@@ -6,6 +6,7 @@ come from --password-file, MEDTOOLS_PASSWORD or a terminal prompt.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -240,9 +241,28 @@ def seal(
     quiet: Quiet = False,
 ) -> int:
     """SHA-256 Merkle manifest of every file below a folder, optionally signed; or one file's proof."""
-    from medtools.secure.merkle import seal_command
+    from medtools.core.errors import UsageError
+    from medtools.secure import seal as sealing
+    from medtools.secure.keystore import read_key_file
 
-    return seal_command(target, output=output, hmac_key=hmac_key, signing_key=sign, proof=proof, overwrite=overwrite)
+    def emit(data: dict, out: Optional[Path]) -> None:
+        if out is None:
+            print(json.dumps(data, indent=2))
+        else:
+            report.emit_path(sealing.write_json(data, out, overwrite=overwrite))
+
+    if proof is not None:
+        if target.is_dir():
+            raise UsageError("with --proof, give the manifest (not the folder): medtools seal manifest.json --proof a/b.png")
+        emit(sealing.make_proof(sealing.Seal.load(target), proof), output)
+        return 0
+    if output is None:
+        raise UsageError("missing -o/--output: the manifest file to write (e.g. -o manifest.json)")
+    key = read_key_file(hmac_key) if hmac_key is not None else None
+    result = sealing.seal_folder(target, exclude=[output], hmac_key=key, signing_key=sign)
+    report.log(f"sealed {len(result.files)} files under {target}: root {result.root}" + (f" ({result.signature['type']} signed)" if result.signature else ""))
+    emit(result.to_json(), output)
+    return 0
 
 
 @command
@@ -257,9 +277,37 @@ def verify(
     quiet: Quiet = False,
 ) -> int:
     """Check a folder against its seal (changed, missing, extra files) or one proof: exit 4 on any mismatch."""
-    from medtools.secure.merkle import verify_command
+    from medtools.core.errors import EXIT_INTEGRITY, UsageError
+    from medtools.secure import seal as sealing
+    from medtools.secure.keystore import read_key_file
 
-    return verify_command(manifest, folder, proof=proof, file=file, hmac_key=hmac_key, public_key=public_key, json_output=json_output)
+    key = read_key_file(hmac_key) if hmac_key is not None else None
+    if proof is not None:
+        if manifest is not None or folder is not None:
+            raise UsageError("--proof is checked on its own: give no manifest or folder (use --file FILE to check content)")
+        result = sealing.check_proof(sealing.read_json(proof, "proof"), file=file, hmac_key=key, public_key=public_key)
+        if json_output:
+            report.emit_json(result)
+        report.log(f"proof OK: {result['path']} is in the seal with root {result['root']} (signature: {result['signature']})")
+        return 0
+    if manifest is None or folder is None:
+        raise UsageError("give MANIFEST and FOLDER (or --proof PROOF.json)")
+    checked = sealing.verify_folder(sealing.Seal.load(manifest), folder, exclude=[manifest], hmac_key=key, public_key=public_key)
+    if json_output:
+        report.emit_json(checked.to_json())
+    else:
+        for kind in ("changed", "missing", "extra"):
+            for rel in getattr(checked, kind):
+                print(f"{kind}\t{rel}")
+    if not checked.root_ok:
+        report.error("the manifest's root does not match its own file list: the manifest was modified")
+    if checked.ok:
+        report.log(f"OK: {folder} matches {manifest} (signature: {checked.signature})")
+        if checked.signature == "not checked":
+            report.warn("the seal is signed but no --hmac-key/--public-key was given: the root's origin is not checked")
+        return 0
+    report.error(f"{folder} does not match {manifest}: {len(checked.changed)} changed, {len(checked.missing)} missing, {len(checked.extra)} extra")
+    return EXIT_INTEGRITY
 
 
 # ---------------------------------------------------------------- deid
