@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from medtools.core import report
-from medtools.core.cliutil import (
+from medtools.cliutil import (
     BatchSize,
     CheckpointOut,
     Compile,

@@ -35,10 +35,6 @@ def configure(*, quiet: bool = False, json_output: bool = False) -> None:
     _state["json"] = json_output
 
 
-def is_quiet() -> bool:
-    return bool(_state["quiet"])
-
-
 def log(message: str) -> None:
     """A human message on stderr (silenced by -q)."""
     if not _state["quiet"]:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from medtools.core import report
-from medtools.core.cliutil import Overwrite, Quiet, Seed, command
+from medtools.cliutil import Overwrite, Quiet, Seed, command
 from medtools.core.errors import UsageError
 
 app = typer.Typer(help="Synthetic data with real layouts (brain MRI in BraTS layout, chest X-rays).", no_args_is_help=True)

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from medtools.core import report
-from medtools.core.cliutil import Inputs, Json, Output, Overwrite, Quiet, Shard, command
+from medtools.cliutil import Inputs, Json, Output, Overwrite, Quiet, Shard, command
 
 METHOD_HELP = "aes-gcm (default: authenticated .mte container) | logistic-sine | block | negative | shuffle | median | mean | max | min"
 

@@ -366,9 +366,3 @@ def decrypt_stream(source: BinaryIO | HashingReader, target: BinaryIO, identitie
         ciphertext_sha256=reader.digest.hexdigest() if reader.hashing else "",
         extra={"chunks": counter + 1},
     )
-
-
-def peek_recipients(source: BinaryIO) -> list[dict[str, Any]]:
-    """The recipient stanzas of a container (for choosing which users to try)."""
-    header, _ = read_header(HashingReader(source))
-    return header.recipients

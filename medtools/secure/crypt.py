@@ -77,6 +77,7 @@ class Keyring:
         else:
             known = {u.name for u in self.store.users()}
             candidates = [n for n in named if n in known]
+        opened = False
         for name in candidates:
             if name in self._failed:
                 if self.user is not None:
@@ -91,10 +92,12 @@ class Keyring:
                         raise
                     continue
                 self._unlocked[name] = container.X25519Identity(name, private)
+            opened = True
             yield self._unlocked[name]
-
-    def opened_users(self) -> list[str]:
-        return sorted(self._unlocked)
+        if not opened and self.key is None:
+            if not candidates:
+                raise AccessDenied(f"no user of {self.store.path} is a recipient of this file (recipients: {', '.join(map(str, named)) or 'none'})")
+            raise AccessDenied(f"wrong password: it opens none of this file's recipients in {self.store.path} (tried users: {', '.join(candidates)}); give --user NAME to name yours")
 
 
 def recipients(store_path: Path | None, key_file: Path | None, users: Sequence[str] | None = None) -> list[container.Recipient]:
@@ -231,11 +234,10 @@ def encrypt(
 
 
 def _encrypt_file(item, target: Path, targets, options: Options) -> dict[str, Any]:
-    from medtools.core.io import atomic_path
+    from medtools.core.io import atomic_open
 
-    with open(item.path, "rb") as source, atomic_path(target) as tmp:
-        with open(tmp, "wb") as sink:
-            result = container.encrypt_stream(source, sink, targets, name=item.path.name, chunk_size=options.chunk_size, digest=_digest(options))
+    with open(item.path, "rb") as source, atomic_open(target) as sink:
+        result = container.encrypt_stream(source, sink, targets, name=item.path.name, chunk_size=options.chunk_size, digest=_digest(options))
     record = {"input": str(item.path), "output": str(target), "method": AES_GCM, "recipients": result.recipients, "bytes": result.plaintext_bytes, "sha256": result.ciphertext_sha256}
     audit(options.audit_log, action="encrypt", input=str(item.path), output=str(target), recipients=result.recipients, sha256=result.ciphertext_sha256, result="ok")
     return record
@@ -324,13 +326,12 @@ def _failure_record(exc: IntegrityError, keyring: Keyring) -> dict[str, Any]:
 
 
 def _decrypt_file(item, target: Path, keyring: Keyring, options: Options) -> dict[str, Any]:
-    from medtools.core.io import atomic_path
+    from medtools.core.io import atomic_open
     from medtools.core.report import sha256_file
 
-    try:
-        with open(item.path, "rb") as source, atomic_path(target) as tmp:
-            with open(tmp, "wb") as sink:
-                result = _decrypt_to(source, sink, keyring, options)
+    try:  # the plaintext has no name on disk until it is complete and authenticated
+        with open(item.path, "rb") as source, atomic_open(target) as sink:
+            result = _decrypt_to(source, sink, keyring, options)
     except IntegrityError as exc:
         audit(options.audit_log, action="decrypt", input=str(item.path), sha256=sha256_file(item.path), **_failure_record(exc, keyring))
         raise
@@ -345,11 +346,11 @@ def _decrypt_stdio(keyring: Keyring, options: Options) -> int:
     source = container.HashingReader(sys.stdin.buffer, hashing=options.audit_log is not None)
     try:
         if options.output is not None:
-            from medtools.core.io import atomic_path
+            from medtools.core.io import atomic_open
 
             if options.output.exists() and not options.overwrite:
                 raise UsageError(f"{options.output} exists; pass --overwrite to replace it")
-            with atomic_path(options.output) as tmp, open(tmp, "wb") as sink:
+            with atomic_open(options.output) as sink:
                 result = _decrypt_to(source, sink, keyring, options)
             _emit({"input": STDIO, "output": str(options.output), "method": AES_GCM, "name": result.name, "user": result.opened_by, "bytes": result.plaintext_bytes}, options)
         else:

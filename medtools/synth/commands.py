@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from medtools.core import report
-from medtools.core.cliutil import BatchSize, Compile, Device, Inputs, Json, Model, Overwrite, Precision, Quiet, Seed, Shard, Workers, command
+from medtools.cliutil import BatchSize, Compile, Device, Inputs, Json, Model, Overwrite, Precision, Quiet, Seed, Shard, Workers, command
 
 PatientRegex = Annotated[Optional[str], typer.Option("--patient-regex", help="Regex on file names giving the patient id (group 'patient' or 1); default: manifest rules.")]
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from medtools.core import report
-from medtools.core.cliutil import Inputs, Json, Output, Overwrite, Quiet, Shard, command
+from medtools.cliutil import Inputs, Json, Output, Overwrite, Quiet, Shard, command
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,85 @@
+"""Shared Typer options and the wrapper that maps errors to exit codes (the CLI side; core has no typer).
+
+Every command is wrapped by ``command()``: a MedtoolsError becomes one line on stderr and
+its exit code; SIGINT, SIGTERM and SIGHUP exit 128+n (``core.signals``: atomic writes
+have already removed partial files). Options default to None so that unset flags keep
+the model's or config's defaults.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from medtools.core import report, signals
+from medtools.core.errors import MedtoolsError
+
+Inputs = Annotated[list[str], typer.Argument(help="Files, folders, globs, or '-' for paths on stdin.", show_default=False)]
+Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (batches, mirrors inputs) or file (one result).")]
+Model = Annotated[Path, typer.Option("-m", "--model", help="Checkpoint (.safetensors).")]
+Device = Annotated[Optional[str], typer.Option("--device", help="auto|cpu|cuda|cuda:N (env MEDTOOLS_DEVICE).")]
+Precision = Annotated[Optional[str], typer.Option("--precision", help="auto|fp32|bf16|fp16 (auto: bf16 on CUDA, fp32 on CPU).")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the model (CUDA).")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Items (slices/images) per batch.", min=1)]
+Workers = Annotated[int, typer.Option("--workers", help="Background I/O workers.", min=0)]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
+Shard = Annotated[Optional[str], typer.Option("--shard", help="K/N: process the K-th of N parts (default from SLURM_ARRAY_TASK_ID/COUNT).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them, so batches resume).")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="No logs or progress on stderr.")]
+NanPolicy = Annotated[str, typer.Option("--nan-policy", help="Non-finite voxels (NaN/Inf) in an input: error (an item error naming the file and count) | zero | clip (±Inf to the finite max/min, NaN to the min).")]
+# training commands
+CheckpointOut = Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors).")]
+Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
+Lr = Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")]
+StepsPerEpoch = Annotated[Optional[int], typer.Option("--steps-per-epoch", min=1, help="Cap on optimizer steps per epoch.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT's .train-state.safetensors.")]
+
+
+def emit_training_result(result: dict[str, Any], json_output: bool, record: report.RunRecord) -> None:
+    """A training command's stdout: the checkpoint path, or the summary JSON with its run record."""
+    if json_output:
+        record.device = result.get("device")
+        report.emit_json({**result, "run": record.as_dict()})
+    else:
+        report.emit_path(result["output"])
+
+
+def command(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a Typer command body: output configuration, error → exit code, signals → 128+n."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        signals.install()
+        try:
+            report.configure(quiet=bool(kwargs.get("quiet", False)), json_output=bool(kwargs.get("json_output", False)))
+            if "nan_policy" in kwargs:
+                from medtools.core.io.finite import set_nan_policy
+
+                set_nan_policy(kwargs["nan_policy"])
+            code = func(*args, **kwargs)
+        except MedtoolsError as exc:
+            if os.environ.get("MEDTOOLS_DEBUG"):  # where it came from, for bug reports
+                import traceback
+
+                traceback.print_exc(file=sys.stderr)
+            report.error(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt as exc:  # SIGINT, SIGTERM, SIGHUP
+            print(f"interrupted ({exc})" if isinstance(exc, signals.Interrupted) else "interrupted", file=sys.stderr)
+            raise typer.Exit(signals.exit_code(exc)) from None
+        except BrokenPipeError:  # `medtools ... | head`: not an error
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise typer.Exit(0) from None
+        if code:
+            raise typer.Exit(int(code))
+        return None
+
+    return wrapper
