@@ -26,6 +26,7 @@ FAMILIES = (
     "medtools.secure.commands",
     "medtools.index.commands",
     "medtools.collab.commands",
+    "medtools.serve.commands",
 )
 
 

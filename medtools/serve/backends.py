@@ -1,0 +1,106 @@
+"""What the service runs: the checkpoints of --models DIR, loaded once, and the families' functions.
+
+Models: every ``*.safetensors`` in the folder becomes one :class:`medtools.core.predict.Predictor`
+(its kind read from the checkpoint metadata), named by the file stem, with its SHA-256.
+Anything wrong with the folder or a checkpoint stops start-up with a CheckpointError (exit 3).
+
+Functions: serve is the front end over every family, so it is the one package allowed to
+call other families' public functions. It finds them through :func:`family_function` so
+that a family that is not installed (cls, index) simply leaves its endpoints out.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medtools.core.errors import CheckpointError
+
+# endpoint → (module, public function) of the family that implements it; looked up lazily
+FAMILY_FUNCTIONS: dict[str, tuple[str, str]] = {
+    "segment": ("medtools.brain.segment", "segment_images"),
+    "classify": ("medtools.cls.classify", "classify_images"),
+    "index-query": ("medtools.index.query", "query_images"),
+}
+
+# which model kinds each endpoint serves
+ENDPOINT_KINDS: dict[str, tuple[str, ...]] = {"segment": ("seg",), "classify": ("cls",)}
+
+
+def family_function(endpoint: str) -> Callable[..., Any] | None:
+    """The family's public function behind ``endpoint``, or None when that family is absent."""
+    module_name, name = FAMILY_FUNCTIONS[endpoint]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):  # the family itself is missing
+            return None
+        raise
+    return getattr(module, name, None)
+
+
+@dataclass
+class LoadedModel:
+    """One checkpoint of the models folder, loaded once; ``lock`` serialises its requests."""
+
+    name: str
+    path: Path
+    kind: str
+    sha256: str
+    predictor: Any
+    config: dict[str, Any]
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        info = {"name": self.name, "kind": self.kind, "file": self.path.name, "sha256": self.sha256}
+        for key in ("arch", "encoder", "modalities", "image_size", "label_values", "class_names"):
+            if key in self.config:
+                info[key] = self.config[key]
+        info["device"] = str(getattr(self.predictor, "device", ""))
+        return info
+
+
+def load_models(folder: Path | str, *, device: str | None = None, precision: str | None = None) -> dict[str, LoadedModel]:
+    """Every checkpoint in ``folder`` as a Predictor (kind from its metadata), by file stem."""
+    from medtools.core.ckpt import read_metadata
+    from medtools.core.predict import Predictor
+    from medtools.core.report import sha256_file
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"--models {folder}: not a folder of checkpoints")
+    paths = sorted(folder.glob("*.safetensors"))
+    if not paths:
+        raise CheckpointError(f"--models {folder}: no .safetensors checkpoints in it")
+    models: dict[str, LoadedModel] = {}
+    for path in paths:
+        kind = read_metadata(path).get("medtools.kind")
+        if not kind:
+            raise CheckpointError(f"{path} is not a medtools checkpoint (no medtools.kind in its metadata)")
+        if kind.startswith("klt") or kind in ("index-key",):
+            continue  # keys, not models
+        predictor = Predictor(path, kind=kind, device=device, precision=precision)
+        name = path.name[: -len(".safetensors")]
+        models[name] = LoadedModel(name=name, path=path, kind=kind, sha256=sha256_file(path), predictor=predictor, config=dict(predictor.config))
+    return models
+
+
+def pick_model(models: dict[str, LoadedModel], endpoint: str, name: str | None) -> LoadedModel:
+    """The model named ``name`` (or the only/first one of the endpoint's kinds)."""
+    from medtools.core.errors import UsageError
+
+    kinds = ENDPOINT_KINDS[endpoint]
+    fitting = [m for m in models.values() if m.kind in kinds]
+    if name is not None:
+        model = models.get(name)
+        if model is None or model.kind not in kinds:
+            choices = ", ".join(m.name for m in fitting) or "none loaded"
+            raise UsageError(f"no {'/'.join(kinds)} model {name!r} (loaded: {choices})")
+        return model
+    if not fitting:
+        raise UsageError(f"no {'/'.join(kinds)} model is loaded (start serve with a --models folder holding one)")
+    return fitting[0]

@@ -1,0 +1,44 @@
+"""`medtools serve`: thin Typer layer over :func:`medtools.serve.server.serve`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from medtools.cliutil import Device, Precision, Quiet, command
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+
+
+@command
+def serve(
+    models: Annotated[Path, typer.Option("--models", help="Folder of checkpoints (.safetensors), each loaded once at start-up; its kind comes from its metadata.")],
+    store: Annotated[Path, typer.Option("--store", help="Key store of `medtools keys`: its doctors log in with their passwords.")],
+    host: Annotated[str, typer.Option("--host", help="Address to bind (default loopback only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port (0: a free one; the address is printed on stderr).", min=0, max=65535)] = 8000,
+    audit_log: Annotated[Optional[Path], typer.Option("--audit-log", help="JSON Lines audit of log-ins, encrypts and decrypts (default STORE.audit.jsonl).")] = None,
+    token_ttl: Annotated[Optional[float], typer.Option("--token-ttl", help="Session lifetime in seconds (default 900).", min=1)] = None,
+    max_failures: Annotated[Optional[int], typer.Option("--max-failures", help="Failed log-ins per user and per client in 5 minutes before 429 (default 5).", min=1)] = None,
+    max_upload_mb: Annotated[Optional[float], typer.Option("--max-upload-mb", help="Largest request body in MiB (default 512); larger → 413.", min=0.001)] = None,
+    device: Device = None,
+    precision: Precision = None,
+    quiet: Quiet = False,
+) -> int:
+    """A local REST API (/v1, OpenAPI at /docs) and the doctor's web page over the same functions.
+
+    Stops cleanly on SIGTERM or Ctrl-C (exit 0). Needs the `serve` extra: pip install 'medtools[serve]'.
+    """
+    from medtools.core.errors import UsageError
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"medtools serve needs {exc.name}: pip install 'medtools[serve]'") from None
+    from medtools.serve.server import serve as run
+
+    return run(models=models, store=store, host=host, port=port, audit_log=audit_log, token_ttl=token_ttl, max_failures=max_failures, max_upload_mb=max_upload_mb, device=device, precision=precision)

@@ -1,0 +1,119 @@
+"""Run the service: load once, bind (loopback by default), print the address, stop cleanly.
+
+The socket is bound before uvicorn starts, so ``--port 0`` picks a free port and the
+address printed on stderr is the real one. SIGTERM and Ctrl-C (SIGINT) both ask uvicorn
+to shut down gracefully (in-flight requests finish, the temporary folder is removed) and
+``serve`` returns 0: the process exits 0, not 143/130. A second Ctrl-C forces the exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import signal
+import socket
+import sys
+import threading
+from pathlib import Path
+
+from medtools.core import report
+from medtools.core.errors import UsageError
+
+LOOPBACK = "127.0.0.1"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(
+    *,
+    models: Path,
+    store: Path,
+    host: str = LOOPBACK,
+    port: int = 8000,
+    audit_log: Path | None = None,
+    token_ttl: float | None = None,
+    max_failures: int | None = None,
+    max_upload_mb: float | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+) -> int:
+    """Load the models and the key store, then serve until SIGTERM/Ctrl-C; returns 0."""
+    import uvicorn
+
+    from medtools.serve.app import build
+
+    audit_log = audit_log if audit_log is not None else Path(store).with_name(Path(store).name + ".audit.jsonl")
+    app, state = build(
+        models, store, audit_log=audit_log, ttl=token_ttl, max_failures=max_failures,
+        max_upload=int(max_upload_mb * 1024 * 1024) if max_upload_mb else None, device=device, precision=precision,
+    )
+    try:
+        sock = bind(host, port)
+        actual = sock.getsockname()[1]
+        if not _is_loopback(host):
+            report.warn(f"listening on {host}, not loopback: other machines can reach this plain-HTTP service; put it behind TLS")
+        shown = f"[{host}]" if ":" in host else host
+        names = ", ".join(f"{m.name} ({m.kind})" for m in state.models.values())
+        report.log(f"medtools serve: {len(state.models)} model(s) loaded: {names}; audit log {audit_log}")
+        # the address is printed even with -q: scripts read it (e.g. with --port 0)
+        print(f"medtools serve: listening on http://{shown}:{actual} (API docs at http://{shown}:{actual}/docs)", file=sys.stderr, flush=True)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
+        server = _make_server(config)
+        server.run(sockets=[sock])
+        if server.stopped_by is not None:
+            report.log(f"medtools serve: stopped ({signal.Signals(server.stopped_by).name})")
+    finally:
+        state.close()
+    return 0
+
+
+def _make_server(config):
+    """A uvicorn.Server whose signal handlers stop it without re-raising the signal afterwards.
+
+    (uvicorn >= 0.29 re-raises the captured signal after shutdown, so the process would die
+    of SIGTERM or KeyboardInterrupt; a clean stop exits 0.)
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        stopped_by: int | None = None
+
+        def handle_exit(self, sig, frame):  # noqa: ANN001
+            self.stopped_by = sig
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)

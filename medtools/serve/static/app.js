@@ -1,0 +1,168 @@
+// The doctor's page: plain JavaScript, no framework, nothing fetched from elsewhere.
+// The session is an HttpOnly cookie set by /v1/login; every call is same-origin.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const COLOURS = { 1: [255, 0, 0], 2: [0, 200, 0], 3: [0, 90, 255], 4: [255, 220, 0] };
+let view = null; // {shape: [Z, rows, cols], image: Uint8Array, labels: Uint8Array}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { credentials: "same-origin", ...options });
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
+    const error = new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+    error.status = response.status;
+    throw error;
+  }
+  return response;
+}
+
+function decode(b64) {
+  const text = atob(b64);
+  const out = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  return out;
+}
+
+function filenameOf(response, fallback) {
+  const match = /filename="([^"]+)"/.exec(response.headers.get("content-disposition") || "");
+  return match ? match[1] : fallback;
+}
+
+function saveBlob(blob, name) {
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = name;
+  document.body.appendChild(a);
+  a.click();
+  a.remove();
+}
+
+async function showApp() {
+  const me = await (await api("/v1/me")).json();
+  $("who").textContent = "logged in as " + me.user;
+  $("login-section").hidden = true;
+  $("app").hidden = false;
+  $("logout").hidden = false;
+  const version = await (await api("/v1/version")).json();
+  const select = $("model");
+  select.innerHTML = "";
+  for (const m of version.models.filter((m) => m.kind === "seg")) {
+    const option = document.createElement("option");
+    option.value = m.name;
+    option.textContent = m.name;
+    option.dataset.modalities = (m.modalities || ["image"]).join(", ");
+    select.appendChild(option);
+  }
+  showModalities();
+}
+
+function showModalities() {
+  const option = $("model").selectedOptions[0];
+  $("modalities").textContent = option ? "files in this order: " + option.dataset.modalities : "no segmentation model loaded";
+}
+
+function draw() {
+  if (!view) return;
+  const [depth, rows, cols] = view.shape;
+  const z = Math.min(+$("slice").value, depth - 1);
+  const alpha = +$("opacity").value / 100;
+  const canvas = $("viewer");
+  canvas.width = cols;
+  canvas.height = rows;
+  const ctx = canvas.getContext("2d");
+  const pixels = ctx.createImageData(cols, rows);
+  const offset = z * rows * cols;
+  for (let i = 0; i < rows * cols; i++) {
+    const g = view.image[offset + i];
+    const colour = COLOURS[view.labels[offset + i]] || (view.labels[offset + i] ? [255, 0, 255] : null);
+    const p = 4 * i;
+    if (colour) {
+      pixels.data[p] = (1 - alpha) * g + alpha * colour[0];
+      pixels.data[p + 1] = (1 - alpha) * g + alpha * colour[1];
+      pixels.data[p + 2] = (1 - alpha) * g + alpha * colour[2];
+    } else {
+      pixels.data[p] = pixels.data[p + 1] = pixels.data[p + 2] = g;
+    }
+    pixels.data[p + 3] = 255;
+  }
+  ctx.putImageData(pixels, 0, 0);
+  $("slice-label").textContent = (z + 1) + " / " + depth;
+}
+
+$("login-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("login-error").textContent = "";
+  try {
+    await api("/v1/login", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ user: $("user").value, password: $("password").value }) });
+    $("password").value = "";
+    await showApp();
+  } catch (e) {
+    $("login-error").textContent = e.status === 429 ? "Too many failed attempts; wait a few minutes." : "Log-in failed.";
+  }
+});
+
+$("logout").addEventListener("click", async () => {
+  await api("/v1/logout", { method: "POST" });
+  location.reload();
+});
+
+$("model").addEventListener("change", showModalities);
+$("opacity").addEventListener("input", draw);
+$("slice").addEventListener("input", draw);
+
+$("segment-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData();
+  for (const file of $("segment-files").files) form.append("file", file);
+  $("segment-status").textContent = "Segmenting…";
+  try {
+    const params = new URLSearchParams({ response: "json", model: $("model").value });
+    const result = await (await api("/v1/segment?" + params, { method: "POST", body: form })).json();
+    const stats = result.stats;
+    $("segment-status").textContent = "Done: " + result.filename;
+    $("volume").textContent = stats.tumour_ml !== undefined
+      ? "Tumour volume: " + stats.tumour_ml.toFixed(2) + " mL (" + stats.tumour_voxels + " voxels)"
+      : "Tumour area: " + stats.tumour_voxels + " pixels";
+    const link = $("download");
+    link.href = URL.createObjectURL(new Blob([decode(result.label_map)]));
+    link.download = result.filename;
+    if (result.preview) {
+      view = { shape: result.preview.shape, image: decode(result.preview.image), labels: decode(result.preview.labels) };
+      const depth = view.shape[0];
+      $("slice").max = depth - 1;
+      // start on the slice with the most tumour
+      let best = 0, bestCount = -1;
+      const area = view.shape[1] * view.shape[2];
+      for (let z = 0; z < depth; z++) {
+        let count = 0;
+        for (let i = z * area; i < (z + 1) * area; i++) if (view.labels[i]) count++;
+        if (count > bestCount) { best = z; bestCount = count; }
+      }
+      $("slice").value = best;
+      $("viewer-box").hidden = false;
+      draw();
+    }
+  } catch (e) {
+    $("segment-status").textContent = "Failed: " + e.message;
+  }
+});
+
+async function transform(path, input, status) {
+  const form = new FormData();
+  form.append("file", $(input).files[0]);
+  $(status).textContent = "Working…";
+  try {
+    const response = await api(path, { method: "POST", body: form });
+    const name = filenameOf(response, "download");
+    saveBlob(await response.blob(), name);
+    $(status).textContent = "Saved " + name;
+  } catch (e) {
+    $(status).textContent = "Failed: " + e.message;
+  }
+}
+
+$("encrypt-form").addEventListener("submit", (event) => { event.preventDefault(); transform("/v1/encrypt", "encrypt-file", "encrypt-status"); });
+$("decrypt-form").addEventListener("submit", (event) => { event.preventDefault(); transform("/v1/decrypt", "decrypt-file", "decrypt-status"); });
+
+api("/v1/me").then(showApp).catch(() => { /* not logged in: the form shows */ });
