@@ -3,7 +3,12 @@
 Arguments are files, folders (walked recursively for supported files; a folder of DICOM
 files is one series item when ``series=True``), globs, or ``-`` (paths on stdin, one per
 line). Each item keeps a path relative to the argument it came from, and outputs under
-``-o`` mirror that relative layout.
+``-o`` mirror that relative layout. DICOM files are recognised by extension or, without
+one (PACS exports such as ``MR.1.3.12.2…``), by the ``DICM`` magic at offset 128.
+
+Outputs and inputs never mix: an output folder inside an input folder is left out of the
+walk (outputs are never re-read), and an output that would land on an input or inside a
+walked input folder is refused (UsageError, exit 2), so inputs are never overwritten.
 """
 
 from __future__ import annotations
@@ -11,18 +16,23 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from medtools.core.errors import InputError, UsageError
-from medtools.core.io import DICOM_EXTS, IMAGE_EXTS, _looks_like_dicom, split_ext
+from medtools.core.io.dicom import is_dicom_file
+from medtools.core.io.formats import DICOM_EXTS, IMAGE_EXTS, split_ext
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class Item:
     path: Path  # where to read it
     rel: Path  # relative path used to mirror it under -o
+    root: Path | None = None  # the input folder it was found in (None: named directly)
 
     def __str__(self) -> str:
         return str(self.path)
@@ -33,28 +43,51 @@ def _has_ext(path: Path, exts: Sequence[str]) -> bool:
     return any(name.endswith(e) for e in exts)
 
 
+def is_dicom(path: Path) -> bool:
+    """A DICOM file by its extension or, failing that, by its DICM magic (read once here)."""
+    return path.suffix.lower() in DICOM_EXTS or is_dicom_file(path)
+
+
+def _matches(path: Path, exts: Sequence[str]) -> bool:
+    if _has_ext(path, exts):
+        return True
+    # extension-less DICOM (or a UID-like name such as MR.1.3.12.2.1107…): the magic decides
+    wants_dicom = any(e in DICOM_EXTS for e in exts)
+    return wants_dicom and not _has_ext(path, IMAGE_EXTS) and is_dicom_file(path)
+
+
 def _is_series_folder(folder: Path) -> bool:
     files = [p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")]
-    return bool(files) and all(p.suffix.lower() in DICOM_EXTS or _looks_like_dicom(p) for p in files)
+    return bool(files) and all(is_dicom(p) for p in files)
 
 
-def _walk(root: Path, exts: Sequence[str], series: bool) -> Iterable[Item]:
+def _inside(path: Path, folder: Path) -> bool:
+    """``path`` is ``folder`` or below it (both resolved)."""
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _walk(root: Path, exts: Sequence[str], series: bool, exclude: Path | None = None) -> Iterable[Item]:
     if series and _is_series_folder(root):
-        yield Item(root, Path(root.name))
+        yield Item(root, Path(root.name), root)
         return
+    skip = exclude.resolve() if exclude is not None else None
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (skip is None or (here / d).resolve() != skip))
         if series and here != root and _is_series_folder(here):
             dirnames[:] = []
-            yield Item(here, here.relative_to(root))
+            yield Item(here, here.relative_to(root), root)
             continue
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             path = here / name
-            if _has_ext(path, exts):
-                yield Item(path, path.relative_to(root))
+            if _matches(path, exts):
+                yield Item(path, path.relative_to(root), root)
 
 
 def _leading_plain_parts(pattern: str) -> list[str]:
@@ -82,7 +115,7 @@ def _mirrored(paths: Sequence[Path], exts: Sequence[str] = IMAGE_EXTS, series: b
     for path in paths:
         rel = Path(os.path.abspath(path)).relative_to(base) if path.is_absolute() or ".." in path.parts else path
         if path.is_dir():
-            items.extend(Item(found.path, rel if found.path == path else rel / found.rel) for found in _walk(path, exts, series))
+            items.extend(Item(found.path, rel if found.path == path else rel / found.rel, found.root) for found in _walk(path, exts, series))
         else:
             items.append(Item(path, rel))
     return items
@@ -94,12 +127,16 @@ def expand_inputs(
     exts: Sequence[str] = IMAGE_EXTS,
     series: bool = False,
     stdin: Iterable[str] | None = None,
+    output: Path | str | None = None,
 ) -> list[Item]:
     """Expand files, folders, globs and '-' into sorted, de-duplicated items.
 
-    Raises InputError (exit 5) when nothing usable is found; a named file that does not
-    exist is also an InputError so that typos are not silently ignored.
+    ``output`` (the -o folder) is left out of every input folder it lies inside, so a
+    rerun never reads its own outputs. Raises InputError (exit 5) when nothing usable is
+    found; a named file that does not exist is also an InputError so that typos are not
+    silently ignored.
     """
+    exclude = Path(output) if output is not None else None
     items: list[Item] = []
     for arg in args:
         arg = str(arg)
@@ -109,7 +146,8 @@ def expand_inputs(
             continue
         path = Path(arg)
         if path.is_dir():
-            items.extend(_walk(path, exts, series))
+            inner = exclude if exclude is not None and _inside(exclude, path) and exclude.resolve() != path.resolve() else None
+            items.extend(_walk(path, exts, series, inner))
         elif path.is_file():
             items.append(Item(path, Path(path.name)))
         elif glob.has_magic(arg):
@@ -155,13 +193,53 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
     return k, n
 
 
-def shard_items(items: Sequence[Item], shard: tuple[int, int] | None) -> list[Item]:
-    """The K-th of N deterministic parts of the items sorted by path (round robin)."""
-    ordered = sorted(items, key=lambda i: str(i.path))
+def shard_items(items: Sequence[T], shard: tuple[int, int] | None, *, key: Callable[[T], str] | None = None) -> list[T]:
+    """The K-th of N deterministic parts of the items sorted by ``key`` (default: path), round robin."""
+    ordered = sorted(items, key=key or (lambda i: str(i.path)))  # type: ignore[attr-defined]
     if shard is None:
         return list(ordered)
     k, n = shard
     return ordered[k - 1 :: n]
+
+
+def select_shard(items: Sequence[T], spec: str | None, *, key: Callable[[T], str] | None = None) -> list[T]:
+    """``--shard K/N`` (or the Slurm array default) applied to any items: one helper for every command."""
+    return shard_items(items, parse_shard(spec), key=key)
+
+
+def skip_existing(targets: Path | Iterable[Path], overwrite: bool, *, log: Callable[[str], None] | None = None) -> bool:
+    """True when the item is already done: every target exists and ``overwrite`` is off.
+
+    The one skip-existing rule of every command, so that an interrupted batch resumes.
+    """
+    paths = [targets] if isinstance(targets, (str, Path)) else list(targets)
+    if overwrite or not paths or not all(Path(p).exists() for p in paths):
+        return False
+    if log is None:
+        from medtools.core.report import log
+    log(f"{paths[0]} exists, skipped (--overwrite to replace)")
+    return True
+
+
+def check_separate(target: Path, output: Path, *, inputs: Iterable[Path] = (), roots: Iterable[Path] = ()) -> Path:
+    """Refuse (UsageError, exit 2) an output that is an input or lands inside a walked input folder.
+
+    An output folder strictly inside an input folder is allowed (``expand_inputs(...,
+    output=)`` leaves it out of the walk); anything else inside an input folder would be
+    read as an input on the next run or overwrite one.
+    """
+    resolved = target.resolve()
+    for path in inputs:
+        if Path(path).resolve() == resolved:
+            raise UsageError(f"output would overwrite the input {path}; choose another -o")
+    for root in roots:
+        root = Path(root)
+        if not _inside(target, root):
+            continue
+        if _inside(output, root) and output.resolve() != root.resolve() and _inside(target, output):
+            continue
+        raise UsageError(f"-o {output} puts outputs inside the input folder {root} (e.g. {target}); choose an -o outside it or a new subfolder of it")
+    return target
 
 
 def output_for(item: Item, output: Path, *, ext: str | None = None, suffix: str = "", single: bool = False) -> Path:
@@ -178,9 +256,7 @@ def output_for(item: Item, output: Path, *, ext: str | None = None, suffix: str 
             stem, old_ext = item.rel.name, ""
         rel_parent = item.rel.parent
         target = output / rel_parent / f"{stem}{suffix}{ext if ext is not None else old_ext}"
-    if target.resolve() == item.path.resolve():
-        raise UsageError(f"output would overwrite the input {item.path}; choose another -o")
-    return target
+    return check_separate(target, output, inputs=[item.path], roots=[item.root] if item.root is not None else [])
 
 
 def check_output_arg(output: Path | None, n_items: int) -> Path:

@@ -165,7 +165,8 @@ def encrypt(
     from medtools.secure.crypt import Options
     from medtools.secure.crypt import encrypt as run
 
-    options = Options(method=method, output=output, overwrite=overwrite, block_size=block_size, window=window, chunk_size=chunk_size, audit_log=audit_log, json_output=json_output, shard=shard)
+    _check_stdio_json(inputs, output, json_output, "encrypted")
+    options = Options(method=method, output=output, overwrite=overwrite, block_size=block_size, window=window, chunk_size=chunk_size, audit_log=audit_log, shard=shard, hash_output=json_output, on_result=_printer(json_output))
     return run(inputs, options=options, store=to, key_file=key, users=users)
 
 
@@ -190,8 +191,21 @@ def decrypt(
     from medtools.secure.crypt import Options
     from medtools.secure.crypt import decrypt as run
 
-    options = Options(method=method, output=output, overwrite=overwrite, block_size=block_size, window=window, audit_log=audit_log, json_output=json_output, shard=shard)
+    _check_stdio_json(inputs, output, json_output, "decrypted")
+    options = Options(method=method, output=output, overwrite=overwrite, block_size=block_size, window=window, audit_log=audit_log, shard=shard, on_result=_printer(json_output))
     return run(inputs, options=options, store=store, user=user, key_file=key, password_file=password_file)
+
+
+def _printer(json_output: bool):
+    """Each written file as soon as it is in place: its path, or with --json its JSON line."""
+    return report.emit_jsonl if json_output else (lambda result: report.emit_path(result["output"]))
+
+
+def _check_stdio_json(inputs: list[str], output: Optional[Path], json_output: bool, what: str) -> None:
+    from medtools.core.errors import UsageError
+
+    if json_output and output is None and list(inputs) == ["-"]:
+        raise UsageError(f"--json needs -o FILE when the {what} stream goes to stdout")
 
 
 # ---------------------------------------------------------------- cipher-audit
@@ -327,6 +341,30 @@ def deid(
     quiet: Quiet = False,
 ) -> int:
     """De-identify DICOM (PS3.15 Annex E basic profile, pixel data untouched) and NIfTI headers."""
-    from medtools.secure.deid import deid_command
+    from medtools.core.inputs import check_output_arg, expand_inputs, output_for, select_shard, skip_existing
+    from medtools.core.io import DICOM_EXTS, NIFTI_EXTS
+    from medtools.secure.deid import deidentify, make_deidentifier
+    from medtools.secure.keystore import read_key_file
 
-    return deid_command(inputs, output=output, key_file=key, date_shift=date_shift, pseudonymize=pseudonymize, mapping=mapping, shard=shard, overwrite=overwrite, json_output=json_output)
+    run = make_deidentifier(read_key_file(key) if key is not None else None, date_shift=date_shift, pseudonymize=pseudonymize)
+    items = select_shard(expand_inputs(inputs, exts=DICOM_EXTS + NIFTI_EXTS, output=output), shard)
+    output = check_output_arg(output, len(items))
+
+    def work(item):
+        target = output_for(item, output, single=len(items) == 1)
+        if skip_existing(target, overwrite):
+            return "skipped"
+        kind, warnings = deidentify(item.path, target, run)
+        for message in warnings:
+            report.warn(f"{item.path}: {message}")
+        if json_output:
+            report.emit_jsonl({"input": str(item.path), "output": str(target), "format": kind, "warnings": warnings})
+        else:
+            report.emit_path(target)
+        return target
+
+    outcome = report.run_items(items, work, total=len(items), description="deid")
+    if mapping is not None:
+        run.write_mapping(mapping)
+        report.log(f"mapping written to {mapping} (keep it secret: it re-identifies)")
+    return outcome.exit_code

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,11 +131,12 @@ class Options:
     window: int = 5
     chunk_size: int = container.DEFAULT_CHUNK
     audit_log: Path | None = None
-    json_output: bool = False
     shard: str | None = None
+    hash_output: bool = False  # the ciphertext SHA-256 in each result (else only with an audit log)
+    on_result: Callable[[dict[str, Any]], None] | None = None  # called per written file (the CLI prints it)
 
 
-def _items(inputs: Sequence[str], method: str, decrypting: bool):
+def _items(inputs: Sequence[str], method: str, decrypting: bool, output: Path | None):
     from medtools.core.inputs import expand_inputs
 
     if method == AES_GCM:
@@ -144,7 +145,7 @@ def _items(inputs: Sequence[str], method: str, decrypting: bool):
         from medtools.core.io import IMAGE_EXTS
 
         exts = IMAGE_EXTS
-    return expand_inputs(inputs, exts=exts)
+    return expand_inputs(inputs, exts=exts, output=output)
 
 
 def _target(item, options: Options, decrypting: bool, single: bool) -> Path:
@@ -163,25 +164,22 @@ def _target(item, options: Options, decrypting: bool, single: bool) -> Path:
 
 
 def _emit(result: dict[str, Any], options: Options) -> None:
-    if options.json_output:
-        report.emit_jsonl(result)
-    else:
-        report.emit_path(result["output"])
+    if options.on_result is not None:
+        options.on_result(result)
 
 
 def _run(inputs: Sequence[str], options: Options, work, decrypting: bool) -> int:
     """Apply ``work(item, target)`` to every item; exit 4 if any item failed authentication."""
-    from medtools.core.inputs import check_output_arg, parse_shard, shard_items
+    from medtools.core.inputs import check_output_arg, select_shard, skip_existing
 
-    items = shard_items(_items(inputs, options.method, decrypting), parse_shard(options.shard))
+    items = select_shard(_items(inputs, options.method, decrypting, options.output), options.shard)
     output = check_output_arg(options.output, len(items))
     options.output = output
     integrity_failures: list[str] = []
 
     def one(item):
         target = _target(item, options, decrypting, single=len(items) == 1)
-        if target.exists() and not options.overwrite:
-            report.log(f"{target} exists, skipped (--overwrite to replace)")
+        if skip_existing(target, options.overwrite):
             return "skipped"
         try:
             result = work(item, target)
@@ -202,7 +200,7 @@ def _run(inputs: Sequence[str], options: Options, work, decrypting: bool) -> int
 
 def _digest(options: Options) -> bool:
     """Hash the ciphertext only when someone reads the hash (audit log, --json)."""
-    return options.audit_log is not None or options.json_output
+    return options.audit_log is not None or options.hash_output
 
 
 def encrypt(
@@ -252,8 +250,6 @@ def _check_terminals(*, binary_out: bool) -> None:
 
 
 def _encrypt_stdio(targets, options: Options) -> int:
-    if options.json_output and options.output is None:
-        raise UsageError("--json needs -o FILE when the encrypted stream goes to stdout")
     _check_terminals(binary_out=options.output is None)
     source = sys.stdin.buffer
     if options.output is not None:
@@ -340,8 +336,6 @@ def _decrypt_file(item, target: Path, keyring: Keyring, options: Options) -> dic
 
 
 def _decrypt_stdio(keyring: Keyring, options: Options) -> int:
-    if options.json_output and options.output is None:
-        raise UsageError("--json needs -o FILE when the decrypted stream goes to stdout")
     _check_terminals(binary_out=False)
     source = container.HashingReader(sys.stdin.buffer, hashing=options.audit_log is not None)
     try:

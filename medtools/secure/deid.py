@@ -262,7 +262,7 @@ def deid_nifti(source: Path, target: Path) -> list[str]:
     """Clear the free-text NIfTI header fields and drop extensions; voxels and affine stay."""
     from medtools.core.io import read_image, write_image
 
-    image = read_image(source)
+    image = read_image(source, nan_policy="keep")  # voxels are copied, not interpreted
     header = image.meta.get("header")
     if header is not None:
         header = header.copy()
@@ -276,55 +276,19 @@ def deid_nifti(source: Path, target: Path) -> list[str]:
     return []
 
 
-# ---------------------------------------------------------------- command glue
+def deidentify(source: Path, target: Path, run: Deidentifier) -> tuple[str, list[str]]:
+    """De-identify one DICOM or NIfTI file into ``target``; returns (format, warnings)."""
+    from medtools.core.io import format_of
+
+    if format_of(source) == "nifti":
+        return "nifti", deid_nifti(source, target)
+    return "dicom", deid_dicom(source, target, run)
 
 
-def deid_command(
-    inputs: list[str],
-    *,
-    output: Path | None,
-    key_file: Path | None,
-    date_shift: int | None,
-    pseudonymize: bool,
-    mapping: Path | None,
-    shard: str | None,
-    overwrite: bool,
-    json_output: bool,
-) -> int:
-    """De-identify every input into -o (mirrored), then write the mapping when asked."""
-    from medtools.core import report
-    from medtools.core.inputs import check_output_arg, expand_inputs, output_for, parse_shard, shard_items
-    from medtools.core.io import DICOM_EXTS, NIFTI_EXTS, format_of
-
-    if key_file is not None:
-        from medtools.secure.keystore import read_key_file
-
-        key = read_key_file(key_file)
-    else:
+def make_deidentifier(key: bytes | None, *, date_shift: int | None = None, pseudonymize: bool = False) -> Deidentifier:
+    """A Deidentifier with this key (default: a random one, so UIDs are unlinkable across runs)."""
+    if key is None:
         from Crypto.Random import get_random_bytes
 
         key = get_random_bytes(32)
-    run = Deidentifier(key, date_shift=date_shift, pseudonymize=pseudonymize)
-    items = shard_items(expand_inputs(inputs, exts=DICOM_EXTS + NIFTI_EXTS), parse_shard(shard))
-    output = check_output_arg(output, len(items))
-
-    def work(item):
-        target = output_for(item, output, single=len(items) == 1)
-        if target.exists() and not overwrite:
-            report.log(f"{target} exists, skipped (--overwrite to replace)")
-            return "skipped"
-        kind = format_of(item.path)
-        warnings = deid_nifti(item.path, target) if kind == "nifti" else deid_dicom(item.path, target, run)
-        for message in warnings:
-            report.warn(f"{item.path}: {message}")
-        if json_output:
-            report.emit_jsonl({"input": str(item.path), "output": str(target), "format": "nifti" if kind == "nifti" else "dicom", "warnings": warnings})
-        else:
-            report.emit_path(target)
-        return target
-
-    outcome = report.run_items(items, work, total=len(items), description="deid")
-    if mapping is not None:
-        run.write_mapping(mapping)
-        report.log(f"mapping written to {mapping} (keep it secret: it re-identifies)")
-    return outcome.exit_code
+    return Deidentifier(key, date_shift=date_shift, pseudonymize=pseudonymize)

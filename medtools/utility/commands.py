@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from medtools.core import report
-from medtools.cliutil import Inputs, Json, Output, Overwrite, Quiet, Shard, command
+from medtools.cliutil import Inputs, Json, NanPolicy, Output, Overwrite, Quiet, Shard, command
 
 
 def register(app: typer.Typer) -> None:
@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
 @command
 def manifest(
     folders: Annotated[list[Path], typer.Argument(help="Folders to search for cases.", show_default=False)],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="CSV file to write (default: stdout); replaced if it exists.")] = None,
+    output_arg: Annotated[Optional[str], typer.Option("-o", "--output", help="CSV file to write (default: stdout); replaced if it exists. A folder (or a path ending in /) is refused (exit 2).")] = None,
     relative: Annotated[bool, typer.Option("--relative", help="Write paths relative to the -o file's folder.")] = False,
     quiet: Quiet = False,
 ) -> int:
@@ -34,10 +34,12 @@ def manifest(
     from medtools.core.io import atomic_path
     from medtools.core.manifest import COLUMNS, MODALITIES, discover, to_csv
 
-    if output is not None and output.is_dir():
+    if output_arg is not None and (Path(output_arg).is_dir() or output_arg.endswith(("/", os.sep))):
         from medtools.core.errors import UsageError
 
-        raise UsageError(f"-o {output} is a folder; manifest writes one CSV file (e.g. -o {output / 'cases.csv'})")
+        # an existing folder, or a path written as one (`-o dir/`): never a file named like the folder
+        raise UsageError(f"-o {output_arg} is a folder; manifest writes one CSV file (e.g. -o {Path(output_arg) / 'cases.csv'})")
+    output = Path(output_arg) if output_arg is not None else None
     rows = discover(folders)
     if relative:
         if output is None:
@@ -73,6 +75,7 @@ def convert(
     to: Annotated[str, typer.Option("--to", help="nifti | png | npy | npz")] = "nifti",
     axis: Annotated[int, typer.Option("--axis", help="Slice axis for --to png (0, 1, 2).")] = 2,
     shard: Shard = None,
+    nan_policy: NanPolicy = "error",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> int:
@@ -83,7 +86,7 @@ def convert(
 
     check_options(to, axis)
     part = parse_shard(shard)
-    items = shard_items(expand_inputs(inputs, series=True), part)
+    items = shard_items(expand_inputs(inputs, series=True, output=output), part)
     output = check_output_arg(output, len(items))
     single = single_file_output(output, to, len(items)) and part is None
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from medtools.core.errors import UsageError
-from medtools.core.inputs import Item, output_for
+from medtools.core.inputs import Item, output_for, skip_existing
 from medtools.core.io import IMAGE_EXTS, Image, as_volume, atomic_path, read_image, split_ext, write_image
 
 TARGETS = ("nifti", "png", "npy", "npz")
@@ -83,16 +83,16 @@ def convert(item: Item, output: Path, *, to: str, axis: int = 2, overwrite: bool
     """Convert one input; returns written paths (empty if all outputs existed)."""
     check_options(to, axis)
     ext = {"nifti": ".nii.gz", "npy": ".npy", "npz": ".npz", "png": ""}[to]
-    image = real_values(read_image(item.path))
     if to == "png":
         folder = output_for(item, output, ext="")
-        sidecar = folder / "volume.json"
-        if sidecar.exists() and not overwrite:
+        if skip_existing(folder / "volume.json", overwrite):
             return []
+        image = real_values(read_image(item.path))
         return _volume_to_png(image, folder, axis=axis, label=looks_like_label(image.array, item.path.name))
     target = output_for(item, output, ext=ext, single=single)
-    if target.exists() and not overwrite:
+    if skip_existing(target, overwrite):
         return []
+    image = real_values(read_image(item.path))
     if to == "nifti":
         if image.format in ("png", "jpeg", "tiff") and image.affine is None:
             image = Image(image.array, affine=np.eye(4), format="nifti")

@@ -24,7 +24,9 @@ def describe(path: Path, *, kind: str | None = None) -> dict[str, Any]:
         return info
     if kind is not None:
         raise CheckpointError(f"expected a {kind} checkpoint, found a non-checkpoint file")
-    image = read_image(path)
+    from medtools.core.io import count_nonfinite
+
+    image = read_image(path, nan_policy="keep")  # info reports non-finite voxels, never fails on them
     array = image.array
     finite = array[np.isfinite(array)] if array.dtype.kind == "f" else array
     info: dict[str, Any] = {
@@ -35,6 +37,7 @@ def describe(path: Path, *, kind: str | None = None) -> dict[str, Any]:
         "min": float(finite.min()) if finite.size else None,
         "max": float(finite.max()) if finite.size else None,
         "mean": float(finite.mean()) if finite.size else None,
+        "nonfinite": count_nonfinite(array),
     }
     if image.affine is not None:
         info["spacing"] = [round(s, 6) for s in image.spacing]
