@@ -144,7 +144,7 @@ def label_stats(label: Any) -> dict[str, Any]:
     stats["tumour_voxels"] = foreground
     if voxel_ml is not None:
         stats["voxel_ml"] = voxel_ml
-        stats["tumour_ml"] = round(foreground * voxel_ml, 4)
+        stats["tumour_ml"] = foreground * voxel_ml
     return stats
 
 

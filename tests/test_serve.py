@@ -1,0 +1,249 @@
+"""medtools serve: the API with FastAPI's TestClient, and one real server process on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from medtools.core.io import Image, read_image, write_image  # noqa: E402
+from medtools.core.report import sha256_file  # noqa: E402
+
+SEG_CONFIG = {"arch": "unet", "encoder": "resnet18", "in_channels": 1, "classes": 2, "encoder_depth": 3, "image_size": 32, "label_values": [0, 1], "modalities": ["flair"]}
+PASSWORD = "correct horse"
+
+
+def _has_segment_images() -> bool:
+    import medtools.brain.segment as seg
+
+    return hasattr(seg, "segment_images")
+
+
+needs_segment_images = pytest.mark.skipif(not _has_segment_images(), reason="medtools.brain.segment.segment_images has not landed yet")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A models folder with one tiny seg checkpoint, a key store (alice, bob), sample images."""
+    import nibabel as nib
+    import torch
+
+    from medtools.core import ckpt
+    from medtools.core.preprocess import DEFAULT_NORM
+    from medtools.nets.segmenter import build_segmenter
+    from medtools.secure.keystore import KeyStore
+
+    root = tmp_path_factory.mktemp("serve")
+    (root / "models").mkdir()
+    torch.manual_seed(0)
+    net = build_segmenter(**{k: v for k, v in SEG_CONFIG.items() if k not in ("image_size", "label_values", "modalities")})
+    ckpt.save(root / "models" / "tiny-seg.safetensors", net.state_dict(), kind="seg", config=SEG_CONFIG, norm=DEFAULT_NORM)
+    store = KeyStore.create(root / "store.json", log_n=10)
+    for user in ("alice", "bob"):
+        store.add_user(user, PASSWORD.encode(), log_n=10)
+    rng = np.random.default_rng(0)
+    volume = rng.random((40, 36, 6)).astype(np.float32)
+    volume[10:20, 10:20, :] += 2.0
+    nib.save(nib.Nifti1Image(volume, np.diag([0.9, 0.9, 2.0, 1.0])), str(root / "case.nii.gz"))
+    for i in range(4):
+        write_image(Image((rng.random((48, 40)) * 255).astype(np.uint8), format="png"), root / f"slice{i}.png")
+    (root / "report.txt").write_bytes(b"findings: none\n" * 50)
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(world):
+    from fastapi.testclient import TestClient
+
+    from medtools.serve.app import build
+
+    app, state = build(world / "models", world / "store.json", audit_log=world / "audit.jsonl", device="cpu")
+    with TestClient(app) as client:
+        yield client, state
+    state.close()
+
+
+def _login(client, user="alice", password=PASSWORD):
+    response = client.post("/v1/login", json={"user": user, "password": password})
+    assert response.status_code == 200, response.text
+    client.cookies.clear()  # the bearer token only, so "without a token" means without
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+def test_health_and_version_list_models_with_sha256(served, world):
+    client, _ = served
+    digest = sha256_file(world / "models" / "tiny-seg.safetensors")
+    health = client.get("/v1/health").json()
+    assert health == {"status": "ok", "models": [{"name": "tiny-seg", "kind": "seg", "sha256": digest}]}
+    version = client.get("/v1/version").json()
+    assert version["models"][0]["sha256"] == digest and version["models"][0]["modalities"] == ["flair"]
+    assert "segment" in version["endpoints"] and "decrypt" in version["endpoints"]
+    assert "/v1/segment" in client.get("/openapi.json").json()["paths"]
+    assert "<form" in client.get("/").text and client.get("/static/app.js").status_code == 200
+
+
+def test_login_wrong_password_401_without_hint_right_password_token(served, world):
+    client, _ = served
+    wrong = client.post("/v1/login", json={"user": "alice", "password": "nope"})
+    unknown = client.post("/v1/login", json={"user": "mallory", "password": "nope"})
+    assert wrong.status_code == unknown.status_code == 401
+    assert wrong.json() == unknown.json() == {"detail": "login failed"}
+    response = client.post("/v1/login", data={"user": "alice", "password": PASSWORD})  # the page's form
+    assert response.status_code == 200 and response.json()["token_type"] == "bearer"
+    assert "httponly" in response.headers["set-cookie"].lower() and "samesite=strict" in response.headers["set-cookie"].lower()
+    assert client.get("/v1/me", headers={"Authorization": "Bearer " + response.json()["token"]}).json()["user"] == "alice"
+    lines = [json.loads(line) for line in (world / "audit.jsonl").read_text().splitlines()]
+    assert [line["result"] for line in lines if line["action"] == "login"][:3] == ["denied", "denied", "ok"]
+    assert PASSWORD not in (world / "audit.jsonl").read_text()
+    client.cookies.clear()
+
+
+def test_encrypt_then_decrypt_needs_a_token(served, world):
+    client, state = served
+    headers = _login(client)
+    plain = (world / "report.txt").read_bytes()
+    assert client.post("/v1/encrypt", files={"file": ("report.txt", plain)}).status_code == 401
+    sealed = client.post("/v1/encrypt", files={"file": ("report.txt", plain)}, headers=headers)
+    assert sealed.status_code == 200 and sealed.headers["x-medtools-recipients"] == "alice,bob"
+    assert client.post("/v1/decrypt", files={"file": ("report.txt.mte", sealed.content)}).status_code == 401
+    opened = client.post("/v1/decrypt", files={"file": ("report.txt.mte", sealed.content)}, headers=headers)
+    assert opened.status_code == 200 and opened.content == plain
+    assert 'filename="report.txt"' in opened.headers["content-disposition"]
+    tampered = bytearray(sealed.content)
+    tampered[-5] ^= 1
+    bad = client.post("/v1/decrypt", files={"file": ("x.mte", bytes(tampered))}, headers=headers)
+    assert bad.status_code == 422
+    records = [json.loads(line) for line in (world / "audit.jsonl").read_text().splitlines() if '"decrypt"' in line]
+    assert [r["result"] for r in records[-2:]] == ["ok", "integrity-failure"] and all(len(r["sha256"]) == 64 for r in records)
+    assert not any(state.tmp_root.iterdir())  # uploads removed after each response
+
+
+def test_decrypt_fails_for_a_removed_user(served, world):
+    from medtools.secure.keystore import KeyStore
+
+    client, _ = served
+    headers = _login(client, "bob")
+    sealed = client.post("/v1/encrypt", files={"file": ("r.txt", b"for bob")}, headers=headers).content
+    KeyStore.load(world / "store.json").remove_user("bob")
+    assert client.post("/v1/decrypt", files={"file": ("r.txt.mte", sealed)}, headers=headers).status_code == 401
+    assert client.post("/v1/login", json={"user": "bob", "password": PASSWORD}).status_code == 401
+
+
+@needs_segment_images
+def test_segment_nifti_and_png_keep_format_and_shape(served, world):
+    client, _ = served
+    headers = _login(client)
+    response = client.post("/v1/segment", files={"file": ("case.nii.gz", (world / "case.nii.gz").read_bytes())}, headers=headers)
+    assert response.status_code == 200, response.text
+    out = world / "out_seg.nii.gz"
+    out.write_bytes(response.content)
+    label = read_image(out)
+    assert label.array.shape == (40, 36, 6) and set(np.unique(label.array)) <= {0, 1}
+    assert np.allclose(label.affine, np.diag([0.9, 0.9, 2.0, 1.0]))
+    stats = json.loads(response.headers["x-medtools-stats"])
+    assert stats["shape"] == [40, 36, 6] and sum(stats["labels"].values()) == 40 * 36 * 6
+    assert stats["tumour_ml"] == pytest.approx(stats["tumour_voxels"] * 0.9 * 0.9 * 2.0 / 1000, rel=1e-3)
+    page = client.post("/v1/segment?response=json", files={"file": ("slice0.png", (world / "slice0.png").read_bytes())}, headers=headers).json()
+    assert page["filename"] == "slice0_seg.png" and page["preview"]["shape"] == [1, 48, 40]
+    png = world / "out_seg.png"
+    import base64
+
+    png.write_bytes(base64.b64decode(page["label_map"]))
+    assert read_image(png).array.shape == (48, 40)
+
+
+def test_segment_errors_are_the_cli_reasons(served):
+    client, _ = served
+    headers = _login(client)
+    corrupt = client.post("/v1/segment", files={"file": ("broken.nii.gz", b"not a nifti at all")}, headers=headers)
+    assert corrupt.status_code == 422 and "cannot read" in corrupt.json()["detail"]
+    unsupported = client.post("/v1/segment", files={"file": ("notes.docx", b"PK\x03\x04")}, headers=headers)
+    assert unsupported.status_code == 422 and "unsupported file type" in unsupported.json()["detail"]
+    two = client.post("/v1/segment", files=[("file", ("a.png", b"x")), ("file", ("b.png", b"y"))], headers=headers)
+    assert two.status_code == 400 and "flair" in two.json()["detail"]
+    assert client.post("/v1/segment", files={"file": ("a.png", b"x")}, headers=headers, params={"model": "nope"}).status_code == 400
+
+
+def test_body_limit_413_and_rate_limit_429(served, world):
+    from fastapi.testclient import TestClient
+
+    from medtools.serve.app import BodyLimit, ServeState, create_app
+    from medtools.serve.auth import Authenticator, RateLimiter
+
+    _, state = served
+    small = TestClient(BodyLimit(create_app(state), 1000))
+    big = small.post("/v1/encrypt", files={"file": ("big.bin", b"0" * 5000)})
+    assert big.status_code == 413 and "limit" in big.json()["detail"]
+    auth = Authenticator(world / "store.json", audit_log=world / "audit2.jsonl", limiter=RateLimiter(max_failures=2))
+    limited = TestClient(create_app(ServeState(models=state.models, auth=auth, tmp_root=state.tmp_root)))
+    codes = [limited.post("/v1/login", json={"user": "alice", "password": "guess"}).status_code for _ in range(3)]
+    assert codes == [401, 401, 429]
+    # the right password is not even tried while the limit holds
+    last = limited.post("/v1/login", json={"user": "alice", "password": PASSWORD})
+    assert last.status_code == 429 and int(last.headers["retry-after"]) > 0
+
+
+def test_bad_models_folder_exits_3(world, tmp_path):
+    from conftest import run_cli
+
+    (tmp_path / "broken.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    proc = run_cli("serve", "--models", tmp_path, "--store", world / "store.json", "--port", "0")
+    assert proc.returncode == 3 and "broken.safetensors" in proc.stderr
+    assert run_cli("serve", "--models", tmp_path / "none", "--store", world / "store.json").returncode == 3
+
+
+@needs_segment_images
+def test_real_server_parallel_clients_and_sigterm(world, tmp_path):
+    """`medtools serve` on 127.0.0.1 (port 0 → printed address), 4 parallel clients, SIGTERM → exit 0."""
+    import httpx
+
+    log = tmp_path / "stderr.txt"
+    env = {**os.environ, "MEDTOOLS_DEVICE": "cpu"}
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "medtools", "serve", "--models", str(world / "models"), "--store", str(world / "store.json"), "--port", "0", "--audit-log", str(tmp_path / "audit.jsonl")], stdout=subprocess.DEVNULL, stderr=err, env=env)
+    try:
+        deadline = time.time() + 120
+        address = None
+        while address is None and time.time() < deadline and proc.poll() is None:
+            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", log.read_text())
+            address = match.group(1) if match else None
+            time.sleep(0.1)
+        assert address, log.read_text()
+        with httpx.Client(base_url=address, timeout=60) as client:
+            assert client.get("/v1/health").json()["models"][0]["sha256"] == sha256_file(world / "models" / "tiny-seg.safetensors")
+            assert client.post("/v1/login", json={"user": "alice", "password": "wrong"}).status_code == 401
+            token = client.post("/v1/login", json={"user": "alice", "password": PASSWORD}).json()["token"]
+        slices = [(world / f"slice{i}.png").read_bytes() for i in range(4)]
+
+        def segment(data: bytes) -> bytes:
+            with httpx.Client(base_url=address, timeout=60, headers={"Authorization": f"Bearer {token}"}) as c:
+                response = c.post("/v1/segment", files={"file": ("s.png", data)})
+                assert response.status_code == 200, response.text
+                return response.content
+
+        serial = [segment(data) for data in slices]
+        with ThreadPoolExecutor(4) as pool:
+            parallel = list(pool.map(segment, slices * 2))
+        assert parallel == serial * 2  # concurrent requests do not mix outputs
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        port = int(address.rsplit(":", 1)[1])
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0  # nothing listens any more
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
