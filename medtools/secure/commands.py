@@ -26,6 +26,7 @@ KeyFile = Annotated[Optional[Path], typer.Option("--key", "--key-file", help="25
 BlockSize = Annotated[int, typer.Option("--block-size", help="Block size for --method block.", min=1)]
 Window = Annotated[int, typer.Option("--window", help="Window size for median/mean/max/min.", min=1)]
 AuditLog = Annotated[Optional[Path], typer.Option("--audit-log", help="Append one JSON line per file (time, user, SHA-256, result; never a secret).")]
+InsecurePermissions = Annotated[bool, typer.Option("--insecure-permissions", help="Accept a key store or key file that group/others may read or write (refused by default: exit 2).")]
 HmacKey = Annotated[Optional[Path], typer.Option("--hmac-key", help="256-bit key file: HMAC-SHA256 of the Merkle root.")]
 
 keys_app = typer.Typer(help="Key stores of doctors (password-protected X25519 keys) and key files.", no_args_is_help=True)
@@ -39,6 +40,12 @@ def register(app: typer.Typer) -> None:
     app.command("seal")(seal)
     app.command("verify")(verify)
     app.command("deid")(deid)
+
+
+def _permissions(insecure: bool) -> None:
+    from medtools.secure.keystore import allow_insecure_permissions
+
+    allow_insecure_permissions(insecure)
 
 
 # ---------------------------------------------------------------- keys
@@ -57,8 +64,9 @@ def keys_init(store: StoreArg, scrypt_log_n: ScryptLogN = None, overwrite: Overw
 
 @keys_app.command("add-user")
 @command
-def keys_add_user(store: StoreArg, name: NameArg, password_file: PasswordFile = None, scrypt_log_n: ScryptLogN = None, quiet: Quiet = False) -> int:
+def keys_add_user(store: StoreArg, name: NameArg, password_file: PasswordFile = None, scrypt_log_n: ScryptLogN = None, insecure_permissions: InsecurePermissions = False, quiet: Quiet = False) -> int:
     """Add a user with a new password (asked twice on a terminal)."""
+    _permissions(insecure_permissions)
     from medtools.secure.keystore import KeyStore, read_password
 
     keystore = KeyStore.load(store)
@@ -71,8 +79,9 @@ def keys_add_user(store: StoreArg, name: NameArg, password_file: PasswordFile = 
 
 @keys_app.command("remove")
 @command
-def keys_remove(store: StoreArg, name: NameArg, quiet: Quiet = False) -> int:
+def keys_remove(store: StoreArg, name: NameArg, insecure_permissions: InsecurePermissions = False, quiet: Quiet = False) -> int:
     """Remove a user: files encrypted after this are not readable with their password."""
+    _permissions(insecure_permissions)
     from medtools.secure.keystore import KeyStore
 
     KeyStore.load(store).remove_user(name)
@@ -83,8 +92,9 @@ def keys_remove(store: StoreArg, name: NameArg, quiet: Quiet = False) -> int:
 
 @keys_app.command("list")
 @command
-def keys_list(store: StoreArg, json_output: Json = False, quiet: Quiet = False) -> int:
+def keys_list(store: StoreArg, json_output: Json = False, insecure_permissions: InsecurePermissions = False, quiet: Quiet = False) -> int:
     """User names, one per line (--json: name, created, key fingerprint, scrypt work factor)."""
+    _permissions(insecure_permissions)
     from medtools.secure.keystore import KeyStore
 
     users = KeyStore.load(store).describe()
@@ -104,9 +114,11 @@ def keys_passwd(
     password_file: PasswordFile = None,
     new_password_file: Annotated[Optional[Path], typer.Option("--new-password-file", help="New password file (else MEDTOOLS_NEW_PASSWORD, else a prompt).")] = None,
     scrypt_log_n: ScryptLogN = None,
+    insecure_permissions: InsecurePermissions = False,
     quiet: Quiet = False,
 ) -> int:
     """Change a user's password; the key pair stays, so existing files stay readable."""
+    _permissions(insecure_permissions)
     from medtools.secure.keystore import ENV_NEW_PASSWORD, KeyStore, read_password
 
     keystore = KeyStore.load(store)
@@ -155,6 +167,7 @@ def encrypt(
     shard: Shard = None,
     overwrite: Overwrite = False,
     json_output: Json = False,
+    insecure_permissions: InsecurePermissions = False,
     quiet: Quiet = False,
 ) -> int:
     """Encrypt files for the doctors of a key store (.mte), or scramble images in place of view.
@@ -162,6 +175,7 @@ def encrypt(
     `medtools encrypt - --to STORE < in > out.mte` streams stdin to stdout in constant memory.
     Image methods keep a viewable image of the same size and bit depth (JPEG becomes PNG).
     """
+    _permissions(insecure_permissions)
     from medtools.secure.crypt import Options
     from medtools.secure.crypt import encrypt as run
 
@@ -185,9 +199,11 @@ def decrypt(
     shard: Shard = None,
     overwrite: Overwrite = False,
     json_output: Json = False,
+    insecure_permissions: InsecurePermissions = False,
     quiet: Quiet = False,
 ) -> int:
     """Decrypt .mte files (wrong password or any tampering: exit 4, no output) or undo an image method."""
+    _permissions(insecure_permissions)
     from medtools.secure.crypt import Options
     from medtools.secure.crypt import decrypt as run
 
@@ -224,9 +240,11 @@ def cipher_audit(
     plots: Annotated[Optional[Path], typer.Option("--plots", help="Folder for histogram and correlation PNGs.")] = None,
     known_plaintext: Annotated[Optional[Path], typer.Option("--known-plaintext", help="Block method: learn the key from PLAIN's pair, then decrypt this other image's cipher.")] = None,
     json_output: Json = False,
+    insecure_permissions: InsecurePermissions = False,
     quiet: Quiet = False,
 ) -> int:
     """NPCR/UACI, entropy, adjacent correlation, χ² uniformity, key sensitivity of an image cipher."""
+    _permissions(insecure_permissions)
     from medtools.secure.audit import render_audit, run_audit
     from medtools.secure.keystore import read_key_file
 
@@ -338,9 +356,11 @@ def deid(
     shard: Shard = None,
     overwrite: Overwrite = False,
     json_output: Json = False,
+    insecure_permissions: InsecurePermissions = False,
     quiet: Quiet = False,
 ) -> int:
     """De-identify DICOM (PS3.15 Annex E basic profile, pixel data untouched) and NIfTI headers."""
+    _permissions(insecure_permissions)
     from medtools.core.inputs import check_output_arg, expand_inputs, output_for, select_shard, skip_existing
     from medtools.core.io import DICOM_EXTS, NIFTI_EXTS
     from medtools.secure.deid import deidentify, make_deidentifier

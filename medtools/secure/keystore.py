@@ -9,11 +9,19 @@ wrapped for them. docs/formats.md gives the exact JSON.
 
 Passwords never come from a flag value: ``--password-file``, ``MEDTOOLS_PASSWORD`` (for
 scripts) or a TTY prompt (twice when a password is created).
+
+Every change of a store (add-user, remove, passwd) is a read-modify-write under an
+exclusive ``fcntl`` lock on ``.<store>.lock`` beside it, ending in an atomic replace: runs at
+the same time all land, none is lost. Private key material (a store, a key file) that its
+group or others may read or write is refused (UsageError, exit 2) unless
+``allow_insecure_permissions`` (``--insecure-permissions``), as age and ssh refuse such keys.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -54,6 +62,26 @@ def unb64(text: str, length: int | None = None) -> bytes:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------- permissions
+
+_permissions = {"insecure_ok": False}
+
+
+def allow_insecure_permissions(allowed: bool = True) -> None:
+    """Accept private key files and stores that group/others can read or write (process-wide)."""
+    _permissions["insecure_ok"] = bool(allowed)
+
+
+def check_private_permissions(path: Path, what: str = "private key material") -> None:
+    """UsageError (exit 2) when ``path`` is readable or writable by its group or others."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return  # reading it reports the problem
+    if mode & 0o077 and not _permissions["insecure_ok"]:
+        raise UsageError(f"refusing {path}: {what} with mode {mode:o} is open to group/others; run chmod 600 {path} (or pass --insecure-permissions)")
 
 
 # ---------------------------------------------------------------- passwords
@@ -122,6 +150,7 @@ def _kek(password: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes:
 
 def read_key_file(path: Path) -> bytes:
     """A 256-bit key: 32 raw bytes or 64 hex digits (what ``keys gen-key`` writes)."""
+    check_private_permissions(Path(path), "a key file")
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -141,25 +170,18 @@ def write_private(path: Path, data: bytes, *, overwrite: bool = True) -> Path:
     """Write a secret atomically with mode 0600 from the first byte (never world-readable).
 
     core.io.atomic_path gives outputs the umask mode, which is right for images but not
-    for key stores and keys, so secrets use mkstemp's private file directly.
+    for key stores and keys, so secrets ask it for a private (0600) file.
     """
-    import tempfile
+    from medtools.core.io import atomic_path
 
     path = Path(path)
     if path.exists() and not overwrite:
         raise UsageError(f"{path} exists; pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    with atomic_path(path, private=True) as tmp:  # the temp file is 0600 from its creation
+        with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, 0o600)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -225,12 +247,20 @@ class KeyStore:
         if path.exists() and not overwrite:
             raise UsageError(f"{path} exists; pass --overwrite to start a new store there")
         store = cls(path, {"format": FORMAT, "version": VERSION, "created": now_iso(), "scrypt_log_n": scrypt_log_n(log_n), "users": {}})
-        store.save()
+        with store._lock():
+            if path.exists() and not overwrite:
+                raise UsageError(f"{path} exists; pass --overwrite to start a new store there")
+            store.save()
         return store
 
     @classmethod
     def load(cls, path: Path) -> "KeyStore":
         path = Path(path)
+        check_private_permissions(path, "a key store")
+        return cls(path, cls._read(path))
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any]:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -241,15 +271,29 @@ class KeyStore:
             raise InputError(f"{path} is not a medtools key store")
         if data.get("version") != VERSION:
             raise InputError(f"{path}: key store version {data.get('version')} is not supported (this medtools reads {VERSION})")
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            from medtools.core.report import warn
-
-            warn(f"{path} is readable by others (mode {mode:o}); run chmod 600 {path}")
-        return cls(path, data)
+        return data
 
     def save(self) -> None:
         write_private(self.path, (json.dumps(self.data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+    @contextlib.contextmanager
+    def _lock(self):
+        """Exclusive flock on .<store>.lock beside the store (the store itself is replaced on save)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.parent / f".{self.path.name}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @contextlib.contextmanager
+    def _update(self):
+        """Read-modify-write under the lock: reload, let the caller change ``data``, save atomically."""
+        with self._lock():
+            self.data = self._read(self.path)
+            yield self.data
+            self.save()
 
     # -- users
     def users(self) -> list[User]:
@@ -293,16 +337,18 @@ class KeyStore:
         key = ECC.generate(curve="Curve25519")
         public_key = key.public_key().export_key(format="raw")
         record = {"created": now_iso(), "public_key": b64(public_key)}
-        record.update(self._seal(name, password, key.seed, public_key, log_n))
-        self.data["users"][name] = record
-        self.save()
+        record.update(self._seal(name, password, key.seed, public_key, log_n))  # slow (scrypt): outside the lock
+        with self._update() as data:
+            if name in data["users"]:
+                raise UsageError(f"user {name!r} is already in {self.path} (use `keys passwd` to change the password)")
+            data["users"][name] = record
         return User(name, public_key, record)
 
     def remove_user(self, name: str) -> None:
-        if name not in self.data["users"]:
-            raise UsageError(f"no user {name!r} in {self.path}")
-        del self.data["users"][name]
-        self.save()
+        with self._update() as data:
+            if name not in data["users"]:
+                raise UsageError(f"no user {name!r} in {self.path}")
+            del data["users"][name]
 
     def unlock(self, name: str, password: bytes):
         """The user's X25519 private key (EccKey); IntegrityError on a wrong password."""
@@ -333,9 +379,13 @@ class KeyStore:
         private = self.unlock(name, old)
         user = self.user(name)
         log_n = scrypt_log_n(log_n if log_n is not None else int(user.record["kdf"]["log_n"]))
-        user.record.update(self._seal(name, new, private.seed, user.public_key, log_n))
-        user.record["changed"] = now_iso()
-        self.save()
+        sealed = self._seal(name, new, private.seed, user.public_key, log_n)  # slow (scrypt): outside the lock
+        with self._update() as data:
+            record = data["users"].get(name)
+            if record is None or record.get("public_key") != user.record.get("public_key"):
+                raise UsageError(f"user {name!r} was removed or replaced in {self.path} meanwhile; nothing changed")
+            record.update(sealed)
+            record["changed"] = now_iso()
 
     def describe(self) -> list[dict[str, Any]]:
         """Public facts per user (never the sealed key)."""
