@@ -23,7 +23,14 @@ from medtools.core.io import Image, read_image, write_image  # noqa: E402
 from medtools.core.report import sha256_file  # noqa: E402
 
 SEG_CONFIG = {"arch": "unet", "encoder": "resnet18", "in_channels": 1, "classes": 2, "encoder_depth": 3, "image_size": 32, "label_values": [0, 1], "modalities": ["flair"]}
+CLS_CONFIG = {"arch": "resnet10t", "in_channels": 1, "num_classes": 2, "image_size": 32, "class_names": ["NoTumor", "Tumor"], "encryption": "none"}
 PASSWORD = "correct horse"
+
+
+def _has_cls() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("medtools.cls.classify") is not None
 
 
 def _has_segment_images() -> bool:
@@ -51,6 +58,12 @@ def world(tmp_path_factory):
     torch.manual_seed(0)
     net = build_segmenter(**{k: v for k, v in SEG_CONFIG.items() if k not in ("image_size", "label_values", "modalities")})
     ckpt.save(root / "models" / "tiny-seg.safetensors", net.state_dict(), kind="seg", config=SEG_CONFIG, norm=DEFAULT_NORM)
+    if _has_cls():
+        from medtools.core import registry
+
+        kind = registry.get("cls")
+        net = registry.resolve(kind.builder)(**registry.check_config(kind, CLS_CONFIG))
+        ckpt.save(root / "models" / "tiny-cls.safetensors", net.state_dict(), kind="cls", config=CLS_CONFIG, norm={"method": "unit"})
     store = KeyStore.create(root / "store.json", log_n=10)
     for user in ("alice", "bob"):
         store.add_user(user, PASSWORD.encode(), log_n=10)
@@ -87,9 +100,10 @@ def test_health_and_version_list_models_with_sha256(served, world):
     client, _ = served
     digest = sha256_file(world / "models" / "tiny-seg.safetensors")
     health = client.get("/v1/health").json()
-    assert health == {"status": "ok", "models": [{"name": "tiny-seg", "kind": "seg", "sha256": digest}]}
+    assert health["status"] == "ok" and {"name": "tiny-seg", "kind": "seg", "sha256": digest} in health["models"]
     version = client.get("/v1/version").json()
-    assert version["models"][0]["sha256"] == digest and version["models"][0]["modalities"] == ["flair"]
+    seg = next(m for m in version["models"] if m["name"] == "tiny-seg")
+    assert seg["sha256"] == digest and seg["modalities"] == ["flair"]
     assert "segment" in version["endpoints"] and "decrypt" in version["endpoints"]
     assert "/v1/segment" in client.get("/openapi.json").json()["paths"]
     assert "<form" in client.get("/").text and client.get("/static/app.js").status_code == 200
@@ -169,12 +183,27 @@ def test_segment_errors_are_the_cli_reasons(served):
     client, _ = served
     headers = _login(client)
     corrupt = client.post("/v1/segment", files={"file": ("broken.nii.gz", b"not a nifti at all")}, headers=headers)
-    assert corrupt.status_code == 422 and "cannot read" in corrupt.json()["detail"]
+    assert corrupt.status_code == 422 and "cannot read broken.nii.gz" in corrupt.json()["detail"]
+    assert "medtools-serve-" not in corrupt.json()["detail"]  # no server paths in replies
     unsupported = client.post("/v1/segment", files={"file": ("notes.docx", b"PK\x03\x04")}, headers=headers)
     assert unsupported.status_code == 422 and "unsupported file type" in unsupported.json()["detail"]
     two = client.post("/v1/segment", files=[("file", ("a.png", b"x")), ("file", ("b.png", b"y"))], headers=headers)
     assert two.status_code == 400 and "flair" in two.json()["detail"]
     assert client.post("/v1/segment", files={"file": ("a.png", b"x")}, headers=headers, params={"model": "nope"}).status_code == 400
+
+
+@pytest.mark.skipif(not _has_cls(), reason="the cls family is not installed")
+def test_classify_returns_the_cli_records(served, world):
+    client, _ = served
+    headers = _login(client)
+    assert "classify" in client.get("/v1/version").json()["endpoints"]
+    files = [("file", (f"slice{i}.png", (world / f"slice{i}.png").read_bytes())) for i in range(2)]
+    response = client.post("/v1/classify", files=files, headers=headers)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["file"] for r in results] == ["slice0.png", "slice1.png"]
+    assert all(r["label"] in ("NoTumor", "Tumor") and sum(r["probabilities"].values()) == pytest.approx(1, abs=1e-4) for r in results)
+    assert response.json()["model_sha256"] == sha256_file(world / "models" / "tiny-cls.safetensors")
 
 
 def test_body_limit_413_and_rate_limit_429(served, world):
@@ -223,7 +252,8 @@ def test_real_server_parallel_clients_and_sigterm(world, tmp_path):
             time.sleep(0.1)
         assert address, log.read_text()
         with httpx.Client(base_url=address, timeout=60) as client:
-            assert client.get("/v1/health").json()["models"][0]["sha256"] == sha256_file(world / "models" / "tiny-seg.safetensors")
+            models = {m["name"]: m["sha256"] for m in client.get("/v1/health").json()["models"]}
+            assert models["tiny-seg"] == sha256_file(world / "models" / "tiny-seg.safetensors")
             assert client.post("/v1/login", json={"user": "alice", "password": "wrong"}).status_code == 401
             token = client.post("/v1/login", json={"user": "alice", "password": PASSWORD}).json()["token"]
         slices = [(world / f"slice{i}.png").read_bytes() for i in range(4)]

@@ -102,12 +102,42 @@ async def _send_413(send: Any, limit: int) -> None:
 # ---------------------------------------------------------------- uploads
 
 
+class Workspace:
+    """One request's private (0700) folder; uploads are saved under neutral names."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.names: dict[str, str] = {}  # saved path → the upload's own (safe) name
+
+    def save(self, upload: Any, index: int = 0) -> Path:
+        """Write an UploadFile here keeping only its extension; returns the path."""
+        from medtools.core.io import split_ext
+
+        name = safe_name(upload.filename)
+        ext = split_ext(name)[1].lower()
+        target = self.folder / f"input{index}{ext if ext.replace('.', '').isalnum() or ext == '.nii.gz' else ''}"
+        with open(target, "wb") as sink:
+            shutil.copyfileobj(upload.file, sink, 1 << 20)
+        self.names[str(target)] = name
+        return target
+
+    def scrub(self, message: str) -> str:
+        """The error message with the upload's name in place of the server's temporary path."""
+        for path, name in sorted(self.names.items(), key=lambda item: -len(item[0])):
+            message = message.replace(path, name)
+        return message.replace(str(self.folder) + os.sep, "")
+
+
 @contextmanager
 def request_folder(state: ServeState):
-    """A private (0700) folder for one request, removed afterwards whatever happens."""
+    """A Workspace for one request, removed afterwards whatever happens."""
     folder = Path(tempfile.mkdtemp(prefix="req-", dir=state.tmp_root))
+    workspace = Workspace(folder)
     try:
-        yield folder
+        yield workspace
+    except MedtoolsError as exc:
+        exc.args = (workspace.scrub(str(exc)),)
+        raise
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -117,17 +147,6 @@ def safe_name(name: str | None, default: str = "upload") -> str:
     base = Path((name or "").replace("\\", "/")).name
     cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in base).lstrip(".")
     return cleaned[:128] or default
-
-
-def save_upload(upload: Any, folder: Path, index: int = 0) -> Path:
-    """Write an UploadFile into ``folder`` keeping only its (image) extension; returns the path."""
-    from medtools.core.io import split_ext
-
-    ext = split_ext(safe_name(upload.filename))[1].lower()
-    target = folder / f"input{index}{ext if ext.replace('.', '').isalnum() or ext == '.nii.gz' else ''}"
-    with open(target, "wb") as sink:
-        shutil.copyfileobj(upload.file, sink, 1 << 20)
-    return target
 
 
 # ---------------------------------------------------------------- segment
@@ -176,8 +195,8 @@ def run_segment(state: ServeState, uploads: list[Any], model_name: str | None) -
     expected = model.predictor.modalities or ["image"]
     if len(uploads) != len(expected):
         raise UsageError(f"model {model.name} takes {len(expected)} file(s), one per modality in this order: {', '.join(expected)}; got {len(uploads)}")
-    with request_folder(state) as folder:
-        paths = [save_upload(upload, folder, i) for i, upload in enumerate(uploads)]
+    with request_folder(state) as work:
+        paths = [work.save(upload, i) for i, upload in enumerate(uploads)]
         images = [read_image(path) for path in paths]
         shapes = {tuple(im.array.shape[:3]) for im in images}
         if len(shapes) > 1:
@@ -191,7 +210,7 @@ def run_segment(state: ServeState, uploads: list[Any], model_name: str | None) -
         out_name = f"{stem}_seg{ext.lower()}"
         if fmt != "nifti":  # DICOM tags, PNG bit depth: the input's metadata, the labels' voxels
             label = images[0].with_array(np.asarray(label.array).astype(np.uint8))
-        written = write_image(label, folder / out_name, format=fmt)
+        written = write_image(label, work.folder / out_name, format=fmt)
         data = written.read_bytes()
         stats = {"model": model.name, "model_sha256": model.sha256, **label_stats(label)}
         return data, out_name, fmt, stats, preview(images[0], label)
@@ -345,9 +364,9 @@ def create_app(state: ServeState):
 
         name = safe_name(file.filename)
         targets = recipients(state.auth.store_path, None, user or None)
-        with request_folder(state) as folder:
-            source = save_upload(file, folder)
-            target = folder / "out.mte"
+        with request_folder(state) as work:
+            source = work.save(file)
+            target = work.folder / "out.mte"
             with open(source, "rb") as src, open(target, "wb") as sink:
                 result = container.encrypt_stream(src, sink, targets, name=name, digest=True)
             data = target.read_bytes()
@@ -361,9 +380,9 @@ def create_app(state: ServeState):
         from medtools.secure import container
         from medtools.secure.crypt import Keyring
 
-        with request_folder(state) as folder:
-            source = save_upload(file, folder)
-            target = folder / "plain"
+        with request_folder(state) as work:
+            source = work.save(file)
+            target = work.folder / "plain"
             keyring = Keyring(store=state.auth.store(), user=session.user, _unlocked={session.user: session.identity})
             try:
                 with open(source, "rb") as src, open(target, "wb") as sink:
@@ -378,21 +397,30 @@ def create_app(state: ServeState):
         return Response(data, media_type="application/octet-stream", headers={"Content-Disposition": f'attachment; filename="{safe_name(result.name, "decrypted")}"'})
 
     # -- families that may be absent
-    classify_fn = backends.family_function("classify")
-    if classify_fn is not None and any(m.kind in backends.ENDPOINT_KINDS["classify"] for m in state.models.values()):
+    if backends.family_function("classify") is not None and any(m.runner is not None for m in state.models.values()):
         endpoints.append("classify")
 
         @app.post(f"{API}/classify", tags=["models"])
-        def classify(session: Doctor, file: Annotated[list[UploadFile], File(description="Images to classify.")], model: Annotated[Optional[str], Query()] = None) -> Any:
-            """Class probabilities per image (the function `medtools classify` runs)."""
-            from medtools.core.io import read_image
-
+        def classify(
+            session: Doctor,
+            file: Annotated[list[UploadFile], File(description="Images (plain, or cipher images at the model's size for a model trained behind a key).")],
+            model: Annotated[Optional[str], Query(description="Model name (file stem in --models); default the first cls model.")] = None,
+        ) -> Any:
+            """Label and class probabilities per image (what `medtools classify` prints as JSON Lines)."""
             chosen = backends.pick_model(state.models, "classify", model)
-            with request_folder(state) as folder:
-                images = [read_image(save_upload(upload, folder, i)) for i, upload in enumerate(file)]
+            with request_folder(state) as work:
+                paths = [str(work.save(upload, i)) for i, upload in enumerate(file)]
                 with chosen.lock:
-                    results = classify_fn(images, chosen.predictor)
-            return {"model": chosen.name, "model_sha256": chosen.sha256, "results": [{"file": safe_name(u.filename), **_plain(r)} for u, r in zip(file, results)]}
+                    results = list(chosen.runner.run(paths))
+                records = []
+                for upload, (_, result) in zip(file, results):
+                    if isinstance(result, Exception):
+                        records.append({"file": safe_name(upload.filename), "error": work.scrub(str(result))})
+                    else:
+                        records.append({**{k: v for k, v in result.items() if k != "path"}, "file": safe_name(upload.filename)})
+            if all("error" in r for r in records):
+                raise InputError(records[0]["error"])
+            return {"model": chosen.name, "model_sha256": chosen.sha256, "results": records}
 
     # -- the page
     @app.get("/", include_in_schema=False)
@@ -401,14 +429,6 @@ def create_app(state: ServeState):
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
-
-
-def _plain(result: Any) -> dict[str, Any]:
-    if isinstance(result, dict):
-        return result
-    if hasattr(result, "__dict__"):
-        return dict(vars(result))
-    return {"result": result}
 
 
 def build(models_dir: Path, store: Path, *, audit_log: Path | None = None, ttl: float | None = None, max_failures: int | None = None, max_upload: int | None = None, device: str | None = None, precision: str | None = None):

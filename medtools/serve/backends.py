@@ -23,8 +23,7 @@ from medtools.core.errors import CheckpointError
 # endpoint → (module, public function) of the family that implements it; looked up lazily
 FAMILY_FUNCTIONS: dict[str, tuple[str, str]] = {
     "segment": ("medtools.brain.segment", "segment_images"),
-    "classify": ("medtools.cls.classify", "classify_images"),
-    "index-query": ("medtools.index.query", "query_images"),
+    "classify": ("medtools.cls.classify", "Classifier"),  # a loaded cls model: .run(paths) as `classify`
 }
 
 # which model kinds each endpoint serves
@@ -53,6 +52,7 @@ class LoadedModel:
     sha256: str
     predictor: Any
     config: dict[str, Any]
+    runner: Any = None  # the family's loaded-model object when it has one (cls: Classifier)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def describe(self) -> dict[str, Any]:
@@ -83,9 +83,15 @@ def load_models(folder: Path | str, *, device: str | None = None, precision: str
             raise CheckpointError(f"{path} is not a medtools checkpoint (no medtools.kind in its metadata)")
         if kind.startswith("klt") or kind in ("index-key",):
             continue  # keys, not models
-        predictor = Predictor(path, kind=kind, device=device, precision=precision)
+        runner = None
+        classifier = family_function("classify") if kind in ENDPOINT_KINDS["classify"] else None
+        if classifier is not None:  # the cls family's own wrapper around its Predictor
+            runner = classifier(path, device=device, precision=precision)
+            predictor = runner.predictor
+        else:
+            predictor = Predictor(path, kind=kind, device=device, precision=precision)
         name = path.name[: -len(".safetensors")]
-        models[name] = LoadedModel(name=name, path=path, kind=kind, sha256=sha256_file(path), predictor=predictor, config=dict(predictor.config))
+        models[name] = LoadedModel(name=name, path=path, kind=kind, sha256=sha256_file(path), predictor=predictor, config=dict(predictor.config), runner=runner)
     return models
 
 

@@ -30,7 +30,7 @@ def serve(
 ) -> int:
     """A local REST API (/v1, OpenAPI at /docs) and the doctor's web page over the same functions.
 
-    Stops cleanly on SIGTERM or Ctrl-C (exit 0). Needs the `serve` extra: pip install 'medtools[serve]'.
+    Stops cleanly on SIGTERM or Ctrl-C (exit 0). Needs the serve extra: pip install 'medtools\\[serve]'.
     """
     from medtools.core.errors import UsageError
 
