@@ -1,0 +1,177 @@
+"""Encrypted, verifiable feature index: index keygen / build / add / query / verify.
+
+Who runs what (docs/index.md): the client (doctor, hospital) holds ``ctx/secret``; the
+server holds ``ctx/public`` and ``INDEX/``. ``keygen`` and ``query`` run at the client;
+``build``/``add`` take only the public context (the hospital or the server may run them);
+``verify`` needs nothing secret.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from medtools.cliutil import BatchSize, Device, Inputs, Json, Model, Overwrite, Quiet, command
+from medtools.core import report
+
+index_app = typer.Typer(help="Homomorphically encrypted (CKKS), Merkle-verified feature index: encrypted top-k queries.", no_args_is_help=True)
+
+IndexDir = Annotated[Path, typer.Option("-i", "--index", help="Index folder (holds index.json and blocks/).")]
+PublicCtx = Annotated[Path, typer.Option("--public", help="Public CKKS context (ctx/public): server side, no secret key.")]
+TrustedRoot = Annotated[Optional[str], typer.Option("--root", help="Merkle root you trust (hex, from build/add/verify --json): the index must be it or an append-only extension of it.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(index_app, name="index")
+
+
+def _emit(result: dict, json_output: bool, record: report.RunRecord, paths: list) -> None:
+    if json_output:
+        report.emit_json({**result, "run": record.as_dict()})
+    else:
+        for path in paths:
+            report.emit_path(path)
+
+
+@index_app.command("keygen")
+@command
+def keygen(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for `secret` (client, 0600) and `public` (server).")],
+    preset: Annotated[str, typer.Option("--preset", help="n8192 (default: N=8192, 160-bit modulus, scale 2^40) | n4096 (N=4096, 109 bits, scale 2^30, smaller and less precise); both 128-bit secure.")] = "n8192",
+    overwrite: Overwrite = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """CKKS key pair at 128-bit security: ctx/secret stays with the client, ctx/public goes to the server."""
+    from medtools.index.he import keygen as run
+
+    result = run(output, preset=preset, overwrite=overwrite)
+    report.log(f"CKKS key {result['key_id']}: N={result['params']['poly_modulus_degree']}, modulus {result['params']['coeff_bits']} bits; keep {result['secret']} private")
+    _emit(result, json_output, report.RunRecord(), [result["secret"], result["public"]])
+    return 0
+
+
+@index_app.command("build")
+@command
+def build(
+    inputs: Inputs,
+    model: Model,
+    public: PublicCtx,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Index folder to create.")],
+    device: Device = None,
+    batch_size: BatchSize = None,
+    overwrite: Overwrite = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Embed images with a seg/reid/cls model, encrypt the features packed (public key only), commit a Merkle root."""
+    from medtools.core.inputs import expand_inputs
+    from medtools.index.store import build as run
+
+    record = report.RunRecord()
+    record.add_checkpoint(model)
+    result = run(expand_inputs(inputs, output=output), model=model, public=public, output=output, device=device, batch_size=batch_size or 32, overwrite=overwrite)
+    outcome = result.pop("outcome")
+    report.log(f"index of {result['entries']} entries, root {result['root']}")
+    _emit({**result, "failed": outcome.failed}, json_output, record, [result["index"], *result["blocks"]])
+    return outcome.exit_code
+
+
+@index_app.command("add")
+@command
+def add(
+    inputs: Inputs,
+    index: IndexDir,
+    public: PublicCtx,
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help="Checkpoint (default: the one recorded in the index; it must be the same model).")] = None,
+    device: Device = None,
+    batch_size: BatchSize = None,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Append images as new encrypted blocks; the new root extends the old one (consistency proof in --json)."""
+    from medtools.core.inputs import expand_inputs
+    from medtools.index.store import add as run
+
+    record = report.RunRecord()
+    result = run(expand_inputs(inputs), index_folder=index, public=public, model=model, device=device, batch_size=batch_size or 32)
+    outcome = result.pop("outcome")
+    report.log(f"added {result['entries']} entries; root {result['root']}")
+    _emit({**result, "failed": outcome.failed, "skipped": outcome.skipped}, json_output, record, [result["index"], *result["blocks"]])
+    return outcome.exit_code
+
+
+@index_app.command("query")
+@command
+def query(
+    image: Annotated[Path, typer.Argument(help="Query image.", show_default=False)],
+    index: IndexDir,
+    secret: Annotated[Path, typer.Option("--secret", help="Your secret CKKS context (ctx/secret).")],
+    k: Annotated[int, typer.Option("-k", "--top", min=1, help="Number of entries to return.")] = 5,
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help="Checkpoint (default: the one recorded in the index).")] = None,
+    plain_query: Annotated[bool, typer.Option("--plain-query", help="Send the query vector in the clear (faster; the server sees it). Stored features stay encrypted.")] = False,
+    root: TrustedRoot = None,
+    device: Device = None,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Encrypted top-k: the query is encrypted here, scored under encryption, decrypted here; hits come with Merkle proofs."""
+    from medtools.index.store import query as run
+
+    record = report.RunRecord()
+    result = run(image, index_folder=index, secret=secret, k=k, model=model, plain_query=plain_query, root=root, device=device)
+    record.device = result["model"]["device"]
+    if json_output:
+        report.emit_json({**result, "run": record.as_dict()})
+    else:
+        for hit in result["hits"]:
+            print(f"{hit['id']}\t{hit['score']:.6f}")
+    return 0
+
+
+@index_app.command("verify")
+@command
+def verify(
+    index: Annotated[Optional[Path], typer.Argument(help="Index folder.", show_default=False)] = None,
+    root: TrustedRoot = None,
+    proof: Annotated[Optional[Path], typer.Option("--proof", help="Check an inclusion proof on its own: a proof JSON or a `query --json` output (all its hits).")] = None,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Recompute block digests and the Merkle tree: any changed, missing or extra entry exits 4 naming it."""
+    import json
+
+    from medtools.core.errors import EXIT_INTEGRITY, InputError, IntegrityError, UsageError
+    from medtools.index import store
+
+    if proof is not None:
+        if index is not None:
+            raise UsageError("--proof is checked on its own: give no INDEX")
+        try:
+            data = json.loads(proof.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"no proof at {proof}") from None
+        except ValueError as exc:
+            raise IntegrityError(f"{proof} is not JSON: {exc}") from None
+        proofs = [h["proof"] for h in data.get("hits", [])] if isinstance(data, dict) and "hits" in data else [data]
+        results = [store.check_proof(p, root=root) for p in proofs]
+        if json_output:
+            report.emit_json({"ok": True, "proofs": results})
+        report.log(f"{len(results)} proof(s) OK")
+        return 0
+    if index is None:
+        raise UsageError("give INDEX (or --proof PROOF.json)")
+    checked = store.verify(store.Index.load(index), root=root)
+    if json_output:
+        report.emit_json({**checked.to_json(), "root": store.Index.load(index).root})
+    else:
+        for kind in ("changed", "missing", "extra"):
+            for name in getattr(checked, kind):
+                print(f"{kind}\t{name}")
+    if checked.ok:
+        report.log(f"OK: {index} matches its root" + (f" ({checked.trusted_root})" if root else " (pass --root to check it against a root you trust)"))
+        return 0
+    report.error(f"{index} does not verify: {checked.summary()}")
+    return EXIT_INTEGRITY

@@ -1,0 +1,398 @@
+"""The verifiable encrypted index: folder layout, Merkle tree over entries, build/add/verify/query.
+
+Layout of ``INDEX/`` (it lives on the untrusted server; it holds no secret)::
+
+    index.json            manifest: parameters, key id, model, blocks, entries, root, history
+    blocks/000000.ckks    one block: D column ciphertexts of up to N/2 entries (he.py)
+
+Every build or add writes new blocks and never rewrites one, so the entry list only grows
+and each earlier root is a prefix of the current tree (RFC 9162 consistency proofs).
+
+Leaf data of entry i (RFC 9162 leaf hash = SHA-256(0x00 ‖ leaf data))::
+
+    "medtools-index/v1" ‖ u32 len(id) ‖ id (UTF-8) ‖ u32 block ‖ u32 slot
+                        ‖ SHA-256(source image file) ‖ SHA-256(block file)
+
+so a leaf binds the entry's id, the image it came from and the exact ciphertexts that hold
+its features. A changed ciphertext changes its block's digest; a dropped, added or edited
+entry changes the leaves; either changes the root.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtools.core import merkle
+from medtools.core.errors import InputError, IntegrityError, UsageError
+from medtools.core.report import sha256_file
+from medtools.index import he
+
+FORMAT = "medtools-index"
+PROOF_FORMAT = "medtools-index-proof"
+VERSION = 1
+MANIFEST = "index.json"
+LEAF_PREFIX = b"medtools-index/v1"
+
+
+def leaf_data(entry: dict[str, Any], block_sha256: str) -> bytes:
+    encoded = entry["id"].encode("utf-8")
+    return LEAF_PREFIX + struct.pack(">I", len(encoded)) + encoded + struct.pack(">II", int(entry["block"]), int(entry["slot"])) + bytes.fromhex(entry["sha256"]) + bytes.fromhex(block_sha256)
+
+
+@dataclass
+class Index:
+    folder: Path
+    data: dict[str, Any]
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        return self.data["entries"]
+
+    @property
+    def blocks(self) -> list[dict[str, Any]]:
+        return self.data["blocks"]
+
+    @property
+    def root(self) -> str:
+        return self.data["root"]
+
+    @property
+    def params(self) -> he.Params:
+        return he.Params.from_json(self.data["params"])
+
+    def leaves(self) -> list[bytes]:
+        try:
+            return [merkle.hash_leaf(leaf_data(e, self.blocks[int(e["block"])]["sha256"])) for e in self.entries]
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"{self.folder / MANIFEST}: damaged entry list ({exc})") from None
+
+    def block_path(self, number: int) -> Path:
+        return self.folder / self.blocks[number]["file"]
+
+    @classmethod
+    def load(cls, folder: Path) -> "Index":
+        folder = Path(folder)
+        path = folder / MANIFEST
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"no index at {folder} (no {MANIFEST}; make one with `medtools index build`)") from None
+        except (OSError, ValueError) as exc:
+            raise IntegrityError(f"{path} is not a readable index manifest: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise IntegrityError(f"{path} is not a medtools index manifest")
+        if data.get("version") != VERSION:
+            raise IntegrityError(f"{path}: index version {data.get('version')} is not supported")
+        for key in ("key_id", "params", "dim", "blocks", "entries", "root", "model"):
+            if key not in data:
+                raise IntegrityError(f"{path}: damaged manifest (no {key!r})")
+        return cls(folder, data)
+
+    def save(self) -> Path:
+        from medtools.core.io import atomic_path
+
+        path = self.folder / MANIFEST
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(self.data, indent=1) + "\n", encoding="utf-8")
+        return path
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _append(index: Index, ctx: he.Context, ids: list[str], digests: list[str], features: np.ndarray) -> list[Path]:
+    """Encrypt new entries into new blocks (never rewriting one), then update the manifest."""
+    from medtools.core.io import atomic_path
+
+    written = []
+    slots = ctx.params.slots
+    for start in range(0, len(ids), slots):
+        number = len(index.blocks)
+        rel = f"blocks/{number:06d}.ckks"
+        blob = he.encrypt_block(ctx, features[start : start + slots])
+        with atomic_path(index.folder / rel) as tmp:
+            Path(tmp).write_bytes(blob)
+        index.blocks.append({"file": rel, "sha256": sha256_file(index.folder / rel), "count": len(ids[start : start + slots]), "bytes": len(blob)})
+        for slot, (entry_id, digest) in enumerate(zip(ids[start : start + slots], digests[start : start + slots])):
+            index.entries.append({"id": entry_id, "sha256": digest, "block": number, "slot": slot})
+        written.append(index.folder / rel)
+    index.data["root"] = merkle.tree_root(index.leaves()).hex()
+    index.data["size"] = len(index.entries)
+    index.data.setdefault("history", []).append({"size": len(index.entries), "root": index.root, "time": _now()})
+    index.save()
+    return written
+
+
+def _collect(predictor: Any, items: list[Any], known: set[str]) -> tuple[list[str], list[str], np.ndarray, Any]:
+    from medtools.core.report import log
+    from medtools.index import features as feats
+
+    ids: list[str] = []
+    digests: list[str] = []
+    vectors: list[np.ndarray] = []
+    todo = []
+    for item in items:
+        entry_id = item.rel.as_posix()
+        if entry_id in known:
+            log(f"{entry_id}: already in the index, skipped")
+            continue
+        known.add(entry_id)
+        todo.append(item)
+
+    def on_vectors(batch: list[Any], values: np.ndarray) -> None:
+        for item, vector in zip(batch, values):
+            ids.append(item.rel.as_posix())
+            digests.append(sha256_file(item.path))
+            vectors.append(vector)
+
+    outcome = feats.embed_paths(predictor, todo, on_vectors=on_vectors)
+    outcome.skipped += len(items) - len(todo)
+    return ids, digests, (np.stack(vectors) if vectors else np.zeros((0, 0))), outcome
+
+
+def build(items: list[Any], *, model: Path, public: Path, output: Path, device: str | None = None, batch_size: int = 32, overwrite: bool = False) -> dict[str, Any]:
+    """Embed, encrypt (public context only) and commit ``items`` into a new index folder."""
+    from medtools.index import features as feats
+
+    output = Path(output)
+    if (output / MANIFEST).exists() and not overwrite:
+        raise UsageError(f"{output} already holds an index; add entries with `medtools index add`, or pass --overwrite")
+    ctx = he.load_context(public, secret=False)
+    predictor = feats.load_predictor(model, device=device, batch_size=batch_size)
+    started = time.perf_counter()
+    ids, digests, vectors, outcome = _collect(predictor, items, set())
+    embed_s = time.perf_counter() - started
+    if not ids:
+        raise InputError("no image could be embedded: the index would be empty")
+    if overwrite and output.exists():
+        for old in (output / "blocks").glob("*.ckks"):
+            old.unlink()
+    data = {
+        "format": FORMAT,
+        "version": VERSION,
+        "created": _now(),
+        "tree": "rfc9162",
+        "hash": "sha256",
+        "key_id": ctx.key_id,
+        "params": ctx.params.to_json(),
+        "dim": int(vectors.shape[1]),
+        "packing": "column: one ciphertext per feature dimension, one entry per slot",
+        "model": feats.model_record(predictor),
+        "blocks": [],
+        "entries": [],
+        "root": merkle.tree_root([]).hex(),
+        "size": 0,
+        "history": [],
+    }
+    index = Index(output, data)
+    started = time.perf_counter()
+    written = _append(index, ctx, ids, digests, vectors)
+    encrypt_s = time.perf_counter() - started
+    return {"index": output / MANIFEST, "blocks": written, "entries": len(ids), "root": index.root, "outcome": outcome, "timing": {"features_s": embed_s, "encrypt_s": encrypt_s, "encrypt_ms_per_entry": 1000 * encrypt_s / len(ids)}}
+
+
+def add(items: list[Any], *, index_folder: Path, public: Path, model: Path | None = None, device: str | None = None, batch_size: int = 32) -> dict[str, Any]:
+    """Append entries (new blocks) to an index that verifies; ids already present are skipped."""
+    from medtools.core.errors import CheckpointError
+    from medtools.index import features as feats
+
+    index = Index.load(index_folder)
+    checked = verify(index)
+    if not checked.ok:
+        raise IntegrityError(f"{index_folder} does not verify ({checked.summary()}): not adding to a tampered index")
+    ctx = he.load_context(public, secret=False)
+    if ctx.key_id != index.data["key_id"]:
+        raise IntegrityError(f"the index is encrypted for key {index.data['key_id']}, the public context is key {ctx.key_id}")
+    predictor = feats.load_predictor(Path(model or index.data["model"]["path"]), device=device, batch_size=batch_size)
+    if sha256_file(predictor.path) != index.data["model"]["sha256"]:
+        raise CheckpointError(f"{predictor.path} is not the model the index was built with ({index.data['model']['path']}, sha256 {index.data['model']['sha256'][:16]}…)")
+    old_size, old_root = len(index.entries), index.root
+    ids, digests, vectors, outcome = _collect(predictor, items, {e["id"] for e in index.entries})
+    written = _append(index, ctx, ids, digests, vectors) if ids else []
+    proof = merkle.consistency_proof(index.leaves(), old_size) if ids and old_size else []
+    return {"index": index.folder / MANIFEST, "blocks": written, "entries": len(ids), "root": index.root, "old_size": old_size, "old_root": old_root, "consistency": [h.hex() for h in proof], "outcome": outcome}
+
+
+# ---------------------------------------------------------------- verification
+
+
+@dataclass
+class Verification:
+    root_ok: bool
+    changed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    trusted_root: str | None = None  # "current", "extended from size m", or a failure
+    trusted_ok: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.root_ok and self.trusted_ok and not (self.changed or self.missing or self.extra)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.changed)} changed, {len(self.missing)} missing, {len(self.extra)} extra"]
+        if not self.root_ok:
+            parts.append("the manifest's entries do not hash to its root")
+        if not self.trusted_ok:
+            parts.append(f"trusted root: {self.trusted_root}")
+        return "; ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "root_matches_entries": self.root_ok, "changed": self.changed, "missing": self.missing, "extra": self.extra, "trusted_root": self.trusted_root}
+
+
+def verify(index: Index, *, root: str | None = None) -> Verification:
+    """Recompute block digests and the tree; with ``root`` (the client's trusted root) check
+    that the index is that tree or an append-only extension of it (consistency proof)."""
+    leaves = index.leaves()
+    result = Verification(merkle.tree_root(leaves).hex() == index.root)
+    by_block: dict[int, list[dict[str, Any]]] = {}
+    for entry in index.entries:
+        by_block.setdefault(int(entry["block"]), []).append(entry)
+    listed = set()
+    for number, block in enumerate(index.blocks):
+        path = index.folder / block["file"]
+        listed.add(path.resolve())
+        ids = [e["id"] for e in by_block.get(number, [])]
+        if not path.is_file():
+            result.missing += ids or [block["file"]]
+            continue
+        if sha256_file(path) != block["sha256"]:
+            result.changed += ids or [block["file"]]
+            continue
+        header, _ = he.unpack(path.read_bytes(), he.BLOCK_MAGIC, "encrypted index block")
+        slots = {int(e["slot"]) for e in by_block.get(number, [])}
+        for slot in range(int(header.get("count", 0))):
+            if slot not in slots:
+                result.missing.append(f"{block['file']} slot {slot} (an entry dropped from the manifest)")
+        for e in by_block.get(number, []):
+            if int(e["slot"]) >= int(header.get("count", 0)):
+                result.extra.append(e["id"])
+    for number in set(by_block) - set(range(len(index.blocks))):
+        result.extra += [e["id"] for e in by_block[number]]
+    for path in sorted((index.folder / "blocks").glob("*")):
+        if path.resolve() not in listed:
+            result.extra.append(path.relative_to(index.folder).as_posix())
+    if root is not None:
+        result.trusted_ok, result.trusted_root = _check_trusted(index, leaves, root)
+    return result
+
+
+def _check_trusted(index: Index, leaves: list[bytes], root: str) -> tuple[bool, str]:
+    current = merkle.tree_root(leaves).hex()
+    if root == current:
+        return True, "current"
+    for state in index.data.get("history", []):
+        if state.get("root") == root:
+            size = int(state["size"])
+            if 0 < size <= len(leaves):
+                proof = merkle.consistency_proof(leaves, size)
+                if merkle.verify_consistency(size, len(leaves), bytes.fromhex(root), bytes.fromhex(current), proof):
+                    return True, f"extends the trusted tree of {size} entries"
+            return False, f"the index is not an append-only extension of {root[:16]}… ({size} entries): earlier entries were changed"
+    return False, f"{root[:16]}… is not a state of this index (never was, or its history was edited)"
+
+
+def make_proof(index: Index, position: int, leaves: list[bytes] | None = None) -> dict[str, Any]:
+    leaves = leaves if leaves is not None else index.leaves()
+    entry = index.entries[position]
+    return {
+        "format": PROOF_FORMAT,
+        "version": VERSION,
+        "id": entry["id"],
+        "sha256": entry["sha256"],
+        "block": int(entry["block"]),
+        "slot": int(entry["slot"]),
+        "block_sha256": index.blocks[int(entry["block"])]["sha256"],
+        "index": position,
+        "tree_size": len(leaves),
+        "audit_path": [h.hex() for h in merkle.audit_path(leaves, position)],
+        "root": merkle.tree_root(leaves).hex(),
+    }
+
+
+def check_proof(proof: dict[str, Any], *, root: str | None = None) -> dict[str, Any]:
+    """An inclusion proof on its own (against ``root`` when the client has a trusted one)."""
+    if not isinstance(proof, dict) or proof.get("format") != PROOF_FORMAT:
+        raise IntegrityError("not a medtools index proof")
+    try:
+        leaf = merkle.hash_leaf(leaf_data(proof, proof["block_sha256"]))
+        found = merkle.root_from_path(leaf, int(proof["index"]), int(proof["tree_size"]), [bytes.fromhex(h) for h in proof["audit_path"]])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"damaged index proof ({exc})") from None
+    if found.hex() != proof["root"]:
+        raise IntegrityError(f"the proof of {proof['id']} does not lead to its root: the entry is not proven to be in the index")
+    if root is not None and proof["root"] != root:
+        raise IntegrityError(f"the proof of {proof['id']} is for root {proof['root'][:16]}…, not the trusted {root[:16]}…")
+    return {"ok": True, "id": proof["id"], "root": proof["root"]}
+
+
+# ---------------------------------------------------------------- query
+
+
+def query(image: Path, *, index_folder: Path, secret: Path, k: int = 5, model: Path | None = None, plain_query: bool = False, root: str | None = None, device: str | None = None) -> dict[str, Any]:
+    """Top-k entries most similar to ``image``; the steps are marked by where they run."""
+    from medtools.core.errors import CheckpointError
+    from medtools.index import features as feats
+
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    # -- client: the index must verify (and extend the trusted root) before it is used
+    index = Index.load(index_folder)
+    checked = verify(index, root=root)
+    if not checked.ok:
+        named = ", ".join((checked.changed + checked.missing + checked.extra)[:5])
+        raise IntegrityError(f"{index_folder} does not verify ({checked.summary()}{': ' + named if named else ''}): refusing to query it")
+    ctx = he.load_context(secret, secret=True)
+    if ctx.key_id != index.data["key_id"]:
+        raise IntegrityError(f"wrong secret context: the index is encrypted for key {index.data['key_id']}, {secret} is key {ctx.key_id}")
+    predictor = feats.load_predictor(Path(model or index.data["model"]["path"]), device=device)
+    if sha256_file(predictor.path) != index.data["model"]["sha256"]:
+        raise CheckpointError(f"{predictor.path} is not the model the index was built with ({index.data['model']['path']})")
+    vector = feats.embed_arrays(predictor, feats.load(predictor, Path(image))[None])[0]
+    timing["verify_and_features_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    enc_query = None if plain_query else he.encrypt_query(ctx, vector)
+    timing["encrypt_query_s"] = time.perf_counter() - t1
+    # -- server: public context only (the secret key is dropped from its copy)
+    server_ts = ctx.ts_context.copy()
+    server_ts.make_context_public()
+    server = he.Context(server_ts, ctx.key_id, ctx.params)
+    t2 = time.perf_counter()
+    replies = [he.score_block(server, index.block_path(b).read_bytes(), query=enc_query, plain_query=vector if plain_query else None) for b in range(len(index.blocks))]
+    timing["server_score_s"] = time.perf_counter() - t2
+    # -- client: decrypt, rank, check the inclusion proofs of the hits
+    t3 = time.perf_counter()
+    scores = np.concatenate([he.decrypt_scores(ctx, r) for r in replies])
+    order = np.argsort(-scores, kind="stable")[: max(1, int(k))]
+    position = {(int(e["block"]), int(e["slot"])): i for i, e in enumerate(index.entries)}
+    offsets = np.cumsum([0] + [int(b["count"]) for b in index.blocks])
+    leaves = index.leaves()
+    hits = []
+    for rank, flat in enumerate(order, 1):
+        block = int(np.searchsorted(offsets, flat, side="right") - 1)
+        pos = position[(block, int(flat - offsets[block]))]
+        proof = make_proof(index, pos, leaves)
+        check_proof(proof, root=root or index.root)
+        hits.append({"rank": rank, "id": index.entries[pos]["id"], "score": float(scores[flat]), "proof": proof})
+    timing["decrypt_rank_prove_s"] = time.perf_counter() - t3
+    return {
+        "query": str(image),
+        "mode": "plain-query (the server saw the query vector)" if plain_query else "encrypted-query",
+        "k": int(k),
+        "entries": len(index.entries),
+        "root": index.root,
+        "trusted_root": checked.trusted_root,
+        "hits": hits,
+        "query_bytes": len(enc_query) if enc_query else 0,
+        "timing": timing,
+        "model": predictor.record(),
+    }
