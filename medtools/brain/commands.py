@@ -21,6 +21,7 @@ from medtools.cliutil import (
     Inputs,
     Json,
     Model,
+    NanPolicy,
     Output,
     Overwrite,
     Precision,
@@ -53,14 +54,29 @@ def _data(paths: list[Path]):
     return paths[0] if len(paths) == 1 else paths
 
 
-def _cases(inputs: list[str], shard: str | None):
-    """Cases from the positional inputs, the K-th of N parts when sharded."""
-    from medtools.brain.cases import resolve_cases
-    from medtools.core.inputs import parse_shard
+def _cases(inputs: list[str], shard: str | None, output: Path | None = None, outputs_of=None):
+    """Cases from the positional inputs (the K-th of N parts when sharded), kept apart from -o.
 
-    cases = resolve_cases(inputs)
-    part = parse_shard(shard)
-    return sorted(cases, key=lambda c: c.case)[part[0] - 1 :: part[1]] if part else cases
+    Cases found in an -o folder inside an input folder are earlier outputs and left out;
+    an output that would overwrite a case file or land in a walked input folder exits 2.
+    ``outputs_of(case)`` gives the paths a case would be written to.
+    """
+    from medtools.brain.cases import resolve_cases
+    from medtools.core.inputs import check_separate, in_excluded_output, input_roots, select_shard
+
+    roots = input_roots(inputs)
+    cases = [c for c in resolve_cases(inputs) if not any(in_excluded_output(p, output, roots) for p in c.files.values())]
+    if output is not None and outputs_of is not None:
+        for case in cases:
+            sources = [*case.files.values(), *([case.label] if case.label is not None else [])]
+            for target in outputs_of(case):
+                check_separate(target, output, inputs=sources, roots=roots)
+    return select_shard(cases, shard, key=lambda c: c.case)
+
+
+def _case_outputs(output: Path, names):
+    """Where a case's files go under -o (its folder mirrored) for the given file names."""
+    return lambda case: [output / case.rel_dir / name for name in names(case)]
 
 
 @command
@@ -84,6 +100,7 @@ def seg_train(
     workers: Workers = 0,
     resume: Resume = False,
     json_output: Json = False,
+    nan_policy: NanPolicy = "error",
     quiet: Quiet = False,
 ) -> int:
     """Train a U-Net (smp) tumor segmenter on 2-D slices; Dice+CE; patient-wise validation."""
@@ -114,40 +131,60 @@ def segment(
     compile: Compile = False,
     overwrite: Overwrite = False,
     json_output: Json = False,
+    nan_policy: NanPolicy = "error",
     quiet: Quiet = False,
 ) -> int:
     """Segment volumes (NIfTI, DICOM series, case folders, manifest) into label maps in the input geometry."""
     from medtools.brain.segment import segment_cases
-    from medtools.core.inputs import check_output_arg
+    from medtools.core.inputs import check_output_arg, skip_existing
 
-    cases = _cases(inputs, shard)
     output = check_output_arg(output, 2)
+    ext = ".dcm" if out_format == "dicom-seg" else ".nii.gz"
+    targets = _case_outputs(output, lambda case: [f"{case.case}_seg{ext}", *([f"{case.case}_seg_prob.nii.gz"] if probabilities and ext != ".dcm" else [])])
+    cases = _cases(inputs, shard, output, targets)
     record = report.RunRecord()
     record.add_checkpoint(model)
-    results = segment_cases(cases, model, output, device=device, precision=precision, compile=compile, batch_size=batch_size or 32, workers=workers, probabilities=probabilities, overwrite=overwrite, out_format=out_format)
-    return _drain(results, json_output, record)
+    # skip-existing here, for either format (segment_cases only knows the .nii.gz name)
+    todo = [case for case in cases if not skip_existing(targets(case)[0], overwrite)]
+    skipped = len(cases) - len(todo)
+    results = segment_cases(todo, model, output, device=device, precision=precision, compile=compile, batch_size=batch_size or 32, workers=workers, probabilities=probabilities, overwrite=True, out_format=out_format) if todo else iter(())
+    return _report_cases(results, json_output, record, skipped=skipped)
 
 
-def _drain(results, json_output: bool, record: report.RunRecord) -> int:
-    """Report per-case results from a generator: paths (or JSON lines), errors on stderr."""
-    outcome = report.ItemOutcome()
-    for case, result in report.progress(results, description="cases"):
-        if isinstance(result, Exception):
-            outcome.failed += 1
-            report.error(f"{case.case}: {result}")
-            if isinstance(result, (KeyboardInterrupt,)):
-                raise result
-            continue
+def _report_cases(results, json_output: bool, record: report.RunRecord, *, skipped: int = 0) -> int:
+    """core's per-item loop over (case, result) pairs: each path on stdout as soon as its file
+    is renamed into place (or one JSON line per case), errors on stderr, the exit code."""
+    import contextlib
+
+    from medtools.core.errors import InputError, MedtoolsError, UsageError
+    from medtools.core.io import on_renamed
+
+    printed: set[str] = set()
+
+    def announce(path: Path) -> None:
+        printed.add(str(path))
+        report.emit_path(path)
+
+    def work(pair):
+        case, result = pair
+        if isinstance(result, BaseException):
+            if isinstance(result, UsageError) or not isinstance(result, (MedtoolsError, OSError, ValueError, RuntimeError)):
+                raise InputError(f"{type(result).__name__}: {result}" if not isinstance(result, MedtoolsError) else str(result)) from result
+            raise result
         if result == "skipped":
-            outcome.skipped += 1
-            continue
-        outcome.ok += 1
+            return "skipped"
         paths = result["outputs"] if isinstance(result, dict) else result
         if json_output:
             report.emit_jsonl(result if isinstance(result, dict) else {"case": case.case, "outputs": [str(p) for p in paths]})
         else:
             for path in paths:
-                report.emit_path(path)
+                if str(path) not in printed:
+                    report.emit_path(path)
+        return result
+
+    with contextlib.nullcontext() if json_output else on_renamed(announce):
+        outcome = report.run_items(results, work, name=lambda pair: pair[0].case, description="cases")
+    outcome.skipped += skipped
     if json_output:
         report.emit_jsonl({"summary": {"ok": outcome.ok, "failed": outcome.failed, "skipped": outcome.skipped}, "run": record.as_dict()})
     return outcome.exit_code
@@ -209,6 +246,7 @@ def reid_train(
     workers: Workers = 0,
     resume: Resume = False,
     json_output: Json = False,
+    nan_policy: NanPolicy = "error",
     quiet: Quiet = False,
 ) -> int:
     """Train a re-identification attacker (patient id from slices) or any image classifier (--label)."""
@@ -232,6 +270,7 @@ def reid_eval(
     batch_size: BatchSize = None,
     device: Device = None,
     json_output: Json = False,
+    nan_policy: NanPolicy = "error",
     quiet: Quiet = False,
 ) -> int:
     """Top-1/top-5 accuracy, chance level and per-patient accuracy of an attacker on these cases."""
@@ -270,14 +309,15 @@ def protect(
     device: Device = None,
     overwrite: Overwrite = False,
     json_output: Json = False,
+    nan_policy: NanPolicy = "error",
     quiet: Quiet = False,
 ) -> int:
     """Add L∞ PGD noise that blinds re-identification while keeping segmentation (see docs/brain.md)."""
     from medtools.brain.protect import protect_cases
     from medtools.core.inputs import check_output_arg
 
-    cases = _cases(inputs, shard)
     output = check_output_arg(output, 2)
+    cases = _cases(inputs, shard, output, _case_outputs(output, lambda case: [p.name for p in case.files.values()]))
     record = report.RunRecord(seed=seed)
     for path in attacker + ([utility] if utility else []):
         record.add_checkpoint(path)
@@ -287,4 +327,4 @@ def protect(
         batch_size=batch_size or 32, workers=workers, seed=seed, device=device, overwrite=overwrite,
         signature_share=signature_share, key=key_file.read_bytes() if key_file else None,
     )
-    return _drain(results, json_output, record)
+    return _report_cases(results, json_output, record)

@@ -221,6 +221,23 @@ def skip_existing(targets: Path | Iterable[Path], overwrite: bool, *, log: Calla
     return True
 
 
+def input_roots(args: Sequence[str | Path]) -> list[Path]:
+    """The folders among the positional arguments: the ones a command walks."""
+    return [Path(a) for a in args if str(a) != "-" and Path(a).is_dir()]
+
+
+def inside(path: Path | str, folder: Path | str) -> bool:
+    """``path`` is ``folder`` or below it (both resolved)."""
+    return _inside(Path(path), Path(folder))
+
+
+def in_excluded_output(path: Path | str, output: Path | None, roots: Sequence[Path]) -> bool:
+    """``path`` lies in an -o folder strictly inside an input folder: an earlier run's output, not an input."""
+    if output is None or not inside(path, output):
+        return False
+    return any(inside(output, root) and Path(output).resolve() != Path(root).resolve() for root in roots)
+
+
 def check_separate(target: Path, output: Path, *, inputs: Iterable[Path] = (), roots: Iterable[Path] = ()) -> Path:
     """Refuse (UsageError, exit 2) an output that is an input or lands inside a walked input folder.
 
