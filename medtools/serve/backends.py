@@ -66,6 +66,7 @@ class LoadedModel:
 
 def load_models(folder: Path | str, *, device: str | None = None, precision: str | None = None) -> dict[str, LoadedModel]:
     """Every checkpoint in ``folder`` as a Predictor (kind from its metadata), by file stem."""
+    from medtools.core import registry, report
     from medtools.core.ckpt import read_metadata
     from medtools.core.predict import Predictor
     from medtools.core.report import sha256_file
@@ -81,8 +82,9 @@ def load_models(folder: Path | str, *, device: str | None = None, precision: str
         kind = read_metadata(path).get("medtools.kind")
         if not kind:
             raise CheckpointError(f"{path} is not a medtools checkpoint (no medtools.kind in its metadata)")
-        if kind.startswith("klt") or kind in ("index-key",):
-            continue  # keys, not models
+        if kind == "train-state" or registry.get(kind).builder is None:
+            report.log(f"serve: {path.name} is a {kind} file, not a model: skipped")
+            continue  # keys, training state
         runner = None
         classifier = family_function("classify") if kind in ENDPOINT_KINDS["classify"] else None
         if classifier is not None:  # the cls family's own wrapper around its Predictor
