@@ -24,6 +24,7 @@ FAMILIES = (
     "medtools.brain.commands",
     "medtools.synth.commands",
     "medtools.secure.commands",
+    "medtools.cls.commands",
     "medtools.index.commands",
     "medtools.collab.commands",
     "medtools.serve.commands",

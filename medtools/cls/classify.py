@@ -1,0 +1,175 @@
+"""``classify`` and ``cls-eval``: a cls checkpoint on image files, plain or already encrypted.
+
+With ``key`` (the key the model was trained behind, checked by its fingerprint first, so a
+wrong key fails with exit 4 before anything is read or written) plain inputs are resized
+to the model's size, quantised to 8 bits and encrypted, exactly as in training. Without a
+key, an encrypted model takes its inputs as cipher images already (``medtools encrypt
+--method M --key K`` of 8-bit images at the model's size): the party running the model
+never needs the key. A plain model (``encryption: none``) resizes any input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtools.cls.cipher import Encryption, from_config, quantise
+from medtools.core.errors import InputError
+
+
+class Classifier:
+    """A loaded cls checkpoint and the cipher its inputs go through."""
+
+    def __init__(self, model: Path | str, *, key: bytes | None = None, device: str | None = None, precision: str | None = None, batch_size: int = 32):
+        from medtools.core import ckpt
+
+        from medtools.core.predict import Predictor
+
+        checkpoint = ckpt.load(model, kind="cls")
+        # the key is checked before any input is read or any output written
+        self.encryption: Encryption | None = from_config(checkpoint.config, key)
+        self.predictor = Predictor(checkpoint, device=device, precision=precision, batch_size=batch_size)
+        self.config = self.predictor.config
+        self.size = int(self.config["image_size"])
+        self.class_names = list(self.config["class_names"])
+        self.positive = self.config.get("positive") or self.class_names[-1]
+        self.method = self.config.get("encryption", "none")
+
+    def load(self, path: Path | str) -> np.ndarray:
+        """One file → (1, H, W) [0, 1] model input (encrypted when the model expects it)."""
+        from medtools.core.preprocess import UNIT_NORM, load_image
+
+        if self.encryption is None:  # cipher images: used as they are, never resized
+            x = load_image(path, None, 1, UNIT_NORM)
+            if x.shape[-2:] != (self.size, self.size):
+                raise InputError(f"a cipher image must be {self.size}×{self.size} (the model's size; resizing destroys the cipher), got {x.shape[-1]}×{x.shape[-2]}")
+            return x
+        x = load_image(path, self.size, 1, UNIT_NORM)
+        if self.encryption.method == "none":
+            return x
+        return self.encryption.encrypt_batch(quantise(x)[None].astype(np.float32) / 255.0)[0]
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return self.predictor.predict(images, softmax=True)
+
+    def record(self, path: str, probs: np.ndarray) -> dict[str, Any]:
+        index = int(np.argmax(probs))
+        return {
+            "path": path,
+            "label": self.class_names[index],
+            "probability": float(probs[self.class_names.index(self.positive)]),
+            "positive": self.positive,
+            "probabilities": {c: float(p) for c, p in zip(self.class_names, probs)},
+        }
+
+    def run(self, paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
+        """(path, record | error) per input, in batches of the predictor's batch size."""
+        step = self.predictor.batch_size
+        for start in range(0, len(paths), step):
+            chunk, images, failed = paths[start : start + step], [], {}
+            for path in chunk:
+                try:
+                    images.append((path, self.load(path)))
+                except (InputError, OSError, ValueError) as exc:
+                    failed[path] = exc
+            probs = self.probabilities(np.stack([x for _, x in images])) if images else np.zeros((0, len(self.class_names)))
+            ready = {path: self.record(path, p) for (path, _), p in zip(images, probs)}
+            for path in chunk:
+                yield path, failed.get(path) or ready[path]
+
+
+def evaluate_folder(
+    data: Path | str | Sequence[Path | str],
+    model: Path | str,
+    *,
+    key: bytes | None = None,
+    positive: str | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    device: str | None = None,
+    precision: str | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Metrics of a cls checkpoint against class folders or a manifest (cls.metrics)."""
+    from medtools.cls.metrics import evaluate
+    from medtools.cls.train import image_rows
+
+    classifier = Classifier(model, key=key, device=device, precision=precision, batch_size=batch_size)
+    rows = image_rows(data)
+    unknown = sorted({r["class"] for r in rows} - set(classifier.class_names))
+    if unknown:
+        raise InputError(f"classes {unknown} are not the model's {classifier.class_names}")
+    records, truth, patients, errors = [], [], [], []
+    by_path = {r["image"]: r for r in rows}
+    for path, result in classifier.run([r["image"] for r in rows]):
+        if isinstance(result, Exception):
+            errors.append({"path": path, "error": str(result)})
+            continue
+        records.append(result)
+        truth.append(by_path[path]["class"])
+        patients.append(by_path[path]["patient"])
+    if not records:
+        raise InputError(f"no image could be classified ({errors[0]['error'] if errors else 'none found'})")
+    probs = np.array([[r["probabilities"][c] for c in classifier.class_names] for r in records])
+    metrics = evaluate(truth, probs, classifier.class_names, positive=positive or classifier.positive, patients=patients, bootstrap=bootstrap, seed=seed)
+    metrics["encryption"] = classifier.method
+    metrics["inputs"] = "plain, encrypted here with the key" if classifier.encryption is not None and classifier.method != "none" else "as given" if classifier.method != "none" else "plain"
+    metrics["errors"] = errors
+    return metrics
+
+
+def classify_command(
+    inputs: Sequence[str],
+    model: Path | str,
+    *,
+    key: bytes | None = None,
+    csv_output: bool = False,
+    output: Path | None = None,
+    batch_size: int = 32,
+    device: str | None = None,
+    precision: str | None = None,
+) -> int:
+    """``classify``: one JSON line (or CSV row) per image on stdout or in ``output``; exit code."""
+    import csv
+    import io
+    import json
+
+    from medtools.core import report
+    from medtools.core.inputs import expand_inputs
+    from medtools.core.io import RASTER_EXTS, atomic_path
+
+    classifier = Classifier(model, key=key, device=device, precision=precision, batch_size=batch_size)  # wrong key: exit 4 here
+    items = expand_inputs(inputs, exts=RASTER_EXTS)
+    lines: list[str] = []
+    columns = ["path", "label", "probability", *classifier.class_names]
+
+    def emit(line: str) -> None:
+        if output is None:
+            print(line, flush=True)
+        else:
+            lines.append(line)
+
+    if csv_output:
+        emit(",".join(columns))
+    outcome = report.ItemOutcome()
+    for path, result in report.progress(classifier.run([str(i.path) for i in items]), total=len(items), description="classify"):
+        if isinstance(result, Exception):
+            outcome.failed += 1
+            outcome.codes.append(getattr(result, "exit_code", 5))
+            report.error(f"{path}: {result}")
+            continue
+        outcome.ok += 1
+        if csv_output:
+            buffer = io.StringIO()
+            csv.writer(buffer, lineterminator="").writerow([result["path"], result["label"], f"{result['probability']:.6f}", *(f"{result['probabilities'][c]:.6f}" for c in classifier.class_names)])
+            emit(buffer.getvalue())
+        else:
+            emit(json.dumps(result))
+    if output is not None and outcome.ok:
+        with atomic_path(output) as tmp:
+            Path(tmp).write_text("\n".join(lines) + "\n")
+        report.log(f"wrote {output}")
+    return outcome.exit_code
