@@ -1,0 +1,321 @@
+"""Collaborative segmentation commands: ae-train, klt-keygen, klt-encode, umn-train, umn-map,
+klt-decode, collab-eval, collab-attack. Thin layer: parse flags, call one plain function.
+
+Key material never reaches stdout, stderr or --json: only key paths and public key ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from medtools.cliutil import (
+    BatchSize,
+    CheckpointOut,
+    Compile,
+    Device,
+    Epochs,
+    Inputs,
+    Json,
+    Lr,
+    Model,
+    Output,
+    Overwrite,
+    Precision,
+    Quiet,
+    Resume,
+    Seed,
+    Shard,
+    StepsPerEpoch,
+    Workers,
+    command,
+    emit_training_result,
+)
+from medtools.core import report
+
+KeyFile = Annotated[Path, typer.Option("-k", "--key", help="Client key file (klt-keygen; mode 0600).")]
+Widths = Annotated[str, typer.Option("--widths", help="Channels of each scale's stage, comma-separated.")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ae-train")(ae_train)
+    app.command("klt-keygen")(klt_keygen)
+    app.command("klt-encode")(klt_encode)
+    app.command("umn-train")(umn_train)
+    app.command("umn-map")(umn_map)
+    app.command("klt-decode")(klt_decode)
+    app.command("collab-eval")(collab_eval)
+    app.command("collab-attack")(collab_attack)
+
+
+def _ints(text: str | None, flag: str) -> list[int]:
+    from medtools.core.errors import UsageError
+
+    try:
+        return [int(t) for t in (text or "").split(",") if t.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def _finish(outcome: report.ItemOutcome, json_output: bool, record: report.RunRecord, extra: dict | None = None) -> int:
+    if json_output:
+        report.emit_jsonl({"summary": {"ok": outcome.ok, "failed": outcome.failed, "skipped": outcome.skipped, **(extra or {})}, "run": record.as_dict()})
+    return outcome.exit_code
+
+
+@command
+def ae_train(
+    inputs: Inputs,
+    output: CheckpointOut,
+    kind: Annotated[str, typer.Option("--kind", help="image (intensity AE) or mask (binary mask AE).")] = "image",
+    size: Annotated[int, typer.Option("--size", min=16, help="Images are resized to size×size (divisible by 2^scales).")] = 256,
+    widths: Widths = "32,64,128,256",
+    latent_channels: Annotated[str, typer.Option("--latent-channels", help="Latent channels of each scale (S/2, S/4, …).")] = "4,8,16,32",
+    latent_noise: Annotated[float, typer.Option("--latent-noise", min=0.0, help="Training noise on the latents (relative RMS) so decoding tolerates mapping errors.")] = 0.05,
+    epochs: Epochs = 30,
+    batch_size: BatchSize = None,
+    lr: Lr = 2e-3,
+    steps_per_epoch: StepsPerEpoch = None,
+    seed: Seed = 0,
+    device: Device = None,
+    precision: Precision = None,
+    compile: Compile = False,
+    workers: Workers = 0,
+    resume: Resume = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Train a client's skip-connected image or mask autoencoder with multi-scale latents."""
+    from medtools.collab.autoencoder import train_autoencoder
+
+    record = report.RunRecord(seed=seed)
+    result = train_autoencoder(
+        inputs, output, target=kind, size=size, widths=_ints(widths, "--widths"), latent_channels=_ints(latent_channels, "--latent-channels"),
+        latent_noise=latent_noise, epochs=epochs, batch_size=batch_size or 8, lr=lr, seed=seed, device=device, precision=precision,
+        compile=compile, workers=workers, resume=resume, steps_per_epoch=steps_per_epoch,
+    )
+    emit_training_result(result, json_output, record)
+    return 0
+
+
+@command
+def klt_keygen(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Key file to write (mode 0600).")],
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help="An ae-image/ae-mask checkpoint: the key fits its latent channels.")] = None,
+    latent_channels: Annotated[Optional[str], typer.Option("--latent-channels", help="Latent channels per scale, if no -m (default 4,8,16,32).")] = None,
+    bias_scale: Annotated[float, typer.Option("--bias-scale", min=0.0, help="Standard deviation of the bias b.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Reproducible key (tests and examples only; default: OS CSPRNG).")] = None,
+    overwrite: Overwrite = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Make a client key: per-scale random orthogonal Q (sign-fixed QR of a Gaussian) and bias b."""
+    from medtools.collab import klt
+    from medtools.core import ckpt
+    from medtools.core.errors import UsageError
+
+    if output.exists() and not overwrite:
+        raise UsageError(f"{output} exists; a key is not replaced unless --overwrite (latents protected with it would become undecodable)")
+    if model is not None:
+        channels = list(ckpt.load(model, kind=("ae-image", "ae-mask"), tensors=False).config["latent_channels"])
+    else:
+        channels = _ints(latent_channels or "4,8,16,32", "--latent-channels")
+    if seed is not None:
+        report.warn("--seed makes a reproducible key: anyone with the seed has the key (tests and examples only)")
+    key = klt.save_key(klt.generate(channels, seed=seed, bias_scale=bias_scale), output)
+    info = klt.load_key(key)
+    if json_output:
+        report.emit_json({"output": str(output), "key_id": info.key_id, "latent_channels": info.latent_channels, "seeded": info.seeded, "run": report.RunRecord(seed=None).as_dict()})
+    else:
+        report.emit_path(output)
+    return 0
+
+
+@command
+def klt_encode(
+    inputs: Inputs,
+    model: Model,
+    key: KeyFile,
+    output: Output = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Store latents in float16 (half the payload).")] = False,
+    batch_size: BatchSize = None,
+    shard: Shard = None,
+    device: Device = None,
+    precision: Precision = None,
+    overwrite: Overwrite = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Client: images (ae-image) or masks (ae-mask) → protected multi-scale latents (one .safetensors each)."""
+    from medtools.collab.latents import encode_images
+    from medtools.core.inputs import check_output_arg
+
+    record = report.RunRecord()
+    record.add_checkpoint(model)
+    total = {"payload_bytes": 0, "file_bytes": 0}
+
+    def on_result(item: dict) -> None:
+        total["payload_bytes"] += item["payload_bytes"]
+        total["file_bytes"] += item["file_bytes"]
+        report.emit_jsonl(item) if json_output else report.emit_path(item["output"])
+
+    outcome = encode_images(inputs, model, key, check_output_arg(output, 2), fp16=fp16, batch_size=batch_size or 16, device=device, precision=precision, overwrite=overwrite, shard=shard, on_result=on_result)
+    return _finish(outcome, json_output, record, total)
+
+
+@command
+def umn_train(
+    inputs: Annotated[list[str], typer.Argument(help="Protected latent files or folders (image and mask latents of several clients).", show_default=False)],
+    output: CheckpointOut,
+    keys: Annotated[Optional[Path], typer.Option("--keys", help="Folder (or file) of the clients' keys; without it the UMN learns in the protected space.")] = None,
+    widths: Widths = "32,64,128,256",
+    epochs: Epochs = 30,
+    batch_size: BatchSize = None,
+    lr: Lr = 2e-3,
+    steps_per_epoch: StepsPerEpoch = None,
+    seed: Seed = 0,
+    device: Device = None,
+    precision: Precision = None,
+    compile: Compile = False,
+    workers: Workers = 0,
+    resume: Resume = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Server: train the Unified Mapping Network on (image, mask) latent pairs of several clients."""
+    from medtools.collab.umn import train_umn
+
+    record = report.RunRecord(seed=seed)
+    result = train_umn(inputs, output, keys=keys, widths=_ints(widths, "--widths"), epochs=epochs, batch_size=batch_size or 8, lr=lr, seed=seed, device=device, precision=precision, compile=compile, workers=workers, resume=resume, steps_per_epoch=steps_per_epoch)
+    emit_training_result(result, json_output, record)
+    return 0
+
+
+@command
+def umn_map(
+    inputs: Inputs,
+    model: Model,
+    key: Annotated[Optional[Path], typer.Option("-k", "--key", help="The client's key (plain-space UMN; the seed's protocol).")] = None,
+    output: Output = None,
+    batch_size: BatchSize = None,
+    shard: Shard = None,
+    device: Device = None,
+    precision: Precision = None,
+    overwrite: Overwrite = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Server: protected image latents → protected mask latents (invert → map → re-apply)."""
+    from medtools.collab.umn import map_latents
+    from medtools.core.inputs import check_output_arg
+
+    record = report.RunRecord()
+    record.add_checkpoint(model)
+    outcome = map_latents(inputs, model, key, check_output_arg(output, 2), batch_size=batch_size or 16, device=device, precision=precision, overwrite=overwrite, shard=shard)
+    return _finish(outcome, json_output, record)
+
+
+@command
+def klt_decode(
+    inputs: Inputs,
+    model: Model,
+    key: Annotated[Optional[Path], typer.Option("-k", "--key", help="The client's key (omit to decode the latents as they are: an eavesdropper's view).")] = None,
+    output: Output = None,
+    batch_size: BatchSize = None,
+    shard: Shard = None,
+    device: Device = None,
+    precision: Precision = None,
+    overwrite: Overwrite = False,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Client: remove the transform and decode: masks (ae-mask, 0/255) or images (ae-image) in the input's size and format."""
+    from medtools.collab.latents import decode_latents
+    from medtools.core.inputs import check_output_arg
+
+    record = report.RunRecord()
+    record.add_checkpoint(model)
+    outcome = decode_latents(inputs, model, key, check_output_arg(output, 2), batch_size=batch_size or 16, device=device, precision=precision, overwrite=overwrite, shard=shard)
+    return _finish(outcome, json_output, record)
+
+
+@command
+def collab_eval(
+    pred: Annotated[Path, typer.Argument(help="Folder of decoded masks.", show_default=False)],
+    truth: Annotated[Path, typer.Option("--truth", help="Folder of ground-truth masks (matched by case name).")],
+    images: Annotated[Optional[Path], typer.Option("--images", help="Clean images, for --ae-image PSNR/SSIM.")] = None,
+    ae_image: Annotated[Optional[Path], typer.Option("--ae-image", help="Image autoencoder to score (PSNR/SSIM).")] = None,
+    ae_mask: Annotated[Optional[Path], typer.Option("--ae-mask", help="Mask autoencoder to score on --truth (PSNR, Dice).")] = None,
+    batch_size: BatchSize = None,
+    device: Device = None,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Dice/IoU of decoded masks (with empty and all-foreground baselines) and autoencoder quality."""
+    from medtools.collab.evaluate import evaluate
+
+    record = report.RunRecord()
+    for path in (ae_image, ae_mask):
+        if path is not None:
+            record.add_checkpoint(path)
+    result = evaluate(pred, truth, images=images, ae_image=ae_image, ae_mask=ae_mask, batch_size=batch_size or 16, device=device)
+    if json_output:
+        report.emit_json({**result, "run": record.as_dict()})
+    else:
+        print(f"dice {result['dice']:.4f}  iou {result['iou']:.4f}  cases {result['cases']}  (empty {result['baseline_empty_dice']:.4f}, all-foreground {result['baseline_full_dice']:.4f})")
+        for name in ("image_ae", "mask_ae"):
+            if name in result:
+                print(f"{name}: psnr {result[name]['psnr']:.2f} dB  ssim {result[name]['ssim']:.4f}")
+    return 0
+
+
+@command
+def collab_attack(
+    latents: Annotated[Optional[list[str]], typer.Argument(help="Victim's protected image latents (known-plaintext / eavesdropper attacks).", show_default=False)] = None,
+    images: Annotated[Optional[Path], typer.Option("--images", help="Victim's clean images (the first --known are the attacker's known plaintexts; the rest are scored).")] = None,
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help="Attacker's ae-image: the victim's (exact pairs) or a surrogate trained on public images.")] = None,
+    known: Annotated[int, typer.Option("--known", min=1, help="Known plaintext images.")] = 1,
+    known_pairs: Annotated[Optional[str], typer.Option("--known-pairs", help="Pixel pairs per scale to try, comma-separated (default d/2, d, d+1, 2d, 4(d+1), all).")] = None,
+    true_key: Annotated[Optional[Path], typer.Option("--true-key", help="Evaluator only: the victim's key, to report key-recovery error.")] = None,
+    umn: Annotated[Optional[Path], typer.Option("--umn", help="Membership inference on this UMN (needs --members, --nonmembers).")] = None,
+    members: Annotated[Optional[list[Path]], typer.Option("--members", help="Latent pairs the UMN was trained on.")] = None,
+    nonmembers: Annotated[Optional[list[Path]], typer.Option("--nonmembers", help="Latent pairs of held-out patients.")] = None,
+    keys: Annotated[Optional[Path], typer.Option("--keys", help="Keys for the membership attack (the server's view).")] = None,
+    seed: Seed = 0,
+    batch_size: BatchSize = None,
+    device: Device = None,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Attack protected latents: no key, wrong key, known-plaintext key recovery (--known-pairs); MIA on the UMN (--umn)."""
+    from medtools.collab import attacks
+    from medtools.core.errors import UsageError
+
+    record = report.RunRecord(seed=seed)
+    result: dict = {}
+    if latents:
+        if images is None or model is None:
+            raise UsageError("the latent attacks need --images (the victim's clean images) and -m (the attacker's ae-image)")
+        record.add_checkpoint(model)
+        result["latent_attacks"] = attacks.attack_latents(latents, images, model, known=known, known_pairs=_ints(known_pairs, "--known-pairs"), key=true_key, seed=seed, batch_size=batch_size or 16, device=device)
+    if umn is not None:
+        if not members or not nonmembers:
+            raise UsageError("--umn needs --members and --nonmembers latent folders")
+        record.add_checkpoint(umn)
+        result["membership"] = attacks.membership(members, nonmembers, umn, keys=keys, batch_size=batch_size or 16, device=device)
+    if not result:
+        raise UsageError("nothing to attack: give protected LATENTS (with --images, -m) and/or --umn with --members/--nonmembers")
+    if json_output:
+        report.emit_json({**result, "run": record.as_dict()})
+    else:
+        la = result.get("latent_attacks")
+        if la:
+            print(f"no key {la['no_key_psnr']:.2f} dB  wrong key {la['wrong_key_psnr']:.2f} dB  mean image {la['mean_image_psnr']:.2f} dB" + (f"  with key {la['with_key_psnr']:.2f} dB" if "with_key_psnr" in la else ""))
+            for row in la["known_plaintext"]:
+                print(f"known-plaintext pairs {row['pairs']:>6}: psnr {row['psnr']:.2f} dB" + (f"  key error {row['key_error']:.2e}" if "key_error" in row else ""))
+            print(f"protection falls at {la['falls_at_pairs']} pairs per scale ({la['pairs_per_known_image']} pairs per known image)")
+        if "membership" in result:
+            print(f"MIA AUC {result['membership']['auc']:.4f} (0.5 = chance)")
+    return 0

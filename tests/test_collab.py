@@ -1,0 +1,194 @@
+"""Collaborative segmentation: KLT units, attacks' claims, and one end-to-end CLI pipeline."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+
+def disk_phantoms(root: Path, n: int, size: int, seed: int) -> Path:
+    """An easy case: one bright noisy ellipse per image, its mask the ellipse."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        r = rng.uniform(0.18, 0.32) * size
+        cy, cx = rng.uniform(r, size - r, 2)
+        mask = ((yy - cy) ** 2 / 1.2 + (xx - cx) ** 2 / 0.8) < r * r
+        image = 0.15 + 0.6 * mask + rng.normal(0, 0.08, (size, size))
+        Image.fromarray(np.clip(image * 255, 0, 255).astype(np.uint8)).save(root / "images" / f"c{i:02d}.png")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(root / "masks" / f"c{i:02d}_mask.png")
+    return root
+
+
+# ---------------------------------------------------------------- KLT units
+
+
+def test_q_is_orthogonal_and_round_trip_is_exact():
+    from medtools.collab import klt
+
+    key = klt.generate([3, 8, 16], seed=5)
+    for q in key.q:
+        assert np.abs(q.T @ q - np.eye(len(q))).max() < 1e-6
+        assert np.all(np.diag(np.linalg.qr(q)[1]) != 0)
+    rng = np.random.default_rng(0)
+    z = [rng.normal(0, 3, (4, c, 8 >> k, 8 >> k)).astype(np.float32) for k, c in enumerate([3, 8, 16])]
+    zp = [p.astype(np.float32) for p in klt.apply(key, z)]
+    assert max(np.abs(a - b).max() for a, b in zip(zp, z)) > 0.5  # it does change the latents
+    back = klt.invert(key, zp)
+    assert max(np.abs(a - b).max() for a, b in zip(back, z)) < 1e-5
+
+
+def test_keys_are_random_unless_seeded_and_files_are_private(tmp_path):
+    from medtools.collab import klt
+    from medtools.core.errors import CheckpointError
+
+    assert klt.generate([4], seed=1).key_id == klt.generate([4], seed=1).key_id
+    a, b = klt.generate([4, 8]), klt.generate([4, 8])
+    assert a.key_id != b.key_id and not np.allclose(a.q[1], b.q[1])
+    path = klt.save_key(a, tmp_path / "k.key")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    loaded = klt.load_key(path)
+    assert loaded.key_id == a.key_id and np.array_equal(loaded.q[1], a.q[1])
+    # tampered key tensors are refused
+    from medtools.core import ckpt
+
+    saved = ckpt.load(path, kind="klt-key")
+    saved.tensors["b.0"] = saved.tensors["b.0"] + 1
+    ckpt.save(tmp_path / "bad.key", saved.tensors, kind="klt-key", config=saved.config)
+    with pytest.raises(CheckpointError, match="do not match"):
+        klt.load_key(tmp_path / "bad.key")
+
+
+def test_known_plaintext_recovers_key_from_d_plus_1_pairs_and_fails_with_half():
+    from medtools.collab import attacks, klt
+
+    d = 16
+    key = klt.generate([d], seed=3)
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 1, (1, d, 8, 8))
+    zp = klt.apply(key, [z])[0]
+    pz, pp = attacks.pixel_pairs([z])[0], attacks.pixel_pairs([zp])[0]
+    exact = attacks.known_plaintext(pz[: d + 1], pp[: d + 1], key.q[0], key.b[0])
+    assert exact["key_error"] < 1e-8 and exact["bias_error"] < 1e-8
+    half = attacks.known_plaintext(pz[: d // 2], pp[: d // 2], key.q[0], key.b[0])
+    assert half["key_error"] > 0.3
+    recovered = attacks.invert_affine(exact["a"], exact["b"], pp[d + 1 :])
+    assert np.abs(recovered - pz[d + 1 :]).max() < 1e-8
+
+
+def test_membership_auc_is_oriented_so_half_is_chance():
+    from medtools.collab.attacks import auc
+
+    rng = np.random.default_rng(0)
+    same = auc(rng.normal(0, 1, 400), rng.normal(0, 1, 400))
+    assert abs(same - 0.5) < 0.06
+    assert auc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0  # members score higher → 1
+    assert auc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+
+
+def test_networks_pack_and_map_shapes():
+    import torch
+
+    from medtools.collab.autoencoder import build_autoencoder, latent_shapes, pack, payload_numbers, unpack
+    from medtools.collab.umn import build_umn
+
+    ae = build_autoencoder(widths=[8, 16, 32], latent_channels=[2, 4, 8], image_size=32)
+    x = torch.rand(2, 1, 32, 32)
+    z = ae.encode(x)
+    assert [tuple(t.shape[1:]) for t in z] == latent_shapes([2, 4, 8], 32)
+    packed = pack(z)
+    assert packed.shape == (2, payload_numbers([2, 4, 8], 32))
+    assert all(torch.equal(a, b) for a, b in zip(unpack(packed, ae.shapes), z))
+    assert ae(x).shape == x.shape
+    umn = build_umn(in_channels=[2, 4, 8], out_channels=[2, 4, 8], image_size=32, widths=[8, 16, 32])
+    assert umn(packed).shape == packed.shape
+    assert payload_numbers([4, 8, 16, 32], 256) * 4 <= 0.88e6  # the default 256² payload meets the goal
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """Two clients (A, B keys), one server: the whole protocol through the CLI, 32² phantoms."""
+    root = tmp_path_factory.mktemp("collab")
+    train = disk_phantoms(root / "train", 16, 32, seed=0)
+    test = disk_phantoms(root / "test", 6, 32, seed=1)
+    net = ["--size", "32", "--widths", "8,16,32", "--latent-channels", "2,4,8", "--epochs", "8", "--batch-size", "8", "--lr", "3e-3", "-q"]
+    run_cli("ae-train", train / "images", "--kind", "image", "-o", root / "ae-image.safetensors", *net, check=True)
+    run_cli("ae-train", train / "masks", "--kind", "mask", "-o", root / "ae-mask.safetensors", *net, check=True)
+    keygen = run_cli("klt-keygen", "-o", root / "keys" / "a.key", "-m", root / "ae-image.safetensors", "--json", check=True)
+    run_cli("klt-keygen", "-o", root / "keys" / "b.key", "-m", root / "ae-image.safetensors", "-q", check=True)
+    encoded = run_cli("klt-encode", train / "images", "-m", root / "ae-image.safetensors", "-k", root / "keys" / "a.key", "-o", root / "lat" / "img", "--json", check=True)
+    run_cli("klt-encode", train / "masks", "-m", root / "ae-mask.safetensors", "-k", root / "keys" / "a.key", "-o", root / "lat" / "mask", "-q", check=True)
+    run_cli("umn-train", root / "lat", "--keys", root / "keys", "-o", root / "umn.safetensors", "--widths", "8,16,32", "--epochs", "8", "--lr", "3e-3", "-q", check=True)
+    run_cli("klt-encode", test / "images", "-m", root / "ae-image.safetensors", "-k", root / "keys" / "a.key", "-o", root / "test-lat", "--fp16", "-q", check=True)
+    mapped = run_cli("umn-map", root / "test-lat", "-m", root / "umn.safetensors", "-k", root / "keys" / "a.key", "-o", root / "mapped", check=True)
+    run_cli("klt-decode", root / "mapped", "-m", root / "ae-mask.safetensors", "-k", root / "keys" / "a.key", "-o", root / "pred", "-q", check=True)
+    wrong = run_cli("klt-decode", root / "mapped", "-m", root / "ae-mask.safetensors", "-k", root / "keys" / "b.key", "-o", root / "pred-wrong", check=True)
+    return {"root": root, "train": train, "test": test, "keygen": keygen, "encoded": encoded, "mapped": mapped, "wrong": wrong}
+
+
+def _eval(pred: Path, truth: Path, *extra) -> dict:
+    return json.loads(run_cli("collab-eval", pred, "--truth", truth, "--json", *extra, check=True).stdout)
+
+
+def test_pipeline_beats_trivial_masks_and_wrong_key_is_garbage(pipeline):
+    root, test = pipeline["root"], pipeline["test"]
+    assert len(pipeline["mapped"].stdout.split()) == 6
+    good = _eval(root / "pred", test / "masks", "--ae-mask", root / "ae-mask.safetensors", "--ae-image", root / "ae-image.safetensors", "--images", test / "images")
+    assert good["cases"] == 6
+    assert good["dice"] > max(good["baseline_empty_dice"], good["baseline_full_dice"]) + 0.2, good
+    assert good["image_ae"]["psnr"] > 12 and good["mask_ae"]["dice"] > 0.5
+    bad = _eval(root / "pred-wrong", test / "masks")
+    assert bad["dice"] < good["dice"] - 0.3, bad
+    assert "expect garbage" in pipeline["wrong"].stderr
+    from PIL import Image
+
+    decoded = np.asarray(Image.open(root / "pred" / "c00.png"))
+    assert decoded.shape == (32, 32) and set(np.unique(decoded)) <= {0, 255}
+
+
+def test_key_never_logged_and_payload_matches_files(pipeline):
+    from medtools.collab import klt
+
+    root = pipeline["root"]
+    key = klt.load_key(root / "keys" / "a.key")
+    out = pipeline["keygen"].stdout + pipeline["keygen"].stderr + pipeline["encoded"].stdout + pipeline["encoded"].stderr
+    info = json.loads(pipeline["keygen"].stdout)
+    assert info["key_id"] == key.key_id and stat.S_IMODE((root / "keys" / "a.key").stat().st_mode) == 0o600
+    assert f"{key.b[0][0]:.5f}" not in out and f"{key.q[2][0, 0]:.5f}" not in out and "q.0" not in out
+    lines = [json.loads(line) for line in pipeline["encoded"].stdout.splitlines()]
+    items, summary = lines[:-1], lines[-1]["summary"]
+    assert len(items) == 16 and summary["ok"] == 16
+    for item in items:
+        assert Path(item["output"]).stat().st_size == item["file_bytes"]
+        assert item["payload_bytes"] == 4 * (2 * 16 * 16 + 4 * 8 * 8 + 8 * 4 * 4)
+    fp16 = sorted((root / "test-lat").glob("*.safetensors"))[0]
+    assert fp16.stat().st_size < items[0]["file_bytes"]
+
+
+def test_collab_attack_recovers_key_from_one_known_image_and_membership_runs(pipeline):
+    root, train = pipeline["root"], pipeline["train"]
+    proc = run_cli(
+        "collab-attack", root / "lat" / "img", "--images", train / "images", "-m", root / "ae-image.safetensors", "--true-key", root / "keys" / "a.key",
+        "--known", "2", "--known-pairs", "4,9,32", "--umn", root / "umn.safetensors", "--members", root / "lat", "--nonmembers", root / "lat", "--keys", root / "keys", "--json", check=True,
+    )
+    result = json.loads(proc.stdout)
+    rows = {r["pairs"]: r for r in result["latent_attacks"]["known_plaintext"]}
+    assert rows[4]["key_error"] > 0.1  # fewer than d + 1 = 9 pairs at the widest scale: undetermined
+    assert rows[9]["key_error"] < 1e-4 and rows[32]["latent_error"] < 1e-4
+    assert result["latent_attacks"]["falls_at_pairs"] == 9
+    assert abs(rows[32]["psnr"] - result["latent_attacks"]["with_key_psnr"]) < 0.05
+    assert result["latent_attacks"]["no_key_psnr"] < result["latent_attacks"]["with_key_psnr"]
+    assert result["membership"]["auc"] == pytest.approx(0.5)  # the same cases on both sides: chance exactly
