@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -177,6 +178,45 @@ def test_segment_nifti_and_png_keep_format_and_shape(served, world):
 
     png.write_bytes(base64.b64decode(page["label_map"]))
     assert read_image(png).array.shape == (48, 40)
+
+
+@needs_segment_images
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: the page's script is not exercised")
+def test_page_script_draws_the_overlay(served, world, tmp_path):
+    """The page's app.js (in Node, minimal DOM): log-in, segment answer → overlay pixels on the canvas."""
+    import base64
+    import gzip
+
+    import nibabel as nib
+
+    client, _ = served
+    headers = _login(client)
+    answer = client.post("/v1/segment?response=json", files={"file": ("case.nii.gz", (world / "case.nii.gz").read_bytes())}, headers=headers).json()
+    shape = answer["preview"]["shape"]
+    assert shape == [6, 40, 36]
+    labels = np.frombuffer(base64.b64decode(answer["preview"]["labels"]), np.uint8).reshape(shape)
+    label_map = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(answer["label_map"]))).dataobj)
+    assert np.array_equal(labels, np.moveaxis(label_map, 2, 0))  # the preview is the label map
+    # a known pattern so the colours can be checked whatever the tiny model predicted
+    pattern = np.zeros(shape, np.uint8)
+    pattern[4, 5:15, 8:20] = 1
+    pattern[2, 0:3, 0:3] = 2
+    answer["preview"]["labels"] = base64.b64encode(pattern.tobytes()).decode()
+    (tmp_path / "answers.json").write_text(json.dumps({"password": PASSWORD, "version": client.get("/v1/version").json(), "segment": answer}))
+    app_js = Path(__file__).resolve().parents[1] / "medtools" / "serve" / "static" / "app.js"
+    proc = subprocess.run(["node", str(Path(__file__).with_name("serve_page.js")), str(app_js), str(tmp_path / "answers.json")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    page = json.loads(proc.stdout)
+    assert page["login_shown_first"] and page["wrong_password_message"] == "Log-in failed." and page["app_shown"]
+    assert page["model"] == "tiny-seg" and page["status"] == "Done: case_seg.nii.gz" and "mL" in page["volume"]
+    assert page["slice"] == 4 and page["slice_max"] == 5  # starts on the slice with the most tumour
+    rgba = np.frombuffer(base64.b64decode(page["rgba"]), np.uint8).reshape(40, 36, 4).astype(int)
+    gray = np.frombuffer(base64.b64decode(answer["preview"]["image"]), np.uint8).reshape(shape)[4].astype(int)
+    inside = pattern[4] == 1
+    assert np.all(np.abs(rgba[inside, 0] - (gray[inside] + 255) / 2) <= 1)  # red at opacity 0.5
+    assert np.all(np.abs(rgba[inside, 1] - gray[inside] / 2) <= 1)
+    assert np.array_equal(rgba[~inside, 0], gray[~inside]) and np.array_equal(rgba[~inside, 2], gray[~inside])
+    assert np.all(rgba[..., 3] == 255)
 
 
 def test_segment_errors_are_the_cli_reasons(served):
