@@ -435,8 +435,8 @@ def build(models_dir: Path, store: Path, *, audit_log: Path | None = None, ttl: 
     """Load models and key store once → (ASGI app with the body limit, state)."""
     from medtools.serve.auth import DEFAULT_MAX_FAILURES, DEFAULT_TTL, RateLimiter
 
+    auth = Authenticator(store, audit_log=audit_log, ttl=ttl or DEFAULT_TTL, limiter=RateLimiter(max_failures or DEFAULT_MAX_FAILURES))  # cheap: first
     models = backends.load_models(models_dir, device=device, precision=precision)
-    auth = Authenticator(store, audit_log=audit_log, ttl=ttl or DEFAULT_TTL, limiter=RateLimiter(max_failures or DEFAULT_MAX_FAILURES))
     root = Path(tempfile.mkdtemp(prefix="medtools-serve-"))
     os.chmod(root, 0o700)
     state = ServeState(models=models, auth=auth, max_upload=max_upload or DEFAULT_MAX_UPLOAD, tmp_root=root)
