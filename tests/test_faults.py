@@ -223,7 +223,7 @@ def test_row12_output_inside_the_input_folder_is_never_reread(tmp_path):
     for i in range(3):
         _nan_volume(src / f"v{i}.nii.gz", bad=0)
     first = run_cli("convert", src, "-o", src / "out", "--to", "npy", check=True).stdout.split()
-    assert len(first) == 3
+    assert len([p for p in first if p.endswith(".npy")]) == 3
     for _ in range(2):
         again = run_cli("convert", src, "-o", src / "out", "--to", "npy", check=True)
         assert again.stdout == ""  # nothing to do: the outputs are not inputs

@@ -82,7 +82,8 @@ def test_wrong_password_exits_4_writes_nothing_and_audit_log_has_no_secret(tmp_p
     for extra in ([], ["--user", "alice"]):
         proc = run_cli("decrypt", tmp_path / "enc", "-o", tmp_path / "dec", "--store", store, "--password-file", wrong, "--audit-log", log, *extra)
         assert proc.returncode == 4, proc.stderr
-        assert not any(p.is_file() for p in (tmp_path / "dec").rglob("*")) if (tmp_path / "dec").exists() else True
+        assert "wrong password" in proc.stderr, proc.stderr  # also without --user: never "tried: none"
+        assert [p for p in (tmp_path / "dec").rglob("*") if p.is_file()] == []  # no output, no temp file (a missing folder globs empty)
     env_ok = run_cli("decrypt", tmp_path / "enc", "-o", tmp_path / "ok", "--store", store, "--audit-log", log, env={"MEDTOOLS_PASSWORD": "alice-correct-horse"})
     assert env_ok.returncode == 0, env_ok.stderr
     run_cli("decrypt", tmp_path / "enc" / "notes.txt.mte", "-o", tmp_path / "bykey.txt", "--key", key, "--audit-log", log, check=True)
