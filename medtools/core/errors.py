@@ -11,7 +11,10 @@ EXIT_USAGE = 2  # bad flag, missing argument, impossible request
 EXIT_CHECKPOINT = 3  # model/checkpoint missing, corrupt, wrong kind, incompatible
 EXIT_INTEGRITY = 4  # wrong password, tampered ciphertext, Merkle mismatch
 EXIT_NO_INPUT = 5  # nothing found, unreadable or invalid data
-EXIT_INTERRUPTED = 130
+EXIT_SIGNAL_BASE = 128  # killed by signal n: 128 + n (core/signals.py)
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
+EXIT_HANGUP = 129  # SIGHUP
+EXIT_TERMINATED = 143  # SIGTERM (kill, Slurm preemption, timeout)
 
 EXIT_TABLE = {
     EXIT_OK: "success",
@@ -20,7 +23,9 @@ EXIT_TABLE = {
     EXIT_CHECKPOINT: "model/checkpoint problem: missing, corrupt, wrong kind, incompatible config",
     EXIT_INTEGRITY: "authentication or integrity failure: wrong password, tampered ciphertext, Merkle mismatch",
     EXIT_NO_INPUT: "no usable input: nothing found, unreadable or invalid data",
-    EXIT_INTERRUPTED: "interrupted (Ctrl-C); partial outputs are removed",
+    EXIT_HANGUP: "hung up (SIGHUP); partial outputs are removed",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGINT); partial outputs are removed",
+    EXIT_TERMINATED: "terminated (SIGTERM); partial outputs are removed",
 }
 
 
