@@ -317,3 +317,46 @@ def test_real_server_parallel_clients_and_sigterm(world, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_index_score_is_the_server_half_of_index_query(served, world, tmp_path):
+    """/v1/index/score on an encrypted query gives the scores `index query` computes locally."""
+    pytest.importorskip("tenseal")
+    pytest.importorskip("medtools.index.store")
+    import base64
+
+    from fastapi.testclient import TestClient
+
+    from medtools.core.inputs import expand_inputs
+    from medtools.core.predict import Predictor
+    from medtools.index import he
+    from medtools.index import features as feats
+    from medtools.index.store import build as build_index
+    from medtools.index.store import query as local_query
+    from medtools.serve.app import ServeState, create_app
+    from medtools.serve.backends import IndexService
+
+    _, state = served
+    he.keygen(tmp_path / "ctx", preset="n4096")
+    model = world / "models" / "tiny-seg.safetensors"
+    images = [world / f"slice{i}.png" for i in range(4)]
+    build_index(expand_inputs([str(p) for p in images]), model=model, public=tmp_path / "ctx" / "public", output=tmp_path / "idx", device="cpu")
+    with pytest.raises(Exception, match="secret key"):
+        IndexService.open(tmp_path / "idx", tmp_path / "ctx" / "secret")
+    client = TestClient(create_app(ServeState(models=state.models, auth=state.auth, index=IndexService.open(tmp_path / "idx", tmp_path / "ctx" / "public"), tmp_root=state.tmp_root)))
+    headers = _login(client)
+    assert client.get("/v1/index").status_code == 401
+    manifest = client.get("/v1/index", headers=headers).json()
+    assert len(manifest["entries"]) == 4
+    # the client: its secret context, its features, its encrypted query
+    secret = he.load_context(tmp_path / "ctx" / "secret", secret=True)
+    predictor = Predictor(model, kind="seg", device="cpu")
+    vector = feats.embed_arrays(predictor, feats.load(predictor, images[2])[None])[0]
+    reply = client.post("/v1/index/score", files={"query": ("q.bin", he.encrypt_query(secret, vector))}, headers=headers)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["root"] == manifest["root"]
+    scores = np.concatenate([he.decrypt_scores(secret, base64.b64decode(b["scores"])) for b in reply.json()["blocks"]])
+    local = local_query(images[2], index_folder=tmp_path / "idx", secret=tmp_path / "ctx" / "secret", k=4, plain_query=True, device="cpu")
+    by_id = {e["id"]: scores[i] for i, e in enumerate(manifest["entries"])}
+    assert [h["id"] for h in local["hits"]] == sorted(by_id, key=lambda i: -by_id[i])
+    assert all(abs(by_id[h["id"]] - h["score"]) < 1e-3 for h in local["hits"])

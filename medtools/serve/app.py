@@ -19,7 +19,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -41,6 +41,7 @@ class ServeState:
 
     models: dict[str, backends.LoadedModel]
     auth: Authenticator
+    index: Optional[backends.IndexService] = None
     max_upload: int = DEFAULT_MAX_UPLOAD
     tmp_root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="medtools-serve-")))
 
@@ -221,7 +222,7 @@ def run_segment(state: ServeState, uploads: list[Any], model_name: str | None) -
 
 def create_app(state: ServeState):
     """The FastAPI app over ``state`` (models and key store loaded once)."""
-    from typing import Annotated, Optional
+    from typing import Annotated
 
     from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
     from fastapi.responses import FileResponse, JSONResponse, Response
@@ -422,6 +423,19 @@ def create_app(state: ServeState):
                 raise InputError(records[0]["error"])
             return {"model": chosen.name, "model_sha256": chosen.sha256, "results": records}
 
+    if state.index is not None:
+        endpoints += ["index", "index/score"]
+
+        @app.get(f"{API}/index", tags=["index"])
+        def index_manifest(session: Doctor) -> Any:
+            """The index manifest (entries, block SHA-256s, Merkle root, model): what the client verifies hits against."""
+            return state.index.index().data
+
+        @app.post(f"{API}/index/score", tags=["index"])
+        def index_score(session: Doctor, query: Annotated[UploadFile, File(description="An encrypted query (medtools.index.he.encrypt_query, made with the client's secret context).")]) -> Any:
+            """The server half of `medtools index query`: every block's encrypted scores; only the client can decrypt them."""
+            return state.index.score(query.file.read())
+
     # -- the page
     @app.get("/", include_in_schema=False)
     def page() -> Any:
@@ -431,13 +445,16 @@ def create_app(state: ServeState):
     return app
 
 
-def build(models_dir: Path, store: Path, *, audit_log: Path | None = None, ttl: float | None = None, max_failures: int | None = None, max_upload: int | None = None, device: str | None = None, precision: str | None = None):
+def build(models_dir: Path, store: Path, *, index: Path | None = None, public: Path | None = None, audit_log: Path | None = None, ttl: float | None = None, max_failures: int | None = None, max_upload: int | None = None, device: str | None = None, precision: str | None = None):
     """Load models and key store once → (ASGI app with the body limit, state)."""
     from medtools.serve.auth import DEFAULT_MAX_FAILURES, DEFAULT_TTL, RateLimiter
 
     auth = Authenticator(store, audit_log=audit_log, ttl=ttl or DEFAULT_TTL, limiter=RateLimiter(max_failures or DEFAULT_MAX_FAILURES))  # cheap: first
+    if (index is None) != (public is None):
+        raise UsageError("--index DIR and --public CTX go together (the index and its public CKKS context)")
+    index_service = backends.IndexService.open(index, public) if index is not None else None
     models = backends.load_models(models_dir, device=device, precision=precision)
     root = Path(tempfile.mkdtemp(prefix="medtools-serve-"))
     os.chmod(root, 0o700)
-    state = ServeState(models=models, auth=auth, max_upload=max_upload or DEFAULT_MAX_UPLOAD, tmp_root=root)
+    state = ServeState(models=models, auth=auth, index=index_service, max_upload=max_upload or DEFAULT_MAX_UPLOAD, tmp_root=root)
     return BodyLimit(create_app(state), state.max_upload), state

@@ -24,6 +24,9 @@ from medtools.core.errors import CheckpointError
 FAMILY_FUNCTIONS: dict[str, tuple[str, str]] = {
     "segment": ("medtools.brain.segment", "segment_images"),
     "classify": ("medtools.cls.classify", "Classifier"),  # a loaded cls model: .run(paths) as `classify`
+    "index": ("medtools.index.store", "Index"),  # the index manifest (Index.load)
+    "index-context": ("medtools.index.he", "load_context"),  # the server's public CKKS context
+    "index-score": ("medtools.index.he", "score_block"),  # the server half of `index query`
 }
 
 # which model kinds each endpoint serves
@@ -112,3 +115,51 @@ def pick_model(models: dict[str, LoadedModel], endpoint: str, name: str | None) 
     if not fitting:
         raise UsageError(f"no {'/'.join(kinds)} model is loaded (start serve with a --models folder holding one)")
     return fitting[0]
+
+
+@dataclass
+class IndexService:
+    """The server half of ``medtools index query``: the index folder and its public context.
+
+    The manifest is re-read per request (``index add`` may grow it while serving); the
+    public context is loaded once. The secret context never reaches the server: a context
+    holding the secret key is refused at start-up (exit 2), as by ``index build``.
+    """
+
+    folder: Path
+    context: Any
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def open(cls, folder: Path | str, public: Path | str) -> "IndexService":
+        from medtools.core.errors import UsageError
+
+        index_cls, load_context = family_function("index"), family_function("index-context")
+        if index_cls is None or load_context is None:
+            raise UsageError("--index needs the index family (medtools.index) and TenSEAL: pip install 'medtools[he]'")
+        context = load_context(Path(public), secret=False)
+        service = cls(Path(folder), context)
+        index = service.index()
+        if index.data["key_id"] != context.key_id:
+            from medtools.core.errors import IntegrityError
+
+            raise IntegrityError(f"--public {public} is key {context.key_id}, the index {folder} is encrypted for key {index.data['key_id']}")
+        return service
+
+    def index(self):
+        return family_function("index").load(self.folder)
+
+    def score(self, query: bytes) -> dict[str, Any]:
+        """Encrypted scores of every block against an encrypted query (what `index query` sends)."""
+        import base64
+
+        score_block = family_function("index-score")
+        index = self.index()
+        with self.lock:
+            replies = [score_block(self.context, index.block_path(b).read_bytes(), query=query) for b in range(len(index.blocks))]
+        return {
+            "root": index.root,
+            "key_id": index.data["key_id"],
+            "entries": len(index.entries),
+            "blocks": [{"block": b, "count": int(index.blocks[b]["count"]), "scores": base64.b64encode(r).decode()} for b, r in enumerate(replies)],
+        }

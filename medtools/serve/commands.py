@@ -20,6 +20,8 @@ def serve(
     store: Annotated[Path, typer.Option("--store", help="Key store of `medtools keys`: its doctors log in with their passwords.")],
     host: Annotated[str, typer.Option("--host", help="Address to bind (default loopback only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port (0: a free one; the address is printed on stderr).", min=0, max=65535)] = 8000,
+    index: Annotated[Optional[Path], typer.Option("--index", help="An encrypted index folder (`medtools index build`): /v1/index/score scores encrypted queries on it.")] = None,
+    public: Annotated[Optional[Path], typer.Option("--public", help="The index's public CKKS context (ctx/public; a secret context is refused).")] = None,
     audit_log: Annotated[Optional[Path], typer.Option("--audit-log", help="JSON Lines audit of log-ins, encrypts and decrypts (default STORE.audit.jsonl).")] = None,
     token_ttl: Annotated[Optional[float], typer.Option("--token-ttl", help="Session lifetime in seconds (default 900).", min=1)] = None,
     max_failures: Annotated[Optional[int], typer.Option("--max-failures", help="Failed log-ins per user and per client in 5 minutes before 429 (default 5).", min=1)] = None,
@@ -41,4 +43,4 @@ def serve(
         raise UsageError(f"medtools serve needs {exc.name}: pip install 'medtools[serve]'") from None
     from medtools.serve.server import serve as run
 
-    return run(models=models, store=store, host=host, port=port, audit_log=audit_log, token_ttl=token_ttl, max_failures=max_failures, max_upload_mb=max_upload_mb, device=device, precision=precision)
+    return run(models=models, store=store, host=host, port=port, index=index, public=public, audit_log=audit_log, token_ttl=token_ttl, max_failures=max_failures, max_upload_mb=max_upload_mb, device=device, precision=precision)

@@ -52,6 +52,8 @@ def serve(
     store: Path,
     host: str = LOOPBACK,
     port: int = 8000,
+    index: Path | None = None,
+    public: Path | None = None,
     audit_log: Path | None = None,
     token_ttl: float | None = None,
     max_failures: int | None = None,
@@ -66,7 +68,7 @@ def serve(
 
     audit_log = audit_log if audit_log is not None else Path(store).with_name(Path(store).name + ".audit.jsonl")
     app, state = build(
-        models, store, audit_log=audit_log, ttl=token_ttl, max_failures=max_failures,
+        models, store, index=index, public=public, audit_log=audit_log, ttl=token_ttl, max_failures=max_failures,
         max_upload=int(max_upload_mb * 1024 * 1024) if max_upload_mb else None, device=device, precision=precision,
     )
     try:
@@ -77,6 +79,8 @@ def serve(
         shown = f"[{host}]" if ":" in host else host
         names = ", ".join(f"{m.name} ({m.kind})" for m in state.models.values())
         report.log(f"medtools serve: {len(state.models)} model(s) loaded: {names}; audit log {audit_log}")
+        if state.index is not None:
+            report.log(f"medtools serve: encrypted index {index} (scores only; the secret context stays with the client)")
         # the address is printed even with -q: scripts read it (e.g. with --port 0)
         print(f"medtools serve: listening on http://{shown}:{actual} (API docs at http://{shown}:{actual}/docs)", file=sys.stderr, flush=True)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
