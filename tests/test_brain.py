@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from medtools.core.io import normalise_intensity, read_image
+from medtools.core.io import read_image
+from medtools.core.preprocess import normalise_intensity
 
 SEG_FLAGS = ["--encoder", "resnet18", "--size", "64", "--epochs", "4", "--steps-per-epoch", "10", "-b", "8", "--modalities", "flair,t1ce", "-q"]
 REID_FLAGS = ["--size", "64", "--epochs", "5", "--steps-per-epoch", "20", "-b", "16", "--modalities", "flair,t1ce", "-q"]
@@ -111,21 +112,21 @@ def test_protect_keeps_segmentation_better_than_random_noise(trained, brain_phan
 
     from medtools.brain.cases import resolve_cases, load_case
     from medtools.brain.pgd import load_attackers, pgd_delta
-    from medtools.brain.segment import Segmenter
+    from medtools.brain.segment import load_segmenter
 
-    seg = Segmenter(trained / "seg.safetensors", device="cpu")
+    seg = load_segmenter(trained / "seg.safetensors", device="cpu")
     attacker = load_attackers([trained / "reid.safetensors"], torch.device("cpu"))[0]
     case = resolve_cases([str(sorted(brain_phantom.iterdir())[0])])[0]
     slices = load_case(case, ["flair", "t1ce"], seg.norm).slices
     x = torch.from_numpy(slices)
     eps = 0.05
-    delta = pgd_delta(x, [(attacker, [0, 1])], eps=eps, steps=5, step_size=0.0125, objective="untargeted", identity=[None], utility=(seg.model, seg.size, [0, 1]), utility_weight=1.0, generator=torch.Generator().manual_seed(0))
+    delta = pgd_delta(x, [(attacker, [0, 1])], eps=eps, steps=5, step_size=0.0125, objective="untargeted", identity=[None], utility=(seg, [0, 1]), utility_weight=1.0, generator=torch.Generator().manual_seed(0))
     random = eps * torch.sign(torch.randn(x.shape, generator=torch.Generator().manual_seed(0)))
-    clean = seg.probabilities(slices, 32)
+    clean = seg.predict(slices, softmax=True)
 
     def output_change(perturbed: torch.Tensor) -> float:
         """Mean KL(seg(clean) || seg(perturbed)) per pixel: how much the segmentation output moved."""
-        p = seg.probabilities(perturbed.numpy(), 32)
+        p = seg.predict(perturbed.numpy(), softmax=True)
         return float(np.mean(np.sum(clean * (np.log(clean + 1e-8) - np.log(p + 1e-8)), axis=1)))
 
     assert float(delta.abs().max()) <= eps + 1e-6
@@ -157,13 +158,18 @@ def test_signature_objective_misleads_an_adaptive_attacker(trained, tmp_path):
     assert adaptive < raw, (raw, adaptive)  # 4 patients, 3 PGD steps; 6-patient numbers with replicates: docs/results.md
 
 
-def test_logits_for_resizes_maps_back_but_not_class_logits():
-    """protect on 256² slices with a 128² attacker: class logits must come back untouched."""
+def test_predictor_resizes_maps_back_but_not_class_logits(tmp_path):
+    """protect on 256² slices with a 128² attacker: class logits come back untouched, maps at the input size."""
     import torch
 
-    from medtools.brain.segment import logits_for
+    from medtools.core import ckpt
+    from medtools.core.predict import Predictor
+    from medtools.core.registry import get
 
-    classifier = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(2, 5))
-    assert logits_for(classifier, torch.rand(3, 2, 32, 32), 16).shape == (3, 5)
-    segmenter = torch.nn.Conv2d(2, 4, 1)
-    assert logits_for(segmenter, torch.rand(3, 2, 32, 32), 16).shape == (3, 4, 32, 32)
+    shapes = {}
+    for kind in ("reid", "seg"):
+        config = dict(get(kind).tiny[1])
+        net = ckpt.new_model(kind, config)
+        path = ckpt.save(tmp_path / f"{kind}.safetensors", net.state_dict(), kind=kind, config=config)
+        shapes[kind] = tuple(Predictor(path, device="cpu").forward(torch.rand(3, config["in_channels"], 48, 48)).shape)
+    assert shapes == {"reid": (3, 2), "seg": (3, 4, 48, 48)}

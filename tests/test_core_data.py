@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medtools.core.data import build_image_set, build_slice_set, load_gray, map_labels, split_by_patient
+from medtools.core.data import build_image_set, build_slice_set, map_labels, split_by_patient
+from medtools.core.preprocess import denormalise_intensity, load_image, normalise_intensity
 from medtools.core.errors import InputError
-from medtools.core.io import Image, denormalise_intensity, normalise_intensity, write_image
+from medtools.core.io import Image, write_image
 from medtools.core.manifest import discover
 
 
@@ -57,8 +58,8 @@ def test_missing_modality_is_an_input_error(brain_phantom: Path) -> None:
 def test_load_gray_scales_by_bit_depth(tmp_path: Path) -> None:
     write_image(Image(np.array([[0, 65535], [32768, 0]], np.uint16), format="png"), tmp_path / "a.png")
     write_image(Image(np.array([[0, 255], [51, 0]], np.uint8), format="png"), tmp_path / "b.png")
-    np.testing.assert_allclose(load_gray(tmp_path / "a.png"), [[0, 1], [32768 / 65535, 0]], atol=1e-6)
-    np.testing.assert_allclose(load_gray(tmp_path / "b.png"), [[0, 1], [0.2, 0]], atol=1e-6)
+    np.testing.assert_allclose(load_image(tmp_path / "a.png")[0], [[0, 1], [32768 / 65535, 0]], atol=1e-6)
+    np.testing.assert_allclose(load_image(tmp_path / "b.png")[0], [[0, 1], [0.2, 0]], atol=1e-6)
 
 
 def test_normalisation_ignores_background_and_is_invertible_inside_the_window() -> None:

@@ -31,7 +31,7 @@ def _classifier(path: Path) -> Path:
     torch.manual_seed(0)
     net = build_classifier(arch="resnet18", in_channels=1, num_classes=2)
     config = {"arch": "resnet18", "in_channels": 1, "num_classes": 2, "image_size": 32}
-    return ckpt.save(path, net.state_dict(), kind="cls", config=config, norm={"method": "unit"})
+    return ckpt.save(path, net.state_dict(), kind="reid", config=config, norm={"method": "unit"})
 
 
 def test_training_lowers_loss_and_records_provenance(tiny_ddpm):
@@ -90,7 +90,7 @@ def test_fid_with_classifier_features(cxr_phantom, tmp_path):
         Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(noise / f"n{i:02d}.png")
     same = run_cli("fid", cxr_phantom, cxr_phantom, "--features", ckpt_path, "--kid", "--prc", "--json", "-q", check=True)
     result = json.loads(same.stdout)
-    assert "fid" not in result["metrics"] and result["extractor"]["extractor"] == "medtools-cls-resnet18"
+    assert "fid" not in result["metrics"] and result["extractor"]["extractor"] == "medtools-reid-resnet18"
     assert result["metrics"]["fd_medtools"] == pytest.approx(0.0, abs=1e-6)
     assert result["metrics"]["precision"] == 1.0 and result["metrics"]["recall"] == 1.0
     far = run_cli("fid", cxr_phantom / "NORMAL", noise, "--features", ckpt_path, "--save-stats", tmp_path / "normal.npz", "-q", check=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from medtools.core.data import normalise_volume, volume_to_slices
+from medtools.core.preprocess import volumes_to_slices
 from medtools.core.errors import InputError
 from medtools.core.inputs import expand_inputs
 from medtools.core.io import NIFTI_EXTS, Image, as_volume, read_image
@@ -127,19 +127,17 @@ class LoadedCase:
 
 
 def load_case(case: Case, modalities: Sequence[str], norm: dict[str, Any], *, with_label: bool = False) -> LoadedCase:
-    images, windows, channels = [], [], []
-    shape = None
+    """One case in model space through the shared preprocessing (``core.preprocess``)."""
+    images, volumes = [], []
     for path in case.files_for(modalities):
         image = read_image(path)
-        volume = as_volume(image).astype(np.float32)
-        if shape is not None and volume.shape != shape:
-            raise InputError(f"case {case.case}: {path.name} has shape {volume.shape}, other modalities {shape}")
-        shape = volume.shape
-        normed, window = normalise_volume(volume, norm)
+        volume = as_volume(image)
+        if volumes and volume.shape != volumes[0].shape:
+            raise InputError(f"case {case.case}: {path.name} has shape {volume.shape}, other modalities {volumes[0].shape}")
         images.append(image)
-        windows.append(window)
-        channels.append(volume_to_slices(normed))
+        volumes.append(volume)
+    slices, windows = volumes_to_slices(volumes, norm)
     label = None
     if with_label and case.label is not None:
         label = np.rint(as_volume(read_image(case.label))).astype(np.int64)
-    return LoadedCase(case, images, windows, np.stack(channels, axis=1).astype(np.float32), label)
+    return LoadedCase(case, images, windows, slices, label)

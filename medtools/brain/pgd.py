@@ -31,16 +31,14 @@ random shift, so the protection survives writing to disk and small pose changes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medtools.brain.cases import LoadedCase
-from medtools.brain.segment import logits_for
-from medtools.core import ckpt
-from medtools.core.data import slices_to_volume
+from medtools.core.predict import Predictor
+from medtools.core.preprocess import slices_to_volume
 from medtools.core.errors import UsageError
 from medtools.core.io import Image
 
@@ -48,24 +46,9 @@ OBJECTIVES = ("untargeted", "decoy", "entropy", "feature", "signature")
 SIGNATURE_GRID = 8  # the signature pattern is a GRID×GRID block pattern: survives resizing and shifts
 
 
-@dataclass
-class Attacker:
-    model: Any
-    size: int
-    class_names: list[str]
-    modalities: list[str]
-    path: Path
-
-
-def load_attackers(paths: list[Path], device: Any) -> list[Attacker]:
-    attackers = []
-    for path in paths:
-        checkpoint, model = ckpt.load_model(path, ("reid", "cls"), device)
-        for p in model.parameters():
-            p.requires_grad_(False)
-        c = checkpoint.config
-        attackers.append(Attacker(model, int(c["image_size"]), list(c["class_names"]), list(c.get("modalities") or []), path))
-    return attackers
+def load_attackers(paths: list[Path], device: Any) -> list[Predictor]:
+    """Attackers as Predictors (frozen weights): ``forward`` is differentiable w.r.t. the input."""
+    return [Predictor(path, kind=("reid", "cls"), device=device, precision="fp32") for path in paths]
 
 
 def quantisation_steps(loaded: LoadedCase) -> np.ndarray:
@@ -79,14 +62,14 @@ def quantisation_steps(loaded: LoadedCase) -> np.ndarray:
 
 def pgd_delta(
     slices: Any,
-    attackers: list[tuple[Attacker, list[int]]],
+    attackers: list[tuple[Predictor, list[int]]],
     *,
     eps: float,
     steps: int,
     step_size: float,
     objective: str,
     identity: list[int | None],
-    utility: tuple[Any, int, list[int]] | None = None,
+    utility: tuple[Predictor, list[int]] | None = None,
     utility_weight: float = 1.0,
     random_start: bool = True,
     quant: Any = None,
@@ -100,7 +83,7 @@ def pgd_delta(
 
     ``attackers`` pairs each attacker with the channel indices it reads; ``identity`` gives,
     per attacker, the true class index of this case (None: use the clean prediction).
-    ``utility`` is (segmentation model, its input size, its channels). ``decoys`` fixes, per
+    ``utility`` is (segmentation Predictor, its channels). ``decoys`` fixes, per
     attacker, the class to push towards (otherwise drawn per slice); ``base`` is a fixed
     perturbation added first, PGD then spends only ``eps − max|base|``.
     """
@@ -123,7 +106,7 @@ def pgd_delta(
     with torch.no_grad():
         targets, clean_features, clean_seg = [], [], None
         for index, ((attacker, channels), known) in enumerate(zip(attackers, identity)):
-            logits = logits_for(attacker.model, x[:, channels], attacker.size)
+            logits = attacker.forward(x[:, channels])
             truth = torch.full((len(x),), known, device=x.device) if known is not None else logits.argmax(1)
             if decoys is not None and decoys[index] is not None:
                 targets.append(torch.full((len(x),), decoys[index], device=x.device))
@@ -134,10 +117,10 @@ def pgd_delta(
             else:
                 targets.append(truth)
             if objective == "feature":
-                clean_features.append(_features(attacker, x[:, channels]).detach())
+                clean_features.append(attacker.embed(x[:, channels]).detach())
         if utility is not None:
-            seg_model, seg_size, seg_channels = utility
-            clean_seg = logits_for(seg_model, x[:, seg_channels], seg_size).float().log_softmax(1)
+            seg_model, seg_channels = utility
+            clean_seg = seg_model.forward(x[:, seg_channels]).float().log_softmax(1)
 
     for _ in range(steps):
         delta.requires_grad_(True)
@@ -153,9 +136,9 @@ def pgd_delta(
         for index, ((attacker, channels), target) in enumerate(zip(attackers, targets)):
             inp = adv_seen[:, channels]
             if objective == "feature":
-                loss = loss - F.cosine_similarity(_features(attacker, inp).flatten(1), clean_features[index].flatten(1)).mean()
+                loss = loss - F.cosine_similarity(attacker.embed(inp).flatten(1), clean_features[index].flatten(1)).mean()
                 continue
-            logits = logits_for(attacker.model, inp, attacker.size).float()
+            logits = attacker.forward(inp).float()
             if objective == "untargeted":
                 loss = loss + F.cross_entropy(logits, target)
             elif objective in ("decoy", "signature"):
@@ -164,8 +147,8 @@ def pgd_delta(
                 loss = loss + logits.log_softmax(1).mean()
         loss = loss / len(attackers)
         if utility is not None:
-            seg_model, seg_size, seg_channels = utility
-            adv_seg = logits_for(seg_model, adv[:, seg_channels], seg_size).float().log_softmax(1)
+            seg_model, seg_channels = utility
+            adv_seg = seg_model.forward(adv[:, seg_channels]).float().log_softmax(1)
             loss = loss - utility_weight * F.kl_div(adv_seg, clean_seg, log_target=True, reduction="batchmean") / (adv_seg.shape[-1] * adv_seg.shape[-2]) * 1000.0
         (grad,) = torch.autograd.grad(loss, delta)
         with torch.no_grad():
@@ -206,16 +189,6 @@ def signature_pattern(key: bytes, case_id: str, channels: int, height: int, widt
     rows = (np.arange(height) * SIGNATURE_GRID // height)[:, None]
     cols = (np.arange(width) * SIGNATURE_GRID // width)[None, :]
     return (signs[:, rows, cols] * amplitude).astype(np.float32)
-
-
-def _features(attacker: Attacker, images: Any) -> Any:
-    import torch.nn.functional as F
-
-    from medtools.nets.classifier import classifier_features
-
-    if images.shape[-1] != attacker.size:
-        images = F.interpolate(images, size=(attacker.size, attacker.size), mode="bilinear", align_corners=False)
-    return classifier_features(attacker.model, images)
 
 
 def quantise_delta(loaded: LoadedCase, delta: np.ndarray, eps: float) -> tuple[list[Image], np.ndarray]:

@@ -12,9 +12,8 @@ import numpy as np
 
 from medtools.brain.cases import SINGLE, Case, load_case
 from medtools.brain.pgd import case_decoy, image_quality, load_attackers, pgd_delta, quantise_delta, quantisation_steps, signature_pattern
-from medtools.brain.segment import logits_for, prefetch
-from medtools.core import ckpt
-from medtools.core.data import DEFAULT_NORM
+from medtools.brain.segment import prefetch
+from medtools.core.predict import Predictor
 from medtools.core.device import resolve_device, seed_everything
 from medtools.core.errors import UsageError
 from medtools.core.io import write_image
@@ -67,15 +66,16 @@ def protect_cases(
     loaded_attackers = load_attackers(list(attackers), dev)
     seg = None
     if utility is not None:
-        seg_ckpt, seg_model = ckpt.load_model(utility, "seg", dev)
-        for p in seg_model.parameters():
-            p.requires_grad_(False)
-        seg = (seg_model, int(seg_ckpt.config["image_size"]), list(seg_ckpt.config["modalities"]))
-    modality_lists = [a.modalities for a in loaded_attackers] + ([seg[2]] if seg else [])
+        seg = Predictor(utility, kind="seg", device=dev, precision="fp32")
+    modality_lists = [a.modalities for a in loaded_attackers] + ([seg.modalities] if seg else [])
     modalities = _union(modality_lists) or [SINGLE]
     channel_of = {m: i for i, m in enumerate(modalities)}
     attacker_channels = [[channel_of[m] for m in (a.modalities or modalities)] for a in loaded_attackers]
-    norm = DEFAULT_NORM
+    # every model reads the same intensities: the one normalisation the checkpoints recorded
+    norms = {str(a.norm) for a in loaded_attackers} | ({str(seg.norm)} if seg else set())
+    if len(norms) > 1:
+        raise UsageError(f"the attackers and the utility model were trained with different normalisations ({'; '.join(sorted(norms))}); protect needs one")
+    norm = (seg or loaded_attackers[0]).norm
 
     def targets_of(case: Case) -> dict[str, Path]:
         return {m: output / case.rel_dir / path.name for m, path in zip(modalities, case.files_for(modalities))}
@@ -124,7 +124,7 @@ def protect_cases(
                     step_size=step_size,
                     objective=objective,
                     identity=identity,
-                    utility=(seg[0], seg[1], [channel_of[m] for m in seg[2]]) if seg else None,
+                    utility=(seg, [channel_of[m] for m in seg.modalities]) if seg else None,
                     utility_weight=utility_weight,
                     random_start=random_start,
                     quant=quant,
@@ -161,7 +161,7 @@ def _whitebox(attackers, channels, identity, clean: np.ndarray, protected: np.nd
             with torch.no_grad():
                 for start in range(0, len(data), batch_size):
                     x = torch.from_numpy(np.ascontiguousarray(data[start : start + batch_size][:, chans])).to(dev)
-                    hits += int((logits_for(attacker.model, x, attacker.size).argmax(1) == known).sum())
+                    hits += int((attacker.forward(x).argmax(1) == known).sum())
             scores.append(hits / len(data))
         out[f"whitebox_top1_clean[{attacker.path.name}]"] = scores[0]
         out[f"whitebox_top1_protected[{attacker.path.name}]"] = scores[1]

@@ -16,27 +16,26 @@ from typing import Any
 
 import numpy as np
 
-from medtools.nets.classifier import build_classifier
 from medtools.brain.segment import common_modalities
 from medtools.core import ckpt, report
-from medtools.core.data import DEFAULT_NORM, SliceSet, build_image_set, build_slice_set
+from medtools.core.data import SliceSet, build_image_set, build_slice_set
 from medtools.core.errors import InputError, UsageError
 from medtools.core.manifest import MODALITIES, load_rows
+from medtools.core.predict import Predictor
+from medtools.core.preprocess import DEFAULT_NORM, UNIT_NORM
 from medtools.core.train import TrainSpec, fit
-
-UNIT_NORM = {"method": "unit"}  # 2-D images: divide by the bit depth's maximum
 
 
 def _is_volume_rows(rows: Sequence[dict[str, str]]) -> bool:
     return any(r.get(m) for r in rows for m in MODALITIES)
 
 
-def load_items(rows: Sequence[dict[str, str]], *, modalities: Sequence[str] | None, size: int, label: str, class_names: Sequence[str] | None = None) -> tuple[SliceSet, np.ndarray, list[str]]:
+def load_items(rows: Sequence[dict[str, str]], *, modalities: Sequence[str] | None, size: int, label: str, class_names: Sequence[str] | None = None, norm: dict[str, Any] | None = None) -> tuple[SliceSet, np.ndarray, list[str]]:
     """Slices (volumes) or images (2-D) with targets from manifest column ``label``."""
     names = list(class_names) if class_names is not None else sorted({r[label] for r in rows if r.get(label)})
     lookup = {n: i for i, n in enumerate(names)}
     if _is_volume_rows(rows):
-        data = build_slice_set(rows, modalities or common_modalities(rows), size=size)
+        data = build_slice_set(rows, modalities or common_modalities(rows), size=size, norm=norm or DEFAULT_NORM)
         row_by_case = {r.get("case", str(i)): r for i, r in enumerate(rows)}
         targets = np.array([lookup.get(row_by_case[data.cases[c]].get(label, ""), -1) for c in data.case_index])
     else:
@@ -130,7 +129,8 @@ def train_reid(
         val = (val_set.images[keep], val_y[keep])
     in_channels = train_set.images.shape[1]
     config = {"arch": arch, "in_channels": in_channels, "num_classes": len(class_names), "image_size": size, "class_names": class_names, "label": label, "modalities": list(modalities or [])}
-    model = build_classifier(**config)
+    model = ckpt.new_model("reid", config)
+    norm = dict(DEFAULT_NORM) if modalities else dict(UNIT_NORM)
     dataset = torch.utils.data.TensorDataset(torch.from_numpy(train_set.images), torch.from_numpy(train_y.astype(np.int64)))
 
     def step(net: Any, batch: Any) -> Any:
@@ -140,14 +140,14 @@ def train_reid(
     def validate(net: Any) -> dict[str, float]:
         if val is None:
             return {}
-        logits = predict_logits(net, val[0], batch_size * 2)
+        logits = Predictor.from_model(net, kind="reid", config=config, norm=norm, batch_size=batch_size * 2).predict(val[0])
         return {"val_top1": float((logits.argmax(1) == val[1]).mean()), "val_chance": 1.0 / len(class_names)}
 
     spec = TrainSpec(
         output=output,
         kind="reid",
         config=config,
-        norm=dict(DEFAULT_NORM) if modalities else dict(UNIT_NORM),
+        norm=norm,
         provenance={"data": str(data), "split": how, "train_cases": [r.get("case", "") for r in train_rows][:2000]},
         epochs=epochs,
         batch_size=batch_size,
@@ -166,40 +166,22 @@ def train_reid(
     return result
 
 
-def predict_logits(net: Any, images: np.ndarray, batch_size: int, size: int | None = None) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
-    dev = next(net.parameters()).device
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).to(dev)
-            if size is not None and x.shape[-1] != size:
-                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-            out.append(net(x).float().cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
-
-
-def eval_reid(data: Path | str | Sequence[Path | str], model_path: Path, *, batch_size: int = 64, device: str | None = None) -> dict[str, Any]:
+def eval_reid(data: Path | str | Sequence[Path | str], model_path: Path, *, batch_size: int = 64, device: str | None = None, precision: str | None = None) -> dict[str, Any]:
     """Top-1/top-5, chance level and per-identity accuracy of an attacker on the given cases."""
-    from medtools.core.device import resolve_device
-
-    dev = resolve_device(device)
-    checkpoint, net = ckpt.load_model(model_path, ("reid", "cls"), dev)
-    config = checkpoint.config
+    attacker = Predictor(model_path, kind=("reid", "cls"), device=device, precision=precision, batch_size=batch_size)
+    config = attacker.config
     label, names = config.get("label", "patient"), config["class_names"]
     rows = [r for r in load_rows(data) if r.get(label)]
     if not rows:
         raise InputError(f"no cases with a {label!r} column in {data}")
-    items, targets, _ = load_items(rows, modalities=config.get("modalities") or None, size=int(config["image_size"]), label=label, class_names=names)
+    items, targets, _ = load_items(rows, modalities=config.get("modalities") or None, size=int(config["image_size"]), label=label, class_names=names, norm=attacker.norm)
     known = targets >= 0
     unknown = sorted({r[label] for r in rows} - set(names))
     if unknown:
         report.warn(f"{len(unknown)} {label} value(s) unknown to the attacker are left out: {', '.join(unknown[:5])}{'…' if len(unknown) > 5 else ''}")
     if not known.any():
         raise InputError(f"none of the {label} values in {data} is known to the attacker")
-    logits = predict_logits(net, items.images[known], batch_size)
+    logits = attacker.predict(items.images[known])
     y = targets[known]
     top5 = np.argsort(-logits, axis=1)[:, :5]
     per = {}

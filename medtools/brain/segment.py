@@ -16,14 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from medtools.brain.cases import Case, LoadedCase, load_case
+from medtools.brain.cases import SINGLE, Case, LoadedCase, load_case
 from medtools.brain.metrics import BRATS_REGIONS, dice, is_brats
 from medtools.brain.models import BRATS_LABEL_MAP
-from medtools.nets.segmenter import build_segmenter
 from medtools.core import ckpt, report
-from medtools.core.data import DEFAULT_NORM, build_slice_set, map_labels, slices_to_volume, split_by_patient
+from medtools.core.data import build_slice_set, map_labels, split_by_patient
 from medtools.core.errors import InputError, UsageError
-from medtools.core.io import Image, write_image
+from medtools.core.io import Image, as_volume, write_image
+from medtools.core.predict import Predictor
+from medtools.core.preprocess import DEFAULT_NORM, slices_to_volume, volumes_to_slices
 from medtools.core.manifest import MODALITIES, load_rows
 from medtools.core.train import TrainSpec, fit
 
@@ -47,19 +48,6 @@ def label_scheme(values: set[int], binary: bool) -> tuple[dict[int, int], list[i
         return dict(BRATS_LABEL_MAP), [0, 1, 2, 4]
     ordered = sorted(values | {0})
     return {v: i for i, v in enumerate(ordered)}, ordered
-
-
-def logits_for(model: Any, slices: Any, size: int) -> Any:
-    """Model logits for (N, C, H, W) slices of any size: resized to ``size``, and spatial outputs
-    (segmentation maps) back to the slices' size; class logits (N, K) are returned as they are."""
-    import torch.nn.functional as F
-
-    height, width = slices.shape[-2:]
-    x = slices if (height, width) == (size, size) else F.interpolate(slices, size=(size, size), mode="bilinear", align_corners=False)
-    logits = model(x)
-    if (height, width) != (size, size) and logits.ndim == 4:
-        logits = F.interpolate(logits.float(), size=(height, width), mode="bilinear", align_corners=False)
-    return logits
 
 
 def _augment(images: Any, labels: Any) -> tuple[Any, Any]:
@@ -125,7 +113,7 @@ def train_segmenter(
         "image_size": size,
         "label_values": label_values,
     }
-    model = build_segmenter(**config)
+    model = ckpt.new_model("seg", config)
     dice_loss = DiceLoss(mode="multiclass", from_logits=True)
 
     def step(net: Any, batch: Any) -> Any:
@@ -136,12 +124,7 @@ def train_segmenter(
     def validate(net: Any) -> dict[str, float]:
         if val_set is None:
             return {}
-        dev = next(net.parameters()).device
-        preds = []
-        for start in range(0, len(val_set), batch_size * 2):
-            x = torch.from_numpy(val_set.images[start : start + batch_size * 2]).to(dev)
-            preds.append(net(x).argmax(1).cpu().numpy())
-        pred = np.concatenate(preds)
+        pred = Predictor.from_model(net, kind="seg", config=config, norm=DEFAULT_NORM, batch_size=batch_size * 2).predict(val_set.images).argmax(1)
         raw_pred, raw_true = np.asarray(label_values)[pred], np.asarray(label_values)[val_set.labels]
         metrics = {f"val_dice_{label_values[c]}": dice(pred == c, val_set.labels == c) for c in range(1, classes)}
         metrics["val_dice_fg"] = dice(pred > 0, val_set.labels > 0)
@@ -174,40 +157,39 @@ def train_segmenter(
     return result
 
 
-class Segmenter:
-    """A loaded segmentation checkpoint ready for batched inference on one device."""
+def load_segmenter(path: Path | str, *, device: str | None = None, precision: str | None = None, compile: bool = False, batch_size: int = 32) -> Predictor:
+    """A ``seg`` checkpoint as a Predictor (loaded once; reuse it for every case)."""
+    return Predictor(path, kind="seg", device=device, precision=precision, compile=compile, batch_size=batch_size)
 
-    def __init__(self, path: Path, *, device: str | None = None, precision: str | None = None, compile: bool = False):
-        from medtools.core.device import prepare_model, resolve_device, resolve_precision
 
-        self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
-        self.checkpoint = ckpt.load(path, kind="seg")
-        self.model = prepare_model(ckpt.build_model(self.checkpoint), self.device, compile=compile)
-        self.config = self.checkpoint.config
-        self.modalities: list[str] = self.config["modalities"]
-        self.size: int = int(self.config["image_size"])
-        self.label_values = np.asarray(self.config["label_values"])
-        self.norm = self.checkpoint.norm or DEFAULT_NORM
+def label_volume(predictor: Predictor, probs: np.ndarray) -> np.ndarray:
+    """(Z, classes, H, W) probabilities → raw label volume (x, y, z) uint8 (the training labels' values)."""
+    values = np.asarray(predictor.config["label_values"])
+    return slices_to_volume(values[probs.argmax(1)].astype(np.uint8))
 
-    def probabilities(self, slices: np.ndarray, batch_size: int) -> np.ndarray:
-        """(N, C, H, W) slices → (N, classes, H, W) softmax probabilities (float32)."""
-        import torch
 
-        from medtools.core.device import autocast
+def segment_images(images: Sequence[Image], predictor: Predictor, *, batch_size: int | None = None) -> Image:
+    """In-memory entry point: the modality images of one case (in ``predictor.modalities``
+    order) → the label image in the first image's geometry (NIfTI header/affine kept)."""
+    if len(images) != max(len(predictor.modalities), 1):
+        raise InputError(f"the model expects {len(predictor.modalities)} modalities ({', '.join(predictor.modalities)}), got {len(images)} images")
+    volumes = [as_volume(image) for image in images]
+    if any(v.shape != volumes[0].shape for v in volumes):
+        raise InputError(f"modality shapes differ: {', '.join(str(v.shape) for v in volumes)}")
+    slices, _ = volumes_to_slices(volumes, predictor.norm)
+    return _label_image(images[0], label_volume(predictor, predictor.predict(slices, softmax=True, batch_size=batch_size)))
 
-        out = []
-        with torch.inference_mode(), autocast(self.device, self.precision):
-            for start in range(0, len(slices), batch_size):
-                x = torch.from_numpy(slices[start : start + batch_size]).to(self.device, non_blocking=True)
-                if self.device.type == "cuda":
-                    x = x.contiguous(memory_format=torch.channels_last)
-                out.append(logits_for(self.model, x, self.size).float().softmax(1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.label_values), *slices.shape[-2:]), np.float32)
 
-    def label_volume(self, probs: np.ndarray) -> np.ndarray:
-        """(Z, classes, H, W) probabilities → raw label volume (x, y, z) uint8."""
-        return slices_to_volume(self.label_values[probs.argmax(1)].astype(np.uint8))
+def _label_image(reference: Image, labels: np.ndarray) -> Image:
+    if reference.array.ndim == 2:  # a 2-D input gives a 2-D label image
+        labels = labels[:, :, 0]
+    header = reference.meta.get("header")
+    return Image(labels, affine=reference.affine, format="nifti", meta={"header": header} if header is not None else {})
+
+
+def segmentation_target(case: Case, output: Path, suffix: str = "_seg", out_format: str = "nifti") -> Path:
+    """Where ``segment`` writes a case's label map (mirrors the case folder under ``output``)."""
+    return output / case.rel_dir / f"{case.case}{suffix}{'.dcm' if out_format == 'dicom-seg' else '.nii.gz'}"
 
 
 def prefetch(cases: Sequence[Case], loader, workers: int) -> Iterator[tuple[Case, Any]]:
@@ -255,8 +237,8 @@ def segment_cases(
     """
     if out_format not in ("nifti", "dicom-seg"):
         raise UsageError("--format must be nifti or dicom-seg")
-    segmenter = Segmenter(model_path, device=device, precision=precision, compile=compile)
-    targets = {case.case: output / case.rel_dir / f"{case.case}{suffix}.nii.gz" for case in cases}
+    segmenter = load_segmenter(model_path, device=device, precision=precision, compile=compile, batch_size=batch_size)
+    targets = {case.case: segmentation_target(case, output, suffix, out_format) for case in cases}
     todo = [c for c in cases if overwrite or not targets[c.case].exists()]
     for case in cases:
         if case not in todo:
@@ -267,7 +249,7 @@ def segment_cases(
         if not group:
             return
         slices = np.concatenate([g.slices for g in group])
-        probs = segmenter.probabilities(slices, batch_size)
+        probs = segmenter.predict(slices, softmax=True)
         start = 0
         for loaded in group:
             n = len(loaded.slices)
@@ -279,7 +261,7 @@ def segment_cases(
                 yield loaded.case, exc
         group.clear()
 
-    for case, loaded in prefetch(todo, lambda c: load_case(c, segmenter.modalities, segmenter.norm), workers):
+    for case, loaded in prefetch(todo, lambda c: load_case(c, segmenter.modalities or [SINGLE], segmenter.norm), workers):
         if isinstance(loaded, Exception):
             yield case, loaded
             continue
@@ -289,23 +271,19 @@ def segment_cases(
     yield from flush()
 
 
-def _write_outputs(loaded: LoadedCase, probs: np.ndarray, segmenter: Segmenter, target: Path, probabilities: bool, out_format: str) -> list[Path]:
+def _write_outputs(loaded: LoadedCase, probs: np.ndarray, segmenter: Predictor, target: Path, probabilities: bool, out_format: str) -> list[Path]:
     reference = loaded.images[0]
-    labels = segmenter.label_volume(probs)
-    if reference.array.ndim == 2:  # a 2-D input gives a 2-D label image
-        labels = labels[:, :, 0]
+    labels = label_volume(segmenter, probs)
     written = []
     if out_format == "dicom-seg":
         from medtools.brain.dicomseg import write_dicom_seg
 
-        written.append(write_dicom_seg(loaded, labels, target.with_name(target.name.replace(".nii.gz", ".dcm"))))
+        written.append(write_dicom_seg(loaded, labels if reference.array.ndim == 3 else labels[:, :, 0], target))
     else:
-        header = reference.meta.get("header")
-        image = Image(labels, affine=reference.affine, format="nifti", meta={"header": header} if header is not None else {})
-        written.append(write_image(image, target, format="nifti"))
+        written.append(write_image(_label_image(reference, labels), target, format="nifti"))
     if probabilities:
         volume = np.moveaxis(probs, 1, -1)  # (Z, H, W, classes)
         volume = np.moveaxis(volume, 0, 2).astype(np.float32)  # (H, W, Z, classes) = (x, y, z, c)
-        prob_path = target.with_name(target.name.replace(".nii.gz", "_prob.nii.gz"))
+        prob_path = target.with_name(target.name.replace(".nii.gz", "_prob.nii.gz").replace(".dcm", "_prob.nii.gz"))
         written.append(write_image(Image(volume, affine=reference.affine, format="nifti"), prob_path, format="nifti"))
     return written

@@ -129,6 +129,19 @@ def load(path: Path | str, *, kind: str | tuple[str, ...] | None = None, tensors
     return ckpt
 
 
+def new_model(kind: str, config: dict[str, Any]):
+    """A fresh model of a registered kind from a full config (training uses this, so a
+    checkpoint rebuilds exactly as it was trained). Unknown keys → CheckpointError; the
+    builder's own errors (UsageError for an unknown arch or encoder) pass through."""
+    from medtools.core import registry
+
+    spec = registry.get(kind)
+    if spec.builder is None:
+        raise CheckpointError(f"kind {kind!r} has no model to build")
+    keywords = registry.check_config(spec, config, where=f"{kind} config")
+    return registry.resolve(spec.builder)(**keywords)
+
+
 def build_model(ckpt: Checkpoint, *, load_weights: bool = True):
     """Rebuild the model from the registry (kind → builder(**config)) and load its weights (strict).
 
@@ -138,12 +151,12 @@ def build_model(ckpt: Checkpoint, *, load_weights: bool = True):
     from medtools.core import registry
     from medtools.core.errors import MedtoolsError
 
-    kind = registry.get(ckpt.kind) if ckpt.kind in registry.discover() else None
-    if kind is None or kind.builder is None:
+    spec = registry.get(ckpt.kind) if ckpt.kind in registry.discover() else None
+    if spec is None or spec.builder is None:
         raise CheckpointError(f"{ckpt.path}: kind {ckpt.kind!r} has no model to build")
-    keywords = registry.check_config(kind, ckpt.config, where=str(ckpt.path))
+    keywords = registry.check_config(spec, ckpt.config, where=str(ckpt.path))
     try:
-        builder = registry.resolve(kind.builder)
+        builder = registry.resolve(spec.builder)
     except (ImportError, AttributeError) as exc:
         raise CheckpointError(f"{ckpt.path}: this medtools cannot build {ckpt.kind} models ({exc})") from None
     try:

@@ -1,7 +1,7 @@
 """Datasets built from manifests: 2-D slices of (multi-modal) volumes, 2-D images, patient splits.
 
-Volumes are normalised per volume and modality (percentile window → [0, 1]); the method
-is recorded in the checkpoint's ``medtools.norm`` so inference does exactly the same.
+Volumes are normalised per volume and modality by ``core.preprocess`` (the one path that
+inference uses too); the method is recorded in the checkpoint's ``medtools.norm``.
 The slice cache is built once per dataset (arrays in memory, float16 for images); data
 sets larger than memory should be sharded by patient.
 """
@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 
 from medtools.core.errors import InputError, UsageError
-from medtools.core.io import as_volume, normalise_intensity, read_image
-
-DEFAULT_NORM = {"method": "percentile", "low": 0.5, "high": 99.5}
+from medtools.core.io import as_volume, read_image
+from medtools.core.preprocess import DEFAULT_NORM, UNIT_NORM, load_image, resize, volume_to_slices, volumes_to_slices
 
 
 def split_by_patient(rows: Sequence[dict[str, str]], val_fraction: float, seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -36,55 +35,6 @@ def split_by_patient(rows: Sequence[dict[str, str]], val_fraction: float, seed: 
     train = [r for r in rows if r["patient"] not in val_patients]
     val = [r for r in rows if r["patient"] in val_patients]
     return train, val
-
-
-def select_rows(rows: Sequence[dict[str, str]], *, visits: Sequence[str] | None = None, patients: Sequence[str] | None = None) -> list[dict[str, str]]:
-    out = list(rows)
-    if visits:
-        out = [r for r in out if r.get("visit") in set(visits)]
-    if patients:
-        out = [r for r in out if r["patient"] in set(patients)]
-    return out
-
-
-def normalise_volume(volume: np.ndarray, norm: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
-    """Apply a recorded normalisation to one modality volume; returns the window used."""
-    method = norm.get("method", "percentile")
-    if method == "percentile":
-        return normalise_intensity(volume, low=float(norm.get("low", 0.5)), high=float(norm.get("high", 99.5)))
-    if method == "minmax":
-        return normalise_intensity(volume, low=0.0, high=100.0)
-    if method == "none":
-        return volume.astype(np.float32), {"low": 0.0, "high": 1.0}
-    raise UsageError(f"unknown normalisation method {method!r}")
-
-
-def resize_slices(array: np.ndarray, size: int | None, *, labels: bool = False) -> np.ndarray:
-    """(N, C, H, W) or (N, H, W) → size×size (bilinear for images, nearest for labels)."""
-    if size is None or array.shape[-2:] == (size, size):
-        return array
-    import torch
-    import torch.nn.functional as F
-
-    tensor = torch.from_numpy(np.ascontiguousarray(array))
-    squeeze = tensor.ndim == 3
-    if squeeze:
-        tensor = tensor[:, None]
-    if labels:
-        out = F.interpolate(tensor.float(), size=(size, size), mode="nearest").to(tensor.dtype)
-    else:
-        out = F.interpolate(tensor.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    out = out[:, 0] if squeeze else out
-    return out.numpy()
-
-
-def volume_to_slices(volume: np.ndarray, axis: int = 2) -> np.ndarray:
-    """(x, y, z) → (z, H, W) slices along ``axis`` with the image rows first (y, x transposed for viewing)."""
-    return np.moveaxis(volume, axis, 0)
-
-
-def slices_to_volume(slices: np.ndarray, axis: int = 2) -> np.ndarray:
-    return np.moveaxis(slices, 0, axis)
 
 
 @dataclass
@@ -165,18 +115,16 @@ def load_case_slices(
     axis: int = 2,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One case → (slices (Z, C, H, W) float32, labels (Z, H, W) int64 or None)."""
-    channels = []
-    shape = None
+    volumes = []
     for modality in modalities:
         if modality not in row:
-            raise InputError(f"case {row.get('case')} has no {modality} (has: {', '.join(k for k in row if k in ('flair', 't1', 't1ce', 't2'))})")
-        volume = as_volume(read_image(row[modality])).astype(np.float32)
-        if shape is not None and volume.shape != shape:
-            raise InputError(f"case {row.get('case')}: {modality} shape {volume.shape} differs from {shape}")
-        shape = volume.shape
-        normed, _ = normalise_volume(volume, norm)
-        channels.append(volume_to_slices(normed, axis))
-    images = np.stack(channels, axis=1)  # (Z, C, H, W)
+            raise InputError(f"case {row.get('case')} has no {modality} (has: {', '.join(k for k in row if k not in ('patient', 'case', 'visit', 'label', 'class'))})")
+        volume = as_volume(read_image(row[modality]))
+        if volumes and volume.shape != volumes[0].shape:
+            raise InputError(f"case {row.get('case')}: {modality} shape {volume.shape} differs from {volumes[0].shape}")
+        volumes.append(volume)
+    shape = volumes[0].shape
+    images, _ = volumes_to_slices(volumes, norm, axis=axis)
     labels = None
     if "label" in row:
         label = as_volume(read_image(row["label"]))
@@ -185,9 +133,9 @@ def load_case_slices(
         labels = volume_to_slices(map_labels(label, label_map), axis)
     elif need_label:
         raise InputError(f"case {row.get('case')} has no label")
-    images = resize_slices(images, size)
+    images = resize(images, size)
     if labels is not None:
-        labels = resize_slices(labels, size, labels=True)
+        labels = resize(labels, size, labels=True)
     return images.astype(np.float32), labels
 
 
@@ -235,25 +183,6 @@ def build_slice_set(
     )
 
 
-def load_gray(path: Path | str, size: int | None = None) -> np.ndarray:
-    """A 2-D image (PNG/JPG/DICOM/…) → (H, W) float32 in [0, 1] by its bit depth."""
-    image = read_image(path)
-    array = image.array
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
-        array = array[..., :3].mean(axis=-1)
-    elif array.ndim == 3:
-        array = array[:, :, array.shape[2] // 2]
-    if image.array.dtype == np.uint8:
-        scaled = array.astype(np.float32) / 255.0
-    elif image.array.dtype == np.uint16:
-        scaled = array.astype(np.float32) / 65535.0
-    else:
-        scaled, _ = normalise_intensity(array.astype(np.float32), low=0.0, high=100.0)
-    if size is not None:
-        scaled = resize_slices(scaled[None, None], size)[0, 0]
-    return scaled.astype(np.float32)
-
-
 def build_image_set(rows: Sequence[dict[str, str]], *, size: int | None = None, classes: Sequence[str] | None = None, patients: Sequence[str] | None = None) -> SliceSet:
     """2-D images (manifest rows with ``image``) → SliceSet with one channel."""
     rows = [r for r in rows if "image" in r]
@@ -261,7 +190,7 @@ def build_image_set(rows: Sequence[dict[str, str]], *, size: int | None = None, 
         raise InputError("no 2-D images in these cases (manifest column 'image' is empty)")
     patient_names = list(patients) if patients is not None else sorted({r["patient"] for r in rows})
     class_names = list(classes) if classes is not None else sorted({r["class"] for r in rows if r.get("class")})
-    images = np.stack([load_gray(r["image"], size) for r in rows])[:, None]
+    images = np.stack([load_image(r["image"], size, 1, UNIT_NORM) for r in rows])
     class_lookup = {c: i for i, c in enumerate(class_names)}
     return SliceSet(
         images=images,

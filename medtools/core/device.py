@@ -50,8 +50,10 @@ def resolve_device(spec: str | None = None):
     return torch.device(spec)
 
 
-def resolve_precision(precision: str | None, device: Any) -> str:
-    """'auto' → bf16 on CUDA (where supported), fp32 elsewhere. fp16/bf16 on CPU → fp32 only for fp16."""
+def resolve_precision(precision: str | None, device: Any, *, training: bool = False) -> str:
+    """'auto' → bf16 on CUDA where supported, else fp32 (training) or fp16 (inference on
+    older GPUs); fp32 on CPU. Training never picks fp16 by itself and refuses it when asked:
+    the shared loop has no loss scaler."""
     precision = (precision or "auto").lower()
     if precision not in PRECISIONS:
         raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -60,10 +62,14 @@ def resolve_precision(precision: str | None, device: Any) -> str:
         if is_cuda:
             import torch
 
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            if torch.cuda.is_bf16_supported():
+                return "bf16"
+            return "fp32" if training else "fp16"
         return "fp32"
     if precision == "fp16" and not is_cuda:
         raise UsageError("--precision fp16 needs CUDA; use fp32 or bf16 on CPU")
+    if precision == "fp16" and training:
+        raise UsageError("training in fp16 is not supported (use bf16 or fp32)")
     return precision
 
 

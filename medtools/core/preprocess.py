@@ -184,3 +184,19 @@ def load_image(path: Path | str, size: int | None = None, channels: int = 1, nor
         raise InputError(f"{path}: cannot read image ({exc})") from None
     out = image_channels(image, channels, norm or UNIT_NORM)
     return resize(out[None], size)[0].astype(np.float32)
+
+
+def volumes_to_slices(volumes: list[np.ndarray], norm: dict[str, Any], *, axis: int = 2) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """The modality volumes (x, y, z) of one case → slices (Z, C, H, W) float32 in [0, 1] and
+    the per-channel windows (raw units). Training and inference load cases through this."""
+    channels, windows = [], []
+    for volume in volumes:
+        normed, window = normalise(np.asarray(volume, dtype=np.float32), norm)
+        channels.append(volume_to_slices(normed, axis))
+        windows.append(window)
+    return np.stack(channels, axis=1).astype(np.float32), windows
+
+
+def denormalise_intensity(normed: np.ndarray, window: dict[str, float]) -> np.ndarray:
+    """Undo :func:`normalise` with the window it returned (raw units)."""
+    return normed * (window["high"] - window["low"]) + window["low"]

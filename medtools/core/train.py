@@ -188,9 +188,7 @@ def fit(
             torch.cuda.set_device(device)
     else:
         device = resolve_device(spec.device)
-    precision = resolve_precision(spec.precision, device)
-    if precision == "fp16":
-        raise UsageError("training in fp16 is not supported (use bf16 or fp32)")
+    precision = resolve_precision(spec.precision, device, training=True)
     seed_everything(spec.seed)
     is_main = rank == 0
 

@@ -160,30 +160,24 @@ class InceptionExtractor(Extractor):
 
 
 class ClassifierExtractor(Extractor):
-    def __init__(self, path: Path, device: Any):
-        from medtools.core.ckpt import load_model
+    """Penultimate features of a medtools classifier (``reid``/``cls``) through its Predictor."""
 
-        checkpoint, self.net = load_model(path, ("reid", "cls"), device)
-        config = checkpoint.config
-        if "image_size" not in config:
-            raise CheckpointError(f"{path}: its config has no image_size; cannot know the input size of its features")
-        self.device, self.size, self.channels = device, int(config["image_size"]), int(config.get("in_channels", 1))
-        self.norm = checkpoint.norm
-        self.name = f"medtools-{checkpoint.kind}-{config.get('arch', 'classifier')}"
+    def __init__(self, path: Path, device: Any):
+        from medtools.core.predict import Predictor
         from medtools.core.report import sha256_file
 
+        self.predictor = Predictor(path, kind=("reid", "cls"), device=device, precision="fp32")
+        config = self.predictor.config
+        if "image_size" not in config:
+            raise CheckpointError(f"{path}: its config has no image_size; cannot know the input size of its features")
+        self.device, self.size, self.channels = self.predictor.device, self.predictor.size, self.predictor.in_channels
+        self.name = f"medtools-{self.predictor.kind.name}-{config.get('arch', 'classifier')}"
         self.identity = {"extractor": self.name, "checkpoint": Path(path).name, "sha256": sha256_file(path), "size": self.size}
 
     def __call__(self, images: Any) -> Any:
         import torch
 
-        from medtools.nets.classifier import classifier_features
-
-        x = images.to(self.device)
-        if "mean" in self.norm and "std" in self.norm:
-            x = (x - float(self.norm["mean"])) / float(self.norm["std"])
-        with torch.no_grad():
-            return classifier_features(self.net, x).float().cpu()
+        return torch.from_numpy(self.predictor.features(images))
 
 
 class _Images:

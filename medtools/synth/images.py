@@ -87,22 +87,13 @@ def data_fingerprint(refs: Sequence[ImageRef]) -> str:
 
 
 def load_image(path: Path | str, size: int | None, channels: int = 1) -> np.ndarray:
-    """One image → (C, size, size) float32 in [0, 1] (scaled by bit depth; gray copied for 3 channels).
+    """One image → (C, size, size) float32 in [0, 1] (scaled by bit depth; gray copied for 3
+    channels): ``core.preprocess.load_image`` with the ``unit`` normalisation. ``size`` None
+    keeps the native size."""
+    from medtools.core.preprocess import UNIT_NORM
+    from medtools.core.preprocess import load_image as load
 
-    ``size`` None keeps the native size.
-    """
-    from medtools.core.data import load_gray, resize_slices
-    from medtools.core.io import read_image
-
-    if channels == 1:
-        return load_gray(path, size)[None]
-    image = read_image(path)
-    array = image.array
-    if array.ndim == 2:
-        return np.repeat(load_gray(path, size)[None], 3, axis=0)
-    scale = 65535.0 if array.dtype == np.uint16 else 255.0
-    rgb = np.moveaxis(array[..., :3].astype(np.float32) / scale, -1, 0)
-    return resize_slices(rgb[None], size)[0].astype(np.float32)
+    return load(path, size, channels, UNIT_NORM)
 
 
 def load_images(refs: Sequence[ImageRef], size: int | None, channels: int = 1) -> np.ndarray:

@@ -56,9 +56,9 @@ def _limit(refs: list[Any], limit: int | None, rng: np.random.Generator) -> list
 
 
 class Denoiser:
-    """ε_θ(x, t) in batches under autocast, with the training schedule's ᾱ."""
+    """ε_θ(x, t) through the model's Predictor (batched, autocast), with the training schedule's ᾱ."""
 
-    def __init__(self, net: Any, sched_config: dict[str, Any], device: Any, precision: str, batch_size: int):
+    def __init__(self, predictor: Any, sched_config: dict[str, Any]):
         import torch
 
         from medtools.synth.schedule import training_scheduler
@@ -66,7 +66,7 @@ class Denoiser:
         scheduler = training_scheduler(sched_config)
         if scheduler.config.prediction_type != "epsilon":
             raise UsageError(f"mia supports epsilon-prediction models, this one predicts {scheduler.config.prediction_type}")
-        self.net, self.device, self.precision, self.batch_size = net, device, precision, batch_size
+        self.predictor = predictor
         self.alphas = scheduler.alphas_cumprod.to(torch.float64)
         self.T = int(scheduler.config.num_train_timesteps)
 
@@ -74,18 +74,10 @@ class Denoiser:
         return float(self.alphas[t])
 
     def eps(self, x: Any, t: int) -> Any:
+        """Noise estimate for model-space samples ``x`` (N, C, H, W) at timestep ``t`` (CPU float32)."""
         import torch
 
-        from medtools.core.device import autocast
-
-        outs = []
-        with torch.no_grad():
-            for start in range(0, len(x), self.batch_size):
-                chunk = x[start : start + self.batch_size].to(self.device)
-                steps = torch.full((len(chunk),), int(t), device=self.device, dtype=torch.long)
-                with autocast(self.device, self.precision):
-                    outs.append(self.net(chunk, steps).sample.float().cpu())
-        return torch.cat(outs)
+        return torch.from_numpy(self.predictor.predict(x, model_space=True, timesteps=int(t)))
 
     def ddim(self, x: Any, t_from: int, t_to: int, eps: Any) -> Any:
         """Deterministic DDIM move of x from t_from to t_to (either direction) with noise estimate eps."""
@@ -230,9 +222,10 @@ def run_mia(
     """Score members and non-members with each attack; metrics per attack (and ROC files)."""
     import torch
 
-    from medtools.core.device import resolve_device, resolve_precision
     from medtools.synth.images import collect_images, load_images
-    from medtools.synth.train import load_ddpm
+    from medtools.core.predict import Predictor
+    from medtools.core.preprocess import to_model_range
+    from medtools.synth.train import scheduler_of
 
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or not attacks:
@@ -243,10 +236,9 @@ def run_mia(
     rng = np.random.default_rng(seed)
     refs_members, refs_nonmembers = _limit(refs_members, limit, rng), _limit(refs_nonmembers, limit, rng)
 
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    checkpoint, net, sched_config = load_ddpm(model, dev)
-    denoiser = Denoiser(net, sched_config, dev, prec, batch_size)
+    predictor = Predictor(model, kind="ddpm", device=device, precision=precision, batch_size=batch_size)
+    checkpoint = predictor.checkpoint
+    denoiser = Denoiser(predictor, scheduler_of(checkpoint))
     bad = [t for t in timesteps if not 0 < t < denoiser.T]
     if bad or not timesteps:
         raise UsageError(f"--timesteps must lie in 1..{denoiser.T - 1}, got {list(timesteps)}")
@@ -254,7 +246,7 @@ def run_mia(
         raise UsageError(f"secmi needs more than {SECMI_T} diffusion steps; this model has {denoiser.T}")
     size, channels = int(checkpoint.config["sample_size"]), int(checkpoint.config["in_channels"])
     sets = {
-        name: torch.from_numpy(load_images(refs, size, channels)) * 2.0 - 1.0
+        name: to_model_range(torch.from_numpy(load_images(refs, size, channels)), predictor.norm)
         for name, refs in (("members", refs_members), ("nonmembers", refs_nonmembers))
     }
     report.log(f"{len(refs_members)} member images ({len({r.patient for r in refs_members})} patients) vs {len(refs_nonmembers)} non-member images ({len({r.patient for r in refs_nonmembers})} patients) at {size}×{size}")
@@ -279,7 +271,7 @@ def run_mia(
         "timesteps": list(timesteps),
         "repeats": repeats,
         "image_size": size,
-        "device": str(dev),
+        "device": str(predictor.device),
     }
     dp = checkpoint.provenance.get("dp")
     if isinstance(dp, dict):

@@ -30,7 +30,7 @@ from medtools.core import ckpt, report
 from medtools.core.errors import InputError, UsageError
 from medtools.core.train import TrainSpec, fit
 from medtools.synth.images import collect_images, data_fingerprint, load_images
-from medtools.synth.models import DEFAULT_ATTENTION, DEFAULT_WIDTHS, build_unet, count_parameters, unet_config
+from medtools.synth.models import DEFAULT_ATTENTION, DEFAULT_WIDTHS, count_parameters, unet_config
 from medtools.synth.schedule import scheduler_config, target_for, training_scheduler
 
 GRAD_SAMPLE_MODE = "functorch"  # opacus' "hooks" mode gives zero per-sample grads after UNet attention blocks
@@ -166,7 +166,7 @@ def train_ddpm(
         per_epoch = steps_per_epoch or -(-len(dataset) // batch_size)
         dp = DPTraining(epsilon=dp_epsilon, delta=dp_delta, max_grad_norm=max_grad_norm, planned_steps=epochs * per_epoch, resume_from=output if resume else None)
 
-    model = build_unet(**config)
+    model = ckpt.new_model("ddpm", config)
     report.log(f"UNet2DModel: {count_parameters(model) / 1e6:.2f}M parameters, widths {list(widths)}, attention at levels {list(attention)}")
     scheduler = training_scheduler(sched_config)
     provenance = {
@@ -208,12 +208,17 @@ def train_ddpm(
     return result
 
 
-def load_ddpm(path: Path | str, device: Any = None) -> tuple[Any, Any, dict[str, Any]]:
-    """(checkpoint, UNet in eval mode on ``device``, DDPMScheduler config) for sampling and attacks."""
-    checkpoint, model = ckpt.load_model(path, "ddpm", device)
+def scheduler_of(checkpoint: Any) -> dict[str, Any]:
+    """The DDPMScheduler config a ``ddpm`` checkpoint was trained with (CheckpointError if absent)."""
     sched_config = checkpoint.provenance.get("scheduler")
     if not isinstance(sched_config, dict):
         from medtools.core.errors import CheckpointError
 
-        raise CheckpointError(f"{path}: no scheduler config (medtools.scheduler) in the checkpoint metadata")
-    return checkpoint, model, sched_config
+        raise CheckpointError(f"{checkpoint.path}: no scheduler config (medtools.scheduler) in the checkpoint metadata")
+    return sched_config
+
+
+def load_ddpm(path: Path | str, device: Any = None) -> tuple[Any, Any, dict[str, Any]]:
+    """(checkpoint, UNet in eval mode on ``device``, DDPMScheduler config) for sampling."""
+    checkpoint, model = ckpt.load_model(path, "ddpm", device)
+    return checkpoint, model, scheduler_of(checkpoint)
