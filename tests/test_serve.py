@@ -294,6 +294,7 @@ def test_real_server_parallel_clients_and_sigterm(world, tmp_path):
         with httpx.Client(base_url=address, timeout=60) as client:
             models = {m["name"]: m["sha256"] for m in client.get("/v1/health").json()["models"]}
             assert models["tiny-seg"] == sha256_file(world / "models" / "tiny-seg.safetensors")
+            assert client.get("/v1/health", headers={"Host": "rebound.example"}).status_code == 400  # DNS rebinding
             assert client.post("/v1/login", json={"user": "alice", "password": "wrong"}).status_code == 401
             token = client.post("/v1/login", json={"user": "alice", "password": PASSWORD}).json()["token"]
         slices = [(world / f"slice{i}.png").read_bytes() for i in range(4)]

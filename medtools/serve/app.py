@@ -445,7 +445,7 @@ def create_app(state: ServeState):
     return app
 
 
-def build(models_dir: Path, store: Path, *, index: Path | None = None, public: Path | None = None, audit_log: Path | None = None, ttl: float | None = None, max_failures: int | None = None, max_upload: int | None = None, device: str | None = None, precision: str | None = None):
+def build(models_dir: Path, store: Path, *, allowed_hosts: list[str] | None = None, index: Path | None = None, public: Path | None = None, audit_log: Path | None = None, ttl: float | None = None, max_failures: int | None = None, max_upload: int | None = None, device: str | None = None, precision: str | None = None):
     """Load models and key store once → (ASGI app with the body limit, state)."""
     from medtools.serve.auth import DEFAULT_MAX_FAILURES, DEFAULT_TTL, RateLimiter
 
@@ -457,4 +457,9 @@ def build(models_dir: Path, store: Path, *, index: Path | None = None, public: P
     root = Path(tempfile.mkdtemp(prefix="medtools-serve-"))
     os.chmod(root, 0o700)
     state = ServeState(models=models, auth=auth, index=index_service, max_upload=max_upload or DEFAULT_MAX_UPLOAD, tmp_root=root)
-    return BodyLimit(create_app(state), state.max_upload), state
+    app = create_app(state)
+    if allowed_hosts:  # Host header check: a web page that rebinds its DNS name to 127.0.0.1 gets 400
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    return BodyLimit(app, state.max_upload), state

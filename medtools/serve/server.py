@@ -68,7 +68,7 @@ def serve(
 
     audit_log = audit_log if audit_log is not None else Path(store).with_name(Path(store).name + ".audit.jsonl")
     app, state = build(
-        models, store, index=index, public=public, audit_log=audit_log, ttl=token_ttl, max_failures=max_failures,
+        models, store, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"] if _is_loopback(host) else None, index=index, public=public, audit_log=audit_log, ttl=token_ttl, max_failures=max_failures,
         max_upload=int(max_upload_mb * 1024 * 1024) if max_upload_mb else None, device=device, precision=precision,
     )
     try:
