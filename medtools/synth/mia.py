@@ -125,18 +125,14 @@ def secmi_scores(d: Denoiser, x0: Any, t_sec: int = SECMI_T, interval: int = SEC
 
 
 def roc_curve(scores_members: np.ndarray, scores_nonmembers: np.ndarray) -> dict[str, np.ndarray]:
-    """FPR, TPR and thresholds at every distinct score (predict member when score ≥ threshold)."""
+    """FPR, TPR and thresholds at every distinct score (member predicted when score ≥ threshold):
+    ``sklearn.metrics.roc_curve`` with every threshold kept."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
     scores = np.concatenate([scores_members, scores_nonmembers])
     labels = np.concatenate([np.ones(len(scores_members)), np.zeros(len(scores_nonmembers))])
-    order = np.argsort(-scores, kind="mergesort")
-    scores, labels = scores[order], labels[order]
-    last_of_tie = np.r_[np.nonzero(np.diff(scores))[0], len(scores) - 1]
-    tp, fp = np.cumsum(labels)[last_of_tie], np.cumsum(1 - labels)[last_of_tie]
-    return {
-        "fpr": np.r_[0.0, fp / max(len(scores_nonmembers), 1)],
-        "tpr": np.r_[0.0, tp / max(len(scores_members), 1)],
-        "threshold": np.r_[np.inf, scores[last_of_tie]],
-    }
+    fpr, tpr, thresholds = sk_roc_curve(labels, scores, drop_intermediate=False)
+    return {"fpr": fpr, "tpr": tpr, "threshold": thresholds}
 
 
 def attack_metrics(scores_members: np.ndarray, scores_nonmembers: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
