@@ -1,0 +1,50 @@
+#!/usr/bin/env python3
+"""One Markdown table from an examples/collab work folder (the JSON files the Makefile writes)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def load(path: Path):
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def main() -> None:
+    work = Path(sys.argv[1] if len(sys.argv) > 1 else "work")
+    print("| client | Dice | IoU | empty / all-fg Dice | wrong-key Dice | image AE PSNR / SSIM | mask AE PSNR | U-Net Dice |")
+    print("|---|---|---|---|---|---|---|---|")
+    base = load(work / "baseline.json") or {}
+    for client in ("a", "b"):
+        e, w = load(work / f"eval-{client}.json"), load(work / f"eval-wrong-key-{client}.json")
+        if not e:
+            continue
+        unet = base.get(client, {}).get("dice")
+        print(f"| {client} ({e['cases']}) | {e['dice']:.3f} | {e['iou']:.3f} | {e['baseline_empty_dice']:.3f} / {e['baseline_full_dice']:.3f} | "
+              f"{w['dice'] if w else float('nan'):.3f} | {e['image_ae']['psnr']:.2f} / {e['image_ae']['ssim']:.3f} | {e['mask_ae']['psnr']:.2f} | {'-' if unet is None else f'{unet:.3f}'} |")
+    keyless = load(work / "eval-keyless.json")
+    if keyless:
+        print(f"\nkeyless server (client a, UMN in the protected space): Dice {keyless['dice']:.3f}, IoU {keyless['iou']:.3f}")
+    for name in ("attack.json", "attack-surrogate.json"):
+        a = load(work / name)
+        if not a or "latent_attacks" not in a:
+            continue
+        la = a["latent_attacks"]
+        print(f"\n{name}: no key {la['no_key_psnr']:.2f} dB, wrong key {la['wrong_key_psnr']:.2f} dB, mean image {la['mean_image_psnr']:.2f} dB, with key {la.get('with_key_psnr', float('nan')):.2f} dB; falls at {la['falls_at_pairs']} pairs per scale")
+        for row in la["known_plaintext"]:
+            print(f"  N={row['pairs']}: PSNR {row['psnr']:.2f} dB, key error {row.get('key_error', float('nan')):.2e}")
+        if "membership" in a:
+            print(f"  MIA AUC {a['membership']['auc']:.3f} ({a['membership']['members']} members, {a['membership']['nonmembers']} non-members)")
+    k = load(work / "attack-keyless.json")
+    if k:
+        print(f"\nkeyless MIA AUC {k['membership']['auc']:.3f}")
+    for client in ("a", "b"):
+        p = load(work / "lat" / client / "payload.json")
+        if p:
+            print(f"payload per query (client {client}): {p['payload_bytes']} bytes tensors, {p['file_bytes']} bytes file")
+
+
+if __name__ == "__main__":
+    main()
