@@ -361,3 +361,23 @@ def test_index_score_is_the_server_half_of_index_query(served, world, tmp_path):
     by_id = {e["id"]: scores[i] for i, e in enumerate(manifest["entries"])}
     assert [h["id"] for h in local["hits"]] == sorted(by_id, key=lambda i: -by_id[i])
     assert all(abs(by_id[h["id"]] - h["score"]) < 1e-3 for h in local["hits"])
+
+
+def test_rate_limit_window_and_session_expiry(world):
+    from medtools.serve.auth import Authenticator, LoginFailed, RateLimiter, TooManyAttempts
+
+    limiter = RateLimiter(max_failures=2, window=0.3)
+    limiter.fail("user:a")
+    limiter.fail("user:a")
+    with pytest.raises(TooManyAttempts):
+        limiter.check("user:a", "client:x")
+    limiter.check("user:b", "client:x")  # other keys are not limited
+    time.sleep(0.35)
+    limiter.check("user:a")  # the window slid past the failures
+    auth = Authenticator(world / "store.json", audit_log=None, ttl=0.3)
+    with pytest.raises(LoginFailed):
+        auth.login("alice", "wrong", "c")
+    token, session = auth.login("alice", PASSWORD, "c")
+    assert auth.session(token) is session and auth.session("forged") is None
+    time.sleep(0.35)
+    assert auth.session(token) is None  # expired
