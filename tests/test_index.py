@@ -57,11 +57,9 @@ def test_one_ciphertext_per_dimension_scores_every_entry_of_a_block(small_keys):
     plain = x @ q
     enc = he.decrypt_scores(secret, he.score_block(public, block, query=he.encrypt_query(secret, q)))
     clear_query = he.decrypt_scores(secret, he.score_block(public, block, plain_query=q))
-    assert np.abs(enc - plain).max() < 1e-3 and np.abs(clear_query - plain).max() < 1e-3
-    top = np.argsort(-plain)[:10]
-    gap = np.sort(plain)[::-1][:11]
-    if np.diff(gap).min() < -2e-3:  # distinct scores: the ranking is the plaintext one
-        assert np.array_equal(np.argsort(-enc)[:10], top)
+    assert np.abs(enc - plain).max() < 1e-4 and np.abs(clear_query - plain).max() < 1e-4
+    assert np.diff(np.sort(plain)[::-1][:11]).max() < -1e-3  # the plaintext top 10 are well apart ...
+    assert np.array_equal(np.argsort(-enc)[:10], np.argsort(-plain)[:10])  # ... and the ranking is the same
     assert int(np.argmax(enc)) == 11
     with pytest.raises(UsageError):  # ... but cannot encrypt a query or decrypt
         he.encrypt_query(public, q)
@@ -148,7 +146,7 @@ def test_cli_pipeline_encrypted_top_k_equals_plaintext_and_tampering_exits_4(pip
     order = np.argsort(-plain)[:4]
     assert [h["id"] for h in result["hits"]] == [ids[i] for i in order]
     assert result["hits"][0]["id"] == ids[3]
-    assert max(abs(h["score"] - plain[ids.index(h["id"])]) for h in result["hits"]) < 1e-4
+    assert max(abs(h["score"] - plain[ids.index(h["id"])]) for h in result["hits"]) < 1e-6
     (root / "hits.json").write_text(out.stdout)
     assert run_cli("index", "verify", "--proof", root / "hits.json", "--root", built["root"]).returncode == 0
 
