@@ -178,6 +178,16 @@ def test_segment_nifti_and_png_keep_format_and_shape(served, world):
 
     png.write_bytes(base64.b64decode(page["label_map"]))
     assert read_image(png).array.shape == (48, 40)
+    # a single-file DICOM comes back as DICOM with its tags (core.io writes it derived)
+    from pydicom.data import get_testdata_file
+
+    ct = Path(get_testdata_file("CT_small.dcm"))
+    response = client.post("/v1/segment", files={"file": ("ct.dcm", ct.read_bytes())}, headers=headers)
+    assert response.status_code == 200, response.text
+    (world / "ct_seg.dcm").write_bytes(response.content)
+    back, source = read_image(world / "ct_seg.dcm"), read_image(ct)
+    assert back.format == "dicom" and back.array.shape == source.array.shape == (128, 128)
+    assert set(np.unique(back.array)) <= {0, 1} and back.meta["dataset"].PatientID == source.meta["dataset"].PatientID
 
 
 @needs_segment_images
@@ -219,7 +229,7 @@ def test_page_script_draws_the_overlay(served, world, tmp_path):
     assert np.all(rgba[..., 3] == 255)
 
 
-def test_segment_errors_are_the_cli_reasons(served):
+def test_segment_errors_are_the_cli_reasons(served, world):
     client, _ = served
     headers = _login(client)
     corrupt = client.post("/v1/segment", files={"file": ("broken.nii.gz", b"not a nifti at all")}, headers=headers)
@@ -227,8 +237,9 @@ def test_segment_errors_are_the_cli_reasons(served):
     assert "medtools-serve-" not in corrupt.json()["detail"]  # no server paths in replies
     unsupported = client.post("/v1/segment", files={"file": ("notes.docx", b"PK\x03\x04")}, headers=headers)
     assert unsupported.status_code == 422 and "unsupported file type" in unsupported.json()["detail"]
-    two = client.post("/v1/segment", files=[("file", ("a.png", b"x")), ("file", ("b.png", b"y"))], headers=headers)
-    assert two.status_code == 400 and "flair" in two.json()["detail"]
+    png = (world / "slice0.png").read_bytes()
+    two = client.post("/v1/segment", files=[("file", ("a.png", png)), ("file", ("b.png", png))], headers=headers)
+    assert two.status_code == 422 and "flair" in two.json()["detail"]  # segment_images' own reason
     assert client.post("/v1/segment", files={"file": ("a.png", b"x")}, headers=headers, params={"model": "nope"}).status_code == 400
 
 

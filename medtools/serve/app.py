@@ -193,16 +193,10 @@ def run_segment(state: ServeState, uploads: list[Any], model_name: str | None) -
     if segment_images is None:
         raise UsageError("this medtools has no in-memory segmentation (medtools.brain.segment.segment_images)")
     model = backends.pick_model(state.models, "segment", model_name)
-    expected = model.predictor.modalities or ["image"]
-    if len(uploads) != len(expected):
-        raise UsageError(f"model {model.name} takes {len(expected)} file(s), one per modality in this order: {', '.join(expected)}; got {len(uploads)}")
     with request_folder(state) as work:
         paths = [work.save(upload, i) for i, upload in enumerate(uploads)]
         images = [read_image(path) for path in paths]
-        shapes = {tuple(im.array.shape[:3]) for im in images}
-        if len(shapes) > 1:
-            raise InputError(f"the modalities differ in shape: {', '.join('×'.join(map(str, s)) for s in sorted(shapes))}")
-        with model.lock:
+        with model.lock:  # segment_images checks the modality count and shapes (422 with its reason)
             label = segment_images(images, model.predictor)
         fmt = format_of(paths[0])
         stem, ext = split_ext(safe_name(uploads[0].filename))
