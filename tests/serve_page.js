@@ -76,11 +76,15 @@ vm.runInContext(fs.readFileSync(appPath, "utf8"), context);
   $("segment-files").files = [new Blob(["x"])];
   $("opacity").value = "50";
   await $("segment-form").fire("submit");
+  const wheel = (deltaY) => $("viewer").listeners.wheel[0]({ deltaY, preventDefault() {} });
+  wheel(1); wheel(1); const afterDown = Number($("slice").value);
+  wheel(-1); wheel(-1); const afterUp = Number($("slice").value);
+  wheel(1);
   const px = $("viewer").pixels;
   console.log(JSON.stringify({
     login_shown_first: shownBefore, wrong_password_message: wrongError, app_shown: !$("app").hidden,
     who: $("who").textContent, model: $("model").value, status: $("segment-status").textContent,
-    volume: $("volume").textContent, slice: Number($("slice").value), slice_max: Number($("slice").max),
+    volume: $("volume").textContent, slice: Number($("slice").value), wheel: [afterDown, afterUp], slice_max: Number($("slice").max),
     width: px ? px.width : 0, height: px ? px.height : 0, rgba: px ? Buffer.from(px.data).toString("base64") : "",
     calls,
   }));

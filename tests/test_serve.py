@@ -220,6 +220,7 @@ def test_page_script_draws_the_overlay(served, world, tmp_path):
     assert page["login_shown_first"] and page["wrong_password_message"] == "Log-in failed." and page["app_shown"]
     assert page["model"] == "tiny-seg" and page["status"] == "Done: case_seg.nii.gz" and "mL" in page["volume"]
     assert page["slice"] == 4 and page["slice_max"] == 5  # starts on the slice with the most tumour
+    assert page["wheel"] == [5, 3]  # the mouse wheel scrolls slices (and stops at the last)
     rgba = np.frombuffer(base64.b64decode(page["rgba"]), np.uint8).reshape(40, 36, 4).astype(int)
     gray = np.frombuffer(base64.b64decode(answer["preview"]["image"]), np.uint8).reshape(shape)[4].astype(int)
     inside = pattern[4] == 1

@@ -110,6 +110,13 @@ $("logout").addEventListener("click", async () => {
 $("model").addEventListener("change", showModalities);
 $("opacity").addEventListener("input", draw);
 $("slice").addEventListener("input", draw);
+$("viewer").addEventListener("wheel", (event) => { // scroll through the slices of a volume
+  if (!view) return;
+  event.preventDefault();
+  const slider = $("slice");
+  slider.value = Math.max(0, Math.min(+slider.max, +slider.value + (event.deltaY > 0 ? 1 : -1)));
+  draw();
+}, { passive: false });
 
 $("segment-form").addEventListener("submit", async (event) => {
   event.preventDefault();
