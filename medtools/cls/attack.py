@@ -225,15 +225,27 @@ def run_attacks(paths: Sequence[str], *, method: str, key: bytes, block: int = 1
         if method != "block":
             result["ciphertext_only"] = {"skipped": "the ciphertext-only attack models the block cipher's structure"}
         else:
-            source, negated = ciphertext_only(ciphers, block, seed=seed)
+            # one attack per image size (the statistics are per block position, pooled over images of one geometry)
             true_source, true_negative, _ = block_cipher.transform(key, block, 1)
-            recovered = [block_cipher.apply_recovered(c, source, negated, BITS, block) for c in ciphers]
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for index, c in enumerate(ciphers):
+                groups.setdefault(c.shape, []).append(index)
+            parts, truths, recovered_all, flags, positions = [], [], [], [], []
+            for shape, members in sorted(groups.items()):
+                source, negated = ciphertext_only([ciphers[i] for i in members], block, seed=seed)
+                recovered = [block_cipher.apply_recovered(ciphers[i], source, negated, BITS, block) for i in members]
+                flags.append(float(np.mean(negated == true_negative[:, 0])))
+                positions.append(float(np.mean(source == true_source)))
+                parts.append({"shape": list(shape), "images": len(members), "flags_correct": flags[-1], "positions_correct": positions[-1]})
+                truths.extend(plains[i] for i in members)
+                recovered_all.extend(recovered)
             result["ciphertext_only"] = {
                 "attack": "ciphertext-only",
-                "flags_correct": float(np.mean(negated == true_negative[:, 0])),
-                "positions_correct": float(np.mean(source == true_source)),
-                "recovered": _summary(plains, recovered),
-                "cipher_baseline": _summary(plains, ciphers),
+                "flags_correct": float(np.average(flags, weights=[p["images"] for p in parts])),
+                "positions_correct": float(np.average(positions, weights=[p["images"] for p in parts])),
+                "groups": parts,
+                "recovered": _summary(truths, recovered_all),
+                "cipher_baseline": _summary(truths, [ciphers[i] for members in (m for _, m in sorted(groups.items())) for i in members]),
             }
     return result
 
