@@ -170,14 +170,16 @@ def test_rows6_8_signals_in_a_segment_batch_leave_no_temp_files(models, tmp_path
         for path in source.iterdir():
             shutil.copy(path, cases / f"c{i:02d}" / f"c{i:02d}{path.name[len(source.name):]}")
     out = tmp_path / "pred"
-    out.mkdir()
+    stale = out / "c00" / ".c00_seg.0a1b2c3d.part.nii.gz"  # left by an earlier run that was killed (SIGKILL)
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"")
     proc = _popen("segment", cases, "-m", models / "seg.safetensors", "-o", out, "--workers", "0", "-b", "1")
     first = proc.stdout.readline()  # the first case is in place: the batch is running
     assert first, proc.stderr.read().decode()
     proc.send_signal(signum)
     rest, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum
-    assert _parts(out) == []
+    assert _parts(out) == []  # neither this run's temp file nor the stale one of the earlier run
     printed = [first.decode().strip(), *rest.decode().split()]
     written = sorted(str(p) for p in out.rglob("*.nii.gz"))
     assert sorted(printed) == written  # everything in place was printed, nothing else
@@ -269,18 +271,36 @@ def test_row15_a_broken_dicom_series_is_one_line(tmp_path):
 # ------------------------------------------------------------------ row 16: paths printed as files land
 
 
-def test_row16_sigint_in_protect_every_written_file_was_printed(models, tmp_path):
-    cases = _copy_cases(models, tmp_path / "cases")
-    out = tmp_path / "prot"
-    proc = _popen("protect", cases, "-a", models / "reid.safetensors", "-o", out, "--steps", "2", "--workers", "0")
-    first = proc.stdout.readline()
-    assert first, proc.stderr.read().decode()
-    proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=120)
-    assert proc.returncode in (0, 130)
-    printed = sorted([first.decode().strip(), *rest.decode().split()])
-    assert printed == sorted(str(p) for p in out.rglob("*.nii.gz"))
-    assert _parts(out) == []
+def test_row16_files_written_before_an_interrupt_were_printed(tmp_path, monkeypatch, capsys):
+    """protect writes a case's files, then evaluates the white-box attacker: a Ctrl-C there
+    must not hide files that are already in place (they were printed as they landed)."""
+    import typer
+
+    from medtools.brain import commands
+    from medtools.brain import protect as protect_module
+    from medtools.core.io import Image, write_image
+
+    volume = _nan_volume(tmp_path / "in" / "scan.nii.gz", bad=0)
+    attacker = tmp_path / "reid.safetensors"
+    attacker.write_bytes(b"only hashed by the run record")
+
+    def interrupted_after_writing(cases, output, **kwargs):
+        for case in cases:
+            write_image(Image(np.zeros((4, 4, 2), np.uint8), affine=np.eye(4), format="nifti"), output / case.rel_dir / "scan.nii.gz")
+            raise KeyboardInterrupt  # during the evaluation that follows the writes
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(protect_module, "protect_cases", interrupted_after_writing)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with pytest.raises(typer.Exit) as stopped:
+            commands.protect(inputs=[str(volume)], attacker=[attacker], output=tmp_path / "out", quiet=True)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert stopped.value.exit_code == 130
+    written = [str(p) for p in (tmp_path / "out").rglob("*.nii.gz")]
+    assert len(written) == 1 and capsys.readouterr().out.split() == written
 
 
 # ------------------------------------------------------------------ also seen
