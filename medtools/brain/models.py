@@ -26,9 +26,9 @@ register_kind(
     features="medtools.nets.segmenter:segmenter_features",
     task="segment",
     tiny=(
-        {"arch": "unet", "encoder": "resnet18", "in_channels": 1, "classes": 2, "encoder_depth": 3, "image_size": 32, "label_values": [0, 1]},
-        {"arch": "unet-scse", "encoder": "resnet18", "in_channels": 4, "classes": 4, "encoder_depth": 3, "image_size": 32, "label_values": [0, 1, 2, 4]},
-        {"arch": "fpn", "encoder": "resnet18", "in_channels": 4, "classes": 3, "image_size": 32, "label_values": [0, 1, 2]},
+        {"arch": "unet", "encoder": "tu-test_resnet", "in_channels": 1, "classes": 2, "encoder_depth": 3, "image_size": 32, "label_values": [0, 1]},
+        {"arch": "unet-scse", "encoder": "tu-test_resnet", "in_channels": 4, "classes": 4, "encoder_depth": 3, "image_size": 32, "label_values": [0, 1, 2, 4]},
+        {"arch": "fpn", "encoder": "tu-test_resnet", "in_channels": 4, "classes": 3, "image_size": 32, "label_values": [0, 1, 2]},
     ),
 )
 
@@ -43,7 +43,7 @@ register_kind(
     features="medtools.nets.classifier:classifier_features",
     task="classify",
     tiny=(
-        {"arch": "resnet10t", "in_channels": 1, "num_classes": 3, "image_size": 32, "class_names": ["a", "b", "c"]},
-        {"arch": "resnet10t", "in_channels": 4, "num_classes": 2, "image_size": 32, "class_names": ["a", "b"]},
+        {"arch": "test_resnet", "in_channels": 1, "num_classes": 3, "image_size": 32, "class_names": ["a", "b", "c"]},
+        {"arch": "test_resnet", "in_channels": 4, "num_classes": 2, "image_size": 32, "class_names": ["a", "b"]},
     ),
 )
