@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli as _run_cli
+
+
+def run_cli(*args, **kw):
+    """The shared runner with OpenMP threads that sleep instead of spinning (the CPU is shared)."""
+    return _run_cli(*args, env={"OMP_WAIT_POLICY": "PASSIVE"}, **kw)
 
 
 def disk_phantoms(root: Path, n: int, size: int, seed: int) -> Path:

@@ -35,6 +35,9 @@ def main() -> None:
         print(f"\n{name}: no key {la['no_key_psnr']:.2f} dB, wrong key {la['wrong_key_psnr']:.2f} dB, mean image {la['mean_image_psnr']:.2f} dB, with key {la.get('with_key_psnr', float('nan')):.2f} dB; falls at {la['falls_at_pairs']} pairs per scale")
         for row in la["known_plaintext"]:
             print(f"  N={row['pairs']}: PSNR {row['psnr']:.2f} dB, key error {row.get('key_error', float('nan')):.2e}")
+        if "learned_inversion" in a:
+            li = a["learned_inversion"]
+            print(f"  learned inversion (random keys, {li['public_images']} public images): PSNR {li['psnr']:.2f} dB, SSIM {li['ssim']:.3f}; its decoder on plain latents {li['plain_psnr']:.2f} dB")
         if "membership" in a:
             print(f"  MIA AUC {a['membership']['auc']:.3f} ({a['membership']['members']} members, {a['membership']['nonmembers']} non-members)")
     k = load(work / "attack-keyless.json")

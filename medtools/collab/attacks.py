@@ -167,6 +167,85 @@ def attack_latents(
     return result
 
 
+def learned_inversion(
+    latents: Sequence[str | Path],
+    images: Path,
+    model: Path,
+    public: Path,
+    *,
+    epochs: int = 20,
+    batch_size: int = 8,
+    lr: float = 2e-3,
+    seed: int = 0,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """A scheme-aware attacker without the key: it holds the encoder (``model``) and public
+    images, draws a fresh random key for every batch (it knows the method, not the key),
+    trains a decoder from protected latents back to images on the shared loop, and decodes
+    the victim's protected latents with it. Scored by PSNR/SSIM against the victim's images;
+    the same decoder on plain latents (``plain_psnr``) shows it learned to decode at all."""
+    import tempfile
+
+    import torch
+    import torch.nn.functional as F
+
+    from medtools.collab.autoencoder import case_name, load_batch
+    from medtools.collab.evaluate import psnr_ssim
+    from medtools.collab.latents import LATENT_EXTS, decode, encode, read_latent, stack
+    from medtools.core import ckpt as ckpt_lib
+    from medtools.core.inputs import expand_inputs
+    from medtools.core.predict import Predictor
+    from medtools.core.train import TrainSpec, fit
+
+    victim = ckpt_lib.load(model, kind="ae-image")
+    net = ckpt_lib.build_model(victim, load_weights=False)  # a fresh decoder: the attacker trains its own
+    net.load_state_dict({k: v for k, v in victim.tensors.items() if k.startswith(("down.", "to_latent."))}, strict=False)
+    for module in (net.down, net.to_latent):
+        for p in module.parameters():
+            p.requires_grad_(False)
+    size = int(victim.config["image_size"])
+    channels = [int(c) for c in victim.config["latent_channels"]]
+    x_public = torch.from_numpy(load_batch(sorted(i.path for i in expand_inputs([public])), size, mask=False))
+
+    def random_key(device: Any) -> list[tuple[Any, Any]]:
+        out = []
+        for c in channels:
+            q, r = torch.linalg.qr(torch.randn(c, c, device=device))
+            q = q * torch.sign(torch.diagonal(r))[None, :]
+            out.append((q, torch.randn(c, device=device)))
+        return out
+
+    def step(m: Any, batch: Any) -> Any:
+        (x,) = batch
+        core = m.module if hasattr(m, "module") else m
+        with torch.no_grad():
+            z = core.encode(x)
+        zp = [torch.einsum("dc,nchw->ndhw", q.T, zk) + b[None, :, None, None] for (q, b), zk in zip(random_key(x.device), z)]
+        out = core.decode(zp).sigmoid()
+        return F.l1_loss(out, x) + F.mse_loss(out, x)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out_path = Path(tmp) / "inversion.safetensors"
+        spec = TrainSpec(output=out_path, kind="ae-image", config=victim.config, norm=victim.norm, epochs=epochs, batch_size=min(batch_size, len(x_public)), lr=lr, seed=seed, device=device, precise_bn_batches=0)
+        fit(net, torch.utils.data.TensorDataset(x_public), step, spec, optimizer_factory=lambda m: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr))
+        attacker = Predictor(out_path, kind="ae-image", device=device)
+        files = {}
+        for item in expand_inputs(latents, exts=LATENT_EXTS):
+            lat = read_latent(item.path)
+            if lat.config.get("source") == "ae-image":
+                files[lat.case] = lat
+        clean = {case_name(i.path): i.path for i in expand_inputs([images])}
+        cases = sorted(set(files) & set(clean))
+        if not cases:
+            raise InputError("no protected image latents match the clean images by case")
+        truth = load_batch([clean[c] for c in cases], size, mask=False)
+        recon = decode(attacker, stack([files[c] for c in cases]))
+        plain = decode(attacker, encode(attacker, truth))
+    psnr, ssim = psnr_ssim(truth[:, 0], recon[:, 0])
+    plain_psnr, _ = psnr_ssim(truth[:, 0], plain[:, 0])
+    return {"cases": len(cases), "public_images": int(len(x_public)), "epochs": epochs, "psnr": psnr, "ssim": ssim, "plain_psnr": plain_psnr}
+
+
 def _shapes(predictor: Any) -> list[tuple[int, int, int]]:
     from medtools.collab.autoencoder import latent_shapes
 

@@ -279,6 +279,8 @@ def collab_attack(
     known: Annotated[int, typer.Option("--known", min=1, help="Known plaintext images.")] = 1,
     known_pairs: Annotated[Optional[str], typer.Option("--known-pairs", help="Pixel pairs per scale to try, comma-separated (default d/2, d, d+1, 2d, 4(d+1), all).")] = None,
     true_key: Annotated[Optional[Path], typer.Option("--true-key", help="Evaluator only: the victim's key, to report key-recovery error.")] = None,
+    public: Annotated[Optional[Path], typer.Option("--public", help="Learned inversion: public images to train a key-agnostic decoder on (random keys per batch).")] = None,
+    inversion_epochs: Annotated[int, typer.Option("--inversion-epochs", min=1, help="Epochs of the learned inversion attacker.")] = 20,
     umn: Annotated[Optional[Path], typer.Option("--umn", help="Membership inference on this UMN (needs --members, --nonmembers).")] = None,
     members: Annotated[Optional[list[Path]], typer.Option("--members", help="Latent pairs the UMN was trained on.")] = None,
     nonmembers: Annotated[Optional[list[Path]], typer.Option("--nonmembers", help="Latent pairs of held-out patients.")] = None,
@@ -300,6 +302,8 @@ def collab_attack(
             raise UsageError("the latent attacks need --images (the victim's clean images) and -m (the attacker's ae-image)")
         record.add_checkpoint(model)
         result["latent_attacks"] = attacks.attack_latents(latents, images, model, known=known, known_pairs=_ints(known_pairs, "--known-pairs"), key=true_key, seed=seed, batch_size=batch_size or 16, device=device)
+        if public is not None:
+            result["learned_inversion"] = attacks.learned_inversion(latents, images, model, public, epochs=inversion_epochs, seed=seed, device=device)
     if umn is not None:
         if not members or not nonmembers:
             raise UsageError("--umn needs --members and --nonmembers latent folders")
@@ -316,6 +320,9 @@ def collab_attack(
             for row in la["known_plaintext"]:
                 print(f"known-plaintext pairs {row['pairs']:>6}: psnr {row['psnr']:.2f} dB" + (f"  key error {row['key_error']:.2e}" if "key_error" in row else ""))
             print(f"protection falls at {la['falls_at_pairs']} pairs per scale ({la['pairs_per_known_image']} pairs per known image)")
+        if "learned_inversion" in result:
+            li = result["learned_inversion"]
+            print(f"learned inversion (random keys): psnr {li['psnr']:.2f} dB  ssim {li['ssim']:.4f}  (its decoder on plain latents: {li['plain_psnr']:.2f} dB)")
         if "membership" in result:
             print(f"MIA AUC {result['membership']['auc']:.4f} (0.5 = chance)")
     return 0
