@@ -72,9 +72,11 @@ def known_plaintext(plains: Sequence[np.ndarray], ciphers: Sequence[np.ndarray],
     recovered = [block_cipher.apply_recovered(c, source, negated, BITS, block) for c in ciphers[1:]]
     out["block_transform"] = _summary(plains[1:], recovered)
     if method != "block":
+        # an additive keystream would be the same for every image of the known pair's size
         keystream = (ciphers[0].astype(np.int16) - plains[0].astype(np.int16)) % 256
-        guesses = [((c.astype(np.int16) - keystream) % 256).astype(np.uint8) for c in ciphers[1:]]
-        out["keystream"] = _summary(plains[1:], guesses)
+        same = [i for i in range(1, len(ciphers)) if ciphers[i].shape == ciphers[0].shape]
+        guesses = [((ciphers[i].astype(np.int16) - keystream) % 256).astype(np.uint8) for i in same]
+        out["keystream"] = _summary([plains[i] for i in same], guesses)
     return out
 
 
