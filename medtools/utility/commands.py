@@ -101,12 +101,27 @@ def convert(
 
 @command
 def info(
-    inputs: Inputs,
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Files, folders, globs, or '-' for paths on stdin.", show_default=False)] = None,
     kind: Annotated[Optional[str], typer.Option("--kind", help="Require checkpoints of this kind (seg, reid, ddpm, ...): exit 3 otherwise.")] = None,
+    kinds: Annotated[bool, typer.Option("--kinds", help="List the registered model kinds (family, archs, config keys) and exit; no torch import.")] = False,
     json_output: Json = False,
     quiet: Quiet = False,
 ) -> int:
     """Shape, dtype, spacing/affine, intensity range, DICOM key tags, or checkpoint metadata."""
+    if kinds:
+        from medtools.core.registry import describe as describe_kinds
+
+        table = describe_kinds()
+        if json_output:
+            report.emit_json(table)
+        else:
+            for row in table:
+                print(f"{row['kind']}\t{row['family']}\t{row['task']}\t{', '.join(row['archs']) or '-'}\t{row['description']}")
+        return 0
+    if not inputs:
+        from medtools.core.errors import UsageError
+
+        raise UsageError("info needs files or folders (or --kinds)")
     from medtools.core.inputs import expand_inputs
     from medtools.core.io import IMAGE_EXTS
     from medtools.utility.info import describe, render

@@ -75,6 +75,11 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
             out[short] = value
     if "kind" not in out:
         out["note"] = "not a medtools checkpoint (no medtools.kind)"
+    else:
+        from medtools.core import registry
+
+        known = registry.discover().get(out["kind"])
+        out["registered"] = {"family": known.family, "task": known.task, "description": known.description} if known else None
     from medtools.core.report import sha256_file
 
     out["sha256"] = sha256_file(path)
