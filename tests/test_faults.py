@@ -303,6 +303,19 @@ def test_row16_files_written_before_an_interrupt_were_printed(tmp_path, monkeypa
     assert len(written) == 1 and capsys.readouterr().out.split() == written
 
 
+def test_segment_dicom_seg_resumes(models, tmp_path):
+    """issue 11: --format dicom-seg skipped nothing on a rerun (the check looked for .nii.gz)."""
+    pytest.importorskip("highdicom")
+    from test_core_io import write_dicom_series
+
+    series = write_dicom_series(tmp_path / "in" / "series")
+    out = tmp_path / "seg"
+    first = run_cli("segment", series, "-m", models / "seg.safetensors", "-o", out, "--format", "dicom-seg", check=True)
+    assert [Path(p).suffix for p in first.stdout.split()] == [".dcm"]
+    again = run_cli("segment", series, "-m", models / "seg.safetensors", "-o", out, "--format", "dicom-seg", check=True)
+    assert again.stdout == "" and "skipped" in again.stderr
+
+
 # ------------------------------------------------------------------ also seen
 
 
