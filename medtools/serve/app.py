@@ -170,7 +170,8 @@ def label_stats(label: Any) -> dict[str, Any]:
 
 def preview(image: Any, label: Any) -> dict[str, Any] | None:
     """8-bit image and label slices (Z, rows, cols) for the page's viewer, base64."""
-    from medtools.core.io import RASTER_FORMATS, as_volume, normalise_intensity
+    from medtools.core.io import RASTER_FORMATS, as_volume
+    from medtools.core.preprocess import normalise_intensity
 
     array = np.asarray(image.array)
     if image.format in RASTER_FORMATS and array.ndim == 3:

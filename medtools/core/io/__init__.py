@@ -35,7 +35,7 @@ _looks_like_dicom = is_dicom_file  # old private name, still imported by callers
 __all__ = [
     "ARRAY_EXTS", "DICOM_EXTS", "IMAGE_EXTS", "NAN_POLICIES", "NIFTI_EXTS", "RASTER_EXTS", "RASTER_FORMATS",
     "Image", "as_volume", "atomic_open", "atomic_path", "check_finite", "clean_stale", "count_nonfinite",
-    "denormalise_intensity", "dicom_series_files", "format_of", "is_dicom_file", "nan_policy", "normalise_intensity",
+    "dicom_series_files", "format_of", "is_dicom_file", "nan_policy",
     "on_renamed", "read_image", "set_nan_policy", "split_ext", "summarise_tool_output", "write_image",
 ]
 
@@ -51,18 +51,3 @@ def as_volume(image: Image) -> np.ndarray:
     if array.ndim == 4 and array.shape[-1] == 1:
         return array[..., 0]
     return array
-
-
-def normalise_intensity(volume: np.ndarray, *, low: float = 0.5, high: float = 99.5, mask: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
-    """Percentile window → [0, 1] float32; returns the window so it can be undone exactly."""
-    values = volume[mask] if mask is not None and mask.any() else volume[volume != volume.min()] if (volume != volume.min()).any() else volume
-    lo = float(np.percentile(values, low))
-    hi = float(np.percentile(values, high))
-    if hi <= lo:
-        hi = lo + 1.0
-    out = np.clip((volume.astype(np.float32) - lo) / (hi - lo), 0.0, 1.0)
-    return out, {"low": lo, "high": hi}
-
-
-def denormalise_intensity(normed: np.ndarray, window: dict[str, float]) -> np.ndarray:
-    return normed * (window["high"] - window["low"]) + window["low"]
