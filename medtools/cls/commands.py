@@ -190,9 +190,10 @@ def cipher_attack(
     """Attack block / logistic-sine encryption of these plain images (encrypted here with --key) and score the recovery."""
     from medtools.cls.attack import attack_command
 
+    record = report.RunRecord(seed=seed)
     result = attack_command(inputs, method=method, key=_key(key), block_size=block_size, attack=attack, seed=seed)
     if json_output:
-        report.emit_json({**result, "run": report.RunRecord(seed=seed).as_dict()})
+        report.emit_json({**result, "run": record.as_dict()})
     else:
         print(report.to_json(result))
     return 0
