@@ -57,3 +57,10 @@ def test_bf16_inference_matches_fp32_within_tolerance(expected) -> None:
     bf16 = Predictor(LEGACY / "seg.safetensors", kind="seg", device="cpu", precision="bf16").predict(x, softmax=True)
     assert np.abs(fp32 - bf16).max() < 0.05
     assert (fp32.argmax(1) == bf16.argmax(1)).mean() > 0.98
+
+
+def test_run_record_names_the_device_the_predictor_used() -> None:
+    from medtools.core import report
+
+    Predictor(LEGACY / "reid.safetensors", kind="reid", device="cpu")
+    assert report.RunRecord().as_dict()["device"] == "cpu"

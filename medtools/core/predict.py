@@ -51,6 +51,9 @@ class Predictor:
         self.precision = resolve_precision(precision, self.device)
         self.checkpoint = checkpoint
         self.path = checkpoint.path
+        from medtools.core.report import note_device
+
+        note_device(self.device)
         self._setup(prepare_model(net, self.device, compile=compile), checkpoint.kind, checkpoint.config, checkpoint.norm, batch_size)
         if not requires_grad:
             for p in self.model.parameters():

@@ -132,7 +132,7 @@ class RunRecord:
         record: dict[str, Any] = {
             "medtools": medtools.__version__,
             "python": sys.version.split()[0],
-            "device": self.device,
+            "device": self.device or (", ".join(DEVICES_USED) if DEVICES_USED else None),
             "seed": self.seed,
             "checkpoints": self.checkpoints,
             "wall_s": round(time.time() - self.started, 3),
@@ -141,6 +141,16 @@ class RunRecord:
         if "torch" in sys.modules:
             record["torch"] = sys.modules["torch"].__version__
         return record
+
+
+DEVICES_USED: list[str] = []  # filled by note_device: what the run record reports when a command sets none
+
+
+def note_device(device: Any) -> None:
+    """Record a device this process actually ran a model on (the Predictor and training call it)."""
+    name = str(device)
+    if name not in DEVICES_USED:
+        DEVICES_USED.append(name)
 
 
 @dataclass
