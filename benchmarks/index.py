@@ -146,13 +146,17 @@ def images(args: argparse.Namespace) -> dict:
     x = np.stack([by_id[i] for i in ids])
     pats = [patient[i] for i in ids]
     counts = {p: pats.count(p) for p in set(pats)}
-    candidates = [i for i, p in enumerate(pats) if counts[p] > 1][: args.queries]
+    allowed = None
+    if args.queries_from is not None:  # e.g. only patients the model never saw
+        allowed = {r["image"] for r in csv.DictReader(open(args.queries_from))}
+    image_of = {i.rel.as_posix(): str(i.path) for i in items}
+    candidates = [i for i, p in enumerate(pats) if counts[p] > 1 and (allowed is None or image_of[ids[i]] in allowed)][: args.queries]
     k = args.k
     res: dict = {"encrypted": [], "plain": []}
     same_first = {"encrypted": 0, "plaintext": 0}
     chance = []
     for qi in candidates:
-        image = Path(rows[[it.rel.as_posix() for it in items].index(ids[qi])]["image"])
+        image = Path(image_of[ids[qi]])
         truth = x @ x[qi]
         top_true = [ids[j] for j in np.argsort(-truth, kind="stable")[: k + 1]]
         for mode in ("encrypted", "plain"):
@@ -198,6 +202,7 @@ def images(args: argparse.Namespace) -> dict:
         "index_bytes": sum(os.path.getsize(root / "idx" / b["file"]) for b in index.blocks),
         "encrypted_query": summary(res["encrypted"]),
         "plain_query": summary(res["plain"]),
+        "queries_from": str(args.queries_from) if args.queries_from else None,
         "same_patient_first": {"encrypted": same_first["encrypted"] / n, "plaintext": same_first["plaintext"] / n, "chance": statistics.mean(chance), "queries": n},
     }
 
@@ -216,6 +221,7 @@ def main() -> None:
     i.add_argument("-m", "--model", type=Path, required=True)
     i.add_argument("--preset", default="n8192")
     i.add_argument("--queries", type=int, default=40)
+    i.add_argument("--queries-from", type=Path, default=None, help="manifest whose images may be queries (default: any)")
     i.add_argument("-k", type=int, default=5)
     args = parser.parse_args()
     import torch

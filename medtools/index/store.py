@@ -131,20 +131,32 @@ def _append(index: Index, ctx: he.Context, ids: list[str], digests: list[str], f
     return written
 
 
-def _collect(predictor: Any, items: list[Any], known: set[str]) -> tuple[list[str], list[str], np.ndarray, Any]:
-    from medtools.core.report import log
+def _collect(predictor: Any, items: list[Any], known: dict[str, str]) -> tuple[list[str], list[str], np.ndarray, Any]:
+    """Embed the items whose id (path relative to its input argument) is new.
+
+    An id already in the index with the same image digest is skipped (a rerun resumes); with
+    another digest it is an item error: two different images cannot share an id.
+    """
+    from medtools.core.report import ItemOutcome, error, log
     from medtools.index import features as feats
 
     ids: list[str] = []
     digests: list[str] = []
     vectors: list[np.ndarray] = []
     todo = []
+    clashes = ItemOutcome()
     for item in items:
         entry_id = item.rel.as_posix()
         if entry_id in known:
-            log(f"{entry_id}: already in the index, skipped")
+            if known[entry_id] == sha256_file(item.path):
+                log(f"{entry_id}: already in the index, skipped")
+                clashes.skipped += 1
+            else:
+                error(f"{item.path}: the index already has another image with id {entry_id} (pass the folder one level up, so ids differ)")
+                clashes.failed += 1
+                clashes.codes.append(1)
             continue
-        known.add(entry_id)
+        known[entry_id] = ""
         todo.append(item)
 
     def on_vectors(batch: list[Any], values: np.ndarray) -> None:
@@ -154,7 +166,9 @@ def _collect(predictor: Any, items: list[Any], known: set[str]) -> tuple[list[st
             vectors.append(vector)
 
     outcome = feats.embed_paths(predictor, todo, on_vectors=on_vectors)
-    outcome.skipped += len(items) - len(todo)
+    outcome.skipped += clashes.skipped
+    outcome.failed += clashes.failed
+    outcome.codes += clashes.codes
     return ids, digests, (np.stack(vectors) if vectors else np.zeros((0, 0))), outcome
 
 
@@ -168,7 +182,7 @@ def build(items: list[Any], *, model: Path, public: Path, output: Path, device: 
     ctx = he.load_context(public, secret=False)
     predictor = feats.load_predictor(model, device=device, batch_size=batch_size)
     started = time.perf_counter()
-    ids, digests, vectors, outcome = _collect(predictor, items, set())
+    ids, digests, vectors, outcome = _collect(predictor, items, {})
     embed_s = time.perf_counter() - started
     if not ids:
         raise InputError("no image could be embedded: the index would be empty")
@@ -215,7 +229,7 @@ def add(items: list[Any], *, index_folder: Path, public: Path, model: Path | Non
     if sha256_file(predictor.path) != index.data["model"]["sha256"]:
         raise CheckpointError(f"{predictor.path} is not the model the index was built with ({index.data['model']['path']}, sha256 {index.data['model']['sha256'][:16]}…)")
     old_size, old_root = len(index.entries), index.root
-    ids, digests, vectors, outcome = _collect(predictor, items, {e["id"] for e in index.entries})
+    ids, digests, vectors, outcome = _collect(predictor, items, {e["id"]: e["sha256"] for e in index.entries})
     written = _append(index, ctx, ids, digests, vectors) if ids else []
     proof = merkle.consistency_proof(index.leaves(), old_size) if ids and old_size else []
     return {"index": index.folder / MANIFEST, "blocks": written, "entries": len(ids), "root": index.root, "old_size": old_size, "old_root": old_root, "consistency": [h.hex() for h in proof], "outcome": outcome}
