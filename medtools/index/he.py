@@ -38,7 +38,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,7 +246,8 @@ def encrypt_query(ctx: Context, query: np.ndarray) -> bytes:
     return pack(QUERY_MAGIC, {"key_id": ctx.key_id, "dim": len(parts)}, parts)
 
 
-def _block_vectors(ctx: Context, blob: bytes) -> tuple[dict[str, Any], list[Any]]:
+def load_block(ctx: Context, blob: bytes) -> tuple[dict[str, Any], list[Any]]:
+    """A block file's bytes → (header, D ciphertext vectors linked to ``ctx``)."""
     ts = _tenseal()
     header, parts = unpack(blob, BLOCK_MAGIC, "encrypted index block")
     if header.get("key_id") != ctx.key_id:
@@ -257,43 +258,61 @@ def _block_vectors(ctx: Context, blob: bytes) -> tuple[dict[str, Any], list[Any]
         raise IntegrityError(f"damaged ciphertext in the index block ({exc})") from None
 
 
-def score_block(ctx: Context, block: bytes, *, query: bytes | None = None, plain_query: np.ndarray | None = None) -> bytes:
-    """Server: the block's encrypted scores against an encrypted (or plain) query; no secret key."""
+def load_query(ctx: Context, blob: bytes) -> list[Any]:
+    """An encrypted query's bytes → its D ciphertext vectors (deserialised once for all blocks)."""
+    ts = _tenseal()
+    header, parts = unpack(blob, QUERY_MAGIC, "encrypted query")
+    if header.get("key_id") != ctx.key_id:
+        raise IntegrityError(f"the query was encrypted for key {header.get('key_id')}, the index is key {ctx.key_id}: wrong secret context")
+    try:
+        return [ts.ckks_vector_from(ctx.ts_context, p) for p in parts]
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise IntegrityError(f"damaged ciphertext in the query ({exc})") from None
+
+
+def score_loaded(ctx: Context, block: tuple[dict[str, Any], list[Any]], *, query: list[Any] | None = None, plain_query: np.ndarray | None = None) -> bytes:
+    """Server: one loaded block's encrypted scores, Σ_j C_j·Q_j (or Σ_j C_j·q_j); no secret key.
+
+    The products are neither relinearised nor rescaled (module docstring).
+    """
+    header, cols = block
     tsctx = ctx.ts_context
     saved = (tsctx.auto_relin, tsctx.auto_rescale)
-    tsctx.auto_relin = tsctx.auto_rescale = False  # relinearise/rescale never: see the module docstring
+    tsctx.auto_relin = tsctx.auto_rescale = False
     try:
-        return _score_block(ctx, block, query, plain_query)
+        acc = None
+        if query is not None:
+            if len(query) != len(cols):
+                raise UsageError(f"the query has {len(query)} dimensions, the index {len(cols)}")
+            for col, q in zip(cols, query):
+                term = col * q
+                acc = term if acc is None else acc + term
+        elif plain_query is not None:
+            values = np.asarray(plain_query, np.float64)
+            if len(values) != len(cols):
+                raise UsageError(f"the query has {len(values)} dimensions, the index {len(cols)}")
+            for col, value in zip(cols, values):
+                if value != 0.0:  # a zero scalar would make a transparent ciphertext
+                    term = col * float(value)
+                    acc = term if acc is None else acc + term
+            if acc is None:
+                raise InputError("the query's feature vector is all zeros")
+        else:
+            raise UsageError("scoring needs an encrypted or a plain query")
+        return pack(SCORES_MAGIC, {"key_id": ctx.key_id, "count": header["count"]}, [acc.serialize()])
     finally:
         tsctx.auto_relin, tsctx.auto_rescale = saved
 
 
-def _score_block(ctx: Context, block: bytes, query: bytes | None, plain_query: np.ndarray | None) -> bytes:
-    ts = _tenseal()
-    header, cols = _block_vectors(ctx, block)
-    acc = None
-    if query is not None:
-        qheader, qparts = unpack(query, QUERY_MAGIC, "encrypted query")
-        if qheader.get("key_id") != ctx.key_id:
-            raise IntegrityError(f"the query was encrypted for key {qheader.get('key_id')}, the index is key {ctx.key_id}: wrong secret context")
-        if len(qparts) != len(cols):
-            raise UsageError(f"the query has {len(qparts)} dimensions, the index {len(cols)}")
-        for col, part in zip(cols, qparts):
-            term = col * ts.ckks_vector_from(ctx.ts_context, part)
-            acc = term if acc is None else acc + term
-    elif plain_query is not None:
-        q = np.asarray(plain_query, np.float64)
-        if len(q) != len(cols):
-            raise UsageError(f"the query has {len(q)} dimensions, the index {len(cols)}")
-        for col, value in zip(cols, q):
-            if value != 0.0:  # a zero scalar would make a transparent ciphertext
-                term = col * float(value)
-                acc = term if acc is None else acc + term
-        if acc is None:
-            raise InputError("the query's feature vector is all zeros")
-    else:
-        raise UsageError("score_block needs an encrypted or a plain query")
-    return pack(SCORES_MAGIC, {"key_id": ctx.key_id, "count": header["count"]}, [acc.serialize()])
+def score_blocks(ctx: Context, blocks: Iterable[bytes], *, query: bytes | None = None, plain_query: np.ndarray | None = None) -> list[bytes]:
+    """Server: encrypted scores of every block, streamed one block at a time (the query is deserialised once)."""
+    vectors = load_query(ctx, query) if query is not None else None
+    return [score_loaded(ctx, load_block(ctx, b), query=vectors, plain_query=plain_query) for b in blocks]
+
+
+def score_block(ctx: Context, block: bytes, *, query: bytes | None = None, plain_query: np.ndarray | None = None) -> bytes:
+    """Server: one block's encrypted scores against an encrypted (or plain) query."""
+    return score_blocks(ctx, [block], query=query, plain_query=plain_query)[0]
 
 
 def decrypt_scores(ctx: Context, scores: bytes) -> np.ndarray:

@@ -381,7 +381,8 @@ def query(image: Path, *, index_folder: Path, secret: Path, k: int = 5, model: P
     server_ts.make_context_public()
     server = he.Context(server_ts, ctx.key_id, ctx.params)
     t2 = time.perf_counter()
-    replies = [he.score_block(server, index.block_path(b).read_bytes(), query=enc_query, plain_query=vector if plain_query else None) for b in range(len(index.blocks))]
+    blobs = (index.block_path(b).read_bytes() for b in range(len(index.blocks)))
+    replies = he.score_blocks(server, blobs, query=enc_query, plain_query=vector if plain_query else None)
     timing["server_score_s"] = time.perf_counter() - t2
     # -- client: decrypt, rank, check the inclusion proofs of the hits
     t3 = time.perf_counter()
