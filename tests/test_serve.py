@@ -393,3 +393,17 @@ def test_rate_limit_window_and_session_expiry(world):
     assert auth.session(token) is session and auth.session("forged") is None
     time.sleep(0.35)
     assert auth.session(token) is None  # expired
+
+
+def test_private_root_removes_folders_of_dead_servers(tmp_path):
+    from medtools.serve.app import private_root
+
+    dead = next(pid for pid in range(4_000_000, 4_100_000) if not Path(f"/proc/{pid}").exists())
+    left = tmp_path / f"medtools-serve-{dead}-abcd"
+    (left / "req-1").mkdir(parents=True)
+    (left / "req-1" / "input0.nii.gz").write_bytes(b"an upload")
+    alive = tmp_path / f"medtools-serve-{os.getpid()}-efgh"
+    alive.mkdir()
+    root = private_root(tmp_path)
+    assert not left.exists() and alive.exists() and root.is_dir()
+    assert root.name.startswith(f"medtools-serve-{os.getpid()}-") and (root.stat().st_mode & 0o777) == 0o700

@@ -43,7 +43,7 @@ class ServeState:
     auth: Authenticator
     index: Optional[backends.IndexService] = None
     max_upload: int = DEFAULT_MAX_UPLOAD
-    tmp_root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="medtools-serve-")))
+    tmp_root: Path = field(default_factory=lambda: private_root())
 
     def close(self) -> None:
         shutil.rmtree(self.tmp_root, ignore_errors=True)
@@ -101,6 +101,31 @@ async def _send_413(send: Any, limit: int) -> None:
 
 
 # ---------------------------------------------------------------- uploads
+
+ROOT_PREFIX = "medtools-serve-"
+
+
+def private_root(parent: Path | None = None) -> Path:
+    """The server's private (0700) temporary folder, ``medtools-serve-<pid>-XXXX``.
+
+    Folders left by servers that died without cleaning up (SIGKILL, power loss: they may
+    hold uploads) are removed first, when their process is gone.
+    """
+    parent = Path(parent or tempfile.gettempdir())
+    for old in parent.glob(ROOT_PREFIX + "*-*"):
+        pid = old.name[len(ROOT_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not old.is_dir() or old.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, another user's
+    root = Path(tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-", dir=parent))
+    os.chmod(root, 0o700)
+    return root
+
 
 
 class Workspace:
@@ -449,9 +474,7 @@ def build(models_dir: Path, store: Path, *, allowed_hosts: list[str] | None = No
         raise UsageError("--index DIR and --public CTX go together (the index and its public CKKS context)")
     index_service = backends.IndexService.open(index, public) if index is not None else None
     models = backends.load_models(models_dir, device=device, precision=precision)
-    root = Path(tempfile.mkdtemp(prefix="medtools-serve-"))
-    os.chmod(root, 0o700)
-    state = ServeState(models=models, auth=auth, index=index_service, max_upload=max_upload or DEFAULT_MAX_UPLOAD, tmp_root=root)
+    state = ServeState(models=models, auth=auth, index=index_service, max_upload=max_upload or DEFAULT_MAX_UPLOAD, tmp_root=private_root())
     app = create_app(state)
     if allowed_hosts:  # Host header check: a web page that rebinds its DNS name to 127.0.0.1 gets 400
         from starlette.middleware.trustedhost import TrustedHostMiddleware
