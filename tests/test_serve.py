@@ -386,6 +386,7 @@ def test_rate_limit_window_and_session_expiry(world):
     limiter.check("user:b", "client:x")  # other keys are not limited
     time.sleep(0.35)
     limiter.check("user:a")  # the window slid past the failures
+    assert "user:a" not in limiter._failures and "user:b" not in limiter._failures  # no growth
     auth = Authenticator(world / "store.json", audit_log=None, ttl=0.3)
     with pytest.raises(LoginFailed):
         auth.login("alice", "wrong", "c")

@@ -74,7 +74,9 @@ class RateLimiter:
         with self._lock:
             for key in keys:
                 times = self._recent(key, now)
-                if len(times) >= self.max_failures:
+                if not times:
+                    del self._failures[key]  # made-up user names do not pile up
+                elif len(times) >= self.max_failures:
                     raise TooManyAttempts(max(1, int(times[0] + self.window - now) + 1))
 
     def fail(self, *keys: str) -> None:
