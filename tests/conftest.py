@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP in this process
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 MEDTOOLS = [sys.executable, "-m", "medtools"]
@@ -22,7 +24,8 @@ register_kind("test", family="tests", builder="torch.nn:Linear", builder_keys=("
 
 def run_cli(*args: str, input: str | None = None, cwd: Path | None = None, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run `medtools ARGS` in a subprocess (CPU, quiet environment); returns the completed process."""
-    full_env = {**os.environ, "MEDTOOLS_DEVICE": "cpu", "PYTHONHASHSEED": "0", **(env or {})}
+    # passive OpenMP waiting: spinning threads of parallel test processes starve each other on 2 cores
+    full_env = {**os.environ, "MEDTOOLS_DEVICE": "cpu", "PYTHONHASHSEED": "0", "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
     proc = subprocess.run([*MEDTOOLS, *map(str, args)], input=input, capture_output=True, text=True, cwd=cwd, env=full_env, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"medtools {' '.join(map(str, args))} exited {proc.returncode}\nstdout:{proc.stdout}\nstderr:{proc.stderr}")
