@@ -108,6 +108,10 @@ def test_health_and_version_list_models_with_sha256(served, world):
     assert "segment" in version["endpoints"] and "decrypt" in version["endpoints"]
     assert "/v1/segment" in client.get("/openapi.json").json()["paths"]
     assert "<form" in client.get("/").text and client.get("/static/app.js").status_code == 200
+    docs = client.get("/docs").text  # Swagger UI from the package, not a CDN
+    assert "cdn." not in docs and "unpkg" not in docs
+    script = re.search(r'src="([^"]+swagger-ui-bundle\.js)"', docs).group(1)
+    assert client.get(script).status_code == 200
 
 
 def test_login_wrong_password_401_without_hint_right_password_token(served, world):

@@ -250,7 +250,11 @@ def create_app(state: ServeState):
 
     import medtools
 
-    app = FastAPI(
+    try:  # /docs from files in the package (fastapi-offline), not from a CDN: hospitals are often offline
+        from fastapi_offline import FastAPIOffline as make_app
+    except ModuleNotFoundError:
+        make_app = FastAPI
+    app = make_app(
         title="medtools",
         version=medtools.__version__,
         description="The medtools command-line functions as a local REST service (PACS/HIS integration) and the doctor's page. Log in at /v1/login; send the token as `Authorization: Bearer TOKEN`.",
