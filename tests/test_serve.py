@@ -58,7 +58,20 @@ def world(tmp_path_factory):
     (root / "models").mkdir()
     torch.manual_seed(0)
     net = build_segmenter(**{k: v for k, v in SEG_CONFIG.items() if k not in ("image_size", "label_values", "modalities")})
-    ckpt.save(root / "models" / "tiny-seg.safetensors", net.state_dict(), kind="seg", config=SEG_CONFIG, norm=DEFAULT_NORM)
+    rng = np.random.default_rng(0)
+    volume = rng.random((40, 36, 6)).astype(np.float32)
+    volume[10:20, 10:20, :] += 2.0
+    # shift the head's bias so that about half of the case's voxels are labelled 1: tests that
+    # compare label maps then compare something (a random net labels almost nothing)
+    from medtools.core.predict import Predictor
+    from medtools.core.preprocess import volumes_to_slices
+
+    path = ckpt.save(root / "models" / "tiny-seg.safetensors", net.state_dict(), kind="seg", config=SEG_CONFIG, norm=DEFAULT_NORM)
+    probs = Predictor(path, kind="seg", device="cpu").predict(volumes_to_slices([volume], DEFAULT_NORM)[0], softmax=True)
+    margin = float(np.median(np.log(probs[:, 1] + 1e-12) - np.log(probs[:, 0] + 1e-12)))
+    with torch.no_grad():
+        net.segmentation_head[0].bias[1] -= margin
+    ckpt.save(path, net.state_dict(), kind="seg", config=SEG_CONFIG, norm=DEFAULT_NORM)
     if _has_cls():
         from medtools.core import registry
 
@@ -68,9 +81,6 @@ def world(tmp_path_factory):
     store = KeyStore.create(root / "store.json", log_n=10)
     for user in ("alice", "bob"):
         store.add_user(user, PASSWORD.encode(), log_n=10)
-    rng = np.random.default_rng(0)
-    volume = rng.random((40, 36, 6)).astype(np.float32)
-    volume[10:20, 10:20, :] += 2.0
     nib.save(nib.Nifti1Image(volume, np.diag([0.9, 0.9, 2.0, 1.0])), str(root / "case.nii.gz"))
     for i in range(4):
         write_image(Image((rng.random((48, 40)) * 255).astype(np.uint8), format="png"), root / f"slice{i}.png")
@@ -172,6 +182,13 @@ def test_segment_nifti_and_png_keep_format_and_shape(served, world):
     label = read_image(out)
     assert label.array.shape == (40, 36, 6) and set(np.unique(label.array)) <= {0, 1}
     assert np.allclose(label.affine, np.diag([0.9, 0.9, 2.0, 1.0]))
+    # the same labels as the CLI's `medtools segment` function on the same file and checkpoint
+    from medtools.brain.cases import resolve_cases
+    from medtools.brain.segment import segment_cases
+
+    [(_, written)] = list(segment_cases(resolve_cases([str(world / "case.nii.gz")]), world / "models" / "tiny-seg.safetensors", world / "cli", device="cpu", workers=0))
+    assert np.array_equal(read_image(written[0]).array, label.array)
+    assert 0.2 < label.array.mean() < 0.8  # a mixed label map (see the fixture), so equality means something
     stats = json.loads(response.headers["x-medtools-stats"])
     assert stats["shape"] == [40, 36, 6] and sum(stats["labels"].values()) == 40 * 36 * 6
     assert stats["tumour_ml"] == pytest.approx(stats["tumour_voxels"] * 0.9 * 0.9 * 2.0 / 1000, rel=1e-3)
