@@ -146,6 +146,9 @@ def main() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=60)
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     import torch
 
     print(json.dumps({
