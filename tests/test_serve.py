@@ -151,12 +151,16 @@ def test_encrypt_then_decrypt_needs_a_token(served, world):
     opened = client.post("/v1/decrypt", files={"file": ("report.txt.mte", sealed.content)}, headers=headers)
     assert opened.status_code == 200 and opened.content == plain
     assert 'filename="report.txt"' in opened.headers["content-disposition"]
+    for_bob = client.post("/v1/encrypt", files={"file": ("r.txt", plain)}, data={"user": ["bob"]}, headers=headers)
+    assert for_bob.headers["x-medtools-recipients"] == "bob"
+    denied = client.post("/v1/decrypt", files={"file": ("r.txt.mte", for_bob.content)}, headers=headers)
+    assert denied.status_code == 403 and "not a recipient" in denied.json()["detail"]
     tampered = bytearray(sealed.content)
     tampered[-5] ^= 1
     bad = client.post("/v1/decrypt", files={"file": ("x.mte", bytes(tampered))}, headers=headers)
     assert bad.status_code == 422
     records = [json.loads(line) for line in (world / "audit.jsonl").read_text().splitlines() if '"decrypt"' in line]
-    assert [r["result"] for r in records[-2:]] == ["ok", "integrity-failure"] and all(len(r["sha256"]) == 64 for r in records)
+    assert [r["result"] for r in records[-3:]] == ["ok", "denied", "integrity-failure"] and all(len(r["sha256"]) == 64 for r in records)
     assert not any(state.tmp_root.iterdir())  # uploads removed after each response
 
 
