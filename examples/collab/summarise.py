@@ -9,12 +9,16 @@ from pathlib import Path
 
 
 def load(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
+    """A result file, or None while it is missing or still being written."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def main() -> None:
     work = Path(sys.argv[1] if len(sys.argv) > 1 else "work")
-    print("| client | Dice | IoU | empty / all-fg Dice | wrong-key Dice | image AE PSNR / SSIM | mask AE PSNR | U-Net Dice |")
+    print("| client | Dice | IoU | empty / all-fg / prior Dice | wrong-key Dice | image AE PSNR / SSIM | mask AE PSNR | U-Net Dice |")
     print("|---|---|---|---|---|---|---|---|")
     base = load(work / "baseline.json") or {}
     for client in ("a", "b"):
@@ -22,7 +26,7 @@ def main() -> None:
         if not e:
             continue
         unet = base.get(client, {}).get("dice")
-        print(f"| {client} ({e['cases']}) | {e['dice']:.3f} | {e['iou']:.3f} | {e['baseline_empty_dice']:.3f} / {e['baseline_full_dice']:.3f} | "
+        print(f"| {client} ({e['cases']}) | {e['dice']:.3f} | {e['iou']:.3f} | {e['baseline_empty_dice']:.3f} / {e['baseline_full_dice']:.3f} / {e.get('baseline_prior_dice', float('nan')):.3f} | "
               f"{w['dice'] if w else float('nan'):.3f} | {e['image_ae']['psnr']:.2f} / {e['image_ae']['ssim']:.3f} | {e['mask_ae']['psnr']:.2f} | {'-' if unet is None else f'{unet:.3f}'} |")
     keyless = load(work / "eval-keyless.json")
     if keyless:
@@ -32,7 +36,7 @@ def main() -> None:
         if not a or "latent_attacks" not in a:
             continue
         la = a["latent_attacks"]
-        print(f"\n{name}: no key {la['no_key_psnr']:.2f} dB, wrong key {la['wrong_key_psnr']:.2f} dB, mean image {la['mean_image_psnr']:.2f} dB, with key {la.get('with_key_psnr', float('nan')):.2f} dB; falls at {la['falls_at_pairs']} pairs per scale")
+        print(f"\n{name} ({la.get('attacker_encoder', '')}): no key {la['no_key_psnr']:.2f} dB, wrong key {la['wrong_key_psnr']:.2f} dB, mean image {la['mean_image_psnr']:.2f} dB, with key {la.get('with_key_psnr', float('nan')):.2f} dB; falls at {la['falls_at_pairs']} pairs per scale")
         for row in la["known_plaintext"]:
             print(f"  N={row['pairs']}: PSNR {row['psnr']:.2f} dB, key error {row.get('key_error', float('nan')):.2e}")
         if "learned_inversion" in a:

@@ -264,7 +264,7 @@ def collab_eval(
     if json_output:
         report.emit_json({**result, "run": record.as_dict()})
     else:
-        print(f"dice {result['dice']:.4f}  iou {result['iou']:.4f}  cases {result['cases']}  (empty {result['baseline_empty_dice']:.4f}, all-foreground {result['baseline_full_dice']:.4f})")
+        print(f"dice {result['dice']:.4f}  iou {result['iou']:.4f}  cases {result['cases']}  (empty {result['baseline_empty_dice']:.4f}, all-foreground {result['baseline_full_dice']:.4f}, mean-mask prior {result['baseline_prior_dice']:.4f})")
         for name in ("image_ae", "mask_ae"):
             if name in result:
                 print(f"{name}: psnr {result[name]['psnr']:.2f} dB  ssim {result[name]['ssim']:.4f}")

@@ -70,7 +70,9 @@ def evaluate(
     device: str | None = None,
 ) -> dict[str, Any]:
     """Segmentation metrics (+ AE reconstruction metrics when the models are given)."""
-    per_case, empty, full = {}, [], []
+    from medtools.core import preprocess
+
+    per_case, empty, full, truths = {}, [], [], []
     for case, p, t in pair_masks(pred, truth):
         truth_mask = _binary(t)
         pred_mask = _binary(p)
@@ -80,12 +82,24 @@ def evaluate(
         per_case[case] = {"dice": d, "iou": i}
         empty.append(dice_iou(np.zeros_like(truth_mask), truth_mask)[0])
         full.append(dice_iou(np.ones_like(truth_mask), truth_mask)[0])
+        truths.append(truth_mask)
+    # shape prior: each case scored against the thresholded mean of the *other* cases' masks
+    # (what a decoder that learned only "a typical mask" gives; needs no model)
+    side = 128
+    small = np.stack([preprocess.resize(t.astype(np.float32)[None, None], side)[0, 0] for t in truths])
+    prior = []
+    for index, t in enumerate(truths):
+        if len(truths) < 2:
+            break
+        mean = (small.sum(0) - small[index]) / (len(truths) - 1)
+        prior.append(dice_iou(preprocess.resize(mean[None, None], t.shape)[0, 0] > 0.5, t)[0])
     result: dict[str, Any] = {
         "cases": len(per_case),
         "dice": float(np.mean([v["dice"] for v in per_case.values()])),
         "iou": float(np.mean([v["iou"] for v in per_case.values()])),
         "baseline_empty_dice": float(np.mean(empty)),
         "baseline_full_dice": float(np.mean(full)),
+        "baseline_prior_dice": float(np.mean(prior)) if prior else float("nan"),
         "per_case": per_case,
     }
     if ae_image is not None:
