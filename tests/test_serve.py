@@ -239,6 +239,10 @@ def test_page_script_draws_the_overlay(served, world, tmp_path):
     answer["preview"]["labels"] = base64.b64encode(pattern.tobytes()).decode()
     (tmp_path / "answers.json").write_text(json.dumps({"password": PASSWORD, "version": client.get("/v1/version").json(), "segment": answer}))
     app_js = Path(__file__).resolve().parents[1] / "medtools" / "serve" / "static" / "app.js"
+    # the minimal DOM makes any element asked for, so check that the page has them all
+    html_ids = set(re.findall(r'id="([^"]+)"', (app_js.parent / "index.html").read_text()))
+    used = set(re.findall(r'\$\("([^"]+)"\)', app_js.read_text()))
+    assert used and used <= html_ids, sorted(used - html_ids)
     proc = subprocess.run(["node", str(Path(__file__).with_name("serve_page.js")), str(app_js), str(tmp_path / "answers.json")], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     page = json.loads(proc.stdout)
