@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medtools.brain.cases import SINGLE, Case, load_case
+from medtools.brain.cases import SINGLE, Case, LoadedCase, load_case
 from medtools.brain.pgd import case_decoy, image_quality, load_attackers, pgd_delta, quantise_delta, quantisation_steps, signature_pattern
 from medtools.brain.segment import prefetch
 from medtools.core.predict import Predictor
 from medtools.core.device import resolve_device, seed_everything
 from medtools.core.errors import UsageError
-from medtools.core.io import write_image
+from medtools.core.io import Image, write_image
 
 
 def _union(lists: Sequence[Sequence[str]]) -> list[str]:
@@ -26,6 +27,134 @@ def _union(lists: Sequence[Sequence[str]]) -> list[str]:
             if item not in out:
                 out.append(item)
     return out
+
+
+@dataclass
+class ProtectModels:
+    """Attackers and utility model loaded once, with the channel layout they share."""
+
+    attackers: list[Predictor]
+    utility: Predictor | None
+    modalities: list[str]
+    attacker_channels: list[list[int]]
+    utility_channels: list[int] | None
+    norm: dict[str, Any]
+    device: Any
+
+
+def load_protect_models(attackers: Sequence[Path | str], utility: Path | str | None = None, *, device: Any = None) -> ProtectModels:
+    """Load the attacker checkpoints (``reid``/``cls``) and the optional ``seg`` utility model once."""
+    if not attackers:
+        raise UsageError("protect needs at least one --attacker checkpoint")
+    dev = device if hasattr(device, "type") else resolve_device(device)
+    loaded = load_attackers([Path(a) for a in attackers], dev)
+    seg = Predictor(utility, kind="seg", device=dev, precision="fp32") if utility is not None else None
+    modalities = _union([a.modalities for a in loaded] + ([seg.modalities] if seg else [])) or [SINGLE]
+    channel_of = {m: i for i, m in enumerate(modalities)}
+    # every model reads the same intensities: the one normalisation the checkpoints recorded
+    norms = {str(a.norm) for a in loaded} | ({str(seg.norm)} if seg else set())
+    if len(norms) > 1:
+        raise UsageError(f"the attackers and the utility model were trained with different normalisations ({'; '.join(sorted(norms))}); protect needs one")
+    return ProtectModels(
+        attackers=loaded,
+        utility=seg,
+        modalities=modalities,
+        attacker_channels=[[channel_of[m] for m in (a.modalities or modalities)] for a in loaded],
+        utility_channels=[channel_of[m] for m in seg.modalities] if seg else None,
+        norm=(seg or loaded[0]).norm,
+        device=dev,
+    )
+
+
+@dataclass
+class ProtectOptions:
+    """The PGD knobs of ``protect`` (see ``brain/pgd.py`` for their meaning)."""
+
+    eps: float = 0.05
+    steps: int = 10
+    step_size: float | None = None
+    objective: str = "untargeted"
+    utility_weight: float = 1.0
+    random_start: bool = True
+    diversity: bool = True
+    mask_background: bool = True
+    batch_size: int = 32
+    signature_share: float = 0.9
+
+    def check(self) -> "ProtectOptions":
+        if not 0 < self.eps <= 1:
+            raise UsageError("--eps must be in (0, 1] (a fraction of the normalised intensity range)")
+        if not 0 <= self.signature_share < 1:
+            raise UsageError("--signature-share must be in [0, 1)")
+        if self.step_size is None:
+            self.step_size = max(self.eps / 4, 2.5 * self.eps / max(self.steps, 1))
+        return self
+
+
+def protect_loaded(loaded: LoadedCase, models: ProtectModels, options: ProtectOptions, *, key: bytes, generator: Any) -> tuple[list[Image], dict[str, Any]]:
+    """One case in model space → (protected images in the input's dtype and geometry, metrics)."""
+    import torch
+
+    case, dev, eps = loaded.case, models.device, options.eps
+    for image in loaded.images:
+        if image.format == "jpeg":
+            raise UsageError("JPEG is lossy: protected noise would not survive; convert to PNG first")
+    attackers = models.attackers
+    quant = torch.from_numpy(quantisation_steps(loaded)).view(1, -1, 1, 1).to(dev)
+    identity = [a.class_names.index(case.patient) if case.patient in a.class_names else None for a in attackers]
+    slices = loaded.slices
+    decoys, base = None, None
+    if options.objective == "signature":
+        lead = attackers[0]
+        decoy = case_decoy(key, case.case, identity[0], len(lead.class_names))
+        decoy_name = lead.class_names[decoy]
+        decoys = [a.class_names.index(decoy_name) if decoy_name in a.class_names else None for a in attackers]
+        base = torch.from_numpy(signature_pattern(key, case.case, slices.shape[1], *slices.shape[-2:], options.signature_share * eps)).to(dev)
+    background = np.stack([slices[:, c] <= 0 for c in range(slices.shape[1])], 1).all(1, keepdims=True) if options.mask_background else None
+    deltas = []
+    for start in range(0, len(slices), options.batch_size):
+        x = torch.from_numpy(slices[start : start + options.batch_size]).to(dev)
+        mask = None if background is None else torch.from_numpy(~background[start : start + options.batch_size]).to(dev).float()
+        delta = pgd_delta(
+            x,
+            list(zip(attackers, models.attacker_channels)),
+            eps=eps,
+            steps=options.steps,
+            step_size=options.step_size,
+            objective=options.objective,
+            identity=identity,
+            utility=(models.utility, models.utility_channels) if models.utility is not None else None,
+            utility_weight=options.utility_weight,
+            random_start=options.random_start,
+            quant=quant,
+            diversity=options.diversity,
+            mask=mask,
+            generator=generator,
+            decoys=decoys,
+            base=None if base is None else base.expand_as(x) * (mask if mask is not None else 1.0),
+        )
+        deltas.append(delta.cpu().numpy())
+    protected_images, real_delta = quantise_delta(loaded, np.concatenate(deltas), eps)
+    protected_slices = slices + real_delta
+    result = {"case": case.case, "patient": case.patient, "eps": eps, **image_quality(slices, protected_slices)}
+    result.update(_whitebox(attackers, models.attacker_channels, identity, slices, protected_slices, dev, options.batch_size))
+    return protected_images, result
+
+
+def protect_images(images: Sequence[Image], models: ProtectModels, *, case_id: str = "case", patient: str = "", key: bytes | None = None, seed: int = 0, **options: Any) -> tuple[list[Image], dict[str, Any]]:
+    """In-memory entry point: the modality images of one case (``models.modalities`` order) →
+    protected images and the metrics ``protect`` reports. ``options`` are ProtectOptions fields."""
+    import torch
+
+    from medtools.core.io import as_volume
+    from medtools.core.preprocess import volumes_to_slices
+
+    if len(images) != len(models.modalities):
+        raise UsageError(f"the models read {len(models.modalities)} modalities ({', '.join(models.modalities)}), got {len(images)} images")
+    slices, windows = volumes_to_slices([as_volume(i) for i in images], models.norm)
+    case = Case(case=case_id, patient=patient, visit="", files={}, label=None, rel_dir=Path("."))
+    loaded = LoadedCase(case, list(images), windows, slices, None)
+    return protect_loaded(loaded, models, ProtectOptions(**options).check(), key=key if key is not None else os.urandom(32), generator=torch.Generator().manual_seed(seed))
 
 
 def protect_cases(
@@ -53,29 +182,14 @@ def protect_cases(
     """Yields (case, result dict | 'skipped' | exception) per case, in order."""
     import torch
 
-    if not attackers:
-        raise UsageError("protect needs at least one --attacker checkpoint")
-    if not 0 < eps <= 1:
-        raise UsageError("--eps must be in (0, 1] (a fraction of the normalised intensity range)")
-    if not 0 <= signature_share < 1:
-        raise UsageError("--signature-share must be in [0, 1)")
+    options = ProtectOptions(
+        eps=eps, steps=steps, step_size=step_size, objective=objective, utility_weight=utility_weight, random_start=random_start,
+        diversity=diversity, mask_background=mask_background, batch_size=batch_size, signature_share=signature_share,
+    ).check()
     key = key if key is not None else os.urandom(32)
-    step_size = step_size if step_size is not None else max(eps / 4, 2.5 * eps / max(steps, 1))
-    dev = resolve_device(device)
     seed_everything(seed)
-    loaded_attackers = load_attackers(list(attackers), dev)
-    seg = None
-    if utility is not None:
-        seg = Predictor(utility, kind="seg", device=dev, precision="fp32")
-    modality_lists = [a.modalities for a in loaded_attackers] + ([seg.modalities] if seg else [])
-    modalities = _union(modality_lists) or [SINGLE]
-    channel_of = {m: i for i, m in enumerate(modalities)}
-    attacker_channels = [[channel_of[m] for m in (a.modalities or modalities)] for a in loaded_attackers]
-    # every model reads the same intensities: the one normalisation the checkpoints recorded
-    norms = {str(a.norm) for a in loaded_attackers} | ({str(seg.norm)} if seg else set())
-    if len(norms) > 1:
-        raise UsageError(f"the attackers and the utility model were trained with different normalisations ({'; '.join(sorted(norms))}); protect needs one")
-    norm = (seg or loaded_attackers[0]).norm
+    models = load_protect_models(attackers, utility, device=device)
+    modalities = models.modalities
 
     def targets_of(case: Case) -> dict[str, Path]:
         return {m: output / case.rel_dir / path.name for m, path in zip(modalities, case.files_for(modalities))}
@@ -93,55 +207,14 @@ def protect_cases(
             todo.append(case)
 
     generator = torch.Generator().manual_seed(seed)
-    for case, loaded in prefetch(todo, lambda c: load_case(c, modalities, norm), workers):
+    for case, loaded in prefetch(todo, lambda c: load_case(c, modalities, models.norm), workers):
         if isinstance(loaded, Exception):
             yield case, loaded
             continue
         try:
-            for image in loaded.images:
-                if image.format == "jpeg":
-                    raise UsageError("JPEG is lossy: protected noise would not survive; convert to PNG first")
-            quant = torch.from_numpy(quantisation_steps(loaded)).view(1, -1, 1, 1).to(dev)
-            identity = [a.class_names.index(case.patient) if case.patient in a.class_names else None for a in loaded_attackers]
-            slices = loaded.slices
-            decoys, base = None, None
-            if objective == "signature":
-                lead = loaded_attackers[0]
-                decoy = case_decoy(key, case.case, identity[0], len(lead.class_names))
-                decoy_name = lead.class_names[decoy]
-                decoys = [a.class_names.index(decoy_name) if decoy_name in a.class_names else None for a in loaded_attackers]
-                base = torch.from_numpy(signature_pattern(key, case.case, slices.shape[1], *slices.shape[-2:], signature_share * eps)).to(dev)
-            background = np.stack([slices[:, c] <= 0 for c in range(slices.shape[1])], 1).all(1, keepdims=True) if mask_background else None
-            deltas = []
-            for start in range(0, len(slices), batch_size):
-                x = torch.from_numpy(slices[start : start + batch_size]).to(dev)
-                mask = None if background is None else torch.from_numpy(~background[start : start + batch_size]).to(dev).float()
-                delta = pgd_delta(
-                    x,
-                    list(zip(loaded_attackers, attacker_channels)),
-                    eps=eps,
-                    steps=steps,
-                    step_size=step_size,
-                    objective=objective,
-                    identity=identity,
-                    utility=(seg, [channel_of[m] for m in seg.modalities]) if seg else None,
-                    utility_weight=utility_weight,
-                    random_start=random_start,
-                    quant=quant,
-                    diversity=diversity,
-                    mask=mask,
-                    generator=generator,
-                    decoys=decoys,
-                    base=None if base is None else base.expand_as(x) * (mask if mask is not None else 1.0),
-                )
-                deltas.append(delta.cpu().numpy())
-            delta = np.concatenate(deltas)
-            protected_images, real_delta = quantise_delta(loaded, delta, eps)
+            protected_images, result = protect_loaded(loaded, models, options, key=key, generator=generator)
             written = [write_image(image, target) for image, target in zip(protected_images, targets_of(case).values())]
-            protected_slices = slices + real_delta
-            result = {"case": case.case, "patient": case.patient, "outputs": [str(w) for w in written], "eps": eps, **image_quality(slices, protected_slices)}
-            result.update(_whitebox(loaded_attackers, attacker_channels, identity, slices, protected_slices, dev, batch_size))
-            yield case, result
+            yield case, {**result, "outputs": [str(w) for w in written]}
         except Exception as exc:
             yield case, exc
 
