@@ -17,7 +17,7 @@ from medtools.core.errors import UsageError
 APP = textwrap.dedent(
     """
     import typer
-    from medtools.core.cliutil import Device, Precision, command
+    from medtools.cliutil import Device, Precision, command
 
     app = typer.Typer()
 
