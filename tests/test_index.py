@@ -148,6 +148,13 @@ def test_cli_pipeline_encrypted_top_k_equals_plaintext_and_tampering_exits_4(pip
     assert result["hits"][0]["id"] == ids[3]
     assert max(abs(h["score"] - plain[ids.index(h["id"])]) for h in result["hits"]) < 1e-6
     (root / "hits.json").write_text(out.stdout)
+    # the same query split over the wire: client encrypts, server scores (public context), client ranks
+    encq = run_cli("index", "encrypt-query", query, "-i", root / "idx", "--secret", root / "ctx" / "secret", "-o", root / "q.bin", check=True)
+    assert encq.stdout.strip() == str(root / "q.bin")
+    assert run_cli("index", "score", root / "q.bin", "-i", root / "idx", "--public", root / "ctx" / "secret", "-o", root / "s.bin").returncode == 2
+    run_cli("index", "score", root / "q.bin", "-i", root / "idx", "--public", root / "ctx" / "public", "-o", root / "s.bin", check=True)
+    ranked = run_cli("index", "rank", root / "s.bin", "-i", root / "idx", "--secret", root / "ctx" / "secret", "-k", "4", check=True)
+    assert [line.split("\t")[0] for line in ranked.stdout.splitlines()] == [h["id"] for h in result["hits"]]
     assert run_cli("index", "verify", "--proof", root / "hits.json", "--root", built["root"]).returncode == 0
 
     assert run_cli("index", "verify", root / "idx", "--root", built["root"]).returncode == 0

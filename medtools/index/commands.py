@@ -1,7 +1,8 @@
 """Encrypted, verifiable feature index: index keygen / build / add / query / verify.
 
 Who runs what (docs/index.md): the client (doctor, hospital) holds ``ctx/secret``; the
-server holds ``ctx/public`` and ``INDEX/``. ``keygen`` and ``query`` run at the client;
+server holds ``ctx/public`` and ``INDEX/``. ``keygen``, ``encrypt-query`` and ``rank`` run
+at the client, ``score`` at the server; ``query`` is the three in one process;
 ``build``/``add`` take only the public context (the hospital or the server may run them);
 ``verify`` needs nothing secret.
 """
@@ -125,6 +126,68 @@ def query(
     record.device = result["model"]["device"]
     if json_output:
         report.emit_json({**result, "run": record.as_dict()})
+    else:
+        for hit in result["hits"]:
+            print(f"{hit['id']}\t{hit['score']:.6f}")
+    return 0
+
+
+@index_app.command("encrypt-query")
+@command
+def encrypt_query(
+    image: Annotated[Path, typer.Argument(help="Query image.", show_default=False)],
+    index: IndexDir,
+    secret: Annotated[Path, typer.Option("--secret", help="Your secret CKKS context (ctx/secret).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Encrypted query file to send to the server.")],
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help="Checkpoint (default: the one recorded in the index).")] = None,
+    root: TrustedRoot = None,
+    device: Device = None,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> int:
+    """Client, step 1 of 3: encrypt an image's features for `index score` (the secret key stays here)."""
+    from medtools.index.store import encrypt_query_file
+
+    result = encrypt_query_file(image, index_folder=index, secret=secret, output=output, model=model, root=root, device=device, overwrite=overwrite)
+    report.log(f"encrypted query: {result['bytes'] / 1e6:.1f} MB")
+    report.emit_path(result["output"])
+    return 0
+
+
+@index_app.command("score")
+@command
+def score(
+    query_file: Annotated[Path, typer.Argument(help="Encrypted query (from `index encrypt-query`).", show_default=False)],
+    index: IndexDir,
+    public: PublicCtx,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Encrypted scores to send back to the client.")],
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+) -> int:
+    """Server, step 2 of 3: score every entry under encryption with the public context; it learns nothing."""
+    from medtools.index.store import score_file
+
+    report.emit_path(score_file(query_file, index_folder=index, public=public, output=output, overwrite=overwrite)["output"])
+    return 0
+
+
+@index_app.command("rank")
+@command
+def rank(
+    scores: Annotated[Path, typer.Argument(help="Encrypted scores (from `index score`).", show_default=False)],
+    index: IndexDir,
+    secret: Annotated[Path, typer.Option("--secret", help="Your secret CKKS context (ctx/secret).")],
+    k: Annotated[int, typer.Option("-k", "--top", min=1, help="Number of entries to return.")] = 5,
+    root: TrustedRoot = None,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Client, step 3 of 3: decrypt the scores, print the top-k and check their Merkle proofs."""
+    from medtools.index.store import rank_file
+
+    result = rank_file(scores, index_folder=index, secret=secret, k=k, root=root)
+    if json_output:
+        report.emit_json({**result, "run": report.RunRecord().as_dict()})
     else:
         for hit in result["hits"]:
             print(f"{hit['id']}\t{hit['score']:.6f}")

@@ -352,41 +352,89 @@ def check_proof(proof: dict[str, Any], *, root: str | None = None) -> dict[str, 
 # ---------------------------------------------------------------- query
 
 
-def query(image: Path, *, index_folder: Path, secret: Path, k: int = 5, model: Path | None = None, plain_query: bool = False, root: str | None = None, device: str | None = None) -> dict[str, Any]:
-    """Top-k entries most similar to ``image``; the steps are marked by where they run."""
-    from medtools.core.errors import CheckpointError
-    from medtools.index import features as feats
+REPLY_MAGIC = b"medtools-ckks-reply/v1\n"
 
-    timing: dict[str, float] = {}
-    t0 = time.perf_counter()
-    # -- client: the index must verify (and extend the trusted root) before it is used
+
+def _checked(index_folder: Path, root: str | None) -> tuple[Index, Verification]:
+    """Client: the index must verify (and extend the trusted root) before it is used."""
     index = Index.load(index_folder)
     checked = verify(index, root=root)
     if not checked.ok:
         named = ", ".join((checked.changed + checked.missing + checked.extra)[:5])
         raise IntegrityError(f"{index_folder} does not verify ({checked.summary()}{': ' + named if named else ''}): refusing to query it")
+    return index, checked
+
+
+def _client_context(index: Index, secret: Path) -> he.Context:
     ctx = he.load_context(secret, secret=True)
     if ctx.key_id != index.data["key_id"]:
         raise IntegrityError(f"wrong secret context: the index is encrypted for key {index.data['key_id']}, {secret} is key {ctx.key_id}")
+    return ctx
+
+
+def client_features(index: Index, image: Path, *, model: Path | None = None, device: str | None = None) -> tuple[np.ndarray, Any]:
+    """Client: the query image's L2-normalised features with the index's own model."""
+    from medtools.core.errors import CheckpointError
+    from medtools.index import features as feats
+
     predictor = feats.load_predictor(Path(model or index.data["model"]["path"]), device=device)
     if sha256_file(predictor.path) != index.data["model"]["sha256"]:
         raise CheckpointError(f"{predictor.path} is not the model the index was built with ({index.data['model']['path']})")
-    vector = feats.embed_arrays(predictor, feats.load(predictor, Path(image))[None])[0]
-    timing["verify_and_features_s"] = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    enc_query = None if plain_query else he.encrypt_query(ctx, vector)
-    timing["encrypt_query_s"] = time.perf_counter() - t1
-    # -- server: public context only (the secret key is dropped from its copy)
-    server_ts = ctx.ts_context.copy()
-    server_ts.make_context_public()
-    server = he.Context(server_ts, ctx.key_id, ctx.params)
-    t2 = time.perf_counter()
+    return feats.embed_arrays(predictor, feats.load(predictor, Path(image))[None])[0], predictor
+
+
+def encrypt_query_file(image: Path, *, index_folder: Path, secret: Path, output: Path, model: Path | None = None, root: str | None = None, device: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+    """Client, step 1 of 3: features of ``image`` encrypted under the secret context → ``output``."""
+    from medtools.core.io import atomic_path
+
+    if Path(output).exists() and not overwrite:
+        raise UsageError(f"{output} exists; pass --overwrite to replace it")
+    index, _ = _checked(index_folder, root)
+    ctx = _client_context(index, secret)
+    vector, predictor = client_features(index, image, model=model, device=device)
+    blob = he.encrypt_query(ctx, vector)
+    with atomic_path(Path(output)) as tmp:
+        Path(tmp).write_bytes(blob)
+    return {"output": Path(output), "bytes": len(blob), "model": predictor.record()}
+
+
+def server_score(index: Index, public: he.Context, *, query: bytes | None = None, plain_query: np.ndarray | None = None) -> bytes:
+    """Server, step 2 of 3: every block's encrypted scores in one reply; public context only."""
+    if public.secret:
+        raise UsageError("the server scores with the public context only")
+    if public.key_id != index.data["key_id"]:
+        raise IntegrityError(f"the index is encrypted for key {index.data['key_id']}, the context is key {public.key_id}")
     blobs = (index.block_path(b).read_bytes() for b in range(len(index.blocks)))
-    replies = he.score_blocks(server, blobs, query=enc_query, plain_query=vector if plain_query else None)
-    timing["server_score_s"] = time.perf_counter() - t2
-    # -- client: decrypt, rank, check the inclusion proofs of the hits
-    t3 = time.perf_counter()
-    scores = np.concatenate([he.decrypt_scores(ctx, r) for r in replies])
+    replies = he.score_blocks(public, blobs, query=query, plain_query=plain_query)
+    return he.pack(REPLY_MAGIC, {"key_id": public.key_id, "root": index.root, "blocks": len(replies)}, replies)
+
+
+def score_file(query_file: Path, *, index_folder: Path, public: Path, output: Path, overwrite: bool = False) -> dict[str, Any]:
+    """`index score`: read an encrypted query, write the encrypted scores (no secret anywhere)."""
+    from medtools.core.io import atomic_path
+
+    if Path(output).exists() and not overwrite:
+        raise UsageError(f"{output} exists; pass --overwrite to replace it")
+    index = Index.load(index_folder)
+    ctx = he.load_context(public, secret=False)
+    try:
+        query_blob = Path(query_file).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"no encrypted query at {query_file}") from None
+    reply = server_score(index, ctx, query=query_blob)
+    with atomic_path(Path(output)) as tmp:
+        Path(tmp).write_bytes(reply)
+    return {"output": Path(output), "bytes": len(reply), "blocks": len(index.blocks)}
+
+
+def client_rank(index: Index, ctx: he.Context, reply: bytes, *, k: int, root: str | None) -> list[dict[str, Any]]:
+    """Client, step 3 of 3: decrypt the scores, rank, and check each hit's inclusion proof."""
+    header, parts = he.unpack(reply, REPLY_MAGIC, "encrypted score reply")
+    if header.get("root") != index.root or len(parts) != len(index.blocks):
+        raise IntegrityError(f"the scores were computed over index root {str(header.get('root'))[:16]}…, not this index ({index.root[:16]}…)")
+    scores = np.concatenate([he.decrypt_scores(ctx, r) for r in parts])
+    if len(scores) != len(index.entries):
+        raise IntegrityError(f"{len(scores)} scores for {len(index.entries)} entries")
     order = np.argsort(-scores, kind="stable")[: max(1, int(k))]
     position = {(int(e["block"]), int(e["slot"])): i for i, e in enumerate(index.entries)}
     offsets = np.cumsum([0] + [int(b["count"]) for b in index.blocks])
@@ -398,6 +446,40 @@ def query(image: Path, *, index_folder: Path, secret: Path, k: int = 5, model: P
         proof = make_proof(index, pos, leaves)
         check_proof(proof, root=root or index.root)
         hits.append({"rank": rank, "id": index.entries[pos]["id"], "score": float(scores[flat]), "proof": proof})
+    return hits
+
+
+def rank_file(reply_file: Path, *, index_folder: Path, secret: Path, k: int = 5, root: str | None = None) -> dict[str, Any]:
+    """`index rank`: decrypt a server's reply into top-k hits with proofs."""
+    index, checked = _checked(index_folder, root)
+    ctx = _client_context(index, secret)
+    try:
+        reply = Path(reply_file).read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"no encrypted scores at {reply_file}") from None
+    hits = client_rank(index, ctx, reply, k=k, root=root)
+    return {"scores": str(reply_file), "mode": "encrypted-query", "k": int(k), "entries": len(index.entries), "root": index.root, "trusted_root": checked.trusted_root, "hits": hits}
+
+
+def query(image: Path, *, index_folder: Path, secret: Path, k: int = 5, model: Path | None = None, plain_query: bool = False, root: str | None = None, device: str | None = None) -> dict[str, Any]:
+    """Top-k entries most similar to ``image``: the three steps of encrypt-query, score and
+    rank in one process (the server step gets a copy of the context without the secret key)."""
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    index, checked = _checked(index_folder, root)
+    ctx = _client_context(index, secret)
+    vector, predictor = client_features(index, image, model=model, device=device)
+    timing["verify_and_features_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    enc_query = None if plain_query else he.encrypt_query(ctx, vector)
+    timing["encrypt_query_s"] = time.perf_counter() - t1
+    server_ts = ctx.ts_context.copy()
+    server_ts.make_context_public()
+    t2 = time.perf_counter()
+    reply = server_score(index, he.Context(server_ts, ctx.key_id, ctx.params), query=enc_query, plain_query=vector if plain_query else None)
+    timing["server_score_s"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    hits = client_rank(index, ctx, reply, k=k, root=root)
     timing["decrypt_rank_prove_s"] = time.perf_counter() - t3
     return {
         "query": str(image),
