@@ -32,15 +32,18 @@ def main() -> None:
 
     import torch
 
-    from medtools.brain.models import build_classifier, build_segmenter
-    from medtools.brain.pgd import Attacker, pgd_delta
-    from medtools.brain.segment import logits_for
+    import medtools.brain.models  # noqa: F401  (registers seg and reid)
+    from medtools.brain.pgd import pgd_delta
+    from medtools.core import ckpt
     from medtools.core.device import autocast, prepare_model, resolve_device, resolve_precision
+    from medtools.core.predict import Predictor
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    seg = prepare_model(build_segmenter(encoder=args.encoder, in_channels=args.channels, classes=4).eval(), device, compile=args.compile)
-    reid = prepare_model(build_classifier(arch="resnet18", in_channels=args.channels, num_classes=16).eval(), device)
+    seg_config = {"arch": "unet", "encoder": args.encoder, "in_channels": args.channels, "classes": 4, "image_size": args.size, "label_values": [0, 1, 2, 4]}
+    reid_config = {"arch": "resnet18", "in_channels": args.channels, "num_classes": 16, "image_size": args.size, "class_names": [str(i) for i in range(16)]}
+    seg = prepare_model(ckpt.new_model("seg", seg_config).eval(), device, compile=args.compile)
+    reid = prepare_model(ckpt.new_model("reid", reid_config).eval(), device)
     x = torch.rand(args.batch, args.channels, args.size, args.size, device=device)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
@@ -61,8 +64,9 @@ def main() -> None:
 
     for p in list(seg.parameters()) + list(reid.parameters()):
         p.requires_grad_(False)
-    attacker = Attacker(reid, args.size, [str(i) for i in range(16)], [], path=None)  # type: ignore[arg-type]
-    run = lambda: pgd_delta(x, [(attacker, list(range(args.channels)))], eps=0.05, steps=args.pgd_steps, step_size=0.0125, objective="untargeted", identity=[None], utility=(seg, args.size, list(range(args.channels))))  # noqa: E731
+    attacker = Predictor.from_model(reid, kind="reid", config=reid_config, precision=precision)
+    utility = Predictor.from_model(seg, kind="seg", config=seg_config, precision=precision)
+    run = lambda: pgd_delta(x, [(attacker, list(range(args.channels)))], eps=0.05, steps=args.pgd_steps, step_size=0.0125, objective="untargeted", identity=[None], utility=(utility, list(range(args.channels))))  # noqa: E731
     with autocast(device, precision):
         run()
         sync()

@@ -28,11 +28,10 @@ def test_labels_are_sampled_at_each_source_slice(tmp_path: Path) -> None:
 def test_segment_writes_dicom_seg_for_a_series(tmp_path: Path) -> None:
     import highdicom as hd
 
-    from medtools.nets.segmenter import build_segmenter
     from medtools.core import ckpt
 
     config = {"arch": "unet", "encoder": "resnet18", "in_channels": 1, "classes": 2, "modalities": ["t1"], "image_size": 64, "label_values": [0, 1]}
-    ckpt.save(tmp_path / "seg.safetensors", build_segmenter(**config).state_dict(), kind="seg", config=config, norm={"method": "percentile", "low": 0.5, "high": 99.5})
+    ckpt.save(tmp_path / "seg.safetensors", ckpt.new_model("seg", config).state_dict(), kind="seg", config=config, norm={"method": "percentile", "low": 0.5, "high": 99.5})
     folder = write_dicom_series(tmp_path / "in" / "series")
     proc = run_cli("segment", tmp_path / "in", "-m", tmp_path / "seg.safetensors", "-o", tmp_path / "out", "--format", "dicom-seg", check=True)
     written = [Path(p) for p in proc.stdout.split()]
