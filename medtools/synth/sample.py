@@ -17,10 +17,12 @@ from medtools.core import report
 from medtools.core.errors import UsageError
 
 
-def to_pixels(batch: Any, bits: int) -> np.ndarray:
-    """[-1, 1] tensor (N, C, H, W) → uint8/uint16 array (N, H, W) or (N, H, W, 3)."""
+def to_pixels(batch: Any, bits: int, norm: dict[str, Any] | None = None) -> np.ndarray:
+    """Model-range tensor (N, C, H, W) ([-1, 1] for a DDPM) → uint8/uint16 array (N, H, W) or (N, H, W, 3)."""
+    from medtools.core.preprocess import canonical_norm, from_model_range
+
     scale = 255.0 if bits == 8 else 65535.0
-    array = ((batch.float().cpu().numpy() + 1.0) * 0.5).clip(0.0, 1.0)
+    array = from_model_range(batch.float().cpu().numpy(), canonical_norm(norm or {"method": "unit", "model_range": [-1.0, 1.0]})).clip(0.0, 1.0)
     array = np.rint(array * scale).astype(np.uint8 if bits == 8 else np.uint16)
     return array[:, 0] if array.shape[1] == 1 else np.moveaxis(array, 1, -1)
 
@@ -80,7 +82,7 @@ def synthesize(
     for start in report.progress(range(0, len(todo), batch_size), total=-(-len(todo) // batch_size), description="synth"):
         chunk = todo[start : start + batch_size]
         images = run_sampler(net, scheduler, steps=steps, generators=image_generators(seed, chunk), shape=shape, device=dev, precision=prec, eta=eta)
-        for index, pixels in zip(chunk, to_pixels(images, bits)):
+        for index, pixels in zip(chunk, to_pixels(images, bits, checkpoint.norm)):
             write_image(Image(pixels, format="png", meta={"bits": bits}), targets[index])
             on_written(targets[index])
     return {"written": len(todo), "skipped": len(indices) - len(todo), "sampler": sampler, "steps": steps, "device": str(dev), "precision": prec}

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medtools.core import ckpt, report
+from medtools.core.preprocess import canonical_norm, to_model_range
 from medtools.core.errors import InputError, UsageError
 from medtools.core.train import TrainSpec, fit
 from medtools.synth.images import collect_images, data_fingerprint, load_images
@@ -147,7 +148,7 @@ def train_ddpm(
     refs = collect_images(inputs, patient_regex=patient_regex)
     patients = sorted({r.patient for r in refs})
     report.log(f"{len(refs)} images of {len(patients)} patients at {size}×{size}×{channels}")
-    images = torch.from_numpy(load_images(refs, size, channels)) * 2.0 - 1.0
+    images = to_model_range(torch.from_numpy(load_images(refs, size, channels)), canonical_norm(DDPM_NORM))
     dataset = TensorDataset(images)
 
     dp: DPTraining | None = None
