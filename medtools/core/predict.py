@@ -74,7 +74,7 @@ class Predictor:
         self.model = model
         self.kind = registry.get(kind)
         self.config = dict(config)
-        self.norm = preprocess.canonical_norm(norm)
+        self.norm = preprocess.canonical_norm(norm, dict(self.kind.default_norm) if self.kind.default_norm else None)
         size = self.config.get("image_size") or self.config.get("sample_size")
         self.size = int(size) if size else None
         self.batch_size = int(batch_size)

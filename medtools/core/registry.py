@@ -43,6 +43,7 @@ class Kind:
     features: str | None = None  # "module:function"(model, x) -> (N, D) features
     task: str = "image"  # "segment" (spatial output), "classify" (N, K), "denoise" (x, t), "none"
     tiny: tuple[Mapping[str, Any], ...] = field(default_factory=tuple)  # small configs for contract tests
+    default_norm: Mapping[str, Any] | None = None  # medtools.norm assumed when a checkpoint recorded none
     example: str | None = None  # "module:function"(config, n, size) -> (x, extra kwargs): contract-test inputs
     channels_key: str | None = "in_channels"
 

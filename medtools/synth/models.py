@@ -89,6 +89,7 @@ register_kind(
     description="DDPM denoiser (diffusers UNet2DModel, epsilon prediction)",
     builder_keys=UNET_KEYS,
     forward="medtools.synth.models:denoise",
+    default_norm={"method": "unit", "model_range": [-1.0, 1.0]},
     task="denoise",
     tiny=(
         {**unet_config(size=16, channels=1, widths=(8, 16), attention=(1,), layers_per_block=1, norm_groups=4)},
