@@ -235,6 +235,7 @@ def reid_train(
     train_visits: Annotated[Optional[str], typer.Option("--train-visits", help="Visits to train on (default: first visit of each patient).")] = None,
     val_visits: Annotated[Optional[str], typer.Option("--val-visits", help="Visits to validate on (default: the others).")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held-out share when no visit split is possible.")] = 0.2,
+    defence: Annotated[Optional[list[str]], typer.Option("--defence", help="Applied to every training and evaluation image, stored in the checkpoint (repeat or comma-separate): jpeg:Q | blur:SIGMA | lowpass:CUTOFF | median:K | quantise:BITS | aware (knows protect's signature scheme) | adv:EPS (PGD adversarial training). See docs/brain.md.")] = None,
     epochs: Epochs = 20,
     batch_size: BatchSize = None,
     lr: Lr = 1e-3,
@@ -257,7 +258,7 @@ def reid_train(
         _data(data), output, arch=arch, label=label, modalities=_split(modalities), size=size,
         train_visits=_split(train_visits), val_visits=_split(val_visits), val_fraction=val_fraction, epochs=epochs,
         batch_size=batch_size or 32, lr=lr, seed=seed, device=device, precision=precision, compile=compile,
-        workers=workers, resume=resume, steps_per_epoch=steps_per_epoch,
+        workers=workers, resume=resume, steps_per_epoch=steps_per_epoch, defence=defence,
     )
     emit_training_result(result, json_output, record)
     return 0
@@ -267,22 +268,27 @@ def reid_train(
 def reid_eval(
     data: Data,
     model: Model,
+    verify: Annotated[bool, typer.Option("--verify", help="Also verification: same/different patient from two images (feature cosine, ROC AUC over pairs from different cases; patients need not be known to the attacker).")] = False,
     batch_size: BatchSize = None,
     device: Device = None,
     json_output: Json = False,
     nan_policy: NanPolicy = "error",
     quiet: Quiet = False,
 ) -> int:
-    """Top-1/top-5 accuracy, chance level and per-patient accuracy of an attacker on these cases."""
+    """Top-1/top-5 accuracy, chance level and per-patient accuracy of an attacker on these cases (its checkpoint's defences applied)."""
     from medtools.brain.reid import eval_reid
 
     record = report.RunRecord()
     record.add_checkpoint(model)
-    result = eval_reid(_data(data), model, batch_size=batch_size or 64, device=device)
+    result = eval_reid(_data(data), model, batch_size=batch_size or 64, device=device, verify=verify)
     if json_output:
         report.emit_json({**result, "run": record.as_dict()})
     else:
-        print(f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  chance {result['chance']:.4f}  items {result['items']}  identities {result['identities']}")
+        if result["top1"] is not None:
+            print(f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  chance {result['chance']:.4f}  items {result['items']}  identities {result['identities']}")
+        if verify:
+            v = result["verify"]
+            print(f"verify auc {v['auc']:.4f}  tpr@1%fpr {v['tpr_at_1pct_fpr']:.4f}  pairs {v['pairs']}  same-patient pairs {v['same_patient_pairs']}  patients {v['patients']}")
     return 0
 
 

@@ -47,8 +47,11 @@ SIGNATURE_GRID = 8  # the signature pattern is a GRID×GRID block pattern: survi
 
 
 def load_attackers(paths: list[Path], device: Any) -> list[Predictor]:
-    """Attackers as Predictors (frozen weights): ``forward`` is differentiable w.r.t. the input."""
-    return [Predictor(path, kind=("reid", "cls"), device=device, precision="fp32") for path in paths]
+    """Attackers as Predictors (frozen weights): ``forward`` is differentiable w.r.t. the input.
+    An attacker trained with defences (``reid-train --defence``) sees them applied here too."""
+    from medtools.brain.defences import with_defences
+
+    return [with_defences(Predictor(path, kind=("reid", "cls"), device=device, precision="fp32")) for path in paths]
 
 
 def quantisation_steps(loaded: LoadedCase) -> np.ndarray:
@@ -82,7 +85,8 @@ def pgd_delta(
     """The perturbation (same shape as ``slices``, |δ| ≤ eps) for one batch of slices.
 
     ``attackers`` pairs each attacker with the channel indices it reads; ``identity`` gives,
-    per attacker, the true class index of this case (None: use the clean prediction).
+    per attacker, the true class index of this case (None: use the clean prediction; a tensor:
+    one class per slice).
     ``utility`` is (segmentation Predictor, its channels). ``decoys`` fixes, per
     attacker, the class to push towards (otherwise drawn per slice); ``base`` is a fixed
     perturbation added first, PGD then spends only ``eps − max|base|``.
@@ -107,7 +111,10 @@ def pgd_delta(
         targets, clean_features, clean_seg = [], [], None
         for index, ((attacker, channels), known) in enumerate(zip(attackers, identity)):
             logits = attacker.forward(x[:, channels])
-            truth = torch.full((len(x),), known, device=x.device) if known is not None else logits.argmax(1)
+            if torch.is_tensor(known):  # one class per slice (adversarial training)
+                truth = known.to(x.device)
+            else:
+                truth = torch.full((len(x),), known, device=x.device) if known is not None else logits.argmax(1)
             if decoys is not None and decoys[index] is not None:
                 targets.append(torch.full((len(x),), decoys[index], device=x.device))
             elif objective in ("decoy", "signature"):

@@ -107,8 +107,15 @@ def train_reid(
     workers: int = 0,
     resume: bool = False,
     steps_per_epoch: int | None = None,
+    defence: str | Sequence[str] | None = None,
 ) -> dict[str, Any]:
+    """Train an attacker; ``defence`` (see ``brain/defences.py``) is applied to every training and
+    validation image and stored in the checkpoint (``config.defence``) for reid-eval and protect."""
     import torch
+
+    from medtools.brain.defences import adv_eps, apply_defences, parse_defences
+
+    defences = parse_defences(defence)
     import torch.nn.functional as F
 
     rows = [r for r in load_rows(data) if r.get(label)]
@@ -122,20 +129,29 @@ def train_reid(
     class_names = sorted({r[label] for r in train_rows})
     report.log(f"reid-train: {len(class_names)} {label} classes; split: {how}; {len(train_rows)} training, {len(val_rows)} validation cases")
     train_set, train_y, _ = load_items(train_rows, modalities=modalities, size=size, label=label, class_names=class_names)
+    if defences:
+        report.log(f"reid-train: defences {', '.join(defences)}")
+        train_set.images = apply_defences(train_set.images, defences, groups=train_set.case_index)
     val = None
     if val_rows:
         val_set, val_y, _ = load_items(val_rows, modalities=modalities, size=size, label=label, class_names=class_names)
         keep = val_y >= 0
-        val = (val_set.images[keep], val_y[keep])
+        val = (apply_defences(val_set.images[keep], defences, groups=val_set.case_index[keep]), val_y[keep])
     in_channels = train_set.images.shape[1]
     config = {"arch": arch, "in_channels": in_channels, "num_classes": len(class_names), "image_size": size, "class_names": class_names, "label": label, "modalities": list(modalities or [])}
+    if defences:
+        config["defence"] = defences
+    eps = adv_eps(defences)
     model = ckpt.new_model("reid", config)
     norm = dict(DEFAULT_NORM) if modalities else dict(UNIT_NORM)
     dataset = torch.utils.data.TensorDataset(torch.from_numpy(train_set.images), torch.from_numpy(train_y.astype(np.int64)))
 
     def step(net: Any, batch: Any) -> Any:
         images, targets = batch
-        return F.cross_entropy(net(_augment(images)).float(), targets, label_smoothing=0.1)
+        images = _augment(images)
+        if eps:
+            images = images + _adversarial_delta(net, images, targets, eps, config, norm)
+        return F.cross_entropy(net(images).float(), targets, label_smoothing=0.1)
 
     def validate(net: Any) -> dict[str, float]:
         if val is None:
@@ -162,38 +178,106 @@ def train_reid(
         monitor="val_top1",
     )
     result = fit(model, dataset, step, spec, validate=validate)
-    result.update({"classes": len(class_names), "label": label, "split": how, "train_items": len(dataset), "val_items": 0 if val is None else len(val[1])})
+    result.update({"classes": len(class_names), "label": label, "split": how, "train_items": len(dataset), "val_items": 0 if val is None else len(val[1]), "defence": defences})
     return result
 
 
-def eval_reid(data: Path | str | Sequence[Path | str], model_path: Path, *, batch_size: int = 64, device: str | None = None, precision: str | None = None) -> dict[str, Any]:
-    """Top-1/top-5, chance level and per-identity accuracy of an attacker on the given cases."""
+def _adversarial_delta(net: Any, images: Any, targets: Any, eps: float, config: dict[str, Any], norm: dict[str, Any]) -> Any:
+    """PGD (brain/pgd.py, untargeted, random start) against the model being trained, at L∞ eps in
+    normalised units: adversarial training (Madry et al. 2018), the ``adv:EPS`` defence."""
+    from medtools.brain.defences import ADV_STEPS
+    from medtools.brain.pgd import pgd_delta
+
+    was_training = net.training
+    net.eval()  # the attack does not update BatchNorm statistics
+    try:
+        attacker = Predictor.from_model(net, kind="reid", config=config, norm=norm)
+        delta = pgd_delta(images, [(attacker, list(range(images.shape[1])))], eps=eps, steps=ADV_STEPS, step_size=eps / 2, objective="untargeted", identity=[targets], diversity=False)
+    finally:
+        net.train(was_training)
+    return delta.detach()
+
+
+def eval_reid(data: Path | str | Sequence[Path | str], model_path: Path, *, batch_size: int = 64, device: str | None = None, precision: str | None = None, verify: bool = False, max_verify_items: int = 3000, seed: int = 0) -> dict[str, Any]:
+    """Top-1/top-5, chance level and per-identity accuracy of an attacker on the given cases.
+
+    The defences recorded in the checkpoint (``config.defence``) are applied first. ``verify``
+    adds the verification task (same or different patient, from two images: cosine similarity of
+    the attacker's features, ROC AUC over all pairs of items from different cases), which needs
+    no patient known to the attacker."""
+    from medtools.brain.defences import apply_defences
+
     attacker = Predictor(model_path, kind=("reid", "cls"), device=device, precision=precision, batch_size=batch_size)
     config = attacker.config
     label, names = config.get("label", "patient"), config["class_names"]
+    defences = list(config.get("defence") or [])
     rows = [r for r in load_rows(data) if r.get(label)]
     if not rows:
         raise InputError(f"no cases with a {label!r} column in {data}")
     items, targets, _ = load_items(rows, modalities=config.get("modalities") or None, size=int(config["image_size"]), label=label, class_names=names, norm=attacker.norm)
+    images = apply_defences(items.images, defences, groups=items.case_index) if defences else items.images
     known = targets >= 0
     unknown = sorted({r[label] for r in rows} - set(names))
+    result: dict[str, Any] = {"label": label, "defence": defences}
+    if verify:
+        result["verify"] = verification(attacker, images, _item_identities(items, rows, label), items.case_index, max_items=max_verify_items, seed=seed)
     if unknown:
-        report.warn(f"{len(unknown)} {label} value(s) unknown to the attacker are left out: {', '.join(unknown[:5])}{'…' if len(unknown) > 5 else ''}")
+        report.warn(f"{len(unknown)} {label} value(s) unknown to the attacker are left out{' of identification' if verify else ''}: {', '.join(unknown[:5])}{'…' if len(unknown) > 5 else ''}")
     if not known.any():
+        if verify:
+            return {**result, "top1": None, "top5": None, "chance": 1.0 / len(names), "items": 0, "identities": 0, "per_identity": {}}
         raise InputError(f"none of the {label} values in {data} is known to the attacker")
-    logits = attacker.predict(items.images[known])
+    logits = attacker.predict(images[known])
     y = targets[known]
     top5 = np.argsort(-logits, axis=1)[:, :5]
     per = {}
     for index in sorted(set(y.tolist())):
         sel = y == index
         per[names[index]] = {"top1": float((logits[sel].argmax(1) == index).mean()), "items": int(sel.sum())}
-    return {
+    result.update({
         "top1": float((logits.argmax(1) == y).mean()),
         "top5": float((top5 == y[:, None]).any(1).mean()),
         "chance": 1.0 / len(names),
         "items": int(known.sum()),
         "identities": len(per),
         "per_identity": per,
-        "label": label,
+    })
+    return result
+
+
+def _item_identities(items: SliceSet, rows: Sequence[dict[str, str]], label: str) -> np.ndarray:
+    """The ``label`` value (patient) of each item, as strings."""
+    if _is_volume_rows(rows):
+        by_case = {r.get("case", str(i)): r.get(label, "") for i, r in enumerate(rows)}
+        return np.array([by_case[items.cases[c]] for c in items.case_index])
+    return np.array([r.get(label, "") for r in rows if "image" in r])
+
+
+def verification(attacker: Predictor, images: np.ndarray, identities: np.ndarray, cases: np.ndarray, *, max_items: int = 3000, seed: int = 0) -> dict[str, Any]:
+    """Same/different patient from two items: cosine similarity of the attacker's features over all
+    pairs of items from different cases (at most ``max_items`` items, drawn with ``seed``);
+    ROC AUC and TPR at 1 % FPR (sklearn.metrics). 0.5 is chance."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    index = np.arange(len(images))
+    if len(index) > max_items:
+        index = np.sort(np.random.default_rng(seed).choice(index, max_items, replace=False))
+    features = attacker.features(images[index]).reshape(len(index), -1).astype(np.float64)
+    features /= np.linalg.norm(features, axis=1, keepdims=True) + 1e-12
+    upper = np.triu_indices(len(index), k=1)
+    cases_i, cases_j = cases[index][upper[0]], cases[index][upper[1]]
+    other_case = cases_i != cases_j
+    first, second = upper[0][other_case], upper[1][other_case]
+    same = identities[index][first] == identities[index][second]
+    if same.all() or not same.any():
+        raise InputError("verification needs pairs of the same and of different patients from different cases (at least two cases of one patient and two patients)")
+    scores = np.einsum("ij,ij->i", features[first], features[second])
+    fpr, tpr, _ = roc_curve(same, scores)
+    return {
+        "auc": float(roc_auc_score(same, scores)),
+        "tpr_at_1pct_fpr": float(np.interp(0.01, fpr, tpr)),
+        "pairs": int(len(same)),
+        "same_patient_pairs": int(same.sum()),
+        "items": int(len(index)),
+        "patients": int(len(set(identities[index].tolist()))),
     }
