@@ -17,6 +17,7 @@ from medtools.brain.segment import prefetch
 from medtools.core.predict import Predictor
 from medtools.core.device import resolve_device, seed_everything
 from medtools.core.errors import UsageError
+from medtools.core.inputs import skip_existing
 from medtools.core.io import Image, write_image
 
 
@@ -201,7 +202,7 @@ def protect_cases(
         except Exception as exc:
             yield case, exc
             continue
-        if not overwrite and all(t.exists() for t in targets.values()):
+        if skip_existing(targets.values(), overwrite):
             yield case, "skipped"
         else:
             todo.append(case)

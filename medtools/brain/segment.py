@@ -22,6 +22,7 @@ from medtools.brain.models import BRATS_LABEL_MAP
 from medtools.core import ckpt, report
 from medtools.core.data import build_slice_set, map_labels, split_by_patient
 from medtools.core.errors import InputError, UsageError
+from medtools.core.inputs import skip_existing
 from medtools.core.io import Image, as_volume, write_image
 from medtools.core.predict import Predictor
 from medtools.core.preprocess import DEFAULT_NORM, slices_to_volume, volumes_to_slices
@@ -239,7 +240,7 @@ def segment_cases(
         raise UsageError("--format must be nifti or dicom-seg")
     segmenter = load_segmenter(model_path, device=device, precision=precision, compile=compile, batch_size=batch_size)
     targets = {case.case: segmentation_target(case, output, suffix, out_format) for case in cases}
-    todo = [c for c in cases if overwrite or not targets[c.case].exists()]
+    todo = [c for c in cases if not skip_existing(targets[c.case], overwrite)]
     for case in cases:
         if case not in todo:
             yield case, "skipped"

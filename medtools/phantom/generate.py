@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from medtools.core.inputs import skip_existing
 from medtools.core.io import Image, write_image
 
 BRAIN_MODALITIES = ("flair", "t1", "t1ce", "t2")
@@ -160,7 +161,7 @@ def write_brain_phantoms(
             case = f"phantom-p{patient:03d}_v{visit}"
             folder = output / case
             targets = {m: folder / f"{case}_{m}.nii.gz" for m in (*BRAIN_MODALITIES, "seg")}
-            if not overwrite and all(t.exists() for t in targets.values()):
+            if skip_existing(targets.values(), overwrite, log=_quiet):
                 continue
             volumes, label = brain_volume(seed, patient, visit, size=size, slices=slices)
             for name, volume in volumes.items():
@@ -259,7 +260,12 @@ def write_cxr_phantoms(
         pneumonia = patient in sick
         cls = "PNEUMONIA" if pneumonia else "NORMAL"
         target = output / cls / f"p{patient:04d}-{index:02d}-{cls.lower()}.png"
-        if target.exists() and not overwrite:
+        if skip_existing(target, overwrite, log=_quiet):
             continue
         written.append(write_image(Image(cxr_image(seed, patient, index, pneumonia=pneumonia, size=size), format="png"), target))
     return list(written)
+
+
+def _quiet(_: str) -> None:
+    """Phantom generation resumes silently (existing files are simply kept)."""
+

@@ -15,6 +15,7 @@ import numpy as np
 
 from medtools.core import report
 from medtools.core.errors import UsageError
+from medtools.core.inputs import skip_existing
 
 
 def to_pixels(batch: Any, bits: int, norm: dict[str, Any] | None = None) -> np.ndarray:
@@ -74,7 +75,7 @@ def synthesize(
         indices = indices[shard[0] - 1 :: shard[1]]
     output.mkdir(parents=True, exist_ok=True)
     targets = {i: output / sample_name(i, n) for i in indices}
-    todo = [i for i in indices if overwrite or not targets[i].exists()]
+    todo = [i for i in indices if not skip_existing(targets[i], overwrite, log=lambda _: None)]
     if len(todo) < len(indices):
         report.log(f"skipping {len(indices) - len(todo)} existing images (--overwrite to redo)")
     shape = (int(config["in_channels"]), int(config["sample_size"]), int(config["sample_size"]))
