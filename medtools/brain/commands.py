@@ -268,7 +268,7 @@ def reid_train(
 def reid_eval(
     data: Data,
     model: Model,
-    verify: Annotated[bool, typer.Option("--verify", help="Also verification: same/different patient from two images (feature cosine, ROC AUC over pairs from different cases; patients need not be known to the attacker).")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Also verification: same/different patient from two images (feature cosine, ROC AUC over all pairs of cases; patients need not be known to the attacker).")] = False,
     batch_size: BatchSize = None,
     device: Device = None,
     json_output: Json = False,
@@ -288,7 +288,7 @@ def reid_eval(
             print(f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  chance {result['chance']:.4f}  items {result['items']}  identities {result['identities']}")
         if verify:
             v = result["verify"]
-            print(f"verify auc {v['auc']:.4f}  tpr@1%fpr {v['tpr_at_1pct_fpr']:.4f}  pairs {v['pairs']}  same-patient pairs {v['same_patient_pairs']}  patients {v['patients']}")
+            print(f"verify auc {v['auc']:.4f}  pixel-baseline auc {v['pixel_auc']:.4f}  tpr@1%fpr {v['tpr_at_1pct_fpr']:.4f}  pairs {v['pairs']}  same-patient pairs {v['same_patient_pairs']}  cases {v['cases']}  patients {v['patients']}")
     return 0
 
 

@@ -11,10 +11,12 @@ Spec strings (``reid-train --defence``; several may be combined, applied in the 
 * ``median:K`` – K×K median filter (scipy.ndimage);
 * ``quantise:BITS`` – rounding to 2^BITS gray levels (bit-depth reduction, Xu et al. 2018);
 * ``aware`` (alias ``aware:signature``) – the scheme-aware attacker of ``protect --objective
-  signature``: it knows the method, not the key. Per case (one release) it estimates the constant
-  block pattern as the mean over the case's slices of the high-pass residual of the block means on
-  the documented ``SIGNATURE_GRID`` (block means minus their Gaussian smoothing over neighbouring
-  blocks, sigma 1 block), and subtracts it from the foreground of every slice;
+  signature``: it knows the method, not the key. Per case (one release of one visit) it estimates
+  the constant ±a block pattern from the mean over the case's slices of the high-pass residual of
+  the block means on the documented ``SIGNATURE_GRID`` (block means minus their Gaussian smoothing
+  over neighbouring blocks, sigma 1 block), centred on the mean over the release's cases: signs
+  from that residual, a by least squares; it subtracts the estimate from every slice's foreground
+  (``estimate_signatures``);
 * ``adv:EPS`` – not an image transform: PGD adversarial training of the attacker (Madry et al.
   2018) at L∞ EPS in normalised units (``ADV_STEPS`` steps of EPS/2, random start), which makes
   it robust to small perturbations such as protective noise.
@@ -143,26 +145,38 @@ def block_highpass(images: np.ndarray, grid: int | None = None) -> np.ndarray:
     return (sums - smooth).astype(np.float32)
 
 
-def estimate_signature(images: np.ndarray, grid: int | None = None) -> np.ndarray:
-    """One release's constant block pattern (C, H, W): the mean over its slices (N, C, H, W) of
-    the block high-pass residual, drawn back at pixel resolution."""
+def estimate_signatures(images: np.ndarray, groups: np.ndarray | None = None, grid: int | None = None) -> dict[Any, np.ndarray]:
+    """Each release's constant block pattern (C, H, W), per group (case) of ``images`` (N, C, H, W).
+
+    The documented scheme: ±a per block of the ``SIGNATURE_GRID``, the same on every slice of a
+    case, independent between cases. Per case, the mean over its slices of the block high-pass
+    residual is H_c ≈ hp(P_c) + the case's mean anatomy; with several cases in the release, their
+    mean (the common anatomy: the patterns are independent, zero-mean) is subtracted first. The
+    signs are sign(H_c); the amplitude a (one per channel for the release, as ``protect`` uses one
+    ``signature_share × eps``) is the least-squares fit of hp(a·signs) to the H_c."""
     from medtools.brain.pgd import SIGNATURE_GRID
 
     grid = grid or SIGNATURE_GRID
+    groups = np.zeros(len(images), dtype=np.int64) if groups is None else np.asarray(groups)
+    names = list(np.unique(groups))
+    residual = np.stack([block_highpass(images[groups == g], grid).mean(axis=0) for g in names])  # (K, C, G, G)
+    if len(names) > 1:
+        residual = residual - residual.mean(axis=0, keepdims=True)
+    signs = np.where(residual >= 0, 1.0, -1.0)
+    basis = block_highpass(signs, grid)
+    amplitude = np.clip((residual * basis).sum(axis=(0, -2, -1)) / np.maximum((basis**2).sum(axis=(0, -2, -1)), 1e-12), 0.0, None)  # (C,)
     h, w = images.shape[-2:]
-    pattern = block_highpass(images, grid).mean(axis=0)
     rows = (np.arange(h) * grid // h)[:, None]
     cols = (np.arange(w) * grid // w)[None, :]
-    return pattern[:, rows, cols].astype(np.float32)
+    return {g: (signs[k] * amplitude[:, None, None])[:, rows, cols].astype(np.float32) for k, g in enumerate(names)}
 
 
 def remove_signature(images: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
     """Subtract each group's (case's) estimated block pattern from its slices' foreground."""
     groups = np.zeros(len(images), dtype=np.int64) if groups is None else np.asarray(groups)
     out = images.astype(np.float32).copy()
-    for group in np.unique(groups):
+    for group, pattern in estimate_signatures(images, groups).items():
         sel = groups == group
-        pattern = estimate_signature(images[sel])
         foreground = (images[sel] > 0).any(axis=1, keepdims=True)
         out[sel] = np.clip(images[sel] - pattern[None] * foreground, 0.0, 1.0)
     return out
