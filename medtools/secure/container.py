@@ -14,7 +14,8 @@ AES-256-GCM under the payload key with nonce = i as 11 big-endian bytes ‖ last
 (Hoang, Reyhanitabar, Rogaway & Vizár, "Online authenticated-encryption and its
 nonce-reuse misuse-resistance", CRYPTO 2015; the same as age). Reordered, dropped,
 duplicated or truncated chunks fail authentication; a file cut at a chunk boundary fails
-because its final chunk lacks the flag. Memory stays at two chunks whatever the size.
+because its final chunk lacks the flag. Memory stays at three reused chunk buffers whatever
+the size (no per-chunk allocation).
 """
 
 from __future__ import annotations
@@ -215,6 +216,25 @@ class HashingReader:
         self.count += len(data)
         return data
 
+    def readinto(self, buffer: bytearray) -> int:
+        """Fill ``buffer`` (or up to EOF) in place, no copy; returns the byte count."""
+        view, filled = memoryview(buffer), 0
+        readinto = getattr(self.handle, "readinto", None)
+        while filled < len(view):
+            if readinto is not None:
+                got = readinto(view[filled:])
+            else:  # a handle with read() only
+                block = self.handle.read(len(view) - filled)
+                got = len(block)
+                view[filled : filled + got] = block
+            if not got:
+                break
+            filled += got
+        if self.hashing:
+            self.digest.update(view[:filled])
+        self.count += filled
+        return filled
+
 
 def _nonce(counter: int, last: bool) -> bytes:
     return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
@@ -257,16 +277,21 @@ def encrypt_stream(
     write(prefix + body + mac)
     payload_key = _hkdf(file_key, payload_salt, "payload")
     reader = HashingReader(source, hashing=False)
-    counter, current = 0, reader.read(chunk_size)
+    # three reused buffers (this chunk, the look-ahead one, the sealed output): no per-chunk
+    # allocation or copy; one write per chunk (ciphertext ‖ tag)
+    current, following, sealed = bytearray(chunk_size), bytearray(chunk_size), bytearray(chunk_size + TAG_BYTES)
+    out = memoryview(sealed)
+    counter, size = 0, reader.readinto(current)
     while True:
-        following = reader.read(chunk_size) if len(current) == chunk_size else b""
-        last = not following
-        ciphertext, tag = _gcm(payload_key, _nonce(counter, last)).encrypt_and_digest(current)
-        write(ciphertext)
-        write(tag)
+        next_size = reader.readinto(following) if size == chunk_size else 0
+        last = next_size == 0
+        cipher = _gcm(payload_key, _nonce(counter, last))
+        cipher.encrypt(memoryview(current)[:size], output=out[:size])
+        out[size : size + TAG_BYTES] = cipher.digest()
+        write(out[: size + TAG_BYTES])
         if last:
             break
-        counter, current = counter + 1, following
+        counter, size, current, following = counter + 1, next_size, following, current
     return Result(name, header.users(), plaintext_bytes=reader.count, ciphertext_sha256=out_digest.hexdigest() if digest else "", extra={"chunks": counter + 1})
 
 
@@ -338,25 +363,30 @@ def decrypt_stream(source: BinaryIO | HashingReader, target: BinaryIO, identitie
     payload_key = _hkdf(file_key, header.payload_salt, "payload")
     sealed_size = header.chunk_size + TAG_BYTES
     counter, written = 0, 0
-    current = reader.read(sealed_size)
-    if not current:
+    # reused buffers as in encrypt_stream: two sealed chunks (this one, the look-ahead) and the plaintext
+    current, following, plain = bytearray(sealed_size), bytearray(sealed_size), bytearray(header.chunk_size)
+    out = memoryview(plain)
+    size = reader.readinto(current)
+    if not size:
         raise IntegrityError("truncated file: no payload")
     while True:
-        following = reader.read(sealed_size) if len(current) == sealed_size else b""
-        last = not following
-        if len(current) < TAG_BYTES:
+        next_size = reader.readinto(following) if size == sealed_size else 0
+        last = next_size == 0
+        if size < TAG_BYTES:
             raise IntegrityError(f"truncated file (chunk {counter})")
-        view = memoryview(current)
+        view, n = memoryview(current), size - TAG_BYTES
+        cipher = _gcm(payload_key, _nonce(counter, last))
+        cipher.decrypt(view[:n], output=out[:n])
         try:
-            plain = _gcm(payload_key, _nonce(counter, last)).decrypt_and_verify(view[:-TAG_BYTES], view[-TAG_BYTES:])
+            cipher.verify(view[n:size])
         except ValueError:
             what = "truncated or damaged" if last else "damaged"
             raise IntegrityError(f"{what} file: chunk {counter} fails authentication") from None
-        target.write(plain)
-        written += len(plain)
+        target.write(out[:n])  # only authenticated bytes leave this function
+        written += n
         if last:
             break
-        counter, current = counter + 1, following
+        counter, size, current, following = counter + 1, next_size, following, current
     return Result(
         name_bytes.decode("utf-8", errors="replace"),
         header.users(),
