@@ -27,7 +27,7 @@ def dice_of(seg_eval: dict) -> tuple[str, dict[str, float]]:
     return region, regions
 
 
-def summarise(work: Path, cell: Path, objective: str, eps: float, single_exam: bool = False, raw_adaptive: Path | None = None) -> tuple[dict, str]:
+def summarise(work: Path, cell: Path, objective: str, eps: float, single_exam: bool = False, raw_adaptive: Path | None = None, defended: list[str] | None = None) -> tuple[dict, str]:
     raw_dir, log, raw_prefix = (cell, cell / "protect.jsonl", "raw-") if single_exam else (work / "raw", cell / "protect-rest.jsonl", "")
     cases = [r for r in (json.loads(l) for l in log.read_text().splitlines() if l.strip()) if "case" in r]
     mean = lambda key: sum(r[key] for r in cases) / len(cases) if cases else math.nan  # noqa: E731
@@ -53,6 +53,10 @@ def summarise(work: Path, cell: Path, objective: str, eps: float, single_exam: b
         },
         "dice_region": region,
         "cases": len(cases),
+        # adaptive attackers with a defence (--defended SPEC=protected.json,raw.json): top-1 on the
+        # protected other visits, and the same recipe trained and tested on raw images
+        "defended": {spec: {"protected_top1": load(Path(p))["top1"], "raw_top1": load(Path(q))["top1"]}
+                     for spec, p, q in ((d.split("=", 1)[0], *d.split("=", 1)[1].split(",", 1)) for d in defended or [])},
     }
     r, p = result["raw"], result["protected"]
     regions = " / ".join(raw_dice)
@@ -67,6 +71,10 @@ def summarise(work: Path, cell: Path, objective: str, eps: float, single_exam: b
         f"| protected | {p['whitebox_top1']:.3f} | {p['transfer_top1']:.3f} | {adaptive(p['adaptive_top1'])} | {dice_text(prot_dice)} | {p['psnr_db']:.2f} | {p['ssim']:.4f} | {p['linf']:.4f} |",
         "",
     ]
+    if result["defended"]:
+        table += ["| adaptive attacker with defence | raw | protected |", "|---|---|---|"]
+        table += [f"| C + {spec} | {v['raw_top1']:.3f} | {v['protected_top1']:.3f} |" for spec, v in result["defended"].items()]
+        table.append("")
     return result, "\n".join(table)
 
 
@@ -78,9 +86,10 @@ def main() -> None:
     parser.add_argument("--eps", type=float, required=True)
     parser.add_argument("--single-exam", action="store_true", help="single-exam.sh's layout (no adaptive attacker)")
     parser.add_argument("--raw-adaptive", type=Path, help="reid-eval JSON of attacker C's recipe trained on raw first visits")
+    parser.add_argument("--defended", action="append", default=[], help="SPEC=protected-reid-eval.json,raw-reid-eval.json of an adaptive attacker with a defence (repeat)")
     parser.add_argument("--print", action="store_true", help="print the table instead of the results.json path")
     args = parser.parse_args()
-    result, table = summarise(args.work, args.cell, args.objective, args.eps, args.single_exam, args.raw_adaptive)
+    result, table = summarise(args.work, args.cell, args.objective, args.eps, args.single_exam, args.raw_adaptive, args.defended)
     (args.cell / "results.json").write_text(json.dumps(result, indent=2))
     (args.cell / "results.md").write_text(table)
     print(table if args.print else args.cell / "results.json")
