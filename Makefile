@@ -32,6 +32,7 @@ bench: $(STAMP)
 	@for script in benchmarks/*.py; do $(BIN)/python $$script --quick || exit 1; done
 
 completions: $(STAMP)
+	$(BIN)/python -c "from medtools.cli import write_table; print(write_table())"
 	$(BIN)/python -m medtools.completions completions
 
 clean:
