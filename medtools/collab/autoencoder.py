@@ -130,6 +130,13 @@ def encode_packed(model: Any, x: Any) -> Any:
     return pack(model.encode(x))
 
 
+def contract_example(config: dict[str, Any], n: int, size: int) -> tuple[Any, dict[str, Any]]:
+    """Model-contract inputs of an autoencoder's registered forward: random packed latents."""
+    import torch
+
+    return torch.rand(n, payload_numbers(config["latent_channels"], config["image_size"])), {"model_space": True}
+
+
 def decode_packed(model: Any, packed: Any) -> Any:
     """Predictor ``forward`` (``model_space=True``): packed latents → output in [0, 1]
     (sigmoid of the logits: intensities for images, foreground probability for masks)."""

@@ -25,6 +25,7 @@ for _name, _what in (("ae-image", "image"), ("ae-mask", "mask")):
         info_keys=("target", "latent_noise"),
         forward="medtools.collab.autoencoder:decode_packed",
         features="medtools.collab.autoencoder:encode_packed",
+        example="medtools.collab.autoencoder:contract_example",
         task="none",
         tiny=({"in_channels": 1, "out_channels": 1, "widths": [8, 16], "latent_channels": [2, 4], "image_size": 16, "target": _what},),
     )
@@ -37,6 +38,7 @@ register_kind(
     builder_keys=UMN_KEYS,
     info_keys=("space",),
     forward="medtools.collab.umn:map_packed",
+    example="medtools.collab.umn:contract_example",
     task="none",
     channels_key=None,
     tiny=({"in_channels": [2, 4], "out_channels": [2, 4], "image_size": 16, "widths": [8, 16], "pool_sizes": [1, 3, 5, 7]},),

@@ -82,6 +82,15 @@ def build_umn(*, in_channels: Sequence[int], out_channels: Sequence[int], image_
     return UnifiedMappingNetwork()
 
 
+def contract_example(config: dict[str, Any], n: int, size: int) -> tuple[Any, dict[str, Any]]:
+    """Model-contract inputs of the UMN's registered forward: random packed image latents."""
+    import torch
+
+    from medtools.collab.autoencoder import payload_numbers
+
+    return torch.rand(n, payload_numbers(config["in_channels"], config["image_size"])), {"model_space": True}
+
+
 def map_packed(model: Any, packed: Any) -> Any:
     """Predictor ``forward`` (``model_space=True``): packed image latents → packed mask latents."""
     return model(packed)
