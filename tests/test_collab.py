@@ -51,6 +51,9 @@ def test_q_is_orthogonal_and_round_trip_is_exact():
     assert max(np.abs(a - b).max() for a, b in zip(zp, z)) > 0.5  # it does change the latents
     back = klt.invert(key, zp)
     assert max(np.abs(a - b).max() for a, b in zip(back, z)) < 1e-5
+    wrong = klt.invert(klt.generate([3, 8, 16], seed=6), zp)  # another key: far from the latents
+    for a, b in zip(wrong, z):
+        assert np.linalg.norm(a - b) > 0.5 * np.linalg.norm(b)
 
 
 def test_keys_are_random_unless_seeded_and_files_are_private(tmp_path):
@@ -132,8 +135,10 @@ def pipeline(tmp_path_factory):
     net = ["--size", "32", "--widths", "8,16,32", "--latent-channels", "2,4,8", "--epochs", "8", "--batch-size", "8", "--lr", "3e-3", "-q"]
     run_cli("ae-train", train / "images", "--kind", "image", "-o", root / "ae-image.safetensors", *net, check=True)
     run_cli("ae-train", train / "masks", "--kind", "mask", "-o", root / "ae-mask.safetensors", *net, check=True)
-    keygen = run_cli("klt-keygen", "-o", root / "keys" / "a.key", "-m", root / "ae-image.safetensors", "--json", check=True)
-    run_cli("klt-keygen", "-o", root / "keys" / "b.key", "-m", root / "ae-image.safetensors", "-q", check=True)
+    # seeded keys: the wrong-key check below is the same in every run (a wrong key need not
+    # give garbage, docs/collab.md); unseeded keys are tested in the unit tests
+    keygen = run_cli("klt-keygen", "-o", root / "keys" / "a.key", "-m", root / "ae-image.safetensors", "--seed", "11", "--json", check=True)
+    run_cli("klt-keygen", "-o", root / "keys" / "b.key", "-m", root / "ae-image.safetensors", "--seed", "12", "-q", check=True)
     encoded = run_cli("klt-encode", train / "images", "-m", root / "ae-image.safetensors", "-k", root / "keys" / "a.key", "-o", root / "lat" / "img", "--json", check=True)
     run_cli("klt-encode", train / "masks", "-m", root / "ae-mask.safetensors", "-k", root / "keys" / "a.key", "-o", root / "lat" / "mask", "-q", check=True)
     run_cli("umn-train", root / "lat", "--keys", root / "keys", "-o", root / "umn.safetensors", "--widths", "8,16,32", "--epochs", "8", "--lr", "3e-3", "-q", check=True)
@@ -148,16 +153,19 @@ def _eval(pred: Path, truth: Path, *extra) -> dict:
     return json.loads(run_cli("collab-eval", pred, "--truth", truth, "--json", *extra, check=True).stdout)
 
 
-def test_pipeline_beats_trivial_masks_and_wrong_key_is_garbage(pipeline):
+def test_pipeline_beats_trivial_masks_and_wrong_key_is_not_an_error(pipeline):
     root, test = pipeline["root"], pipeline["test"]
     assert len(pipeline["mapped"].stdout.split()) == 6
     good = _eval(root / "pred", test / "masks", "--ae-mask", root / "ae-mask.safetensors", "--ae-image", root / "ae-image.safetensors", "--images", test / "images")
     assert good["cases"] == 6
     assert good["dice"] > max(good["baseline_empty_dice"], good["baseline_full_dice"]) + 0.2, good
     assert good["image_ae"]["psnr"] > 12 and good["mask_ae"]["dice"] > 0.5
-    bad = _eval(root / "pred-wrong", test / "masks")
-    assert bad["dice"] < good["dice"] - 0.3, bad
+    # a wrong key is a warning, not an error, and the masks are written; they are NOT
+    # reliably garbage: the KLT mixes channels per pixel and leaves the latent grid's layout,
+    # and on these phantoms keys 11 → 12 still gave Dice 0.87 against 0.88 (docs/results.md)
     assert "expect garbage" in pipeline["wrong"].stderr
+    bad = _eval(root / "pred-wrong", test / "masks")
+    assert bad["cases"] == 6 and 0.0 <= bad["dice"] <= 1.0
     from PIL import Image
 
     decoded = np.asarray(Image.open(root / "pred" / "c00.png"))
