@@ -25,7 +25,6 @@ import fcntl
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -66,22 +65,7 @@ def now_iso() -> str:
 
 # ---------------------------------------------------------------- permissions
 
-_permissions = {"insecure_ok": False}
-
-
-def allow_insecure_permissions(allowed: bool = True) -> None:
-    """Accept private key files and stores that group/others can read or write (process-wide)."""
-    _permissions["insecure_ok"] = bool(allowed)
-
-
-def check_private_permissions(path: Path, what: str = "private key material") -> None:
-    """UsageError (exit 2) when ``path`` is readable or writable by its group or others."""
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except OSError:
-        return  # reading it reports the problem
-    if mode & 0o077 and not _permissions["insecure_ok"]:
-        raise UsageError(f"refusing {path}: {what} with mode {mode:o} is open to group/others; run chmod 600 {path} (or pass --insecure-permissions)")
+from medtools.core.secrets import allow_insecure_permissions, check_private_permissions, key_id, read_key_file  # noqa: E402,F401  (re-exported)
 
 
 # ---------------------------------------------------------------- passwords
@@ -148,24 +132,6 @@ def _kek(password: bytes, salt: bytes, log_n: int, r: int, p: int) -> bytes:
 # ---------------------------------------------------------------- key files
 
 
-def read_key_file(path: Path) -> bytes:
-    """A 256-bit key: 32 raw bytes or 64 hex digits (what ``keys gen-key`` writes)."""
-    check_private_permissions(Path(path), "a key file")
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read key file {path}: {exc.strerror}") from None
-    if len(data) == KEY_BYTES:
-        return data
-    text = data.strip()
-    if len(text) == 2 * KEY_BYTES:
-        try:
-            return bytes.fromhex(text.decode("ascii"))
-        except (ValueError, UnicodeDecodeError):
-            pass
-    raise UsageError(f"{path} is not a key file: need 32 raw bytes or 64 hex digits (make one with `medtools keys gen-key FILE`)")
-
-
 def write_private(path: Path, data: bytes, *, overwrite: bool = True) -> Path:
     """Write a secret atomically with mode 0600 from the first byte (never world-readable).
 
@@ -207,13 +173,6 @@ def generate_signing_key(path: Path, *, overwrite: bool = False) -> tuple[Path, 
     with atomic_path(public) as tmp:
         tmp.write_text(key.public_key().export_key(format="PEM"))
     return Path(path), public
-
-
-def key_id(key: bytes) -> str:
-    """A public 16-hex-digit name for a symmetric key (it says which key, not the key)."""
-    from Crypto.Hash import SHA256
-
-    return SHA256.new(b"medtools key-id/v1\x00" + key).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- the store
