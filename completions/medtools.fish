@@ -50,6 +50,7 @@ complete -c medtools -n '__fish_seen_subcommand_from convert' -l to
 complete -c medtools -n '__fish_seen_subcommand_from convert' -l help
 complete -c medtools -n '__fish_seen_subcommand_from info' -l json
 complete -c medtools -n '__fish_seen_subcommand_from info' -l kind
+complete -c medtools -n '__fish_seen_subcommand_from info' -l kinds
 complete -c medtools -n '__fish_seen_subcommand_from info' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from info' -l help
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l arch
@@ -96,6 +97,7 @@ complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l help
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l arch
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l compile
+complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l defence
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l device
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l epochs
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l json
@@ -121,6 +123,7 @@ complete -c medtools -n '__fish_seen_subcommand_from reid-eval' -l json
 complete -c medtools -n '__fish_seen_subcommand_from reid-eval' -l model
 complete -c medtools -n '__fish_seen_subcommand_from reid-eval' -l nan-policy
 complete -c medtools -n '__fish_seen_subcommand_from reid-eval' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from reid-eval' -l verify
 complete -c medtools -n '__fish_seen_subcommand_from reid-eval' -l help
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l attacker
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l batch-size
@@ -449,6 +452,7 @@ complete -c medtools -n '__fish_seen_subcommand_from collab-eval' -l help
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l device
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l images
+complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l inversion-epochs
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l json
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l keys
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l known
@@ -456,6 +460,7 @@ complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l known-pai
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l members
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l model
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l nonmembers
+complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l public
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l seed
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l true-key
@@ -528,8 +533,11 @@ complete -c medtools -n '__fish_seen_subcommand_from keys; and __fish_seen_subco
 complete -c medtools -n '__fish_seen_subcommand_from keys; and __fish_seen_subcommand_from gen-key' -l help
 complete -c medtools -n '__fish_seen_subcommand_from index' -a add
 complete -c medtools -n '__fish_seen_subcommand_from index' -a build
+complete -c medtools -n '__fish_seen_subcommand_from index' -a encrypt-query
 complete -c medtools -n '__fish_seen_subcommand_from index' -a keygen
 complete -c medtools -n '__fish_seen_subcommand_from index' -a query
+complete -c medtools -n '__fish_seen_subcommand_from index' -a rank
+complete -c medtools -n '__fish_seen_subcommand_from index' -a score
 complete -c medtools -n '__fish_seen_subcommand_from index' -a verify
 complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from keygen' -l json
 complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from keygen' -l output
@@ -564,6 +572,28 @@ complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subc
 complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from query' -l secret
 complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from query' -l top
 complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from query' -l help
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from encrypt-query' -l device
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from encrypt-query' -l index
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from encrypt-query' -l model
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from encrypt-query' -l output
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from encrypt-query' -l overwrite
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from encrypt-query' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from encrypt-query' -l root
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from encrypt-query' -l secret
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from encrypt-query' -l help
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from score' -l index
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from score' -l output
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from score' -l overwrite
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from score' -l public
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from score' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from score' -l help
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from rank' -l index
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from rank' -l json
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from rank' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from rank' -l root
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from rank' -l secret
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from rank' -l top
+complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from rank' -l help
 complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from verify' -l json
 complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from verify' -l proof
 complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from verify' -l quiet
