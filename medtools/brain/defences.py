@@ -17,6 +17,9 @@ Spec strings (``reid-train --defence``; several may be combined, applied in the 
   over neighbouring blocks, sigma 1 block), centred on the mean over the release's cases: signs
   from that residual, a by least squares; it subtracts the estimate from every slice's foreground
   (``estimate_signatures``);
+* ``aware:slice`` – the blunter scheme-aware attacker: every slice minus its own foreground block
+  means on the ``SIGNATURE_GRID`` (plus its foreground mean), which removes any block-constant
+  pattern exactly, and the anatomy's block-scale contrast with it;
 * ``adv:EPS`` – not an image transform: PGD adversarial training of the attacker (Madry et al.
   2018) at L∞ EPS in normalised units (``ADV_STEPS`` steps of EPS/2, random start), which makes
   it robust to small perturbations such as protective noise.
@@ -57,9 +60,9 @@ def parse_defences(specs: str | Sequence[str] | None) -> list[str]:
             if name not in DEFENCES:
                 raise UsageError(f"unknown defence {part!r}: use {_HELP}")
             if name == "aware":
-                if value not in ("", "signature"):
-                    raise UsageError(f"aware:{value}: only the signature objective has a scheme-aware attacker (aware or aware:signature)")
-                out.append("aware")
+                if value not in ("", "signature", "slice"):
+                    raise UsageError(f"aware:{value}: the scheme-aware attackers are aware (= aware:signature, per-case estimate) and aware:slice (per-slice block means)")
+                out.append("aware:slice" if value == "slice" else "aware")
                 continue
             try:
                 number = float(value)
@@ -182,6 +185,29 @@ def remove_signature(images: np.ndarray, groups: np.ndarray | None = None) -> np
     return out
 
 
+def remove_block_means(images: np.ndarray, grid: int | None = None) -> np.ndarray:
+    """``aware:slice``: subtract each slice's own foreground block means on the ``SIGNATURE_GRID``
+    (then add back the slice's foreground mean): any pattern constant on the blocks is gone
+    exactly (up to one offset per slice: the pattern's mean), together with the anatomy's
+    block-scale contrast; detail within blocks stays."""
+    from medtools.brain.pgd import SIGNATURE_GRID
+
+    grid = grid or SIGNATURE_GRID
+    x = images.astype(np.float64)
+    h, w = x.shape[-2:]
+    block = ((np.arange(h) * grid // h)[:, None] * grid + (np.arange(w) * grid // w)[None, :]).ravel()
+    foreground = np.broadcast_to((x > 0).any(axis=1, keepdims=True), x.shape).reshape(*x.shape[:2], -1)
+    flat = x.reshape(*x.shape[:2], -1)
+    out = flat.copy()
+    onehot = np.eye(grid * grid)[block]  # (H·W, G²)
+    sums = np.einsum("ncp,pg->ncg", flat * foreground, onehot)
+    counts = np.einsum("ncp,pg->ncg", foreground.astype(np.float64), onehot)
+    means = sums / np.maximum(counts, 1)
+    overall = (flat * foreground).sum(-1, keepdims=True) / np.maximum(foreground.sum(-1, keepdims=True), 1)
+    out = np.where(foreground, flat - means[..., block] + overall, flat)
+    return np.clip(out.reshape(x.shape), 0.0, 1.0).astype(np.float32)
+
+
 def apply_defences(images: np.ndarray, specs: Sequence[str] | None, *, groups: np.ndarray | None = None) -> np.ndarray:
     """The image transforms of ``specs`` in order (``adv`` is skipped: it is a training mode).
 
@@ -191,7 +217,9 @@ def apply_defences(images: np.ndarray, specs: Sequence[str] | None, *, groups: n
         name = spec.partition(":")[0]
         if name == "adv":
             continue
-        if name == "aware":
+        if spec == "aware:slice":
+            out = remove_block_means(out)
+        elif name == "aware":
             out = remove_signature(out, groups)
         elif name == "jpeg":
             out = jpeg(out, int(_value(spec)))

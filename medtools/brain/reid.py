@@ -136,7 +136,10 @@ def train_reid(
     if val_rows:
         val_set, val_y, _ = load_items(val_rows, modalities=modalities, size=size, label=label, class_names=class_names)
         keep = val_y >= 0
-        val = (apply_defences(val_set.images[keep], defences, groups=val_set.case_index[keep]), val_y[keep])
+        if keep.any():
+            val = (apply_defences(val_set.images[keep], defences, groups=val_set.case_index[keep]), val_y[keep])
+        else:
+            report.log(f"reid-train: no validation item has a {label} seen in training (open set): no validation top-1")
     in_channels = train_set.images.shape[1]
     config = {"arch": arch, "in_channels": in_channels, "num_classes": len(class_names), "image_size": size, "class_names": class_names, "label": label, "modalities": list(modalities or [])}
     if defences:
