@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import ndimage
 
 BRATS_REGIONS = {"WT": (1, 2, 3, 4), "TC": (1, 3, 4), "ET": (4,)}
 
@@ -27,6 +26,8 @@ def iou(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage  # lazily: segment imports this module for is_brats only
+
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
@@ -38,6 +39,8 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = 
     if not pred.any() or not truth.any():
         return float("nan")
     spacing = tuple(spacing) if spacing is not None else (1.0,) * pred.ndim
+    from scipy import ndimage
+
     surface_p, surface_t = _surface(pred), _surface(truth)
     dist_to_t = ndimage.distance_transform_edt(~surface_t, sampling=spacing)
     dist_to_p = ndimage.distance_transform_edt(~surface_p, sampling=spacing)
