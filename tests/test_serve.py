@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -437,3 +438,43 @@ def test_private_root_removes_folders_of_dead_servers(tmp_path):
     root = private_root(tmp_path)
     assert not left.exists() and alive.exists() and root.is_dir()
     assert root.name.startswith(f"medtools-serve-{os.getpid()}-") and (root.stat().st_mode & 0o777) == 0o700
+
+
+def test_protect_endpoint_runs_protect_images_on_loaded_models(world, tmp_path):
+    """/v1/protect: the attackers and utility model of --models, protected files in the input's
+    format, within the eps budget, the metrics `medtools protect` reports."""
+    import shutil
+
+    import nibabel as nib
+    from fastapi.testclient import TestClient
+
+    from medtools.serve.app import build
+
+    legacy = Path(__file__).parent / "data" / "legacy"
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("seg", "reid"):
+        shutil.copy(legacy / f"{name}.safetensors", models / f"legacy-{name}.safetensors")
+    rng = np.random.default_rng(0)
+    uploads = []
+    for modality in ("flair", "t1ce"):
+        volume = (rng.random((36, 36, 3)) * 1000).astype(np.int16)
+        path = tmp_path / f"case_{modality}.nii.gz"
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), path)
+        uploads.append(("file", (path.name, path.read_bytes())))
+    app, state = build(models, world / "store.json", device="cpu")
+    try:
+        with TestClient(app) as client:
+            assert client.post("/v1/protect", files=uploads).status_code == 401
+            reply = client.post("/v1/protect?utility=legacy-seg&steps=2&eps=0.05", files=uploads, headers=_login(client))
+            assert reply.status_code == 200, reply.text
+            body = reply.json()
+    finally:
+        state.close()
+    assert body["metrics"]["attackers"] == ["legacy-reid"] and body["metrics"]["linf"] <= 0.05 + 1e-6
+    assert [f["filename"] for f in body["files"]] == ["case_flair_protected.nii.gz", "case_t1ce_protected.nii.gz"]
+    out = tmp_path / "p.nii.gz"
+    out.write_bytes(base64.b64decode(body["files"][0]["data"]))
+    before = np.asarray(nib.load(tmp_path / "case_flair.nii.gz").dataobj)
+    after = np.asarray(nib.load(out).dataobj)
+    assert after.dtype == before.dtype and after.shape == before.shape and 0 < np.abs(after.astype(int) - before).max() <= 0.05 * 1000

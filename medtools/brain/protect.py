@@ -43,13 +43,15 @@ class ProtectModels:
     device: Any
 
 
-def load_protect_models(attackers: Sequence[Path | str], utility: Path | str | None = None, *, device: Any = None) -> ProtectModels:
-    """Load the attacker checkpoints (``reid``/``cls``) and the optional ``seg`` utility model once."""
+def load_protect_models(attackers: Sequence[Path | str | Predictor], utility: Path | str | Predictor | None = None, *, device: Any = None) -> ProtectModels:
+    """The attacker checkpoints (``reid``/``cls``) and the optional ``seg`` utility model, loaded
+    once (paths), or Predictors already loaded (``serve``: they must sit on one device)."""
     if not attackers:
         raise UsageError("protect needs at least one --attacker checkpoint")
-    dev = device if hasattr(device, "type") else resolve_device(device)
-    loaded = load_attackers([Path(a) for a in attackers], dev)
-    seg = Predictor(utility, kind="seg", device=dev, precision="fp32") if utility is not None else None
+    given = [a for a in [*attackers, utility] if isinstance(a, Predictor)]
+    dev = given[0].device if given else device if hasattr(device, "type") else resolve_device(device)
+    loaded = [a if isinstance(a, Predictor) else load_attackers([Path(a)], dev)[0] for a in attackers]
+    seg = utility if isinstance(utility, Predictor) or utility is None else Predictor(utility, kind="seg", device=dev, precision="fp32")
     modalities = _union([a.modalities for a in loaded] + ([seg.modalities] if seg else [])) or [SINGLE]
     channel_of = {m: i for i, m in enumerate(modalities)}
     # every model reads the same intensities: the one normalisation the checkpoints recorded

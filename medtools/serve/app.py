@@ -237,6 +237,35 @@ def run_segment(state: ServeState, uploads: list[Any], model_name: str | None) -
         return data, out_name, fmt, stats, preview(images[0], label)
 
 
+def run_protect(state: ServeState, uploads: list[Any], attackers: list[str] | None, utility: str | None, options: dict[str, Any], case_id: str, patient: str) -> dict[str, Any]:
+    """Protected images (base64, the input's format) and the metrics ``medtools protect`` reports."""
+    import contextlib
+    import os
+
+    from medtools.core.io import format_of, read_image, split_ext, write_image
+
+    protect_images = backends.family_function("protect")
+    load_protect_models = backends.family_function("protect-models")
+    if protect_images is None or load_protect_models is None:
+        raise UsageError("this medtools has no in-memory protection (medtools.brain.protect.protect_images)")
+    chosen = [backends.pick_model(state.models, "protect", name) for name in (attackers or [None])]
+    seg = backends.pick_model(state.models, "utility", utility) if utility else None
+    models = load_protect_models([m.predictor for m in chosen], seg.predictor if seg else None)
+    with request_folder(state) as work, contextlib.ExitStack() as locks:
+        for model in sorted({id(m): m for m in [*chosen, *([seg] if seg else [])]}.values(), key=lambda m: m.name):
+            locks.enter_context(model.lock)  # a fixed order: no deadlock between requests
+        paths = [work.save(upload, i) for i, upload in enumerate(uploads)]
+        images = [read_image(path) for path in paths]
+        protected, metrics = protect_images(images, models, case_id=case_id, patient=patient, key=os.urandom(32), **options)
+        files = []
+        for upload, path, image in zip(uploads, paths, protected):
+            stem, ext = split_ext(safe_name(upload.filename))
+            fmt = format_of(path)
+            written = write_image(image, work.folder / f"{stem}_protected{ext.lower()}", format=fmt)
+            files.append({"filename": written.name, "format": fmt, "data": base64.b64encode(written.read_bytes()).decode()})
+    return {"metrics": {**metrics, "attackers": [m.name for m in chosen], "utility": seg.name if seg else None}, "files": files}
+
+
 # ---------------------------------------------------------------- the app
 
 
@@ -375,6 +404,24 @@ def create_app(state: ServeState):
         if response == "json":
             return {"stats": stats, "filename": name, "format": fmt, "label_map": base64.b64encode(data).decode(), "preview": view}
         return Response(data, media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"), headers={"Content-Disposition": f'attachment; filename="{name}"', "X-Medtools-Stats": json.dumps(stats, sort_keys=True)})
+
+    @app.post(f"{API}/protect", tags=["models"])
+    def protect(
+        session: Doctor,
+        file: Annotated[list[UploadFile], File(description="The case's images, one per modality in the attackers' order (see /v1/version).")],
+        attacker: Annotated[Optional[list[str]], Query(description="reid/cls model names to blind (default: the first loaded).")] = None,
+        utility: Annotated[Optional[str], Query(description="seg model whose output the noise must keep (default: none).")] = None,
+        eps: Annotated[float, Query(gt=0, le=1)] = 0.05,
+        steps: Annotated[int, Query(ge=1, le=200)] = 10,
+        objective: Annotated[str, Query(pattern="^(untargeted|decoy|entropy|feature|signature)$")] = "untargeted",
+        case: Annotated[str, Query(description="Case id (keys the signature pattern).")] = "case",
+        patient: Annotated[str, Query(description="The patient's identity among the attacker's classes, if known.")] = "",
+    ) -> Any:
+        """Adversarially protected images and their metrics (the function `medtools protect` runs;
+        a fresh random key per request, so the signature pattern is never reused)."""
+        result = run_protect(state, file, attacker, utility, {"eps": eps, "steps": steps, "objective": objective}, safe_name(case), patient)
+        state.auth.audit(action="protect", user=session.user, input=",".join(safe_name(f.filename) for f in file), result="ok")
+        return result
 
     # -- encrypt / decrypt
     @app.post(f"{API}/encrypt", tags=["secure"], responses={200: {"content": {"application/octet-stream": {}}}})

@@ -23,6 +23,8 @@ from medtools.core.errors import CheckpointError
 # endpoint → (module, public function) of the family that implements it; looked up lazily
 FAMILY_FUNCTIONS: dict[str, tuple[str, str]] = {
     "segment": ("medtools.brain.segment", "segment_images"),
+    "protect": ("medtools.brain.protect", "protect_images"),
+    "protect-models": ("medtools.brain.protect", "load_protect_models"),
     "classify": ("medtools.cls.classify", "Classifier"),  # a loaded cls model: .run(paths) as `classify`
     "index": ("medtools.index.store", "Index"),  # the index manifest (Index.load)
     "index-context": ("medtools.index.he", "load_context"),  # the server's public CKKS context
@@ -30,7 +32,7 @@ FAMILY_FUNCTIONS: dict[str, tuple[str, str]] = {
 }
 
 # which model kinds each endpoint serves
-ENDPOINT_KINDS: dict[str, tuple[str, ...]] = {"segment": ("seg",), "classify": ("cls",)}
+ENDPOINT_KINDS: dict[str, tuple[str, ...]] = {"segment": ("seg",), "classify": ("cls",), "protect": ("reid", "cls"), "utility": ("seg",)}
 
 
 def family_function(endpoint: str) -> Callable[..., Any] | None:
