@@ -17,7 +17,14 @@ def _mean_of(runs: list[dict]) -> dict:
     adaptive = [r["protected"]["adaptive_top1"] for r in runs]
     raw_adaptive = [r["raw"].get("adaptive_top1") for r in runs]
     raw_adaptive_mean = None if None in raw_adaptive else sum(raw_adaptive) / len(runs)
-    return {**runs[0], "protected": protected, "runs": len(runs), "adaptive_min": min(adaptive), "adaptive_max": max(adaptive), "raw_adaptive": raw_adaptive_mean}
+    # adaptive attackers with a defence (ATTACKERS=…): mean over the runs that have each one
+    specs = sorted({spec for r in runs for spec in r.get("defended", {})})
+    defended = {}
+    for spec in specs:
+        have = [r["defended"][spec] for r in runs if spec in r.get("defended", {})]
+        defended[spec] = {"protected_top1": sum(v["protected_top1"] for v in have) / len(have), "raw_top1": sum(v["raw_top1"] for v in have) / len(have),
+                          "min": min(v["protected_top1"] for v in have), "max": max(v["protected_top1"] for v in have), "runs": len(have)}
+    return {**runs[0], "protected": protected, "runs": len(runs), "adaptive_min": min(adaptive), "adaptive_max": max(adaptive), "raw_adaptive": raw_adaptive_mean, "defended": defended}
 
 
 def main() -> None:
@@ -50,6 +57,16 @@ def main() -> None:
         spread = f" [{cell['adaptive_min']:.3f}–{cell['adaptive_max']:.3f}]" if cell["runs"] > 1 else ""
         raw_c = "–" if cell["raw_adaptive"] is None else f"{cell['raw_adaptive']:.3f}"
         lines.append(f"| {objective} | {eps:g} | {cell['runs']} | {p['whitebox_top1']:.3f} | {p['transfer_top1']:.3f} | {p['adaptive_top1']:.3f}{spread} | {raw_c} | {p['dice']:.4f} | {p['psnr_db']:.2f} | {p['ssim']:.4f} |")
+    specs = sorted({spec for cell in cells.values() for spec in cell["defended"]})
+    if specs:
+        lines += ["", "Adaptive attackers with a defence (reid-train --defence): protected top-1 (mean [min–max] over runs) / the same attacker on raw images:", "",
+                  "| objective | eps | " + " | ".join(f"C + {spec}" for spec in specs) + " |", "|---|---|" + "---|" * len(specs)]
+        for (objective, eps), cell in sorted(cells.items()):
+            row = []
+            for spec in specs:
+                v = cell["defended"].get(spec)
+                row.append("–" if v is None else f"{v['protected_top1']:.3f}" + (f" [{v['min']:.3f}–{v['max']:.3f}]" if v["runs"] > 1 else "") + f" / {v['raw_top1']:.3f}")
+            lines.append(f"| {objective} | {eps:g} | " + " | ".join(row) + " |")
     lines += ["", "Smallest eps at which the adaptive attacker (mean over runs) is at most 2× chance:", ""]
     for objective in objectives:
         hits = [e for e in epsilons if (objective, e) in cells and cells[(objective, e)]["protected"]["adaptive_top1"] <= 2 * chance]
@@ -58,6 +75,9 @@ def main() -> None:
             lines.append(f"- {objective}: eps {hits[0]:g} (adaptive {p['adaptive_top1']:.3f}, Dice {p['dice']:.4f}, PSNR {p['psnr_db']:.2f} dB)")
         else:
             lines.append(f"- {objective}: none of the measured eps")
+        for spec in specs:
+            hits = [e for e in epsilons if (objective, e) in cells and spec in cells[(objective, e)]["defended"] and cells[(objective, e)]["defended"][spec]["protected_top1"] <= 2 * chance]
+            lines.append(f"  - against C + {spec}: " + (f"eps {hits[0]:g} ({cells[(objective, hits[0])]['defended'][spec]['protected_top1']:.3f})" if hits else "none of the measured eps"))
     (args.work / "frontier.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
