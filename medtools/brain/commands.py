@@ -318,7 +318,14 @@ def protect(
     nan_policy: NanPolicy = "error",
     quiet: Quiet = False,
 ) -> int:
-    """Add L∞ PGD noise that blinds re-identification while keeping segmentation (see docs/brain.md)."""
+    """Add L∞ PGD noise that blinds re-identification while keeping segmentation (see docs/brain.md).
+
+    Good for: the attacker models it was computed against (white-box) and, less, similar models
+    (transfer). Not a guarantee against an attacker who retrains on protected images, squeezes
+    them (JPEG, blur) or knows the scheme (reid-train --defence aware): measured in
+    docs/results.md on a handful of phantom patients, where such attackers sometimes do as well
+    as on raw images.
+    """
     from medtools.brain.protect import protect_cases
     from medtools.core.inputs import check_output_arg
 
