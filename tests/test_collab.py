@@ -133,7 +133,9 @@ def pipeline(tmp_path_factory):
     train = disk_phantoms(root / "train", 16, 32, seed=0)
     test = disk_phantoms(root / "test", 6, 32, seed=1)
     net = ["--size", "32", "--widths", "8,16,32", "--latent-channels", "2,4,8", "--epochs", "8", "--batch-size", "8", "--lr", "3e-3", "-q"]
-    run_cli("ae-train", train / "images", "--kind", "image", "-o", root / "ae-image.safetensors", *net, check=True)
+    # 8 epochs (16 steps) sometimes left the image AE at the constant-image baseline (11.5 dB in
+    # one full-suite run, 15.8 dB alone): 16 epochs reached 18.3–18.4 dB on two seeds
+    run_cli("ae-train", train / "images", "--kind", "image", "-o", root / "ae-image.safetensors", *net, "--epochs", "16", check=True)
     run_cli("ae-train", train / "masks", "--kind", "mask", "-o", root / "ae-mask.safetensors", *net, check=True)
     # seeded keys: the wrong-key check below is the same in every run (a wrong key need not
     # give garbage, docs/collab.md); unseeded keys are tested in the unit tests
@@ -159,7 +161,11 @@ def test_pipeline_beats_trivial_masks_and_wrong_key_is_not_an_error(pipeline):
     good = _eval(root / "pred", test / "masks", "--ae-mask", root / "ae-mask.safetensors", "--ae-image", root / "ae-image.safetensors", "--images", test / "images")
     assert good["cases"] == 6
     assert good["dice"] > max(good["baseline_empty_dice"], good["baseline_full_dice"]) + 0.2, good
-    assert good["image_ae"]["psnr"] > 12 and good["mask_ae"]["dice"] > 0.5
+    from PIL import Image
+
+    images = [np.asarray(Image.open(p), dtype=np.float64) / 255 for p in sorted((test / "images").iterdir())]
+    constant = float(np.mean([10 * np.log10(1 / np.mean((x - x.mean()) ** 2)) for x in images]))  # each image's mean: ≈ 12 dB
+    assert good["image_ae"]["psnr"] > constant + 1 and good["mask_ae"]["dice"] > 0.5, (good["image_ae"], constant)
     # a wrong key is a warning, not an error, and the masks are written; they are NOT
     # reliably garbage: the KLT mixes channels per pixel and leaves the latent grid's layout,
     # and on these phantoms keys 11 → 12 still gave Dice 0.87 against 0.88 (docs/results.md)
