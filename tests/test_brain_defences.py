@@ -6,7 +6,6 @@ Tiny phantoms (4 patients × 2 visits, 32×32×8, flair) and timm's test_resnet.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -119,12 +118,12 @@ def test_aware_attacker_removes_a_planted_signature(phantom):
 
 
 def test_defences_stored_in_checkpoint_and_reapplied(phantom, tmp_path):
-    """One CLI pipeline: reid-train --defence → checkpoint config → reid-eval (same numbers as the
-    defended images by hand) and protect's attacker (forward on the defended input)."""
+    """reid-train --defence (CLI) → checkpoint config → reid-eval (same numbers as the defended
+    images by hand) and protect's attacker (forward on the defended input)."""
     import torch
 
     from medtools.brain.pgd import load_attackers
-    from medtools.brain.reid import load_items
+    from medtools.brain.reid import eval_reid, load_items
     from medtools.core import ckpt
     from medtools.core.manifest import read_csv
     from medtools.core.predict import Predictor
@@ -132,7 +131,7 @@ def test_defences_stored_in_checkpoint_and_reapplied(phantom, tmp_path):
     model = tmp_path / "jpeg.safetensors"
     run_cli("reid-train", phantom / "cases.csv", "-o", model, "--defence", "jpeg:20,blur:0.8", "--epochs", "1", "--steps-per-epoch", "3", *FLAGS, check=True)
     assert ckpt.load(model, kind="reid").config["defence"] == ["jpeg:20", "blur:0.8"]
-    result = json.loads(run_cli("reid-eval", phantom / "v2.csv", "-m", model, "--json", check=True).stdout)
+    result = eval_reid(phantom / "v2.csv", model)  # in-process: one torch start fewer than the CLI
     assert result["defence"] == ["jpeg:20", "blur:0.8"]
     predictor = Predictor(model, kind="reid", device="cpu")
     items, targets, _ = load_items(read_csv(phantom / "v2.csv"), modalities=["flair"], size=32, label="patient", class_names=predictor.class_names, norm=predictor.norm)
