@@ -13,6 +13,7 @@ import numpy as np
 
 from medtools.brain.cases import SINGLE, Case, LoadedCase, load_case
 from medtools.brain.pgd import case_decoy, image_quality, load_attackers, pgd_delta, quantise_delta, quantisation_steps, signature_pattern
+from medtools.brain.defences import with_defences
 from medtools.brain.segment import prefetch
 from medtools.core.predict import Predictor
 from medtools.core.device import resolve_device, seed_everything
@@ -50,7 +51,7 @@ def load_protect_models(attackers: Sequence[Path | str | Predictor], utility: Pa
         raise UsageError("protect needs at least one --attacker checkpoint")
     given = [a for a in [*attackers, utility] if isinstance(a, Predictor)]
     dev = given[0].device if given else device if hasattr(device, "type") else resolve_device(device)
-    loaded = [a if isinstance(a, Predictor) else load_attackers([Path(a)], dev)[0] for a in attackers]
+    loaded = [with_defences(a) if isinstance(a, Predictor) else load_attackers([Path(a)], dev)[0] for a in attackers]  # a defended attacker sees its defences
     seg = utility if isinstance(utility, Predictor) or utility is None else Predictor(utility, kind="seg", device=dev, precision="fp32")
     modalities = _union([a.modalities for a in loaded] + ([seg.modalities] if seg else [])) or [SINGLE]
     channel_of = {m: i for i, m in enumerate(modalities)}
