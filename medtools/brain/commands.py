@@ -320,11 +320,11 @@ def protect(
 ) -> int:
     """Add L∞ PGD noise that blinds re-identification while keeping segmentation (see docs/brain.md).
 
-    Good for: the attacker models it was computed against (white-box) and, less, similar models
-    (transfer). Not a guarantee against an attacker who retrains on protected images, squeezes
+    Good for: the attacker models it was computed against (white-box; untargeted takes them near
+    zero) and, less, similar models (transfer). Not a guarantee against an attacker who retrains on protected images, squeezes
     them (JPEG, blur) or knows the scheme: subtracting each slice's block means on the documented
-    grid (reid-train --defence aware:slice) undid --objective signature in every measured run
-    (docs/results.md, phantoms). It is not anonymisation.
+    grid (reid-train --defence aware:slice) kept such an attacker above 2x chance against
+    --objective signature in every measured run (docs/results.md, phantoms). It is not anonymisation.
     """
     from medtools.brain.protect import protect_cases
     from medtools.core.inputs import check_output_arg
