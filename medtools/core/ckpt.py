@@ -129,17 +129,30 @@ def load(path: Path | str, *, kind: str | tuple[str, ...] | None = None, tensors
     return ckpt
 
 
+def _builder(kind: str, config: dict[str, Any], where: str) -> tuple[Any, dict[str, Any]]:
+    """(builder function, its keywords) for a registered kind; CheckpointError for an unknown
+    kind, a kind with no model, an unknown config key or arch, a builder that does not import."""
+    from medtools.core import registry
+
+    spec = registry.KINDS.get(kind) or registry.discover().get(kind)
+    if spec is None or spec.builder is None:
+        raise CheckpointError(f"{where}: kind {kind!r} has no model to build")
+    keywords = registry.check_config(spec, config, where=where)
+    try:
+        return registry.resolve(spec.builder), keywords
+    except (ImportError, AttributeError) as exc:
+        raise CheckpointError(f"{where}: this medtools cannot build {kind} models ({exc})") from None
+
+
 def new_model(kind: str, config: dict[str, Any]):
     """A fresh model of a registered kind from a full config (training uses this, so a
     checkpoint rebuilds exactly as it was trained). Unknown keys → CheckpointError; the
     builder's own errors (UsageError for an unknown arch or encoder) pass through."""
     from medtools.core import registry
 
-    spec = registry.get(kind)
-    if spec.builder is None:
-        raise CheckpointError(f"kind {kind!r} has no model to build")
-    keywords = registry.check_config(spec, config, where=f"{kind} config")
-    return registry.resolve(spec.builder)(**keywords)
+    registry.get(kind)  # an unknown kind names the kinds this medtools builds
+    builder, keywords = _builder(kind, config, f"{kind} config")
+    return builder(**keywords)
 
 
 def build_model(ckpt: Checkpoint, *, load_weights: bool = True):
@@ -148,17 +161,9 @@ def build_model(ckpt: Checkpoint, *, load_weights: bool = True):
     Every failure is a CheckpointError (exit 3): an unregistered kind, a kind with no model,
     an unknown config key or arch, a builder that rejects the config, weights that do not fit.
     """
-    from medtools.core import registry
     from medtools.core.errors import MedtoolsError
 
-    spec = registry.get(ckpt.kind) if ckpt.kind in registry.discover() else None
-    if spec is None or spec.builder is None:
-        raise CheckpointError(f"{ckpt.path}: kind {ckpt.kind!r} has no model to build")
-    keywords = registry.check_config(spec, ckpt.config, where=str(ckpt.path))
-    try:
-        builder = registry.resolve(spec.builder)
-    except (ImportError, AttributeError) as exc:
-        raise CheckpointError(f"{ckpt.path}: this medtools cannot build {ckpt.kind} models ({exc})") from None
+    builder, keywords = _builder(ckpt.kind, ckpt.config, str(ckpt.path))
     try:
         model = builder(**keywords)
     except (TypeError, ValueError, KeyError, RuntimeError, MedtoolsError) as exc:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import pkgutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,11 +69,6 @@ def register_kind(name: str, *, family: str, builder: str | None, **fields: Any)
         raise ValueError(f"model kind {name!r} is already registered by family {previous.family!r}")
     KINDS[name] = kind
     return kind
-
-
-def unregister_kind(name: str) -> None:
-    """Remove a kind (tests register toy kinds and remove them again)."""
-    KINDS.pop(name, None)
 
 
 def discover() -> dict[str, Kind]:
@@ -137,8 +132,3 @@ def describe() -> list[dict[str, Any]]:
         }
         for k in sorted(KINDS.values(), key=lambda k: k.name)
     ]
-
-
-def arch_choices(kind: str) -> Sequence[str]:
-    """CLI ``--arch`` choices of a kind."""
-    return get(kind).archs
