@@ -11,7 +11,9 @@ inside training code. Recognised layouts:
   ``<Visit>_Mask.nii.gz`` (TCIA Brain-Tumor-Progression); visits are ``Pre``/``Post``.
 * 2-D class folders: ``<root>/<CLASS>/<image>.png|jpg``; the patient is read from a
   ``manifest.csv`` in ``<root>`` (``file``, ``patient_id`` columns) when present, else
-  from the file name (``person12_…``, ``IM-0001-…``, ``p0003-…``), else the file stem.
+  from the file name (``person12_…``, ``IM-0001-…``, ``p0003-…``, NIH ChestX-ray14's
+  ``<8-digit patient>_<3-digit follow-up>``, whose follow-up becomes the visit), else the file
+  stem. File-name rules also hold outside the source folder (a protected copy keeps its ids).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ _PATIENT_PATTERNS = (
     re.compile(r"^(?P<p>IM-\d+)-"),
     re.compile(r"^(?P<p>p\d+)[-_]"),
 )
+_NIH_RE = re.compile(r"^(?P<p>\d{8})_(?P<v>\d{3})$")  # NIH ChestX-ray14: 00000001_000
 
 
 def split_visit(name: str) -> tuple[str, str]:
@@ -124,8 +127,9 @@ def _class_folder_rows(root: Path, class_dirs: Sequence[Path]) -> list[dict[str,
             if not path.name.lower().endswith(RASTER_EXTS):
                 continue
             stem = split_ext(path)[0]
-            patient = known.get(str(path.resolve())) or _patient_from_name(stem)
-            rows.append({"patient": patient, "case": stem, "visit": "", "image": str(path), "class": class_dir.name})
+            nih = _NIH_RE.match(stem)
+            patient = known.get(str(path.resolve())) or (nih.group("p") if nih else _patient_from_name(stem))
+            rows.append({"patient": patient, "case": stem, "visit": nih.group("v") if nih else "", "image": str(path), "class": class_dir.name})
     return rows
 
 
