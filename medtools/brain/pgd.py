@@ -129,8 +129,7 @@ def pgd_delta(
             seg_model, seg_channels = utility
             clean_seg = seg_model.forward(x[:, seg_channels]).float().log_softmax(1)
 
-    for _ in range(steps):
-        delta.requires_grad_(True)
+    def objective_loss(delta: Any) -> Any:
         adv = x + fixed + delta
         if quant is not None:
             adv = adv + (torch.rand(x.shape, generator=generator).to(x.device) - 0.5) * quant
@@ -157,13 +156,30 @@ def pgd_delta(
             seg_model, seg_channels = utility
             adv_seg = seg_model.forward(adv[:, seg_channels]).float().log_softmax(1)
             loss = loss - utility_weight * F.kl_div(adv_seg, clean_seg, log_target=True, reduction="batchmean") / (adv_seg.shape[-1] * adv_seg.shape[-2]) * 1000.0
-        (grad,) = torch.autograd.grad(loss, delta)
+        return loss
+
+    delta = linf_ascent(objective_loss, delta, steps=steps, step_size=step_size, eps=eps, mask=mask)
+    return (fixed + delta).detach()
+
+
+def linf_ascent(loss_of: Any, delta: Any, *, steps: int, step_size: float, eps: float, mask: Any = None, project: Any = None) -> Any:
+    """The projected signed-gradient ascent loop of L∞ PGD (Madry et al. 2018), shared by
+    ``pgd_delta`` (protection) and ``brain/robust.py`` (attacks on the segmenter, adversarial
+    training): ``steps`` times δ ← clip(δ + step_size · sign(∇δ loss_of(δ)), −eps, eps), then
+    ``mask`` (multiplied) and ``project(δ)`` (e.g. keep x + δ inside [0, 1]). FGSM is one step
+    of size eps from δ = 0. Returns the detached δ."""
+    import torch
+
+    for _ in range(steps):
+        delta = delta.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss_of(delta), delta)
         with torch.no_grad():
-            delta = delta + step_size * grad.sign()
-            delta = delta.clamp(-eps, eps)
+            delta = (delta + step_size * grad.sign()).clamp(-eps, eps)
             if mask is not None:
                 delta = delta * mask
-    return (fixed + delta).detach()
+            if project is not None:
+                delta = project(delta)
+    return delta.detach()
 
 
 def _keyed_draw(key: bytes, message: str) -> int:
