@@ -140,6 +140,10 @@ def test_signature_objective_misleads_an_adaptive_attacker(trained, tmp_path):
 
     key = tmp_path / "key"
     key.write_bytes(b"a secret of this release")
+    key.chmod(0o644)
+    refused = run_cli("protect", _visit_manifest(trained, "v1"), "--attacker", trained / "reid.safetensors", "--objective", "signature", "--key-file", key, "-o", tmp_path / "refused", "-q")
+    assert refused.returncode == 2 and "chmod 600" in refused.stderr and not (tmp_path / "refused").exists()
+    key.chmod(0o600)
     manifests = {}
     for visit in ("v1", "v2"):
         out = tmp_path / f"protected-{visit}"

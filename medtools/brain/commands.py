@@ -303,7 +303,8 @@ def protect(
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="PGD step (default max(eps/4, 2.5·eps/steps)).")] = None,
     objective: Annotated[str, typer.Option("--objective", help="untargeted | decoy | entropy | feature | signature")] = "untargeted",
     signature_share: Annotated[float, typer.Option("--signature-share", help="signature: fraction of eps spent on the case's secret block pattern (the rest: PGD towards its decoy).")] = 0.9,
-    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="signature: secret that draws each case's pattern and decoy (default: fresh random per run).")] = None,
+    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="signature: secret that draws each case's pattern and decoy (default: fresh random per run); refused when group/others may read it (chmod 600).")] = None,
+    insecure_permissions: Annotated[bool, typer.Option("--insecure-permissions", help="Accept a --key-file that group/others may read or write (refused by default: exit 2).")] = False,
     utility_weight: Annotated[float, typer.Option("--utility-weight", help="Weight of the segmentation-preserving KL term.")] = 1.0,
     random_start: Annotated[bool, typer.Option("--random-start/--no-random-start", help="Start from uniform noise in the eps ball.")] = True,
     diversity: Annotated[bool, typer.Option("--diversity/--no-diversity", help="Random shifts each step (input diversity).")] = True,
@@ -330,6 +331,17 @@ def protect(
     from medtools.core.inputs import check_output_arg
 
     output = check_output_arg(output, 2)
+    secret = None
+    if key_file is not None:
+        from medtools.core.errors import UsageError
+        from medtools.core.secrets import allow_insecure_permissions, check_private_permissions
+
+        allow_insecure_permissions(insecure_permissions)
+        check_private_permissions(key_file, "a protect secret")
+        try:
+            secret = key_file.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read --key-file {key_file}: {exc.strerror}") from None
     cases = _cases(inputs, shard, output, _case_outputs(output, lambda case: [p.name for p in case.files.values()]))
     record = report.RunRecord(seed=seed)
     for path in attacker + ([utility] if utility else []):
@@ -338,6 +350,6 @@ def protect(
         cases, output, attackers=attacker, utility=utility, eps=eps, steps=steps, step_size=step_size, objective=objective,
         utility_weight=utility_weight, random_start=random_start, diversity=diversity, mask_background=mask_background,
         batch_size=batch_size or 32, workers=workers, seed=seed, device=device, overwrite=overwrite,
-        signature_share=signature_share, key=key_file.read_bytes() if key_file else None,
+        signature_share=signature_share, key=secret,
     )
     return _report_cases(results, json_output, record)
