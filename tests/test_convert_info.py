@@ -174,3 +174,17 @@ def test_volume_png_cannot_hold_is_an_item_error_not_a_stop(volumes: Path, tmp_p
     assert "dwi.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
     assert sum(p.name == "volume.json" for p in (tmp_path / "png").rglob("*")) == 3
     assert not (tmp_path / "png" / "b" / "dwi").exists() or not any((tmp_path / "png" / "b" / "dwi").iterdir())
+
+
+def test_info_recognises_a_checkpoint_by_content_not_name(tmp_path: Path) -> None:
+    """A safetensors file named like a key (klt-keygen writes client.key) is described as one;
+    a non-checkpoint file with that name is not mistaken for one."""
+    from safetensors.numpy import save_file
+
+    key = tmp_path / "client.key"
+    save_file({"q": np.eye(2, dtype=np.float32)}, str(key), metadata={"medtools.kind": "klt-key"})
+    out = run_cli("info", key, "--json", check=True)
+    assert json.loads(out.stdout)["kind"] == "klt-key"
+    other = tmp_path / "other.key"
+    other.write_bytes(b"0123456789abcdef" * 4)
+    assert run_cli("info", other, "--json").returncode != 0

@@ -15,9 +15,23 @@ from medtools.core.io import read_image
 DICOM_KEYS = ("Modality", "Manufacturer", "StudyDate", "SeriesDescription", "PatientID", "PatientName", "Rows", "Columns", "BitsStored", "PhotometricInterpretation", "TransferSyntaxUID")
 
 
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file whatever its name (``klt-keygen`` writes ``client.key``): an 8-byte
+    little-endian header length that fits the file, then a JSON object."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+            size = path.stat().st_size
+    except OSError:
+        return False
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 2 <= int.from_bytes(head[:8], "little") <= size - 8
+
+
 def describe(path: Path, *, kind: str | None = None) -> dict[str, Any]:
     """What ``path`` holds; with ``kind``, it must be a checkpoint of that kind (else exit 3)."""
-    if path.name.endswith(".safetensors"):
+    if path.name.endswith(".safetensors") or (not path.name.endswith((".nii", ".nii.gz", ".dcm", ".png", ".jpg", ".jpeg")) and is_safetensors(path)):
         info = describe_checkpoint(path)
         if kind is not None and info.get("kind") != kind:
             raise CheckpointError(f"expected a {kind} checkpoint, found {info.get('kind', 'no medtools kind')!r}")
