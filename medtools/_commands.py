@@ -8,7 +8,7 @@ COMMANDS = {
     'manifest': ('medtools.utility.commands', 'Find cases (BraTS, per-patient visit folders, 2-D class folders) and write a CSV.', None),
     'convert': ('medtools.utility.commands', 'DICOM series → NIfTI, volumes → PNG slices (+ volume.json) or NPY, keeping geometry.', None),
     'info': ('medtools.utility.commands', 'Shape, dtype, spacing/affine, intensity range, DICOM key tags, or checkpoint metadata.', None),
-    'seg-train': ('medtools.brain.commands', 'Train a U-Net (smp) tumor segmenter on 2-D slices; Dice+CE; patient-wise validation.', None),
+    'seg-train': ('medtools.brain.commands', 'Train an smp segmenter on 2-D slices of volumes or on 2-D image/mask pairs; patient-wise validation, best epoch kept.', None),
     'segment': ('medtools.brain.commands', 'Segment volumes (NIfTI, DICOM series, case folders, manifest) into label maps in the input geometry.', None),
     'seg-eval': ('medtools.brain.commands', 'Dice/IoU/HD95 per label and per BraTS region (WT, TC, ET), per case and mean.', None),
     'reid-train': ('medtools.brain.commands', 'Train a re-identification attacker (patient id from slices) or any image classifier (--label).', None),

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
+from medtools.core.data import image_volume
 from medtools.core.preprocess import volumes_to_slices
 from medtools.core.errors import InputError
 from medtools.core.inputs import expand_inputs
-from medtools.core.io import NIFTI_EXTS, Image, as_volume, read_image
+from medtools.core.io import IMAGE_EXTS, Image, read_image
 from medtools.core.manifest import MODALITIES, discover, read_csv
 
 SINGLE = "image"  # modality key of a one-file case
@@ -109,9 +110,9 @@ def _single(path: Path, root: Path | None = None) -> Case:
 def _discover_or_files(folder: Path) -> list[Case]:
     """Cases by the manifest rules; failing that, every volume file is a one-modality case."""
     try:
-        return [_case_from_row(row, folder) for row in discover([folder]) if any(row.get(m) for m in MODALITIES)]
+        return [_case_from_row(row, folder) for row in discover([folder]) if any(row.get(m) for m in (*MODALITIES, SINGLE))]
     except InputError:
-        items = expand_inputs([folder], exts=NIFTI_EXTS, series=True)
+        items = expand_inputs([folder], exts=IMAGE_EXTS, series=True)
         return [_single(item.path, folder) for item in items]
 
 
@@ -131,7 +132,7 @@ def load_case(case: Case, modalities: Sequence[str], norm: dict[str, Any], *, wi
     images, volumes = [], []
     for path in case.files_for(modalities):
         image = read_image(path)
-        volume = as_volume(image)
+        volume = image_volume(image)
         if volumes and volume.shape != volumes[0].shape:
             raise InputError(f"case {case.case}: {path.name} has shape {volume.shape}, other modalities {volumes[0].shape}")
         images.append(image)
@@ -139,5 +140,5 @@ def load_case(case: Case, modalities: Sequence[str], norm: dict[str, Any], *, wi
     slices, windows = volumes_to_slices(volumes, norm)
     label = None
     if with_label and case.label is not None:
-        label = np.rint(as_volume(read_image(case.label))).astype(np.int64)
+        label = np.rint(image_volume(read_image(case.label))).astype(np.int64)
     return LoadedCase(case, images, windows, slices, label)

@@ -92,6 +92,16 @@ def seg_train(
     batch_size: BatchSize = None,
     lr: Lr = 1e-3,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of patients held out for validation.")] = 0.2,
+    val_patients: Annotated[Optional[str], typer.Option("--val-patients", help="Comma-separated patients to validate on (instead of --val-fraction), e.g. one cross-validation fold.")] = None,
+    context: Annotated[int, typer.Option("--context", min=0, help="2.5-D: K neighbouring slices on each side as extra channels (2K+1 slices per modality).")] = 0,
+    patch: Annotated[Optional[int], typer.Option("--patch", min=16, help="Train on random PxP crops of the --size slices (foreground-centred for the oversampled share); inference uses whole slices.")] = None,
+    foreground_share: Annotated[float, typer.Option("--foreground-share", min=0.0, max=1.0, help="Share of each batch drawn from slices that contain the target.")] = 1 / 3,
+    augment: Annotated[Optional[str], typer.Option("--augment", help="none | KEY=VALUE,... of rotate (deg), scale, elastic, gamma, brightness, mirror (x|y|xy|none), p; default rotate=15,scale=0.15,elastic=0,gamma=0.3,brightness=0.1,mirror=xy,p=0.5.")] = None,
+    schedule: Annotated[str, typer.Option("--schedule", help="Learning rate schedule: poly | cosine | constant.")] = "poly",
+    keep_best: Annotated[bool, typer.Option("--keep-best/--keep-last", help="-o holds the epoch with the best per-case validation Dice (the last one beside it as *.last.safetensors), or the last epoch.")] = True,
+    resize: Annotated[Optional[tuple[int, int]], typer.Option("--resize", help="Slices/images resized to H W (instead of --size square).")] = None,
+    strip_background: Annotated[bool, typer.Option("--strip-background", help="Zero everything outside the largest bright component (threshold 0.05 of the normalised range); stored in the checkpoint and re-applied at inference.")] = False,
+    equalize: Annotated[Optional[str], typer.Option("--equalize", help="hist | clahe histogram equalisation (scikit-image), stored in the checkpoint and re-applied.")] = None,
     steps_per_epoch: StepsPerEpoch = None,
     seed: Seed = 0,
     device: Device = None,
@@ -103,7 +113,11 @@ def seg_train(
     nan_policy: NanPolicy = "error",
     quiet: Quiet = False,
 ) -> int:
-    """Train a U-Net (smp) tumor segmenter on 2-D slices; Dice+CE; patient-wise validation."""
+    """Train an smp segmenter on 2-D slices of volumes or on 2-D image/mask pairs; patient-wise validation, best epoch kept.
+
+    Dice + cross-entropy, foreground oversampling, random crops (--patch), 2.5-D input (--context),
+    on-the-fly augmentation, poly/cosine learning rate (docs/brain.md, "Training recipe").
+    """
     from medtools.brain.segment import train_segmenter
 
     record = report.RunRecord(seed=seed)
@@ -111,6 +125,9 @@ def seg_train(
         _data(data), output, modalities=_split(modalities), binary=binary, arch=arch, encoder=encoder, size=size,
         epochs=epochs, batch_size=batch_size or 16, lr=lr, val_fraction=val_fraction, seed=seed, device=device,
         precision=precision, compile=compile, workers=workers, resume=resume, steps_per_epoch=steps_per_epoch,
+        val_patients=_split(val_patients), context=context, patch=patch, foreground_share=foreground_share, augment=augment,
+        schedule=None if schedule == "constant" else schedule, keep_best=keep_best, resize=resize,
+        strip_background=strip_background, equalize=equalize,
     )
     emit_training_result(result, json_output, record)
     return 0
@@ -122,7 +139,9 @@ def segment(
     model: Model,
     output: Output = None,
     probabilities: Annotated[bool, typer.Option("--probabilities", help="Also write softmax maps (<case>_seg_prob.nii.gz).")] = False,
-    out_format: Annotated[str, typer.Option("--format", help="nifti | dicom-seg (DICOM series input).")] = "nifti",
+    out_format: Annotated[str, typer.Option("--format", help="nifti | dicom-seg (DICOM series input); PNG/JPEG inputs give PNG label images.")] = "nifti",
+    tta: Annotated[bool, typer.Option("--tta", help="Test-time mirroring: mean of the softmax over x, y and xy flips (4× the compute).")] = False,
+    largest_component: Annotated[bool, typer.Option("--largest-component", help="Keep only the largest connected foreground component.")] = False,
     batch_size: BatchSize = None,
     workers: Workers = 2,
     shard: Shard = None,
@@ -135,19 +154,18 @@ def segment(
     quiet: Quiet = False,
 ) -> int:
     """Segment volumes (NIfTI, DICOM series, case folders, manifest) into label maps in the input geometry."""
-    from medtools.brain.segment import segment_cases
+    from medtools.brain.segment import output_ext, segment_cases
     from medtools.core.inputs import check_output_arg, skip_existing
 
     output = check_output_arg(output, 2)
-    ext = ".dcm" if out_format == "dicom-seg" else ".nii.gz"
-    targets = _case_outputs(output, lambda case: [f"{case.case}_seg{ext}", *([f"{case.case}_seg_prob.nii.gz"] if probabilities and ext != ".dcm" else [])])
+    targets = _case_outputs(output, lambda case: [f"{case.case}_seg{output_ext(case, out_format)}", *([f"{case.case}_seg_prob.nii.gz"] if probabilities and out_format != "dicom-seg" else [])])
     cases = _cases(inputs, shard, output, targets)
-    record = report.RunRecord()
+    record = report.RunRecord(options={"tta": tta, "largest_component": largest_component})
     record.add_checkpoint(model)
     # skip-existing here, for either format (segment_cases only knows the .nii.gz name)
     todo = [case for case in cases if not skip_existing(targets(case)[0], overwrite)]
     skipped = len(cases) - len(todo)
-    results = segment_cases(todo, model, output, device=device, precision=precision, compile=compile, batch_size=batch_size or 32, workers=workers, probabilities=probabilities, overwrite=True, out_format=out_format) if todo else iter(())
+    results = segment_cases(todo, model, output, device=device, precision=precision, compile=compile, batch_size=batch_size or 32, workers=workers, probabilities=probabilities, overwrite=True, out_format=out_format, tta=tta, keep_largest=largest_component) if todo else iter(())
     return _report_cases(results, json_output, record, skipped=skipped)
 
 

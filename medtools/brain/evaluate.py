@@ -10,10 +10,12 @@ import numpy as np
 from medtools.brain.metrics import mean_scores, score_case
 from medtools.core.errors import InputError
 from medtools.core.inputs import expand_inputs
-from medtools.core.io import NIFTI_EXTS, as_volume, read_image, split_ext
+from medtools.core.data import image_volume
+from medtools.core.io import NIFTI_EXTS, RASTER_EXTS, read_image, split_ext
 from medtools.core.manifest import load_rows
 
-PRED_SUFFIXES = ("_seg", "_pred", "_label")
+PRED_SUFFIXES = ("_seg", "_pred", "_label", "_mask")
+LABEL_EXTS = (*NIFTI_EXTS, *RASTER_EXTS)  # 3-D label volumes and 2-D label pictures
 
 
 def _key(path: Path) -> str:
@@ -27,7 +29,7 @@ def _key(path: Path) -> str:
 def pair_files(pred: Path, truth: Path) -> list[tuple[str, Path | None, Path]]:
     """(case, prediction or None, truth) pairs: truth cases from a manifest/folder, matched by case id
     (prediction file stem minus _seg/_pred) or, for plain folders of label files, by relative path."""
-    predictions = expand_inputs([pred], exts=NIFTI_EXTS)
+    predictions = [item for item in expand_inputs([pred], exts=LABEL_EXTS) if not item.path.name.endswith("_prob.nii.gz")]
     by_key = {_key(item.path): item.path for item in predictions}
     by_rel = {str(item.rel): item.path for item in predictions}
     try:
@@ -36,13 +38,13 @@ def pair_files(pred: Path, truth: Path) -> list[tuple[str, Path | None, Path]]:
         rows = []
     if rows:
         return [(r["case"], by_key.get(r["case"]), Path(r["label"])) for r in rows]
-    truths = expand_inputs([truth], exts=NIFTI_EXTS)
+    truths = expand_inputs([truth], exts=LABEL_EXTS)
     return [(_key(item.path), by_rel.get(str(item.rel)) or by_key.get(_key(item.path)), item.path) for item in truths]
 
 
 def evaluate_pair(pred_path: Path, truth_path: Path, *, with_hd95: bool = True) -> dict[str, Any]:
     pred_image, truth_image = read_image(pred_path), read_image(truth_path)
-    pred, truth = as_volume(pred_image), as_volume(truth_image)
+    pred, truth = image_volume(pred_image), image_volume(truth_image)
     if pred.shape != truth.shape:
         raise InputError(f"{pred_path.name}: shape {pred.shape} differs from ground truth {truth.shape}")
     if pred_image.affine is not None and truth_image.affine is not None and not np.allclose(pred_image.affine, truth_image.affine, atol=1e-3):

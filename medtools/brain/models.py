@@ -21,7 +21,7 @@ register_kind(
     builder="medtools.nets.segmenter:build_segmenter",
     description="tumour segmentation (smp encoder-decoder)",
     builder_keys=SEGMENTER_KEYS,
-    info_keys=("modalities", "image_size", "label_values", "class_names"),
+    info_keys=("modalities", "image_size", "label_values", "class_names", "context"),
     archs=tuple(SEG_ARCHS),
     features="medtools.nets.segmenter:segmenter_features",
     task="segment",

@@ -23,9 +23,9 @@ from medtools.core import ckpt, report
 from medtools.core.data import build_slice_set, map_labels, split_by_patient
 from medtools.core.errors import InputError, UsageError
 from medtools.core.inputs import skip_existing
-from medtools.core.io import Image, as_volume, write_image
+from medtools.core.io import RASTER_EXTS, RASTER_FORMATS, Image, as_volume, write_image
 from medtools.core.predict import Predictor
-from medtools.core.preprocess import DEFAULT_NORM, slices_to_volume, volumes_to_slices
+from medtools.core.preprocess import DEFAULT_NORM, slices_to_volume, stack_context, volumes_to_slices
 from medtools.core.manifest import MODALITIES, load_rows
 from medtools.core.train import TrainSpec, fit
 
@@ -33,6 +33,8 @@ from medtools.core.train import TrainSpec, fit
 def common_modalities(rows: Sequence[dict[str, str]]) -> list[str]:
     """Modalities present in every row, in the canonical order."""
     present = [m for m in MODALITIES if all(r.get(m) for r in rows)]
+    if not present and all(r.get(SINGLE) for r in rows):
+        return [SINGLE]  # 2-D image/mask pairs
     if not present:
         raise InputError("no modality is present in every case; pass --modalities")
     return present
@@ -51,17 +53,22 @@ def label_scheme(values: set[int], binary: bool) -> tuple[dict[int, int], list[i
     return {v: i for i, v in enumerate(ordered)}, ordered
 
 
-def _augment(images: Any, labels: Any) -> tuple[Any, Any]:
-    """Random flips (per batch) and per-sample intensity scale/shift."""
-    import torch
+def _size_arg(size: int, resize: Sequence[int] | None) -> int | list[int]:
+    """The stored ``image_size``: ``size`` (square) or ``--resize H W``."""
+    if resize:
+        if len(resize) != 2 or min(resize) < 16:
+            raise UsageError(f"--resize takes two sizes H W of at least 16, got {list(resize)}")
+        return [int(resize[0]), int(resize[1])]
+    return int(size)
 
-    if torch.rand(()) < 0.5:
-        images, labels = images.flip(-1), labels.flip(-1)
-    if torch.rand(()) < 0.5:
-        images, labels = images.flip(-2), labels.flip(-2)
-    scale = 1.0 + 0.1 * (torch.rand(images.shape[0], 1, 1, 1, device=images.device) - 0.5)
-    shift = 0.05 * (torch.rand(images.shape[0], 1, 1, 1, device=images.device) - 0.5)
-    return images * scale + shift, labels
+
+def _case_dice(pred: np.ndarray, truth: np.ndarray, case_index: np.ndarray, classes: int) -> float:
+    """Mean over validation cases of the case's mean Dice over foreground classes (3-D, per case)."""
+    scores = []
+    for case in np.unique(case_index):
+        rows = case_index == case
+        scores.append(np.mean([dice(pred[rows] == c, truth[rows] == c) for c in range(1, classes)]))
+    return float(np.mean(scores)) if scores else 0.0
 
 
 def train_segmenter(
@@ -73,10 +80,12 @@ def train_segmenter(
     arch: str = "unet",
     encoder: str = "resnet34",
     size: int = 128,
+    resize: Sequence[int] | None = None,
     epochs: int = 20,
     batch_size: int = 16,
     lr: float = 1e-3,
     val_fraction: float = 0.2,
+    val_patients: Sequence[str] | None = None,
     seed: int = 0,
     device: str | None = None,
     precision: str | None = None,
@@ -84,19 +93,53 @@ def train_segmenter(
     workers: int = 0,
     resume: bool = False,
     steps_per_epoch: int | None = None,
+    context: int = 0,
+    patch: int | None = None,
+    foreground_share: float = 1 / 3,
+    augment: str | None = None,
+    schedule: str | None = "poly",
+    keep_best: bool = True,
+    strip_background: bool = False,
+    equalize: str | None = None,
 ) -> dict[str, Any]:
-    import torch
+    """Train a segmenter on 2-D slices of volumes or on 2-D image/mask pairs (see docs/brain.md).
+
+    Recipe: foreground oversampling (``foreground_share`` of each batch from slices with the
+    target), random ``patch`` crops (foreground-centred for those), ``context`` K neighbouring
+    slices per side as channels, on-the-fly augmentation (``augment``, core.augment), a
+    ``schedule`` (poly/cosine) and, with a validation split, the best epoch by the per-case
+    validation Dice kept as ``output`` (the last one beside it, ``*.last.safetensors``).
+    """
     import torch.nn.functional as F
     from segmentation_models_pytorch.losses import DiceLoss
+
+    from medtools.core.augment import augment_batch, crop_batch, parse_augment
+    from medtools.core.data import ForegroundBatchSampler
+    from medtools.core.preprocess import with_preprocessing
 
     rows = [r for r in load_rows(data) if r.get("label")]
     if not rows:
         raise InputError(f"no labelled cases in {data}")
     modalities = list(modalities) if modalities else common_modalities(rows)
-    train_rows, val_rows = split_by_patient(rows, val_fraction, seed)
+    if context < 0:
+        raise UsageError("--context must be ≥ 0")
+    aug = parse_augment(augment)
+    image_size = _size_arg(size, resize)
+    norm = with_preprocessing(DEFAULT_NORM, strip_background=strip_background, equalize=equalize)
+    if val_patients:
+        held = set(val_patients)
+        unknown = held - {r["patient"] for r in rows}
+        if unknown:
+            raise InputError(f"--val-patients {', '.join(sorted(unknown))} not in the data")
+        train_rows, val_rows = [r for r in rows if r["patient"] not in held], [r for r in rows if r["patient"] in held]
+    else:
+        train_rows, val_rows = split_by_patient(rows, val_fraction, seed)
+    if not train_rows:
+        raise InputError("no training cases left after the validation split")
     report.log(f"seg-train: {len(train_rows)} training cases, {len(val_rows)} validation cases ({len({r['patient'] for r in val_rows})} patients), modalities {','.join(modalities)}")
-    train_set = build_slice_set(train_rows, modalities, size=size, need_label=True)
-    val_set = build_slice_set(val_rows, modalities, size=size, need_label=True) if val_rows else None
+    load = dict(modalities=modalities, size=image_size, need_label=True, norm=norm, context=context)
+    train_set = build_slice_set(train_rows, **load)
+    val_set = build_slice_set(val_rows, **load) if val_rows else None
     values = set(np.unique(train_set.labels).tolist())
     if val_set is not None:
         values |= set(np.unique(val_set.labels).tolist())
@@ -108,39 +151,53 @@ def train_segmenter(
     config = {
         "arch": arch,
         "encoder": encoder,
-        "in_channels": len(modalities),
+        "in_channels": len(modalities) * (2 * context + 1),
         "classes": classes,
         "modalities": modalities,
-        "image_size": size,
+        "image_size": image_size,
         "label_values": label_values,
+        **({"context": context} if context else {}),
     }
     model = ckpt.new_model("seg", config)
     dice_loss = DiceLoss(mode="multiclass", from_logits=True)
+    foreground = train_set.labels.reshape(len(train_set), -1).max(axis=1) > 0
+    sampler = ForegroundBatchSampler(foreground, batch_size, share=foreground_share, batches=steps_per_epoch, seed=seed)
+
+    def make_batch(batch: Any) -> tuple[Any, Any]:
+        """The training batch as the network sees it: crops (the sampler's foreground items,
+        last in the batch, centred on the target), then augmentation. Extra batch transforms
+        (e.g. adversarial examples) go after this call in ``step``."""
+        images, labels = batch
+        images, labels = crop_batch(images, labels, patch, n_foreground=sampler.n_foreground)
+        return augment_batch(images, labels, aug)
+
+    def loss_fn(logits: Any, labels: Any) -> Any:
+        return F.cross_entropy(logits.float(), labels) + dice_loss(logits.float(), labels)
 
     def step(net: Any, batch: Any) -> Any:
-        images, labels = _augment(*batch)
-        logits = net(images)
-        return F.cross_entropy(logits.float(), labels) + dice_loss(logits.float(), labels)
+        images, labels = make_batch(batch)
+        return loss_fn(net(images), labels)
 
     def validate(net: Any) -> dict[str, float]:
         if val_set is None:
             return {}
-        pred = Predictor.from_model(net, kind="seg", config=config, norm=DEFAULT_NORM, batch_size=batch_size * 2).predict(val_set.images).argmax(1)
+        pred = Predictor.from_model(net, kind="seg", config=config, norm=norm, batch_size=batch_size * 2).predict(val_set.images).argmax(1)
         raw_pred, raw_true = np.asarray(label_values)[pred], np.asarray(label_values)[val_set.labels]
         metrics = {f"val_dice_{label_values[c]}": dice(pred == c, val_set.labels == c) for c in range(1, classes)}
         metrics["val_dice_fg"] = dice(pred > 0, val_set.labels > 0)
         if is_brats(label_values):
             for name, members in BRATS_REGIONS.items():
                 metrics[f"val_{name}"] = dice(np.isin(raw_pred, members), np.isin(raw_true, members))
-        metrics["val_dice_mean"] = float(np.mean([metrics[f"val_dice_{label_values[c]}"] for c in range(1, classes)]))
+        metrics["val_dice_mean"] = _case_dice(pred, val_set.labels, val_set.case_index, classes)
         return metrics
 
+    recipe = {"context": context, "patch": patch, "foreground_share": foreground_share, "augment": aug.as_dict(), "schedule": schedule, "keep_best": keep_best and val_set is not None}
     spec = TrainSpec(
         output=output,
         kind="seg",
         config=config,
-        norm=dict(DEFAULT_NORM),
-        provenance={"data": str(data), "train_cases": [r["case"] for r in train_rows], "val_cases": [r["case"] for r in val_rows], "label_map": {str(k): v for k, v in mapping.items()}},
+        norm=norm,
+        provenance={"data": str(data), "train_cases": [r["case"] for r in train_rows], "val_cases": [r["case"] for r in val_rows], "val_patients": sorted({r["patient"] for r in val_rows}), "label_map": {str(k): v for k, v in mapping.items()}, "recipe": recipe},
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -152,9 +209,11 @@ def train_segmenter(
         resume=resume,
         steps_per_epoch=steps_per_epoch,
         monitor="val_dice_mean",
+        keep_best=keep_best and val_set is not None,
+        schedule=schedule,
     )
-    result = fit(model, train_set.torch_dataset("labels"), step, spec, validate=validate)
-    result.update({"train_slices": len(train_set), "val_slices": 0 if val_set is None else len(val_set), "classes": classes, "label_values": label_values, "modalities": modalities})
+    result = fit(model, train_set.torch_dataset("labels"), step, spec, validate=validate, batch_sampler=sampler)
+    result.update({"train_slices": len(train_set), "val_slices": 0 if val_set is None else len(val_set), "classes": classes, "label_values": label_values, "modalities": modalities, "recipe": recipe})
     return result
 
 
@@ -163,13 +222,50 @@ def load_segmenter(path: Path | str, *, device: str | None = None, precision: st
     return Predictor(path, kind="seg", device=device, precision=precision, compile=compile, batch_size=batch_size)
 
 
-def label_volume(predictor: Predictor, probs: np.ndarray) -> np.ndarray:
+TTA_FLIPS = ((), (-1,), (-2,), (-2, -1))  # identity, mirror x (width), mirror y (height), both
+
+
+def model_input(predictor: Predictor, slices: np.ndarray) -> np.ndarray:
+    """One case's (Z, C, H, W) slices → the model's channels (2.5-D context stacked when the
+    checkpoint was trained with ``--context``)."""
+    return stack_context(slices, int(predictor.config.get("context", 0)))
+
+
+def predict_probs(predictor: Predictor, x: np.ndarray, *, tta: bool = False, batch_size: int | None = None) -> np.ndarray:
+    """Softmax (N, classes, H, W) of model inputs ``x``; ``tta``: the mean over the mirrored
+    copies (``TTA_FLIPS``), each prediction flipped back."""
+    if not tta:
+        return predictor.predict(x, softmax=True, batch_size=batch_size)
+    total = None
+    for dims in TTA_FLIPS:
+        flipped = np.ascontiguousarray(np.flip(x, dims)) if dims else x
+        probs = predictor.predict(flipped, softmax=True, batch_size=batch_size)
+        probs = np.flip(probs, dims) if dims else probs
+        total = probs if total is None else total + probs
+    return (total / len(TTA_FLIPS)).astype(np.float32)
+
+
+def largest_component(labels: np.ndarray) -> np.ndarray:
+    """Keep the largest connected foreground component (labels > 0, face-connected in 3-D);
+    every other foreground voxel becomes background."""
+    from scipy import ndimage
+
+    components, count = ndimage.label(labels > 0)
+    if count <= 1:
+        return labels
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return np.where(components == int(sizes.argmax()), labels, 0).astype(labels.dtype)
+
+
+def label_volume(predictor: Predictor, probs: np.ndarray, *, keep_largest: bool = False) -> np.ndarray:
     """(Z, classes, H, W) probabilities → raw label volume (x, y, z) uint8 (the training labels' values)."""
     values = np.asarray(predictor.config["label_values"])
-    return slices_to_volume(values[probs.argmax(1)].astype(np.uint8))
+    labels = slices_to_volume(values[probs.argmax(1)].astype(np.uint8))
+    return largest_component(labels) if keep_largest else labels
 
 
-def segment_images(images: Sequence[Image], predictor: Predictor, *, batch_size: int | None = None) -> Image:
+def segment_images(images: Sequence[Image], predictor: Predictor, *, batch_size: int | None = None, tta: bool = False, keep_largest: bool = False) -> Image:
     """In-memory entry point: the modality images of one case (in ``predictor.modalities``
     order) → the label image in the first image's geometry (NIfTI header/affine kept)."""
     if len(images) != max(len(predictor.modalities), 1):
@@ -178,19 +274,30 @@ def segment_images(images: Sequence[Image], predictor: Predictor, *, batch_size:
     if any(v.shape != volumes[0].shape for v in volumes):
         raise InputError(f"modality shapes differ: {', '.join(str(v.shape) for v in volumes)}")
     slices, _ = volumes_to_slices(volumes, predictor.norm)
-    return _label_image(images[0], label_volume(predictor, predictor.predict(slices, softmax=True, batch_size=batch_size)))
+    probs = predict_probs(predictor, model_input(predictor, slices), tta=tta, batch_size=batch_size)
+    return _label_image(images[0], label_volume(predictor, probs, keep_largest=keep_largest))
 
 
 def _label_image(reference: Image, labels: np.ndarray) -> Image:
+    if reference.format in RASTER_FORMATS:  # a picture gives a picture of the labels
+        return Image(labels[:, :, 0], format="png")
     if reference.array.ndim == 2:  # a 2-D input gives a 2-D label image
         labels = labels[:, :, 0]
     header = reference.meta.get("header")
     return Image(labels, affine=reference.affine, format="nifti", meta={"header": header} if header is not None else {})
 
 
+def output_ext(case: Case, out_format: str = "nifti") -> str:
+    """``.dcm`` (DICOM SEG), ``.png`` for picture inputs (PNG/JPEG/TIFF), else ``.nii.gz``."""
+    if out_format == "dicom-seg":
+        return ".dcm"
+    first = next(iter(case.files.values()))
+    return ".png" if first.name.lower().endswith(RASTER_EXTS) else ".nii.gz"
+
+
 def segmentation_target(case: Case, output: Path, suffix: str = "_seg", out_format: str = "nifti") -> Path:
     """Where ``segment`` writes a case's label map (mirrors the case folder under ``output``)."""
-    return output / case.rel_dir / f"{case.case}{suffix}{'.dcm' if out_format == 'dicom-seg' else '.nii.gz'}"
+    return output / case.rel_dir / f"{case.case}{suffix}{output_ext(case, out_format)}"
 
 
 def prefetch(cases: Sequence[Case], loader, workers: int) -> Iterator[tuple[Case, Any]]:
@@ -230,8 +337,13 @@ def segment_cases(
     overwrite: bool = False,
     suffix: str = "_seg",
     out_format: str = "nifti",
+    tta: bool = False,
+    keep_largest: bool = False,
 ):
     """Segment cases; yields (case, written paths or 'skipped' or an exception) in input order.
+
+    ``tta``: mean of the mirrored predictions (:func:`predict_probs`); ``keep_largest``: only
+    the largest connected foreground component is kept (:func:`largest_component`).
 
     Slices of consecutive cases are gathered until a batch is full so small volumes still
     fill the device.
@@ -249,15 +361,15 @@ def segment_cases(
     def flush() -> Iterator[tuple[Case, Any]]:
         if not group:
             return
-        slices = np.concatenate([g.slices for g in group])
-        probs = segmenter.predict(slices, softmax=True)
+        slices = np.concatenate([model_input(segmenter, g.slices) for g in group])
+        probs = predict_probs(segmenter, slices, tta=tta)
         start = 0
         for loaded in group:
             n = len(loaded.slices)
             case_probs = probs[start : start + n]
             start += n
             try:
-                yield loaded.case, _write_outputs(loaded, case_probs, segmenter, targets[loaded.case.case], probabilities, out_format)
+                yield loaded.case, _write_outputs(loaded, case_probs, segmenter, targets[loaded.case.case], probabilities, out_format, keep_largest)
             except Exception as exc:  # reported per item by the caller
                 yield loaded.case, exc
         group.clear()
@@ -272,19 +384,20 @@ def segment_cases(
     yield from flush()
 
 
-def _write_outputs(loaded: LoadedCase, probs: np.ndarray, segmenter: Predictor, target: Path, probabilities: bool, out_format: str) -> list[Path]:
+def _write_outputs(loaded: LoadedCase, probs: np.ndarray, segmenter: Predictor, target: Path, probabilities: bool, out_format: str, keep_largest: bool = False) -> list[Path]:
     reference = loaded.images[0]
-    labels = label_volume(segmenter, probs)
+    labels = label_volume(segmenter, probs, keep_largest=keep_largest)
     written = []
     if out_format == "dicom-seg":
         from medtools.brain.dicomseg import write_dicom_seg
 
         written.append(write_dicom_seg(loaded, labels if reference.array.ndim == 3 else labels[:, :, 0], target))
     else:
-        written.append(write_image(_label_image(reference, labels), target, format="nifti"))
+        label_image = _label_image(reference, labels)
+        written.append(write_image(label_image, target, format=label_image.format))
     if probabilities:
         volume = np.moveaxis(probs, 1, -1)  # (Z, H, W, classes)
         volume = np.moveaxis(volume, 0, 2).astype(np.float32)  # (H, W, Z, classes) = (x, y, z, c)
-        prob_path = target.with_name(target.name.replace(".nii.gz", "_prob.nii.gz").replace(".dcm", "_prob.nii.gz"))
+        prob_path = target.with_name(target.name.replace(".nii.gz", "_prob.nii.gz").replace(".dcm", "_prob.nii.gz").replace(".png", "_prob.nii.gz"))
         written.append(write_image(Image(volume, affine=reference.affine, format="nifti"), prob_path, format="nifti"))
     return written

@@ -18,7 +18,58 @@ import numpy as np
 
 from medtools.core.errors import InputError, UsageError
 from medtools.core.io import as_volume, read_image
-from medtools.core.preprocess import DEFAULT_NORM, UNIT_NORM, load_image, resize, volume_to_slices, volumes_to_slices
+from medtools.core.preprocess import DEFAULT_NORM, UNIT_NORM, load_image, resize, stack_context, volume_to_slices, volumes_to_slices
+
+
+def read_volume(path: Path | str) -> np.ndarray:
+    """A volume (x, y, z) from any image file; an RGB(A) 2-D picture becomes one gray slice
+    (mean of the colour channels), not three slices."""
+    return image_volume(read_image(path))
+
+
+def image_volume(image: Any) -> np.ndarray:
+    """A read image (core.io.Image) as a volume (x, y, z); a colour picture is averaged to gray."""
+    from medtools.core.io import RASTER_FORMATS
+
+    array = image.array
+    if image.format in RASTER_FORMATS and array.ndim == 3 and array.shape[-1] in (3, 4):
+        return array[..., :3].astype(np.float32).mean(axis=-1)[:, :, None]
+    return as_volume(image)
+
+
+class ForegroundBatchSampler:
+    """Batches of indices where a fixed share comes from items that contain the target
+    (nnU-Net's foreground oversampling, Isensee et al. 2021: 1/3 by default).
+
+    Each batch holds ``n_foreground = max(1, round(share · batch_size))`` items drawn from
+    ``foreground`` (placed last in the batch, so a step can centre their crops on the target)
+    and the rest drawn uniformly from all items. ``set_epoch`` reseeds, so batches are a
+    function of (seed, epoch) and a resumed run sees the same ones.
+    """
+
+    def __init__(self, foreground: np.ndarray, batch_size: int, *, share: float = 1 / 3, batches: int | None = None, seed: int = 0):
+        if not 0.0 <= share <= 1.0:
+            raise UsageError(f"--foreground-share must be in [0, 1], got {share}")
+        self.foreground = np.flatnonzero(np.asarray(foreground, dtype=bool))
+        self.total = len(foreground)
+        self.batch_size = int(batch_size)
+        self.n_foreground = 0 if share == 0 or len(self.foreground) == 0 else min(self.batch_size, max(1, int(round(share * self.batch_size))))
+        self.batches = batches or max(1, -(-self.total // self.batch_size))
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        for _ in range(self.batches):
+            rest = rng.integers(0, self.total, self.batch_size - self.n_foreground)
+            forced = rng.choice(self.foreground, self.n_foreground) if self.n_foreground else np.zeros(0, dtype=np.int64)
+            yield [int(i) for i in np.concatenate([rest, forced])]
 
 
 def split_by_patient(rows: Sequence[dict[str, str]], val_fraction: float, seed: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
@@ -113,13 +164,15 @@ def load_case_slices(
     label_map: dict[int, int] | None = None,
     need_label: bool = False,
     axis: int = 2,
+    context: int = 0,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """One case → (slices (Z, C, H, W) float32, labels (Z, H, W) int64 or None)."""
+    """One case → (slices (Z, C, H, W) float32, labels (Z, H, W) int64 or None); ``context``
+    K stacks K neighbouring slices on each side as channels (C·(2K+1), 2.5-D input)."""
     volumes = []
     for modality in modalities:
         if modality not in row:
             raise InputError(f"case {row.get('case')} has no {modality} (has: {', '.join(k for k in row if k not in ('patient', 'case', 'visit', 'label', 'class'))})")
-        volume = as_volume(read_image(row[modality]))
+        volume = read_volume(row[modality])
         if volumes and volume.shape != volumes[0].shape:
             raise InputError(f"case {row.get('case')}: {modality} shape {volume.shape} differs from {volumes[0].shape}")
         volumes.append(volume)
@@ -127,12 +180,13 @@ def load_case_slices(
     images, _ = volumes_to_slices(volumes, norm, axis=axis)
     labels = None
     if "label" in row:
-        label = as_volume(read_image(row["label"]))
+        label = read_volume(row["label"])
         if label.shape != shape:
             raise InputError(f"case {row.get('case')}: label shape {label.shape} differs from image {shape}")
         labels = volume_to_slices(map_labels(label, label_map), axis)
     elif need_label:
         raise InputError(f"case {row.get('case')} has no label")
+    images = stack_context(images, context)
     images = resize(images, size)
     if labels is not None:
         labels = resize(labels, size, labels=True)
@@ -149,6 +203,7 @@ def build_slice_set(
     need_label: bool = False,
     skip_empty: bool = True,
     patients: Sequence[str] | None = None,
+    context: int = 0,
 ) -> SliceSet:
     """Slices of all cases (empty slices, where every channel is constant, dropped)."""
     if not rows:
@@ -158,7 +213,7 @@ def build_slice_set(
     images, labels, p_idx, c_idx, z_idx = [], [], [], [], []
     cases = []
     for row in rows:
-        slices, label = load_case_slices(row, modalities, norm=norm, size=size, label_map=label_map, need_label=need_label)
+        slices, label = load_case_slices(row, modalities, norm=norm, size=size, label_map=label_map, need_label=need_label, context=context)
         keep = np.ones(len(slices), dtype=bool)
         if skip_empty:
             flat = slices.reshape(len(slices), -1)

@@ -14,6 +14,16 @@ inside training code. Recognised layouts:
   from the file name (``person12_…``, ``IM-0001-…``, ``p0003-…``, NIH ChestX-ray14's
   ``<8-digit patient>_<3-digit follow-up>``, whose follow-up becomes the visit), else the file
   stem. File-name rules also hold outside the source folder (a protected copy keeps its ids).
+* 2-D image/mask pairs (segmentation): ``<name>.png`` with ``<name>_mask.png`` (or ``_seg``,
+  ``_label``, ``_annotation``) beside it, or in a parallel folder ``masks/`` (``labels/``,
+  ``annotations/``, ``gt/``) next to the images' folder, with the same stem or stem + suffix.
+  PNG/JPEG/TIFF/DICOM images. The patient comes from a CSV in the images' folder or the one
+  above it that has a file column (``filename``, ``file``, ``image``) and an id column
+  (``patient_id``, ``patient``, ``exam_id``), else from the file name as above.
+
+Modality aliases (:func:`apply_aliases`, ``manifest --alias t1=t1ce``) rename a column for a
+data set whose naming differs, e.g. Brain-Tumor-Progression's ``T1`` is post-contrast, so
+``t1=t1ce`` lets it pool with BraTS for a T1c-only model.
 """
 
 from __future__ import annotations
@@ -48,6 +58,9 @@ _ALIASES = {
     "ot": "label",
 }
 _IGNORED = {"brainmask", "license"}
+MASK_SUFFIXES = ("_mask", "_seg", "_label", "_labels", "_annotation", "_gt")
+MASK_FOLDERS = {"masks", "mask", "labels", "label", "annotations", "annotation", "gt", "ground_truth", "segmentations"}
+PAIR_EXTS = (*RASTER_EXTS, ".dcm")
 _VISIT_RE = re.compile(r"^(?P<patient>.+?)[_-](?P<visit>v?\d{1,2})$", re.IGNORECASE)
 _PATIENT_PATTERNS = (
     re.compile(r"^(?P<p>person\d+)_"),
@@ -133,6 +146,99 @@ def _class_folder_rows(root: Path, class_dirs: Sequence[Path]) -> list[dict[str,
     return rows
 
 
+def _patient_table(folders: Sequence[Path]) -> dict[str, str]:
+    """file name → patient id from the first CSV in ``folders`` with a file and an id column."""
+    for folder in folders:
+        for listing in sorted(folder.glob("*.csv")):
+            with open(listing, newline="") as handle:
+                reader = csv.DictReader(handle)
+                fields = reader.fieldnames or []
+                file_col = next((c for c in ("filename", "file", "image") if c in fields), None)
+                id_col = next((c for c in ("patient_id", "patient", "exam_id") if c in fields), None)
+                if file_col and id_col:
+                    return {Path(r[file_col]).name: r[id_col] for r in reader if r.get(file_col) and r.get(id_col)}
+    return {}
+
+
+def _mask_stem(stem: str) -> str | None:
+    low = stem.lower()
+    for suffix in MASK_SUFFIXES:
+        if low.endswith(suffix):
+            return stem[: -len(suffix)]
+    return None
+
+
+def _pair_rows(folder: Path, files: Sequence[Path], masks: dict[str, Path]) -> list[dict[str, str]]:
+    """Image files of ``folder`` paired with ``masks`` (stem → mask path) → rows."""
+    table = _patient_table([folder, folder.parent])
+    rows = []
+    for path in files:
+        stem = split_ext(path)[0]
+        mask = masks.get(stem)
+        if mask is None or mask == path:
+            continue
+        patient = table.get(path.name) or _patient_from_name(stem)
+        rows.append({"patient": patient, "case": stem, "visit": "", "image": str(path), "label": str(mask)})
+    return rows
+
+
+def _image_mask_rows(folder: Path, children: Sequence[Path]) -> tuple[list[dict[str, str]], set[Path]]:
+    """2-D image/mask pairs in ``folder`` (masks beside the images, or images/ + masks/ subfolders);
+    returns the rows and the subfolders they used (not class folders then)."""
+    pictures = [p for p in children if p.is_file() and p.name.lower().endswith(PAIR_EXTS)]
+    beside = {}
+    for path in pictures:
+        base = _mask_stem(split_ext(path)[0])
+        if base is not None:
+            beside[base] = path
+    rows = _pair_rows(folder, [p for p in pictures if p not in beside.values()], beside) if beside else []
+    used: set[Path] = set()
+    dirs = [p for p in children if p.is_dir()]
+    mask_dirs = [d for d in dirs if d.name.lower() in MASK_FOLDERS]
+    for mask_dir in mask_dirs:
+        masks: dict[str, Path] = {}
+        for path in sorted(mask_dir.iterdir()):
+            if path.is_file() and path.name.lower().endswith(PAIR_EXTS):
+                stem = split_ext(path)[0]
+                masks[stem] = path
+                base = _mask_stem(stem)
+                if base is not None:
+                    masks.setdefault(base, path)
+        for image_dir in dirs:
+            if image_dir in mask_dirs:
+                continue
+            images = sorted(p for p in image_dir.iterdir() if p.is_file() and p.name.lower().endswith(PAIR_EXTS))
+            found = _pair_rows(image_dir, images, masks)
+            if found:
+                rows.extend(found)
+                used |= {image_dir, mask_dir}
+    return rows, used
+
+
+def apply_aliases(rows: Sequence[dict[str, str]], aliases: dict[str, str] | Sequence[str]) -> list[dict[str, str]]:
+    """Rename modality columns (``{"t1": "t1ce"}`` or ``["t1=t1ce"]``); a row that already has
+    the target modality is refused (two files for one modality)."""
+    if not isinstance(aliases, dict):
+        parsed = {}
+        for text in aliases:
+            source, _, target = text.partition("=")
+            parsed[source.strip().lower()] = target.strip().lower()
+        aliases = parsed
+    for source, target in aliases.items():
+        if source not in MODALITIES or target not in MODALITIES:
+            raise InputError(f"--alias {source}={target}: both sides must be modalities ({', '.join(MODALITIES)})")
+    out = []
+    for row in rows:
+        row = dict(row)
+        moved = {target: row.pop(source) for source, target in aliases.items() if row.get(source)}
+        clash = [m for m in moved if row.get(m)]
+        if clash:
+            raise InputError(f"case {row.get('case')}: --alias would give two files for {', '.join(clash)}")
+        row.update(moved)
+        out.append(row)
+    return out
+
+
 def discover(roots: Iterable[Path | str]) -> list[dict[str, str]]:
     """All cases under the roots, sorted by (patient, case)."""
     rows: list[dict[str, str]] = []
@@ -148,8 +254,10 @@ def discover(roots: Iterable[Path | str]) -> list[dict[str, str]]:
             volumes = [p for p in children if p.is_file() and p.name.lower().endswith(NIFTI_EXTS)]
             if volumes:
                 rows.extend(_volume_rows(folder, volumes))
+            pairs, paired_dirs = _image_mask_rows(folder, children)
+            rows.extend(pairs)
             class_dirs = [
-                p for p in children if p.is_dir() and any(c.name.lower().endswith(RASTER_EXTS) for c in p.iterdir())
+                p for p in children if p.is_dir() and p not in paired_dirs and p.name.lower() not in MASK_FOLDERS and any(c.name.lower().endswith(RASTER_EXTS) for c in p.iterdir())
             ]
             if class_dirs:
                 rows.extend(_class_folder_rows(folder, class_dirs))
@@ -188,6 +296,6 @@ def read_csv(path: Path | str) -> list[dict[str, str]]:
 def load_rows(data: Path | str | Sequence[Path | str]) -> list[dict[str, str]]:
     """A manifest CSV, or folders to discover."""
     sources = [data] if isinstance(data, (str, Path)) else list(data)
-    if len(sources) == 1 and str(sources[0]).lower().endswith(".csv"):
-        return read_csv(sources[0])
+    if sources and all(str(s).lower().endswith(".csv") for s in sources):  # several manifests pool
+        return [row for source in sources for row in read_csv(source)]
     return discover(sources)

@@ -76,7 +76,7 @@ class Predictor:
         self.config = dict(config)
         self.norm = preprocess.canonical_norm(norm, dict(self.kind.default_norm) if self.kind.default_norm else None)
         size = self.config.get("image_size") or self.config.get("sample_size")
-        self.size = int(size) if size else None
+        self.size = (tuple(int(v) for v in size) if isinstance(size, (list, tuple)) else int(size)) if size else None  # square or [H, W]
         self.batch_size = int(batch_size)
         self.modalities: list[str] = list(self.config.get("modalities") or [])
         self.class_names: list[str] = list(self.config.get("class_names") or [])

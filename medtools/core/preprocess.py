@@ -14,6 +14,12 @@ back through :func:`canonical_norm`, so both sides run these same functions:
 3. **model range** (:func:`to_model_range`): [0, 1] mapped to ``model_range`` (the DDPM
    works in [−1, 1]) and then ``(x − mean) / std`` when the norm has them.
 
+Optional steps after the intensity step, per volume or image (recorded as keys of the norm,
+so every reader applies them identically): ``strip_background`` (:func:`strip_background`:
+threshold, largest connected component, holes filled; outside set to 0) and ``equalize``
+(:func:`equalize`: ``hist`` global histogram equalisation, ``clahe`` contrast-limited adaptive,
+per 2-D slice; scikit-image).
+
 Older checkpoints wrote ``{}`` (percentile 0.5/99.5), or ``mean``/``std`` without a
 method; :func:`canonical_norm` maps every form seen so far onto the schema.
 """
@@ -32,6 +38,7 @@ METHODS = ("percentile", "minmax", "unit", "none")
 PERCENTILE_NORM = {"method": "percentile", "low": 0.5, "high": 99.5}
 UNIT_NORM = {"method": "unit"}
 DEFAULT_NORM = PERCENTILE_NORM  # what every brain checkpoint before the schema used
+EQUALIZE = ("hist", "clahe")
 
 
 def canonical_norm(norm: dict[str, Any] | None, default: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -52,7 +59,68 @@ def canonical_norm(norm: dict[str, Any] | None, default: dict[str, Any] | None =
         out["mean"], out["std"] = float(norm.get("mean", 0.0)), float(norm.get("std", 1.0))
         if out["std"] <= 0:
             raise CheckpointError(f"medtools.norm std must be positive, got {out['std']}")
+    if norm.get("strip_background") not in (None, False):
+        out["strip_background"] = 0.05 if norm["strip_background"] is True else float(norm["strip_background"])
+    if norm.get("equalize"):
+        if norm["equalize"] not in EQUALIZE:
+            raise CheckpointError(f"unknown equalize {norm['equalize']!r} in medtools.norm (known: {', '.join(EQUALIZE)})")
+        out["equalize"] = norm["equalize"]
     return out
+
+
+def with_preprocessing(norm: dict[str, Any], *, strip_background: bool | float = False, equalize: str | None = None) -> dict[str, Any]:
+    """``norm`` plus the optional steps (CLI ``--strip-background``, ``--equalize``), canonical."""
+    if equalize is not None and equalize not in EQUALIZE:
+        raise InputError(f"--equalize must be one of {', '.join(EQUALIZE)}, got {equalize!r}")
+    out = dict(norm)
+    if strip_background:
+        out["strip_background"] = strip_background
+    if equalize:
+        out["equalize"] = equalize
+    return canonical_norm(out)
+
+
+def strip_background(x: np.ndarray, threshold: float = 0.05) -> np.ndarray:
+    """[0, 1] image or volume → the same with everything outside the object set to 0: pixels
+    above ``threshold``, their largest connected component, holes filled (scipy.ndimage)."""
+    from scipy import ndimage
+
+    mask = x > threshold
+    if not mask.any():
+        return x
+    components, count = ndimage.label(mask)
+    if count > 1:
+        sizes = np.bincount(components.ravel())
+        sizes[0] = 0
+        mask = components == int(sizes.argmax())
+    mask = ndimage.binary_fill_holes(mask)
+    return np.where(mask, x, 0.0).astype(np.float32)
+
+
+def equalize(x: np.ndarray, method: str) -> np.ndarray:
+    """[0, 1] image (H, W) or volume (x, y, z) → equalised [0, 1] float32 (scikit-image):
+    ``hist`` over the whole array, ``clahe`` per 2-D slice (last axis of a volume)."""
+    from skimage import exposure
+
+    x = np.clip(x.astype(np.float64), 0.0, 1.0)
+    if method == "hist":
+        return exposure.equalize_hist(x, nbins=256).astype(np.float32)
+    if method == "clahe":
+        if x.ndim == 2:
+            return exposure.equalize_adapthist(x, clip_limit=0.01).astype(np.float32)
+        return np.stack([exposure.equalize_adapthist(x[..., k], clip_limit=0.01) for k in range(x.shape[-1])], axis=-1).astype(np.float32)
+    raise InputError(f"unknown equalize method {method!r}; choose from {', '.join(EQUALIZE)}")
+
+
+def apply_optional_steps(x: np.ndarray, norm: dict[str, Any]) -> np.ndarray:
+    """The norm's optional steps (background stripping, then equalisation) on a [0, 1] array."""
+    if norm.get("strip_background") not in (None, False):
+        x = strip_background(x, float(norm["strip_background"]))
+    if norm.get("equalize"):
+        x = equalize(x, norm["equalize"])
+        if norm.get("strip_background") not in (None, False):
+            x = np.where(x > 0, x, 0.0).astype(np.float32)
+    return x
 
 
 def normalise_intensity(volume: np.ndarray, *, low: float = 0.5, high: float = 99.5, mask: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, float]]:
@@ -73,8 +141,16 @@ def normalise_intensity(volume: np.ndarray, *, low: float = 0.5, high: float = 9
 def normalise(array: np.ndarray, norm: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
     """Step 1 for one volume or image channel (any shape) → ([0, 1] float32, window used).
 
-    The window is in raw units: ``raw = low + x · (high − low)`` undoes it.
+    The window is in raw units: ``raw = low + x · (high − low)`` undoes it (before the
+    optional steps, which are applied here too).
     """
+    out, window = _normalise(array, norm)
+    if norm.get("strip_background") not in (None, False) or norm.get("equalize"):
+        out = apply_optional_steps(out, norm)
+    return out, window
+
+
+def _normalise(array: np.ndarray, norm: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
     method = norm.get("method", "percentile")
     if method == "percentile":
         return normalise_intensity(array, low=float(norm.get("low", 0.5)), high=float(norm.get("high", 99.5)))
@@ -144,6 +220,18 @@ def volume_to_slices(volume: np.ndarray, axis: int = 2) -> np.ndarray:
     return np.moveaxis(volume, axis, 0)
 
 
+def stack_context(slices: np.ndarray, context: int) -> np.ndarray:
+    """2.5-D input: (Z, C, H, W) slices of one volume → (Z, C·(2K+1), H, W), each slice with
+    its K neighbours on either side as extra channels (order: offsets −K … +K, channels within
+    each); the first and last slices repeat at the volume's ends."""
+    if not context:
+        return slices
+    z = len(slices)
+    index = np.clip(np.arange(z)[:, None] + np.arange(-context, context + 1)[None, :], 0, z - 1)
+    stacked = slices[index]  # (Z, 2K+1, C, H, W)
+    return stacked.reshape(z, -1, *slices.shape[2:])
+
+
 def slices_to_volume(slices: np.ndarray, axis: int = 2) -> np.ndarray:
     return np.moveaxis(slices, 0, axis)
 
@@ -163,7 +251,7 @@ def image_channels(image: Any, channels: int, norm: dict[str, Any]) -> np.ndarra
         gray = rgb.astype(np.float32).mean(axis=-1)
         if rgb.dtype in (np.uint8, np.uint16) and norm.get("method") == "unit":
             gray = gray / (255.0 if rgb.dtype == np.uint8 else 65535.0)
-            normed = gray
+            normed = apply_optional_steps(gray, norm)
         else:
             normed, _ = normalise(gray, norm)
     else:

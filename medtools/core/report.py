@@ -118,6 +118,7 @@ class RunRecord:
     device: str | None = None
     seed: int | None = None
     checkpoints: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # settings that change the outputs (segment: tta, largest_component)
 
     def add_checkpoint(self, path: Path | str) -> None:
         from medtools.core.errors import CheckpointError
@@ -140,6 +141,8 @@ class RunRecord:
         }
         if "torch" in sys.modules:
             record["torch"] = sys.modules["torch"].__version__
+        if self.options:
+            record["options"] = dict(self.options)
         return record
 
 

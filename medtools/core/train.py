@@ -46,6 +46,8 @@ class TrainSpec:
     steps_per_epoch: int | None = None  # cap (None = one pass over the data)
     grad_clip: float | None = None
     monitor: str | None = None  # validation metric logged as "best"
+    keep_best: bool = False  # with monitor: -o ends as the best-monitor epoch's weights, the last epoch at <stem>.last.safetensors
+    schedule: str | None = None  # learning rate per step: None (constant) | "poly" (nnU-Net, power 0.9) | "cosine"
     precise_bn_batches: int = 50  # recompute BatchNorm statistics before each save (0 = off)
     drop_last: bool = False
 
@@ -55,6 +57,29 @@ def state_path(output: Path) -> Path:
     name = output.name
     stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
     return output.with_name(stem + ".train-state.safetensors")
+
+
+def sibling_path(output: Path, tag: str) -> Path:
+    """``seg.safetensors`` → ``seg.<tag>.safetensors`` (``best`` during training, ``last`` after keep_best)."""
+    name = output.name
+    stem = name[: -len(".safetensors")] if name.endswith(".safetensors") else name
+    return output.with_name(f"{stem}.{tag}.safetensors")
+
+
+SCHEDULES = ("poly", "cosine")
+
+
+def lr_factor(schedule: str | None, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at optimizer step ``step`` of ``total``:
+    poly ``(1 − t)^0.9`` (nnU-Net, Isensee et al. 2021) or cosine ``(1 + cos πt) / 2``."""
+    if not schedule:
+        return 1.0
+    t = min(max(step / max(total, 1), 0.0), 1.0)
+    if schedule == "poly":
+        return (1.0 - t) ** 0.9
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    raise UsageError(f"unknown --schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
 
 
 def distributed_context() -> tuple[int, int, int]:
@@ -163,6 +188,7 @@ def fit(
     after_epoch: Callable[[int, Any], dict[str, Any]] | None = None,
     collate_fn: Callable | None = None,
     model_inputs: Callable[[Any], Any] | None = None,
+    batch_sampler: Any | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` and write ``spec.output`` each epoch; returns history and final metrics.
 
@@ -171,6 +197,9 @@ def fit(
     ``after_epoch(epoch, model)`` returns extra provenance to store (e.g. DP epsilon).
     ``model_inputs(batch)`` picks the model input from a batch for BatchNorm
     recalibration (default: the first element); pass ``spec.precise_bn_batches=0`` to skip.
+    ``batch_sampler`` (e.g. :class:`medtools.core.data.ForegroundBatchSampler`) replaces the
+    shuffled batches; its ``set_epoch(epoch)`` is called each epoch so a resumed run sees the
+    same batches.
     """
     import torch
     from torch.utils.data import DataLoader, DistributedSampler
@@ -224,18 +253,23 @@ def fit(
 
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=spec.seed) if distributed else None
     generator = torch.Generator().manual_seed(spec.seed)
-    loader = DataLoader(
-        train_set,
-        batch_size=spec.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        num_workers=spec.workers,
-        pin_memory=device.type == "cuda",
-        drop_last=spec.drop_last,
-        generator=generator,
-        collate_fn=collate_fn,
-        persistent_workers=spec.workers > 0,
-    )
+    if batch_sampler is not None:
+        if distributed:
+            raise UsageError("a custom batch sampler (foreground oversampling) is not supported under torchrun yet")
+        loader = DataLoader(train_set, batch_sampler=batch_sampler, num_workers=spec.workers, pin_memory=device.type == "cuda", collate_fn=collate_fn, persistent_workers=spec.workers > 0)
+    else:
+        loader = DataLoader(
+            train_set,
+            batch_size=spec.batch_size,
+            shuffle=sampler is None,
+            sampler=sampler,
+            num_workers=spec.workers,
+            pin_memory=device.type == "cuda",
+            drop_last=spec.drop_last,
+            generator=generator,
+            collate_fn=collate_fn,
+            persistent_workers=spec.workers > 0,
+        )
     if len(loader) == 0:
         raise UsageError(f"batch size {spec.batch_size} leaves no batch from {len(train_set)} training items")
 
@@ -250,6 +284,14 @@ def fit(
     steps = spec.steps_per_epoch or len(loader)
     extra: dict[str, Any] = {}
     best: float | None = None
+    best_epoch: int | None = None
+    if spec.monitor:  # a resumed run knows the best epoch so far from its history
+        for past in history:
+            if spec.monitor in past and (best is None or past[spec.monitor] > best):
+                best, best_epoch = past[spec.monitor], past["epoch"]
+    best_file = sibling_path(spec.output, "best")
+    base_lrs = [group.setdefault("initial_lr", group["lr"]) for group in optimizer.param_groups]  # kept in the optimizer state, so --resume continues the schedule
+    total_steps = steps * spec.epochs
     started = time.time()
     for epoch in range(start_epoch, spec.epochs):
         if sampler is not None:
@@ -257,10 +299,16 @@ def fit(
         # The shuffle order is a function of (seed, epoch), so a resumed run sees the same
         # batches as an uninterrupted one.
         generator.manual_seed(spec.seed * 1_000_003 + epoch)
+        if batch_sampler is not None and hasattr(batch_sampler, "set_epoch"):
+            batch_sampler.set_epoch(epoch)
         train_model.train()
         epoch_start, total, count = time.time(), 0.0, 0
         iterator = iter(loader)
-        for _ in report.progress(range(steps), total=steps, description=f"epoch {epoch + 1}/{spec.epochs}"):
+        for index in report.progress(range(steps), total=steps, description=f"epoch {epoch + 1}/{spec.epochs}"):
+            if spec.schedule:
+                factor = lr_factor(spec.schedule, epoch * steps + index, total_steps)
+                for group, base in zip(optimizer.param_groups, base_lrs):
+                    group["lr"] = base * factor
             try:
                 batch = next(iterator)
             except StopIteration:
@@ -298,13 +346,18 @@ def fit(
             eval_model.eval()
             with torch.no_grad(), autocast(device, precision):
                 record.update(validate(eval_model))
-            if spec.monitor and spec.monitor in record:
-                best = record[spec.monitor] if best is None else max(best, record[spec.monitor])
+        improved = False
+        if spec.monitor and spec.monitor in record:
+            improved = best is None or record[spec.monitor] > best
+            if improved:
+                best, best_epoch = record[spec.monitor], epoch + 1
         history.append(record)
         if is_main:
             report.log("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
             provenance = {**spec.provenance, **extra, "epochs": epoch + 1, "seed": spec.seed, "history": history}
             ckpt.save(spec.output, weights, kind=spec.kind, config=spec.config, norm=spec.norm, provenance=provenance)
+            if spec.keep_best and improved:
+                ckpt.save(best_file, weights, kind=spec.kind, config=spec.config, norm=spec.norm, provenance={**provenance, "best_epoch": epoch + 1, "monitor": spec.monitor})
             opt_tensors, opt_plain = _optimizer_tensors(optimizer)
             state = {f"model.{k}": v for k, v in model.state_dict().items()}
             state.update(opt_tensors)
@@ -316,6 +369,9 @@ def fit(
             torch.distributed.barrier()
     if distributed:
         torch.distributed.destroy_process_group()
+    if is_main and spec.keep_best and best_file.exists():
+        os.replace(spec.output, sibling_path(spec.output, "last"))
+        os.replace(best_file, spec.output)
     final = history[-1] if history else {}
     return {
         "output": str(spec.output),
@@ -325,6 +381,7 @@ def fit(
         "epochs": spec.epochs,
         "final": final,
         "best": best,
+        "best_epoch": best_epoch,
         "history": history,
         "train_seconds": round(time.time() - started, 2),
         **({"extra": json.loads(json.dumps(extra, default=str))} if extra else {}),
