@@ -22,6 +22,7 @@ def manifest(
     folders: Annotated[list[Path], typer.Argument(help="Folders to search for cases.", show_default=False)],
     output_arg: Annotated[Optional[str], typer.Option("-o", "--output", help="CSV file to write (default: stdout); replaced if it exists. A folder (or a path ending in /) is refused (exit 2).")] = None,
     relative: Annotated[bool, typer.Option("--relative", help="Write paths relative to the -o file's folder.")] = False,
+    alias: Annotated[Optional[list[str]], typer.Option("--alias", help="Rename a modality column, FROM=TO (repeatable), e.g. t1=t1ce for Brain-Tumor-Progression, whose T1 is post-contrast, to pool with BraTS.")] = None,
     quiet: Quiet = False,
 ) -> int:
     """Find cases (BraTS, per-patient visit folders, 2-D class folders) and write a CSV.
@@ -32,7 +33,7 @@ def manifest(
     import os
 
     from medtools.core.io import atomic_path
-    from medtools.core.manifest import COLUMNS, MODALITIES, discover, to_csv
+    from medtools.core.manifest import COLUMNS, MODALITIES, apply_aliases, discover, to_csv
 
     if output_arg is not None and (Path(output_arg).is_dir() or output_arg.endswith(("/", os.sep))):
         from medtools.core.errors import UsageError
@@ -41,6 +42,8 @@ def manifest(
         raise UsageError(f"-o {output_arg} is a folder; manifest writes one CSV file (e.g. -o {Path(output_arg) / 'cases.csv'})")
     output = Path(output_arg) if output_arg is not None else None
     rows = discover(folders)
+    if alias:
+        rows = apply_aliases(rows, alias)
     if relative:
         if output is None:
             from medtools.core.errors import UsageError
