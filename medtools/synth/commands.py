@@ -31,12 +31,12 @@ def _ints(text: str, flag: str) -> list[int]:
 
 @command
 def synth_train(
-    inputs: Inputs,
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors).")],
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Files, folders, globs, manifest CSVs, or '-' (default: the --classes-from folder).", show_default=False)] = None,
     size: Annotated[int, typer.Option("--size", min=8, help="Images are resized to size×size.")] = 64,
     channels: Annotated[int, typer.Option("--channels", help="1 (grayscale) or 3 (RGB).")] = 1,
     widths: Annotated[str, typer.Option("--widths", help="UNet block widths, one per resolution level.")] = "32,64,128",
-    attention: Annotated[str, typer.Option("--attention", help="Levels (0 = full size) with self-attention; '' for none.")] = "2",
+    attention: Annotated[Optional[str], typer.Option("--attention", help="Levels (0 = full size) with self-attention; '' for none (default: the lowest resolution, e.g. 2 for 32,64,128).", show_default=False)] = None,
     layers_per_block: Annotated[int, typer.Option("--layers-per-block", min=1, help="ResNet blocks per level.")] = 2,
     norm_groups: Annotated[int, typer.Option("--norm-groups", min=1, help="GroupNorm groups (must divide every width).")] = 8,
     timesteps: Annotated[int, typer.Option("--timesteps", min=2, help="Diffusion steps of the DDPM scheduler.")] = 1000,
@@ -50,6 +50,9 @@ def synth_train(
     dp_epsilon: Annotated[Optional[float], typer.Option("--dp-epsilon", help="Train with DP-SGD (opacus) to this privacy budget ε.")] = None,
     dp_delta: Annotated[float, typer.Option("--dp-delta", help="DP δ (must be < 1/number of images).")] = 1e-5,
     max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="DP-SGD per-sample gradient clipping norm C.")] = 1.0,
+    label: Annotated[Optional[str], typer.Option("--label", help="Class-conditional: the class of each image is this manifest column (e.g. class).")] = None,
+    classes_from: Annotated[Optional[Path], typer.Option("--classes-from", help="Class-conditional: the class of each image is its first folder below DIR (DIR/NORMAL/x.png → NORMAL).")] = None,
+    label_dropout: Annotated[float, typer.Option("--label-dropout", help="Fraction of labels replaced by the null class (classifier-free guidance).")] = 0.1,
     seed: Seed = 0,
     device: Device = None,
     precision: Precision = None,
@@ -60,16 +63,19 @@ def synth_train(
     quiet: Quiet = False,
 ) -> int:
     """Train a DDPM (diffusers UNet2DModel + 1000-step DDPMScheduler) on 2-D images; optional DP-SGD."""
+    from medtools.core.errors import UsageError
     from medtools.synth.train import train_ddpm
 
+    if not inputs and classes_from is None:
+        raise UsageError("give training images (folders, CSVs, files) or --classes-from DIR")
     record = report.RunRecord(seed=seed)
     result = train_ddpm(
-        inputs=inputs, output=output, size=size, channels=channels, widths=_ints(widths, "--widths"),
-        attention=_ints(attention, "--attention"), layers_per_block=layers_per_block, norm_groups=norm_groups,
+        inputs=inputs or [str(classes_from)], output=output, size=size, channels=channels, widths=_ints(widths, "--widths"),
+        attention=None if attention is None else _ints(attention, "--attention"), layers_per_block=layers_per_block, norm_groups=norm_groups,
         timesteps=timesteps, beta_schedule=schedule, epochs=epochs, batch_size=batch_size or 16, lr=lr,
         ema_decay=ema_decay, steps_per_epoch=steps_per_epoch, seed=seed, device=device, precision=precision,
         compile=compile, workers=workers, resume=resume, patient_regex=patient_regex, dp_epsilon=dp_epsilon,
-        dp_delta=dp_delta, max_grad_norm=max_grad_norm,
+        dp_delta=dp_delta, max_grad_norm=max_grad_norm, label=label, classes_from=classes_from, label_dropout=label_dropout,
     )
     if json_output:
         record.device = result.get("device")
@@ -88,6 +94,8 @@ def synth(
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Sampling steps (default: ddpm all, ddim 50, dpm-solver 20).")] = None,
     eta: Annotated[float, typer.Option("--eta", help="DDIM eta (0 = deterministic).")] = 0.0,
     bits: Annotated[int, typer.Option("--bits", help="PNG bit depth: 8 or 16.")] = 8,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Class-conditional models: this class, or 'all' for N images of every class in OUTPUT/<CLASS>/.")] = None,
+    guidance: Annotated[float, typer.Option("--guidance", min=0.0, help="Classifier-free guidance w: 0 unconditional, 1 conditional, >1 stronger.")] = 1.0,
     batch_size: BatchSize = None,
     seed: Seed = 0,
     shard: Shard = None,
@@ -108,6 +116,7 @@ def synth(
         model=model, n=n, output=output, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size or 16,
         bits=bits, eta=eta, device=device, precision=precision, compile=compile, shard=parse_shard(shard),
         overwrite=overwrite, on_written=(lambda p: written.append(str(p))) if json_output else report.emit_path,
+        class_name=class_name, guidance=guidance,
     )
     if json_output:
         record.device = result["device"]

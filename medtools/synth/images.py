@@ -26,13 +26,14 @@ IMAGE_2D_EXTS = RASTER_EXTS + DICOM_EXTS
 class ImageRef:
     path: Path
     patient: str
+    label: str | None = None  # the class, when asked for (--label COLUMN / --classes-from DIR)
 
 
-def _from_manifest(source: str) -> list[ImageRef]:
+def _from_manifest(source: str, label: str | None = None) -> list[ImageRef]:
     from medtools.core.manifest import load_rows
 
     rows = load_rows(source)
-    return [ImageRef(Path(r["image"]), r["patient"]) for r in rows if r.get("image")]
+    return [ImageRef(Path(r["image"]), r["patient"], r.get(label) if label else None) for r in rows if r.get("image")]
 
 
 def _from_files(source: str) -> list[ImageRef]:
@@ -42,14 +43,25 @@ def _from_files(source: str) -> list[ImageRef]:
     return [ImageRef(item.path, _patient_from_name(split_ext(item.path)[0])) for item in expand_inputs([source], exts=IMAGE_2D_EXTS)]
 
 
-def collect_images(sources: Sequence[str | Path], *, patient_regex: str | None = None) -> list[ImageRef]:
-    """Images of folders / manifest CSVs / files / globs, each with its patient id, sorted by path."""
+def collect_images(
+    sources: Sequence[str | Path],
+    *,
+    patient_regex: str | None = None,
+    label: str | None = None,
+    classes_from: str | Path | None = None,
+) -> list[ImageRef]:
+    """Images of folders / manifest CSVs / files / globs, each with its patient id, sorted by path.
+
+    ``label``: each image's class is that manifest column (``class`` for class folders);
+    ``classes_from``: its class is the first folder below that folder (``DIR/NORMAL/x.png`` →
+    NORMAL). Either way an image without a class is an InputError naming it.
+    """
     refs: list[ImageRef] = []
     for source in map(str, sources):
         path = Path(source)
         if path.suffix.lower() == ".csv" or path.is_dir():
             try:
-                found = _from_manifest(source)
+                found = _from_manifest(source, label)
             except InputError:
                 found = []
             # class folders / manifests first; a flat folder of images falls back to file names
@@ -59,9 +71,25 @@ def collect_images(sources: Sequence[str | Path], *, patient_regex: str | None =
     if not refs:
         raise InputError(f"no 2-D images found in {' '.join(map(str, sources))} (supported: {', '.join(IMAGE_2D_EXTS)})")
     if patient_regex:
-        refs = [ImageRef(r.path, patient_from_regex(r.path, patient_regex)) for r in refs]
+        refs = [ImageRef(r.path, patient_from_regex(r.path, patient_regex), r.label) for r in refs]
+    if classes_from is not None:
+        refs = [ImageRef(r.path, r.patient, class_below(r.path, Path(classes_from))) for r in refs]
+    if label or classes_from is not None:
+        missing = [r.path for r in refs if not r.label]
+        if missing:
+            how = f"--label {label}" if label else f"--classes-from {classes_from}"
+            raise InputError(f"{len(missing)} image(s) have no class ({how}), e.g. {missing[0]}")
     unique = {r.path.resolve(): r for r in refs}
     return sorted(unique.values(), key=lambda r: str(r.path))
+
+
+def class_below(path: Path, root: Path) -> str | None:
+    """The first folder of ``path`` below ``root`` (its class), None if it lies directly in or outside root."""
+    try:
+        parts = path.resolve().relative_to(root.resolve()).parts
+    except ValueError:
+        return None
+    return parts[0] if len(parts) > 1 else None
 
 
 def patient_from_regex(path: Path, pattern: str) -> str:

@@ -49,8 +49,16 @@ def synthesize(
     shard: tuple[int, int] | None = None,
     overwrite: bool = False,
     on_written: Callable[[Path], None] = report.emit_path,
+    class_name: str | None = None,
+    guidance: float = 1.0,
 ) -> dict[str, Any]:
-    """Write images ``sample-XXXXXX.png`` for indices 0..n-1 (this shard's part) into ``output``."""
+    """Write images ``sample-XXXXXX.png`` for indices 0..n-1 (this shard's part) into ``output``.
+
+    ``class_name`` (a class-conditional checkpoint): that class, with classifier-free
+    ``guidance``; ``"all"``: ``n`` images of every class in ``output/<CLASS>/`` (a training
+    folder), class number c drawn with seed ``seed + c``, so ``--class all`` holds exactly the
+    images of ``--class C --seed seed+c``.
+    """
     from medtools.core.device import prepare_model, resolve_device, resolve_precision
     from medtools.core.io import Image, write_image
     from medtools.synth.schedule import default_steps, image_generators, make_sampler
@@ -70,20 +78,42 @@ def synthesize(
     net = prepare_model(net, dev, compile=compile)
     scheduler = make_sampler(sampler, sched_config)
     steps = steps or default_steps(sampler, sched_config)
+    names = list(config.get("class_names") or [])
+    if class_name is None:
+        jobs: list[tuple[int | None, Path, int]] = [(None, output, seed)]
+    elif not names:
+        raise UsageError(f"{model} is not class-conditional (trained without --label/--classes-from): drop --class")
+    elif class_name == "all":
+        jobs = [(c, output / name, seed + c) for c, name in enumerate(names)]
+    elif class_name in names:
+        jobs = [(names.index(class_name), output, seed)]
+    else:
+        raise UsageError(f"--class {class_name!r} is not one of this model's classes: {', '.join(names)} (or all)")
+    if guidance < 0:
+        raise UsageError(f"--guidance must be >= 0, got {guidance}")
+    shape = (int(config["in_channels"]), int(config["sample_size"]), int(config["sample_size"]))
     indices = list(range(n))
     if shard is not None:
         indices = indices[shard[0] - 1 :: shard[1]]
-    output.mkdir(parents=True, exist_ok=True)
-    targets = {i: output / sample_name(i, n) for i in indices}
-    todo = [i for i in indices if not skip_existing(targets[i], overwrite, log=lambda _: None)]
-    if len(todo) < len(indices):
-        report.log(f"skipping {len(indices) - len(todo)} existing images (--overwrite to redo)")
-    shape = (int(config["in_channels"]), int(config["sample_size"]), int(config["sample_size"]))
-    report.log(f"sampling {len(todo)} images {shape[1]}×{shape[2]} with {sampler}-{steps} on {dev} ({prec})")
-    for start in report.progress(range(0, len(todo), batch_size), total=-(-len(todo) // batch_size), description="synth"):
-        chunk = todo[start : start + batch_size]
-        images = run_sampler(net, scheduler, steps=steps, generators=image_generators(seed, chunk), shape=shape, device=dev, precision=prec, eta=eta)
-        for index, pixels in zip(chunk, to_pixels(images, bits, checkpoint.norm)):
-            write_image(Image(pixels, format="png", meta={"bits": bits}), targets[index])
-            on_written(targets[index])
-    return {"written": len(todo), "skipped": len(indices) - len(todo), "sampler": sampler, "steps": steps, "device": str(dev), "precision": prec}
+    written = skipped = 0
+    for class_index, folder, class_seed in jobs:
+        folder.mkdir(parents=True, exist_ok=True)
+        targets = {i: folder / sample_name(i, n) for i in indices}
+        todo = [i for i in indices if not skip_existing(targets[i], overwrite, log=lambda _: None)]
+        if len(todo) < len(indices):
+            report.log(f"skipping {len(indices) - len(todo)} existing images in {folder} (--overwrite to redo)")
+        what = "" if class_index is None else f" of class {names[class_index]} (guidance {guidance:g})"
+        report.log(f"sampling {len(todo)} images{what} {shape[1]}×{shape[2]} with {sampler}-{steps} on {dev} ({prec})")
+        for start in report.progress(range(0, len(todo), batch_size), total=-(-len(todo) // batch_size), description="synth"):
+            chunk = todo[start : start + batch_size]
+            labels = None if class_index is None else [class_index] * len(chunk)
+            images = run_sampler(net, scheduler, steps=steps, generators=image_generators(class_seed, chunk), shape=shape, device=dev, precision=prec, eta=eta, class_labels=labels, guidance=guidance)
+            for index, pixels in zip(chunk, to_pixels(images, bits, checkpoint.norm)):
+                write_image(Image(pixels, format="png", meta={"bits": bits}), targets[index])
+                on_written(targets[index])
+        written += len(todo)
+        skipped += len(indices) - len(todo)
+    result = {"written": written, "skipped": skipped, "sampler": sampler, "steps": steps, "device": str(dev), "precision": prec}
+    if class_name is not None:
+        result.update({"class": class_name, "classes": [names[c] for c, _, _ in jobs], "guidance": guidance})
+    return result

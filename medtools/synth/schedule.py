@@ -105,8 +105,16 @@ def sample(
     device: Any,
     precision: str = "fp32",
     eta: float = 0.0,
+    class_labels: Any = None,
+    guidance: float = 1.0,
 ) -> Any:
-    """Run the reverse process for ``len(generators)`` images of ``shape`` (C, H, W) → tensor in [-1, 1]."""
+    """Run the reverse process for ``len(generators)`` images of ``shape`` (C, H, W) → tensor in [-1, 1].
+
+    ``class_labels`` (N,) asks a class-conditional model for those classes with
+    classifier-free guidance ε = ε(x, ∅) + w·(ε(x, y) − ε(x, ∅)), ``w = guidance``: 0 is the
+    unconditional (null-class) model exactly, 1 the plain conditional one, > 1 sharper
+    classes. Only the passes a ``w`` needs are run (0 and 1: one; otherwise both, batched).
+    """
     import inspect
 
     import torch
@@ -118,10 +126,28 @@ def sample(
     x = randn_tensor((len(generators), *shape), generator=generators, device=device, dtype=torch.float32)
     x = x * scheduler.init_noise_sigma
     step_kwargs = {"eta": eta} if "eta" in inspect.signature(scheduler.step).parameters else {}
+    from medtools.synth.models import null_labels
+
+    null = null_labels(model, len(generators), device)
+    if class_labels is not None and null is None:
+        raise UsageError("this checkpoint is not class-conditional: drop --class")
+    if class_labels is not None:
+        class_labels = torch.as_tensor(class_labels, dtype=torch.long, device=device)
+    guidance = float(guidance)
+
+    def eps(model_in: Any, t: Any) -> Any:
+        with autocast(device, precision):
+            if class_labels is None or guidance == 0.0:
+                return model(model_in, t, class_labels=null).sample.float()
+            if guidance == 1.0:
+                return model(model_in, t, class_labels=class_labels).sample.float()
+            both = model(torch.cat([model_in, model_in]), t, class_labels=torch.cat([null, class_labels])).sample.float()
+        uncond, cond = both.chunk(2)
+        return uncond + guidance * (cond - uncond)
+
     with torch.no_grad():
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(x, t)
-            with autocast(device, precision):
-                predicted = model(model_in, t).sample
-            x = scheduler.step(predicted.float(), t, x, generator=generators, **step_kwargs).prev_sample
+            predicted = eps(model_in, t)
+            x = scheduler.step(predicted, t, x, generator=generators, **step_kwargs).prev_sample
     return x.clamp(-1.0, 1.0)

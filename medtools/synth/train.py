@@ -38,8 +38,13 @@ GRAD_SAMPLE_MODE = "functorch"  # opacus' "hooks" mode gives zero per-sample gra
 DDPM_NORM = {"method": "unit", "model_range": [-1.0, 1.0]}  # [0,1] by bit depth, then 2x-1 for the UNet
 
 
-def ddpm_step(scheduler: Any):
-    """``step(model, batch) -> loss`` for core.train.fit: the simple DDPM loss."""
+def ddpm_step(scheduler: Any, *, null_class: int | None = None, label_dropout: float = 0.1):
+    """``step(model, batch) -> loss`` for core.train.fit: the simple DDPM loss.
+
+    With ``null_class`` (a class-conditional UNet) a batch is (images, class indices) and each
+    label is replaced by the null class with probability ``label_dropout``, so one network
+    learns both ε(x, t, y) and ε(x, t) for classifier-free guidance (Ho & Salimans 2022).
+    """
 
     def step(model: Any, batch: Any) -> Any:
         import torch
@@ -49,7 +54,13 @@ def ddpm_step(scheduler: Any):
         noise = torch.randn_like(x0)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), device=x0.device)
         noisy = scheduler.add_noise(x0, noise, t)
-        predicted = model(noisy, t).sample
+        if null_class is None:
+            predicted = model(noisy, t).sample
+        else:
+            labels = batch[1]
+            dropped = torch.rand(labels.shape[0], device=labels.device) < label_dropout
+            labels = torch.where(dropped, torch.full_like(labels, null_class), labels)
+            predicted = model(noisy, t, class_labels=labels).sample
         return F.mse_loss(predicted.float(), target_for(scheduler, x0, noise, t).float())
 
     return step
@@ -116,7 +127,7 @@ def train_ddpm(
     size: int = 64,
     channels: int = 1,
     widths: Sequence[int] = DEFAULT_WIDTHS,
-    attention: Sequence[int] = DEFAULT_ATTENTION,
+    attention: Sequence[int] | None = DEFAULT_ATTENTION,
     layers_per_block: int = 2,
     norm_groups: int = 8,
     timesteps: int = 1000,
@@ -136,20 +147,40 @@ def train_ddpm(
     dp_epsilon: float | None = None,
     dp_delta: float = 1e-5,
     max_grad_norm: float = 1.0,
+    label: str | None = None,
+    classes_from: str | Path | None = None,
+    label_dropout: float = 0.1,
 ) -> dict[str, Any]:
-    """Train a DDPM on 2-D images; writes ``output`` (kind ddpm) every epoch and returns fit()'s summary."""
+    """Train a DDPM on 2-D images; writes ``output`` (kind ddpm) every epoch and returns fit()'s summary.
+
+    ``label`` (a manifest column) or ``classes_from`` (class folders of that folder) makes it
+    class-conditional, with ``label_dropout`` of the labels replaced by the null class.
+    """
     import torch
     from torch.utils.data import TensorDataset
 
     from medtools.core.train import distributed_context
 
-    config = unet_config(size=size, channels=channels, widths=widths, attention=attention, layers_per_block=layers_per_block, norm_groups=norm_groups)
+    if label and classes_from is not None:
+        raise UsageError("give --label COLUMN or --classes-from DIR, not both")
+    if not 0.0 <= label_dropout < 1.0:
+        raise UsageError(f"--label-dropout must be in [0, 1), got {label_dropout}")
     sched_config = scheduler_config(timesteps=timesteps, beta_schedule=beta_schedule)
-    refs = collect_images(inputs, patient_regex=patient_regex)
+    refs = collect_images(inputs, patient_regex=patient_regex, label=label, classes_from=classes_from)
+    class_names = sorted({r.label for r in refs if r.label}) if (label or classes_from is not None) else None
+    if class_names is not None and len(class_names) < 2:
+        raise InputError(f"a class-conditional model needs at least two classes, found {class_names}")
+    config = unet_config(size=size, channels=channels, widths=widths, attention=attention, layers_per_block=layers_per_block, norm_groups=norm_groups, class_names=class_names)
     patients = sorted({r.patient for r in refs})
     report.log(f"{len(refs)} images of {len(patients)} patients at {size}×{size}×{channels}")
     images = to_model_range(torch.from_numpy(load_images(refs, size, channels)), canonical_norm(DDPM_NORM))
-    dataset = TensorDataset(images)
+    if class_names is None:
+        dataset = TensorDataset(images)
+    else:
+        lookup = {c: i for i, c in enumerate(class_names)}
+        labels = torch.tensor([lookup[r.label] for r in refs], dtype=torch.long)
+        report.log("classes: " + ", ".join(f"{c} {int((labels == i).sum())}" for i, c in enumerate(class_names)) + f"; label dropout {label_dropout}")
+        dataset = TensorDataset(images, labels)
 
     dp: DPTraining | None = None
     if dp_epsilon is not None:
@@ -168,13 +199,15 @@ def train_ddpm(
         dp = DPTraining(epsilon=dp_epsilon, delta=dp_delta, max_grad_norm=max_grad_norm, planned_steps=epochs * per_epoch, resume_from=output if resume else None)
 
     model = ckpt.new_model("ddpm", config)
-    report.log(f"UNet2DModel: {count_parameters(model) / 1e6:.2f}M parameters, widths {list(widths)}, attention at levels {list(attention)}")
+    attention_levels = [i for i, b in enumerate(config["down_block_types"]) if b.startswith("Attn")]
+    report.log(f"UNet2DModel: {count_parameters(model) / 1e6:.2f}M parameters, widths {list(widths)}, attention at levels {attention_levels}")
     scheduler = training_scheduler(sched_config)
     provenance = {
         "scheduler": sched_config,
         "train_images": len(refs),
         "train_patients": len(patients),
         "data_sha256": data_fingerprint(refs),
+        **({"label_dropout": label_dropout, "class_counts": {c: sum(r.label == c for r in refs) for c in class_names}} if class_names else {}),
     }
     spec = TrainSpec(
         output=Path(output),
@@ -200,7 +233,7 @@ def train_ddpm(
     result = fit(
         model,
         dataset,
-        ddpm_step(scheduler),
+        ddpm_step(scheduler, null_class=config.get("null_class"), label_dropout=label_dropout),
         spec,
         prepare=dp.prepare if dp else None,
         after_epoch=dp.after_epoch if dp else None,
