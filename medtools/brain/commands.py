@@ -210,16 +210,26 @@ def _report_cases(results, json_output: bool, record: report.RunRecord, *, skipp
 
 @command
 def seg_eval(
-    pred: Annotated[Path, typer.Argument(help="Folder of predicted label maps.")],
-    truth: Annotated[Path, typer.Argument(help="Ground truth: manifest CSV, case folders or a folder of label maps.")],
+    pred: Annotated[Path, typer.Argument(help="Folder of predicted label maps (with --attack: the cases, with images and ground truth).")],
+    truth: Annotated[Optional[Path], typer.Argument(help="Ground truth: manifest CSV, case folders or a folder of label maps (not with --attack).")] = None,
     hd95: Annotated[bool, typer.Option("--hd95/--no-hd95", help="Compute HD95 (slower).")] = True,
+    attack: Annotated[Optional[str], typer.Option("--attack", help="fgsm | pgd: white-box attack on the -m model's inputs (CE+Dice vs the ground truth); Dice per eps as a curve.")] = None,
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help="--attack: the seg checkpoint attacked.")] = None,
+    eps: Annotated[str, typer.Option("--eps", help="--attack: L∞ budgets, comma-separated, as fractions of the normalised [0, 1] input range.")] = "0,0.005,0.01,0.02,0.05",
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="--attack pgd: steps (default 10).")] = None,
+    step_size: Annotated[Optional[float], typer.Option("--step-size", help="--attack pgd: step (default max(eps/4, 2.5·eps/steps)).")] = None,
+    batch_size: BatchSize = None,
+    device: Device = None,
+    seed: Seed = 0,
     json_output: Json = False,
     quiet: Quiet = False,
 ) -> int:
-    """Dice/IoU/HD95 per label and per BraTS region (WT, TC, ET), per case and mean."""
+    """Dice/IoU/HD95 per label and per BraTS region (WT, TC, ET), per case and mean; with --attack, Dice under FGSM/PGD per eps."""
     from medtools.brain.evaluate import evaluate_pair, pair_files, summarise
     from medtools.core.errors import InputError
 
+    if attack is not None or model is not None or truth is None:
+        return _seg_eval_attack(pred, truth, attack=attack, model=model, eps=eps, steps=steps, step_size=step_size, batch_size=batch_size, device=device, seed=seed, json_output=json_output)
     pairs = pair_files(pred, truth)
     per_case: dict[str, dict] = {}
 
@@ -239,6 +249,27 @@ def seg_eval(
         print(f"{'region':<12}{'dice':>8}{'iou':>8}{'hd95':>9}{'cases':>7}")
         for key, values in mean.items():
             print(f"{key:<12}{values['dice']:>8.4f}{values['iou']:>8.4f}{values['hd95']:>9.2f}{values['cases']:>7}")
+    return outcome.exit_code
+
+
+def _seg_eval_attack(cases_arg: Path, truth: Path | None, *, attack, model, eps, steps, step_size, batch_size, device, seed, json_output) -> int:
+    """seg-eval --attack: brain/robust.py evaluate_attack on the cases, a curve in --json, a table otherwise."""
+    from medtools.core.errors import UsageError
+
+    if attack is None or model is None or truth is not None:
+        raise UsageError("seg-eval takes PRED TRUTH, or CASES --attack fgsm|pgd -m seg.safetensors")
+    from medtools.brain.robust import evaluate_attack
+
+    record = report.RunRecord(seed=seed)
+    record.add_checkpoint(model)
+    result, outcome = evaluate_attack(_cases([str(cases_arg)], None), model, attack=attack, eps=eps, steps=steps, step_size=step_size, batch_size=batch_size or 16, device=device, seed=seed)
+    if json_output:
+        report.emit_json({**result, "run": record.as_dict()})
+    else:
+        regions = list(result["dice"])
+        print(f"{'eps':<10}" + "".join(f"{r:>12}" for r in regions))
+        for index, value in enumerate(result["eps"]):
+            print(f"{value:<10g}" + "".join(f"{result['dice'][r][index]:>12.4f}" for r in regions))
     return outcome.exit_code
 
 
