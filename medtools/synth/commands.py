@@ -18,6 +18,8 @@ def register(app: typer.Typer) -> None:
     app.command("synth")(synth)
     app.command("fid")(fid)
     app.command("mia")(mia)
+    app.command("tstr")(tstr)
+    app.command("nearest")(nearest)
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -204,4 +206,83 @@ def mia(
         print("\t".join([name] + [f"{values[k]:.4f}" for k in ATTACKS_HEADER[1:]]))
     for path in result.get("files", []):
         report.log(f"wrote {path}")
+    return 0
+
+
+@command
+def tstr(
+    synthetic: Annotated[list[str], typer.Option("--synthetic", help="Synthetic training images: class folders (synth --class all) or a manifest CSV; repeatable.")],
+    real_train: Annotated[list[str], typer.Option("--real-train", help="Real training images (class folders or manifest CSV); repeatable.")],
+    real_test: Annotated[list[str], typer.Option("--real-test", help="Real test images of other patients; repeatable.")],
+    arch: Annotated[str, typer.Option("--arch", help="timm classifier, the same for every run (resnet18, densenet121, ...).")] = "resnet18",
+    size: Annotated[int, typer.Option("--size", min=8, help="Images are resized to size×size.")] = 32,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training length: this many passes over the real training set, for every run.")] = 20,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimizer steps per run (overrides --epochs).")] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")] = 1e-3,
+    label: Annotated[str, typer.Option("--label", help="Manifest column with the class (class folders give 'class').")] = "class",
+    runs: Annotated[str, typer.Option("--runs", help="Comma-separated subset of tstr, trtr, mixed (real + synthetic).")] = "tstr,trtr,mixed",
+    bootstrap: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples of test patients for the 95 % intervals.")] = 1000,
+    keep: Annotated[Optional[Path], typer.Option("--keep", help="Keep the three classifiers (kind cls) in this folder.")] = None,
+    patient_regex: PatientRegex = None,
+    batch_size: BatchSize = None,
+    seed: Seed = 0,
+    device: Device = None,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Train-on-synthetic test-on-real: the same classifier trained on synthetic, real, and both; AUC on held-out patients."""
+    from medtools.synth.tstr import run_tstr
+
+    record = report.RunRecord(seed=seed)
+    result = run_tstr(
+        synthetic=synthetic, real_train=real_train, real_test=real_test, arch=arch, size=size, epochs=epochs, steps=steps,
+        batch_size=batch_size or 32, lr=lr, label=label, runs=[r.strip() for r in runs.split(",") if r.strip()],
+        bootstrap=bootstrap, patient_regex=patient_regex, keep=keep, seed=seed, device=device,
+    )
+    if json_output:
+        record.device = result.pop("device", None)
+        report.emit_json({**result, "run": record.as_dict()})
+        return 0
+    print("run\ttrain_images\taccuracy\tbalanced_accuracy\tauc\tauc_ci95")
+    for name, values in result["runs"].items():
+        ci = (values.get("ci95") or {}).get("auc") or [float("nan")] * 2
+        print(f"{name}\t{values['train_images']}\t{values['accuracy']:.4f}\t{values['balanced_accuracy']:.4f}\t{values['auc']:.4f}\t{ci[0]:.4f}-{ci[1]:.4f}")
+    return 0
+
+
+@command
+def nearest(
+    synthetic: Annotated[list[str], typer.Option("--synthetic", help="Synthetic images (folders, CSVs, files); repeatable.")],
+    train: Annotated[list[str], typer.Option("--train", help="The generator's training images; repeatable.")],
+    held_out: Annotated[Optional[list[str]], typer.Option("--held-out", help="Real images of other patients: the reference distances; repeatable.")] = None,
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", help="Also compare in this checkpoint's feature space (kind cls/reid/seg).")] = None,
+    size: Annotated[Optional[int], typer.Option("--size", min=8, help="Pixel comparison size (default: the synthetic images' size).")] = None,
+    grid: Annotated[Optional[Path], typer.Option("--grid", help="PNG of the closest (synthetic | training) pairs; -features.png beside it with -m.")] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Closest pairs listed and drawn.")] = 16,
+    patient_regex: PatientRegex = None,
+    batch_size: BatchSize = None,
+    device: Device = None,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Nearest training image per synthetic image (pixels, features); copy-detection rate against held-out patients."""
+    from medtools.synth.nearest import run_nearest
+
+    record = report.RunRecord(seed=0)
+    result = run_nearest(
+        synthetic=synthetic, train=train, held_out=held_out or None, model=model, size=size, grid=grid, top=top,
+        patient_regex=patient_regex, batch_size=batch_size or 64, device=device,
+    )
+    if json_output:
+        if model is not None:
+            record.add_checkpoint(model)
+        report.emit_json({**result, "run": record.as_dict()})
+        return 0
+    for space in ("pixel", "features"):
+        if space in result:
+            values = result[space]
+            print(f"{space}\tcopy_rate\t{values['copy_rate']:.4f}\tmedian_synthetic_to_train\t{values['synthetic_to_train'].get('p50', float('nan')):.4g}" + (f"\tmedian_held_out_to_train\t{values['held_out_to_train']['p50']:.4g}" if "held_out_to_train" in values else ""))
+    for key in ("grid", "grid_features"):
+        if key in result:
+            report.log(f"wrote {result[key]}")
     return 0
