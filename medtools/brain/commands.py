@@ -350,7 +350,8 @@ def protect(
     eps: Annotated[float, typer.Option("--eps", help="L∞ budget as a fraction of each modality's normalised range (p0.5–p99.5 window).")] = 0.05,
     steps: Annotated[int, typer.Option("--steps", min=1, help="PGD iterations.")] = 10,
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="PGD step (default max(eps/4, 2.5·eps/steps)).")] = None,
-    objective: Annotated[str, typer.Option("--objective", help="untargeted | decoy | entropy | feature | signature")] = "untargeted",
+    objective: Annotated[str, typer.Option("--objective", help="untargeted | decoy | entropy | feature | signature | minmin (error-minimising noise per release, Huang et al. 2021) | minminmax (its robust variant, Fu et al. 2022). minmin/minminmax hold the whole run (the release) in memory and train a surrogate on it.")] = "untargeted",
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="minmin/minminmax: surrogate-training / noise rounds at most (each: 10 surrogate steps, then --steps noise steps per batch; stops at 99 % surrogate accuracy).")] = 5,
     signature_share: Annotated[float, typer.Option("--signature-share", help="signature: fraction of eps spent on the case's secret block pattern (the rest: PGD towards its decoy).")] = 0.9,
     key_file: Annotated[Optional[Path], typer.Option("--key-file", help="signature: secret that draws each case's pattern and decoy (default: fresh random per run); refused when group/others may read it (chmod 600).")] = None,
     insecure_permissions: Annotated[bool, typer.Option("--insecure-permissions", help="Accept a --key-file that group/others may read or write (refused by default: exit 2).")] = False,
@@ -399,6 +400,6 @@ def protect(
         cases, output, attackers=attacker, utility=utility, eps=eps, steps=steps, step_size=step_size, objective=objective,
         utility_weight=utility_weight, random_start=random_start, diversity=diversity, mask_background=mask_background,
         batch_size=batch_size or 32, workers=workers, seed=seed, device=device, overwrite=overwrite,
-        signature_share=signature_share, key=secret,
+        signature_share=signature_share, key=secret, rounds=rounds,
     )
     return _report_cases(results, json_output, record)

@@ -20,6 +20,14 @@ Spec strings (``reid-train --defence``; several may be combined, applied in the 
 * ``aware:slice`` – the blunter scheme-aware attacker: every slice minus its own foreground block
   means on the ``SIGNATURE_GRID`` (plus its foreground mean), which removes any block-constant
   pattern exactly, and the anatomy's block-scale contrast with it;
+* ``aware:case`` – the scheme-aware attacker of ``--objective minmin``/``minminmax`` (and of
+  any noise that carries the case's label): min-min noise is not block-constant, but because it
+  encodes one label per case, part of it is shared by the case's slices. Per case it estimates
+  that shared part at pixel resolution as the mean over the case's slices of the high-pass
+  residual (image minus its Gaussian blur, sigma ``CASE_SIGMA`` px), centred on the mean over
+  the release's K cases (times K/(K−1)), and subtracts it from every slice's foreground (``remove_case_residual``).
+  On one 2-D image per case it removes the image's own high-pass detail (a blur). Against
+  ``minminmax`` add ``adv:EPS`` at the protection's budget (``aware:case+adv:0.05``);
 * ``adv:EPS`` – not an image transform: PGD adversarial training of the attacker (Madry et al.
   2018) at L∞ EPS in normalised units (``ADV_STEPS`` steps of EPS/2, random start), which makes
   it robust to small perturbations such as protective noise.
@@ -42,7 +50,8 @@ from medtools.core.errors import UsageError
 
 DEFENCES = ("jpeg", "blur", "lowpass", "median", "quantise", "aware", "adv")
 ADV_STEPS = 3
-_HELP = "jpeg:Q | blur:SIGMA | lowpass:CUTOFF | median:K | quantise:BITS | aware | adv:EPS"
+_HELP = "jpeg:Q | blur:SIGMA | lowpass:CUTOFF | median:K | quantise:BITS | aware | aware:slice | aware:case | adv:EPS"
+CASE_SIGMA = 1.0  # aware:case: the high-pass residual is the image minus its Gaussian blur (px)
 
 
 def parse_defences(specs: str | Sequence[str] | None) -> list[str]:
@@ -52,7 +61,7 @@ def parse_defences(specs: str | Sequence[str] | None) -> list[str]:
     items = [specs] if isinstance(specs, str) else list(specs)
     out = []
     for item in items:
-        for part in (p.strip() for p in str(item).split(",")):
+        for part in (p.strip() for p in str(item).replace("+", ",").split(",")):
             if not part:
                 continue
             name, _, value = part.partition(":")
@@ -60,9 +69,9 @@ def parse_defences(specs: str | Sequence[str] | None) -> list[str]:
             if name not in DEFENCES:
                 raise UsageError(f"unknown defence {part!r}: use {_HELP}")
             if name == "aware":
-                if value not in ("", "signature", "slice"):
-                    raise UsageError(f"aware:{value}: the scheme-aware attackers are aware (= aware:signature, per-case estimate) and aware:slice (per-slice block means)")
-                out.append("aware:slice" if value == "slice" else "aware")
+                if value not in ("", "signature", "slice", "case"):
+                    raise UsageError(f"aware:{value}: the scheme-aware attackers are aware (= aware:signature, per-case estimate), aware:slice (per-slice block means) and aware:case (per-case shared high-pass residual, against minmin)")
+                out.append(f"aware:{value}" if value in ("slice", "case") else "aware")
                 continue
             try:
                 number = float(value)
@@ -208,6 +217,27 @@ def remove_block_means(images: np.ndarray, grid: int | None = None) -> np.ndarra
     return np.clip(out.reshape(x.shape), 0.0, 1.0).astype(np.float32)
 
 
+def remove_case_residual(images: np.ndarray, groups: np.ndarray | None = None, sigma: float = CASE_SIGMA) -> np.ndarray:
+    """``aware:case``: subtract from each group's (case's) slices, on their foreground, the mean
+    over the group's slices (per pixel, over the slices where it is foreground) of the high-pass
+    residual (image − Gaussian blur of ``sigma`` px), centred on the mean over the K groups and
+    scaled by K/(K−1): the part of the noise the case's slices share."""
+    groups = np.zeros(len(images), dtype=np.int64) if groups is None else np.asarray(groups)
+    x = images.astype(np.float32)
+    residual = x - blur(x, sigma)
+    foreground = (x > 0).any(axis=1, keepdims=True)
+    names = list(np.unique(groups))
+    # per pixel: the mean over the case's slices where that pixel is foreground (the noise is there only)
+    shared = np.stack([(residual[groups == g] * foreground[groups == g]).sum(0) / np.maximum(foreground[groups == g].sum(0), 1) for g in names])
+    if len(names) > 1:  # centred (the common anatomy), rescaled: centring takes 1/K of each case's own pattern
+        shared = (shared - shared.mean(axis=0, keepdims=True)) * len(names) / (len(names) - 1)
+    out = x.copy()
+    for k, g in enumerate(names):
+        sel = groups == g
+        out[sel] = np.clip(x[sel] - shared[k][None] * foreground[sel], 0.0, 1.0)
+    return out
+
+
 def apply_defences(images: np.ndarray, specs: Sequence[str] | None, *, groups: np.ndarray | None = None) -> np.ndarray:
     """The image transforms of ``specs`` in order (``adv`` is skipped: it is a training mode).
 
@@ -219,6 +249,8 @@ def apply_defences(images: np.ndarray, specs: Sequence[str] | None, *, groups: n
             continue
         if spec == "aware:slice":
             out = remove_block_means(out)
+        elif spec == "aware:case":
+            out = remove_case_residual(out, groups)
         elif name == "aware":
             out = remove_signature(out, groups)
         elif name == "jpeg":

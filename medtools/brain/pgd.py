@@ -15,6 +15,9 @@ Objectives (what the noise pushes the attackers towards):
   consistent patient-specific pattern;
 * ``entropy`` – towards a uniform prediction;
 * ``feature`` – penultimate features away from the clean image's features (label-free);
+* ``minmin`` / ``minminmax`` – error-minimising noise per release (Huang et al. 2021) and its
+  robust variant (Fu et al. 2022), computed jointly for all cases of one ``protect`` run by
+  ``brain/minmin.py`` (not by ``pgd_delta``);
 * ``signature`` – each case (one release of one visit) gets a secret block pattern and a
   secret decoy identity, both drawn from HMAC(``--key``, case id): the pattern takes
   ``signature_share`` of the budget (the same on every slice of the case), PGD towards the
@@ -42,7 +45,7 @@ from medtools.core.preprocess import slices_to_volume
 from medtools.core.errors import UsageError
 from medtools.core.io import Image
 
-OBJECTIVES = ("untargeted", "decoy", "entropy", "feature", "signature")
+OBJECTIVES = ("untargeted", "decoy", "entropy", "feature", "signature", "minmin", "minminmax")  # the last two: brain/minmin.py
 SIGNATURE_GRID = 8  # the signature pattern is a GRID×GRID block pattern: survives resizing and shifts
 
 
@@ -96,6 +99,8 @@ def pgd_delta(
 
     if objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
+    if objective in ("minmin", "minminmax"):
+        raise UsageError(f"--objective {objective} is computed per release (brain/minmin.py), not per batch")
     x = slices.detach()
     fixed = base if base is not None else torch.zeros_like(x)
     if base is not None:
@@ -153,9 +158,7 @@ def pgd_delta(
                 loss = loss + logits.log_softmax(1).mean()
         loss = loss / len(attackers)
         if utility is not None:
-            seg_model, seg_channels = utility
-            adv_seg = seg_model.forward(adv[:, seg_channels]).float().log_softmax(1)
-            loss = loss - utility_weight * F.kl_div(adv_seg, clean_seg, log_target=True, reduction="batchmean") / (adv_seg.shape[-1] * adv_seg.shape[-2]) * 1000.0
+            loss = loss - utility_penalty(utility[0], utility[1], adv, clean_seg, utility_weight)
         return loss
 
     delta = linf_ascent(objective_loss, delta, steps=steps, step_size=step_size, eps=eps, mask=mask)
@@ -180,6 +183,14 @@ def linf_ascent(loss_of: Any, delta: Any, *, steps: int, step_size: float, eps: 
             if project is not None:
                 delta = project(delta)
     return delta.detach()
+
+
+def utility_penalty(seg_model: Any, seg_channels: list[int], adv: Any, clean_seg: Any, weight: float) -> Any:
+    """``weight × KL(seg(x) ‖ seg(x + δ))`` per pixel (×1000): what the noise costs the segmenter."""
+    import torch.nn.functional as F
+
+    adv_seg = seg_model.forward(adv[:, seg_channels]).float().log_softmax(1)
+    return weight * F.kl_div(adv_seg, clean_seg, log_target=True, reduction="batchmean") / (adv_seg.shape[-1] * adv_seg.shape[-2]) * 1000.0
 
 
 def _keyed_draw(key: bytes, message: str) -> int:

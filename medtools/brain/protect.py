@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from medtools.brain.cases import SINGLE, Case, LoadedCase, load_case
-from medtools.brain.pgd import case_decoy, image_quality, load_attackers, pgd_delta, quantise_delta, quantisation_steps, signature_pattern
+from medtools.brain.minmin import MINMIN_OBJECTIVES
+from medtools.brain.pgd import OBJECTIVES, case_decoy, image_quality, load_attackers, pgd_delta, quantise_delta, quantisation_steps, signature_pattern
 from medtools.brain.defences import with_defences
 from medtools.brain.segment import prefetch
 from medtools.core.predict import Predictor
@@ -84,19 +85,53 @@ class ProtectOptions:
     mask_background: bool = True
     batch_size: int = 32
     signature_share: float = 0.9
+    rounds: int = 5
 
     def check(self) -> "ProtectOptions":
         if not 0 < self.eps <= 1:
             raise UsageError("--eps must be in (0, 1] (a fraction of the normalised intensity range)")
         if not 0 <= self.signature_share < 1:
             raise UsageError("--signature-share must be in [0, 1)")
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}")
+        if self.rounds < 1:
+            raise UsageError("--rounds must be at least 1")
         if self.step_size is None:
             self.step_size = max(self.eps / 4, 2.5 * self.eps / max(self.steps, 1))
         return self
 
 
-def protect_loaded(loaded: LoadedCase, models: ProtectModels, options: ProtectOptions, *, key: bytes, generator: Any) -> tuple[list[Image], dict[str, Any]]:
-    """One case in model space → (protected images in the input's dtype and geometry, metrics)."""
+def _background(slices: np.ndarray) -> np.ndarray:
+    """(Z, 1, H, W): voxels at or below 0 in every channel (air, the volume minimum)."""
+    return np.stack([slices[:, c] <= 0 for c in range(slices.shape[1])], 1).all(1, keepdims=True)
+
+
+def release_deltas(loaded: Sequence[LoadedCase], models: ProtectModels, options: ProtectOptions, *, key: bytes) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """``minmin``/``minminmax``: the noise of every case of one release, computed jointly
+    (brain/minmin.py) → (one (Z, C, H, W) delta per case, release info for the results)."""
+    from medtools.brain.minmin import release_noise, release_seed
+
+    shapes = {item.slices.shape[1:] for item in loaded}
+    if len(shapes) > 1:
+        raise UsageError(f"--objective {options.objective} needs the release's images at one size (found {', '.join(map(str, sorted(shapes)))}): resize first or protect each size in its own run")
+    slices = np.concatenate([item.slices for item in loaded])
+    labels = [item.case.patient or item.case.case for item in loaded for _ in range(len(item.slices))]
+    quant = np.concatenate([np.repeat(quantisation_steps(item)[None], len(item.slices), 0) for item in loaded])
+    mask = ~np.concatenate([_background(item.slices) for item in loaded]) if options.mask_background else None
+    seed = release_seed(key, [item.case.case for item in loaded])
+    delta, info = release_noise(
+        slices, labels, template=models.attackers[0], channels=models.attacker_channels[0], eps=options.eps, steps=options.steps,
+        step_size=options.step_size, rounds=options.rounds, robust=options.objective == "minminmax",
+        utility=(models.utility, models.utility_channels) if models.utility is not None else None, utility_weight=options.utility_weight,
+        quant=quant, mask=mask, batch_size=options.batch_size, seed=seed,
+    )
+    bounds = np.cumsum([0] + [len(item.slices) for item in loaded])
+    return [delta[a:b] for a, b in zip(bounds[:-1], bounds[1:])], {**info, "release_cases": len(loaded), "release_patients": len(set(labels))}
+
+
+def protect_loaded(loaded: LoadedCase, models: ProtectModels, options: ProtectOptions, *, key: bytes, generator: Any, delta: np.ndarray | None = None) -> tuple[list[Image], dict[str, Any]]:
+    """One case in model space → (protected images in the input's dtype and geometry, metrics).
+    ``delta`` (Z, C, H, W): noise computed elsewhere (``release_deltas``), only written here."""
     import torch
 
     case, dev, eps = loaded.case, models.device, options.eps
@@ -107,6 +142,10 @@ def protect_loaded(loaded: LoadedCase, models: ProtectModels, options: ProtectOp
     quant = torch.from_numpy(quantisation_steps(loaded)).view(1, -1, 1, 1).to(dev)
     identity = [a.class_names.index(case.patient) if case.patient in a.class_names else None for a in attackers]
     slices = loaded.slices
+    if delta is not None:
+        return _finish(loaded, models, options, identity, delta)
+    if options.objective in MINMIN_OBJECTIVES:
+        raise UsageError(f"--objective {options.objective} is computed for a whole release (protect_cases), not for one case")
     decoys, base = None, None
     if options.objective == "signature":
         lead = attackers[0]
@@ -114,7 +153,7 @@ def protect_loaded(loaded: LoadedCase, models: ProtectModels, options: ProtectOp
         decoy_name = lead.class_names[decoy]
         decoys = [a.class_names.index(decoy_name) if decoy_name in a.class_names else None for a in attackers]
         base = torch.from_numpy(signature_pattern(key, case.case, slices.shape[1], *slices.shape[-2:], options.signature_share * eps)).to(dev)
-    background = np.stack([slices[:, c] <= 0 for c in range(slices.shape[1])], 1).all(1, keepdims=True) if options.mask_background else None
+    background = _background(slices) if options.mask_background else None
     deltas = []
     for start in range(0, len(slices), options.batch_size):
         x = torch.from_numpy(slices[start : start + options.batch_size]).to(dev)
@@ -138,10 +177,16 @@ def protect_loaded(loaded: LoadedCase, models: ProtectModels, options: ProtectOp
             base=None if base is None else base.expand_as(x) * (mask if mask is not None else 1.0),
         )
         deltas.append(delta.cpu().numpy())
-    protected_images, real_delta = quantise_delta(loaded, np.concatenate(deltas), eps)
+    return _finish(loaded, models, options, identity, np.concatenate(deltas))
+
+
+def _finish(loaded: LoadedCase, models: ProtectModels, options: ProtectOptions, identity: list[int | None], delta: np.ndarray) -> tuple[list[Image], dict[str, Any]]:
+    """Round and clip the noise into the output's dtype, then measure what it costs and buys."""
+    slices, eps = loaded.slices, options.eps
+    protected_images, real_delta = quantise_delta(loaded, delta, eps)
     protected_slices = slices + real_delta
-    result = {"case": case.case, "patient": case.patient, "eps": eps, **image_quality(slices, protected_slices)}
-    result.update(_whitebox(attackers, models.attacker_channels, identity, slices, protected_slices, dev, options.batch_size))
+    result = {"case": loaded.case.case, "patient": loaded.case.patient, "eps": eps, **image_quality(slices, protected_slices)}
+    result.update(_whitebox(models.attackers, models.attacker_channels, identity, slices, protected_slices, models.device, options.batch_size))
     return protected_images, result
 
 
@@ -182,6 +227,7 @@ def protect_cases(
     overwrite: bool = False,
     signature_share: float = 0.9,
     key: bytes | None = None,
+    rounds: int = 5,
 ) -> Iterator[tuple[Case, Any]]:
     """Yields (case, result dict | 'skipped' | exception) per case, in order."""
     import torch
@@ -189,6 +235,7 @@ def protect_cases(
     options = ProtectOptions(
         eps=eps, steps=steps, step_size=step_size, objective=objective, utility_weight=utility_weight, random_start=random_start,
         diversity=diversity, mask_background=mask_background, batch_size=batch_size, signature_share=signature_share,
+        rounds=rounds,
     ).check()
     key = key if key is not None else os.urandom(32)
     seed_everything(seed)
@@ -211,6 +258,9 @@ def protect_cases(
             todo.append(case)
 
     generator = torch.Generator().manual_seed(seed)
+    if options.objective in MINMIN_OBJECTIVES:
+        yield from _protect_release(todo, models, options, key=key, generator=generator, targets_of=targets_of, workers=workers)
+        return
     for case, loaded in prefetch(todo, lambda c: load_case(c, modalities, models.norm), workers):
         if isinstance(loaded, Exception):
             yield case, loaded
@@ -219,6 +269,25 @@ def protect_cases(
             protected_images, result = protect_loaded(loaded, models, options, key=key, generator=generator)
             written = [write_image(image, target) for image, target in zip(protected_images, targets_of(case).values())]
             yield case, {**result, "outputs": [str(w) for w in written]}
+        except Exception as exc:
+            yield case, exc
+
+
+def _protect_release(todo: Sequence[Case], models: ProtectModels, options: ProtectOptions, *, key: bytes, generator: Any, targets_of, workers: int) -> Iterator[tuple[Case, Any]]:
+    """``minmin``/``minminmax``: load the whole release (every case of this run), compute its
+    noise jointly, then write and report case by case. Memory: the release's slices."""
+    loaded, failed = [], []
+    for case, item in prefetch(list(todo), lambda c: load_case(c, models.modalities, models.norm), workers):
+        (failed if isinstance(item, Exception) else loaded).append((case, item))
+    yield from failed
+    if not loaded:
+        return
+    deltas, info = release_deltas([item for _, item in loaded], models, options, key=key)
+    for (case, item), delta in zip(loaded, deltas):
+        try:
+            protected_images, result = protect_loaded(item, models, options, key=key, generator=generator, delta=delta)
+            written = [write_image(image, target) for image, target in zip(protected_images, targets_of(case).values())]
+            yield case, {**result, **info, "outputs": [str(w) for w in written]}
         except Exception as exc:
             yield case, exc
 
