@@ -78,6 +78,14 @@ def main() -> None:
         for spec in specs:
             hits = [e for e in epsilons if (objective, e) in cells and spec in cells[(objective, e)]["defended"] and cells[(objective, e)]["defended"][spec]["protected_top1"] <= 2 * chance]
             lines.append(f"  - against C + {spec}: " + (f"eps {hits[0]:g} ({cells[(objective, hits[0])]['defended'][spec]['protected_top1']:.3f})" if hits else "none of the measured eps"))
+    if specs:  # the goal: every attacker of the suite at once
+        lines += ["", "Worst attacker of the suite (the largest of white-box, transfer, adaptive and each defended adaptive attacker, means over runs):", ""]
+        for (objective, eps), cell in sorted(cells.items()):
+            p = cell["protected"]
+            scores = {"white-box": p["whitebox_top1"], "transfer": p["transfer_top1"], "adaptive": p["adaptive_top1"], **{f"C + {s}": v["protected_top1"] for s, v in cell["defended"].items()}}
+            worst = max(scores, key=scores.get)
+            verdict = "≤ 2× chance" if scores[worst] <= 2 * chance else "above 2× chance"
+            lines.append(f"- {objective} eps {eps:g}: {worst} {scores[worst]:.3f} ({verdict}; {len(cell['defended'])} defended attackers; Dice {p['dice']:.4f})")
     (args.work / "frontier.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -86,7 +94,11 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    rows = (4 + len(specs) + 3) // 4  # four panels a row: the usual four, then one per defended attacker
+    fig, grid = plt.subplots(rows, 4, figsize=(16, 3.6 * rows), squeeze=False)
+    axes = grid.ravel()
+    for ax in axes[4 + len(specs) :]:
+        ax.axis("off")
     for objective in objectives:
         xs = [e for e in epsilons if (objective, e) in cells]
         get = lambda key: [cells[(objective, e)]["protected"][key] for e in xs]  # noqa: E731
@@ -104,6 +116,18 @@ def main() -> None:
     axes[1].axhline(raw["transfer_top1"], color="black", linewidth=0.8)
     raw_c = [c["raw_adaptive"] for c in cells.values() if c.get("raw_adaptive") is not None]
     axes[2].axhline(sum(raw_c) / len(raw_c) if raw_c else raw["whitebox_top1"], color="black", linewidth=0.8)
+    for ax, spec in zip(axes[4:], specs):  # one panel per defended adaptive attacker, with its raw baseline
+        for objective in objectives:
+            xs = [e for e in epsilons if (objective, e) in cells and spec in cells[(objective, e)]["defended"]]
+            if xs:
+                ax.plot(xs, [cells[(objective, e)]["defended"][spec]["protected_top1"] for e in xs], "o-", label=objective)
+        baseline = [c["defended"][spec]["raw_top1"] for c in cells.values() if spec in c["defended"]]
+        ax.axhline(sum(baseline) / len(baseline), color="black", linewidth=0.8)
+        ax.axhline(chance, color="grey", linestyle=":")
+        ax.axhline(2 * chance, color="grey", linestyle="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("eps (fraction of normalised range)")
+        ax.set_title(f"adaptive + {spec} top-1")
     axes[3].axhline(raw["dice"], color="black", linewidth=0.8)
     axes[3].set_xlabel("PSNR dB")
     axes[3].set_title("Dice vs PSNR")
