@@ -290,6 +290,10 @@ def fit(
             if spec.monitor in past and (best is None or past[spec.monitor] > best):
                 best, best_epoch = past[spec.monitor], past["epoch"]
     best_file = sibling_path(spec.output, "best")
+    if spec.keep_best and spec.resume and best_epoch is not None and spec.output.exists() and not best_file.exists():
+        import shutil
+
+        shutil.copyfile(spec.output, best_file)  # a finished run's -o is its best epoch: keep it while -o is rewritten
     base_lrs = [group.setdefault("initial_lr", group["lr"]) for group in optimizer.param_groups]  # kept in the optimizer state, so --resume continues the schedule
     total_steps = steps * spec.epochs
     started = time.time()
