@@ -20,10 +20,10 @@ from medtools.brain.cases import SINGLE, Case, LoadedCase, load_case
 from medtools.brain.metrics import BRATS_REGIONS, dice, is_brats
 from medtools.brain.models import BRATS_LABEL_MAP
 from medtools.core import ckpt, report
-from medtools.core.data import build_slice_set, map_labels, split_by_patient
+from medtools.core.data import build_slice_set, image_volume, map_labels, split_by_patient
 from medtools.core.errors import InputError, UsageError
 from medtools.core.inputs import skip_existing
-from medtools.core.io import RASTER_EXTS, RASTER_FORMATS, Image, as_volume, write_image
+from medtools.core.io import RASTER_EXTS, RASTER_FORMATS, Image, write_image
 from medtools.core.predict import Predictor
 from medtools.core.preprocess import DEFAULT_NORM, slices_to_volume, stack_context, volumes_to_slices
 from medtools.core.manifest import MODALITIES, load_rows
@@ -270,7 +270,7 @@ def segment_images(images: Sequence[Image], predictor: Predictor, *, batch_size:
     order) → the label image in the first image's geometry (NIfTI header/affine kept)."""
     if len(images) != max(len(predictor.modalities), 1):
         raise InputError(f"the model expects {len(predictor.modalities)} modalities ({', '.join(predictor.modalities)}), got {len(images)} images")
-    volumes = [as_volume(image) for image in images]
+    volumes = [image_volume(image) for image in images]  # a colour picture → one gray slice
     if any(v.shape != volumes[0].shape for v in volumes):
         raise InputError(f"modality shapes differ: {', '.join(str(v.shape) for v in volumes)}")
     slices, _ = volumes_to_slices(volumes, predictor.norm)
