@@ -103,3 +103,18 @@ def test_adversarial_batch_perturbs_the_chosen_fraction(seg):
         assert int(changed.sum()) == expected
         assert float((out - images).abs().max()) <= 0.02 + 1e-6
         assert net.training and all(p.grad is None for p in net.parameters())
+
+
+def test_adv_settings_and_eps_parsing():
+    from medtools.brain.robust import adv_settings, parse_eps
+    from medtools.core.errors import UsageError
+
+    assert adv_settings(0.0, None) is None
+    assert adv_settings(0.5, 0.02) == {"fraction": 0.5, "eps": 0.02, "steps": 3, "step_size": pytest.approx(0.02 * 2.5 / 3), "attack": "pgd"}
+    for bad in ((1.5, 0.02, 3), (0.5, None, 3), (0.5, 0.02, 0)):
+        with pytest.raises(UsageError):
+            adv_settings(*bad)
+    assert parse_eps("0.02, 0,0.01,0.02") == [0.0, 0.01, 0.02]
+    for bad in ("x", "-0.1", "", "2"):
+        with pytest.raises(UsageError):
+            parse_eps(bad)

@@ -11,6 +11,12 @@ max(eps/4, 2.5·eps/steps), as ``protect``). Both run through ``Predictor.forwar
 differentiable inference path: resize to the checkpoint's size, model range) and share
 the ascent loop with protection (``brain/pgd.py: linf_ascent``).
 
+``seg-eval --attack`` loads and scores cases as ``segment`` + ``seg-eval`` do (same
+preprocessing, 2.5-D context stacked as the checkpoint says; without ``--tta`` or
+largest-component post-processing), so eps 0 is the clean Dice. With ``--context`` each
+stacked neighbour slice is perturbed on its own (a slightly stronger attacker than one
+perturbed volume).
+
 Units: ``eps`` is a fraction of the model's normalised input range [0, 1] (the percentile
 window of each modality, as ``protect --eps``); perturbed slices are clipped to [0, 1].
 eps 0 is the clean input. This attacks the model input, after normalisation: an attacker
@@ -188,7 +194,7 @@ def evaluate_attack(
     from medtools.core import report
     from medtools.core.errors import InputError
     from medtools.core.predict import Predictor
-    from medtools.core.preprocess import slices_to_volume, volume_to_slices
+    from medtools.core.preprocess import slices_to_volume, stack_context, volume_to_slices
 
     if attack not in ATTACKS:
         raise UsageError(f"--attack must be one of {', '.join(ATTACKS)}, got {attack!r}")
@@ -211,9 +217,10 @@ def evaluate_attack(
         if truth.shape[0] != loaded.slices.shape[0] or truth.shape[1:] != loaded.slices.shape[2:]:
             raise InputError(f"label shape {loaded.label.shape} differs from the image's")
         truth_raw = slices_to_volume(label_values[truth])
+        inputs = stack_context(loaded.slices, int(predictor.config.get("context", 0)))  # as segment feeds the model
         scores = []
         for e in values:
-            pred = attack_slices(predictor, loaded.slices, truth, attack=attack, eps=e, steps=steps, step_size=step_size, random_start=random_start, batch_size=batch_size, generator=generator)
+            pred = attack_slices(predictor, inputs, truth, attack=attack, eps=e, steps=steps, step_size=step_size, random_start=random_start, batch_size=batch_size, generator=generator)
             scores.append(score_case(slices_to_volume(label_values[pred]), truth_raw, labels=label_values.tolist(), with_hd95=False))
         for index, score in enumerate(scores):
             per_eps[index].append(score)
@@ -242,6 +249,21 @@ def evaluate_attack(
     return result, outcome
 
 
+def adv_settings(fraction: float | None, eps: float | None, steps: int | None = None) -> dict[str, Any] | None:
+    """``seg-train --adv-train F --adv-eps E --adv-steps N`` checked → the keywords of
+    :func:`adversarial_batch` (also recorded in the checkpoint), or None when off (F = 0)."""
+    if not fraction:
+        return None
+    steps = 3 if steps is None else int(steps)
+    if not (0.0 < fraction <= 1.0):
+        raise UsageError(f"--adv-train must be a fraction in (0, 1], got {fraction}")
+    if eps is None or not (0.0 < eps <= 1.0):
+        raise UsageError(f"--adv-train needs --adv-eps in (0, 1] (normalised units), got {eps}")
+    if steps < 1:
+        raise UsageError(f"--adv-steps must be at least 1, got {steps}")
+    return {"fraction": float(fraction), "eps": float(eps), "steps": steps, "step_size": default_step_size(float(eps), steps), "attack": "pgd"}
+
+
 def adversarial_batch(
     net: Any,
     images: Any,
@@ -252,6 +274,7 @@ def adversarial_batch(
     *,
     step_size: float | None = None,
     generator: Any = None,
+    attack: str = "pgd",
 ) -> Any:
     """A training batch with round(fraction · N) of its items (chosen at random) replaced by PGD
     perturbations (eps, ``steps``) against ``net`` itself; the rest unchanged.
@@ -268,13 +291,14 @@ def adversarial_batch(
     if n == 0 or eps <= 0:
         return images
     chosen = torch.randperm(images.shape[0], generator=generator)[:n].to(images.device)
-    module = getattr(net, "model", net)  # a Predictor's model
+    predictor = hasattr(net, "prepare")
+    module = net.model if predictor else net
     module = getattr(module, "module", module)  # DDP's wrapped model: no gradient sync for the attack
-    forward = net.forward if hasattr(net, "prepare") else module
+    forward = net.forward if predictor else module
     was_training = module.training
     module.eval()
     try:
-        adv = perturb(forward, images[chosen], labels[chosen], attack="pgd", eps=eps, steps=steps, step_size=step_size, generator=generator, clip=False)
+        adv = perturb(forward, images[chosen], labels[chosen], attack=attack, eps=eps, steps=steps, step_size=step_size, generator=generator, clip=False)
     finally:
         module.train(was_training)
     out = images.clone()
