@@ -44,7 +44,8 @@ def label_scheme(values: set[int], binary: bool) -> tuple[dict[int, int], list[i
     """(raw label → class index, class index → raw label written by segment)."""
     if binary:
         mapping = {v: int(v > 0) for v in values | {0}}
-        return mapping, [0, 1]
+        foreground = sorted(values - {0})
+        return mapping, [0, foreground[0] if len(foreground) == 1 else 1]  # a 0/255 mask is written back as 0/255
     if values <= {0, 1}:
         return {0: 0, 1: 1}, [0, 1]
     if is_brats(values):
