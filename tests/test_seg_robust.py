@@ -76,7 +76,7 @@ def test_perturbations_respect_budget_and_pgd_beats_fgsm(seg):
     x, y = torch.from_numpy(slices[:6]), torch.from_numpy(labels[:6]).long()
     assert torch.equal(perturb(predictor.forward, x, y, attack="fgsm", eps=0.0), x)
     losses = {}
-    for attack in ("fgsm", "pgd"):
+    for attack in ("noise", "fgsm", "pgd"):
         adv = perturb(predictor.forward, x, y, attack=attack, eps=0.03, generator=torch.Generator().manual_seed(0))
         assert float((adv - x).abs().max()) <= 0.03 + 1e-6 and adv.min() >= 0 and adv.max() <= 1
         with torch.no_grad():
@@ -84,6 +84,7 @@ def test_perturbations_respect_budget_and_pgd_beats_fgsm(seg):
     with torch.no_grad():
         clean_loss = float(seg_loss(predictor.forward(x), y))
     assert clean_loss < losses["fgsm"] <= losses["pgd"] + 1e-3
+    assert losses["noise"] < losses["fgsm"], "random signs of the same size must hurt less than the gradient's"
     curve = dice_curve(predictor, slices, labels, attack="pgd", eps=[0.05, 0.0], steps=3, batch_size=8)
     assert curve["eps"] == [0.0, 0.05] and curve["dice"][1] < curve["dice"][0]
 

@@ -213,7 +213,7 @@ def seg_eval(
     pred: Annotated[Path, typer.Argument(help="Folder of predicted label maps (with --attack: the cases, with images and ground truth).")],
     truth: Annotated[Optional[Path], typer.Argument(help="Ground truth: manifest CSV, case folders or a folder of label maps (not with --attack).")] = None,
     hd95: Annotated[bool, typer.Option("--hd95/--no-hd95", help="Compute HD95 (slower).")] = True,
-    attack: Annotated[Optional[str], typer.Option("--attack", help="fgsm | pgd: white-box attack on the -m model's inputs (CE+Dice vs the ground truth); Dice per eps as a curve.")] = None,
+    attack: Annotated[Optional[str], typer.Option("--attack", help="fgsm | pgd: white-box attack on the -m model's inputs (CE+Dice vs the ground truth); noise: random ±eps signs (baseline). Dice per eps as a curve.")] = None,
     model: Annotated[Optional[Path], typer.Option("-m", "--model", help="--attack: the seg checkpoint attacked.")] = None,
     eps: Annotated[str, typer.Option("--eps", help="--attack: L∞ budgets, comma-separated, as fractions of the normalised [0, 1] input range.")] = "0,0.005,0.01,0.02,0.05",
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="--attack pgd: steps (default 10).")] = None,

@@ -37,7 +37,7 @@ import numpy as np
 
 from medtools.core.errors import UsageError
 
-ATTACKS = ("fgsm", "pgd")
+ATTACKS = ("fgsm", "pgd", "noise")  # noise: random ±eps signs, the no-gradient baseline
 PGD_STEPS = 10
 
 
@@ -86,7 +86,9 @@ def perturb(
 
     ``forward(x)`` gives logits (N, classes, H, W) for ``labels`` (N, H, W) class indices.
     ``fgsm``: one step of size eps from δ = 0 (``steps``/``step_size``/``random_start`` unused);
-    ``pgd``: ``steps`` (default 10) steps of ``step_size`` from a uniform random start.
+    ``pgd``: ``steps`` (default 10) steps of ``step_size`` from a uniform random start;
+    ``noise``: random ±eps per pixel, no gradient (the baseline: how much is the model's
+    gradient, how much any noise of that size).
     """
     import torch
 
@@ -102,6 +104,9 @@ def perturb(
     def project(delta: Any) -> Any:
         return (x + delta).clamp(0.0, 1.0) - x if clip else delta
 
+    if attack == "noise":  # random signs at the full budget: what a count of "simulated attacks" without gradients tries
+        signs = torch.randint(0, 2, x.shape, generator=generator, device="cpu").to(x.device) * 2.0 - 1.0
+        return (x + project(signs * eps)).detach()
     if attack == "fgsm":
         steps, step_size, delta = 1, eps, torch.zeros_like(x)
     else:
@@ -232,13 +237,13 @@ def evaluate_attack(
         raise InputError("no case with ground truth could be evaluated")
     curve = [{"eps": e, "mean": {region: {k: v for k, v in m.items() if k != "hd95"} for region, m in mean_scores(rows).items()}} for e, rows in zip(values, per_eps)]
     regions = list(curve[0]["mean"])
-    steps_used = 1 if attack == "fgsm" else (PGD_STEPS if steps is None else int(steps))
+    steps_used = {"fgsm": 1, "noise": 0}.get(attack, PGD_STEPS if steps is None else int(steps))
     result = {
         "attack": attack,
         "eps": values,
         "eps_units": "fraction of the normalised [0, 1] input range (per modality percentile window)",
         "steps": steps_used,
-        "step_size": [e if attack == "fgsm" else (default_step_size(e, steps_used) if step_size is None else float(step_size)) for e in values],
+        "step_size": [e if attack != "pgd" else (default_step_size(e, steps_used) if step_size is None else float(step_size)) for e in values],
         "random_start": bool(random_start and attack == "pgd"),
         "dice": {region: [c["mean"][region]["dice"] for c in curve] for region in regions},
         "curve": curve,
