@@ -19,7 +19,7 @@ from medtools.core.data import image_volume
 from medtools.core.preprocess import volumes_to_slices
 from medtools.core.errors import InputError
 from medtools.core.inputs import expand_inputs
-from medtools.core.io import IMAGE_EXTS, Image, read_image
+from medtools.core.io import NIFTI_EXTS, RASTER_EXTS, Image, read_image
 from medtools.core.manifest import MODALITIES, discover, read_csv
 
 SINGLE = "image"  # modality key of a one-file case
@@ -112,7 +112,7 @@ def _discover_or_files(folder: Path) -> list[Case]:
     try:
         return [_case_from_row(row, folder) for row in discover([folder]) if any(row.get(m) for m in (*MODALITIES, SINGLE))]
     except InputError:
-        items = expand_inputs([folder], exts=IMAGE_EXTS, series=True)
+        items = expand_inputs([folder], exts=(*NIFTI_EXTS, *RASTER_EXTS), series=True)  # volumes, DICOM series, 2-D pictures
         return [_single(item.path, folder) for item in items]
 
 
