@@ -44,7 +44,8 @@ class ForegroundBatchSampler:
     Each batch holds ``n_foreground = max(1, round(share · batch_size))`` items drawn from
     ``foreground`` (placed last in the batch, so a step can centre their crops on the target)
     and the rest drawn uniformly from all items. ``set_epoch`` reseeds, so batches are a
-    function of (seed, epoch) and a resumed run sees the same ones.
+    function of (seed, epoch) and a resumed run sees the same ones; under torchrun each rank
+    draws its own (``set_rank``), so an epoch has ``batches`` batches per process.
     """
 
     def __init__(self, foreground: np.ndarray, batch_size: int, *, share: float = 1 / 3, batches: int | None = None, seed: int = 0):
@@ -57,15 +58,20 @@ class ForegroundBatchSampler:
         self.batches = batches or max(1, -(-self.total // self.batch_size))
         self.seed = seed
         self.epoch = 0
+        self.rank = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_rank(self, rank: int) -> None:
+        """Under torchrun each process draws its own batches (another random stream per rank)."""
+        self.rank = rank
 
     def __len__(self) -> int:
         return self.batches
 
     def __iter__(self):
-        rng = np.random.default_rng([self.seed, self.epoch])
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank])
         for _ in range(self.batches):
             rest = rng.integers(0, self.total, self.batch_size - self.n_foreground)
             forced = rng.choice(self.foreground, self.n_foreground) if self.n_foreground else np.zeros(0, dtype=np.int64)

@@ -255,7 +255,9 @@ def fit(
     generator = torch.Generator().manual_seed(spec.seed)
     if batch_sampler is not None:
         if distributed:
-            raise UsageError("a custom batch sampler (foreground oversampling) is not supported under torchrun yet")
+            if not hasattr(batch_sampler, "set_rank"):
+                raise UsageError("this batch sampler cannot run under torchrun (it has no set_rank)")
+            batch_sampler.set_rank(rank)  # each process draws its own batches
         loader = DataLoader(train_set, batch_sampler=batch_sampler, num_workers=spec.workers, pin_memory=device.type == "cuda", collate_fn=collate_fn, persistent_workers=spec.workers > 0)
     else:
         loader = DataLoader(
