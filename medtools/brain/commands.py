@@ -372,10 +372,15 @@ def protect(
     """Add L∞ PGD noise that blinds re-identification while keeping segmentation (see docs/brain.md).
 
     Good for: the attacker models it was computed against (white-box; untargeted takes them near
-    zero) and, less, similar models (transfer). Not a guarantee against an attacker who retrains on protected images, squeezes
-    them (JPEG, blur) or knows the scheme: subtracting each slice's block means on the documented
-    grid (reid-train --defence aware:slice) kept such an attacker above 2x chance against
-    --objective signature in every measured run (docs/results.md, phantoms). It is not anonymisation.
+    zero) and, less, similar models (transfer). Against attackers retrained on protected images
+    (phantoms, eps 0.05, docs/results.md): minmin kept the plain retrained attacker, blur, the
+    scheme-aware per-case estimates (aware, aware:case) near or below chance and JPEG 10 below 2x
+    chance in its one measured run; signature did so on average, not in every run.
+
+    Not good for: an attacker who trains adversarially (reid-train --defence adv:0.02 reached 0.40
+    against minmin, chance 0.17) or who subtracts each slice's block means on the documented grid
+    (aware:slice: above 2x chance against signature in every run and against minmin). No objective
+    kept every attacker of the suite at 2x chance. It is not anonymisation.
     """
     from medtools.brain.protect import protect_cases
     from medtools.core.inputs import check_output_arg
