@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-from medtools.cls import attack, cipher, metrics
+from medtools.cls import attack, cipher
+from medtools.core import metrics
 from medtools.core.errors import IntegrityError, UsageError
 from medtools.imagecipher import block, chaos
 from medtools.imagecipher.keyfile import key_id

@@ -93,8 +93,8 @@ def evaluate_folder(
     precision: str | None = None,
     batch_size: int = 32,
 ) -> dict[str, Any]:
-    """Metrics of a cls checkpoint against class folders or a manifest (cls.metrics)."""
-    from medtools.cls.metrics import evaluate
+    """Metrics of a cls checkpoint against class folders or a manifest (core.metrics)."""
+    from medtools.core.metrics import evaluate
     from medtools.cls.train import image_rows
 
     classifier = Classifier(model, key=key, device=device, precision=precision, batch_size=batch_size)

@@ -98,7 +98,7 @@ def train_classifier(
     """Train and write ``output``; returns the training summary (history, validation metrics)."""
     import torch
 
-    from medtools.cls.metrics import evaluate, positive_class
+    from medtools.core.metrics import evaluate, positive_class
     from medtools.core.data import split_by_patient
     from medtools.core.predict import Predictor
     from medtools.core.preprocess import canonical_norm, to_model_range

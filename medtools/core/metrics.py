@@ -1,5 +1,5 @@
 """Binary classification metrics with a bootstrap confidence interval by patient (shared:
-``cls-eval`` and ``tstr`` both report them; moved here from ``medtools.cls.metrics``).
+``cls-eval`` and ``tstr`` both report them).
 
 Accuracy, balanced accuracy, ROC AUC (Mann–Whitney U / (n₊·n₋), scipy), sensitivity and
 specificity of the positive class, and the confusion matrix (rows: truth, columns:
