@@ -119,3 +119,23 @@ def test_adv_settings_and_eps_parsing():
     for bad in ("x", "-0.1", "", "2"):
         with pytest.raises(UsageError):
             parse_eps(bad)
+
+
+def test_seg_train_adv_train_perturbs_the_fraction_of_every_batch_and_records_it(seg, monkeypatch, tmp_path):
+    import medtools.brain.robust as robust
+    from medtools.brain.segment import train_segmenter
+    from medtools.core.ckpt import load
+
+    real, counts = robust.adversarial_batch, []
+
+    def counting(net, images, labels, fraction, eps, steps, **kw):
+        out = real(net, images, labels, fraction, eps, steps, **kw)
+        counts.append((len(images), int((out != images).flatten(1).any(1).sum()), float((out - images).abs().max())))
+        return out
+
+    monkeypatch.setattr(robust, "adversarial_batch", counting)
+    result = train_segmenter(seg / "test.csv", tmp_path / "adv.safetensors", modalities=["flair", "t1ce"], encoder="resnet18", size=32, epochs=1, batch_size=8, steps_per_epoch=3, val_fraction=0.0, device="cpu", adv_train=0.25, adv_eps=0.02, adv_steps=1)
+    assert [(n, changed) for n, changed, _ in counts] == [(8, 2)] * 3
+    assert max(linf for *_, linf in counts) <= 0.02 + 1e-6
+    recorded = load(tmp_path / "adv.safetensors", tensors=False).provenance["recipe"]["adv_train"]
+    assert recorded == result["recipe"]["adv_train"] == {"fraction": 0.25, "eps": 0.02, "steps": 1, "step_size": 0.05, "attack": "pgd"}

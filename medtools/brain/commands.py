@@ -103,6 +103,9 @@ def seg_train(
     strip_background: Annotated[bool, typer.Option("--strip-background", help="Zero everything outside the largest bright component (threshold 0.05 of the normalised range); stored in the checkpoint and re-applied at inference.")] = False,
     equalize: Annotated[Optional[str], typer.Option("--equalize", help="hist | clahe histogram equalisation (scikit-image), stored in the checkpoint and re-applied.")] = None,
     steps_per_epoch: StepsPerEpoch = None,
+    adv_train: Annotated[float, typer.Option("--adv-train", help="PGD adversarial training: share of each batch replaced by PGD examples against the model (0 = off).")] = 0.0,
+    adv_eps: Annotated[Optional[float], typer.Option("--adv-eps", help="--adv-train: L∞ budget, normalised units (as seg-eval --eps).")] = None,
+    adv_steps: Annotated[Optional[int], typer.Option("--adv-steps", help="--adv-train: PGD steps (default 3).")] = None,
     seed: Seed = 0,
     device: Device = None,
     precision: Precision = None,
@@ -127,7 +130,7 @@ def seg_train(
         precision=precision, compile=compile, workers=workers, resume=resume, steps_per_epoch=steps_per_epoch,
         val_patients=_split(val_patients), context=context, patch=patch, foreground_share=foreground_share, augment=augment,
         schedule=None if schedule == "constant" else schedule, keep_best=keep_best, resize=resize,
-        strip_background=strip_background, equalize=equalize,
+        strip_background=strip_background, equalize=equalize, adv_train=adv_train, adv_eps=adv_eps, adv_steps=adv_steps,
     )
     emit_training_result(result, json_output, record)
     return 0

@@ -102,6 +102,9 @@ def train_segmenter(
     keep_best: bool = True,
     strip_background: bool = False,
     equalize: str | None = None,
+    adv_train: float = 0.0,
+    adv_eps: float | None = None,
+    adv_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train a segmenter on 2-D slices of volumes or on 2-D image/mask pairs (see docs/brain.md).
 
@@ -175,8 +178,14 @@ def train_segmenter(
     def loss_fn(logits: Any, labels: Any) -> Any:
         return F.cross_entropy(logits.float(), labels) + dice_loss(logits.float(), labels)
 
+    from medtools.brain.robust import adv_settings, adversarial_batch
+
+    adv = adv_settings(adv_train, adv_eps, adv_steps)  # --adv-train: PGD examples for that share of each batch
+
     def step(net: Any, batch: Any) -> Any:
         images, labels = make_batch(batch)
+        if adv:
+            images = adversarial_batch(net, images, labels, **adv)
         return loss_fn(net(images), labels)
 
     def validate(net: Any) -> dict[str, float]:
@@ -192,7 +201,7 @@ def train_segmenter(
         metrics["val_dice_mean"] = _case_dice(pred, val_set.labels, val_set.case_index, classes)
         return metrics
 
-    recipe = {"context": context, "patch": patch, "foreground_share": foreground_share, "augment": aug.as_dict(), "schedule": schedule, "keep_best": keep_best and val_set is not None}
+    recipe = {**({"adv_train": adv} if adv else {}), "context": context, "patch": patch, "foreground_share": foreground_share, "augment": aug.as_dict(), "schedule": schedule, "keep_best": keep_best and val_set is not None}
     spec = TrainSpec(
         output=output,
         kind="seg",
