@@ -21,6 +21,7 @@ complete -c medtools -n '__fish_use_subcommand' -a klt-encode
 complete -c medtools -n '__fish_use_subcommand' -a klt-keygen
 complete -c medtools -n '__fish_use_subcommand' -a manifest
 complete -c medtools -n '__fish_use_subcommand' -a mia
+complete -c medtools -n '__fish_use_subcommand' -a nearest
 complete -c medtools -n '__fish_use_subcommand' -a phantom
 complete -c medtools -n '__fish_use_subcommand' -a protect
 complete -c medtools -n '__fish_use_subcommand' -a reid-eval
@@ -33,9 +34,11 @@ complete -c medtools -n '__fish_use_subcommand' -a serve
 complete -c medtools -n '__fish_use_subcommand' -a slices
 complete -c medtools -n '__fish_use_subcommand' -a synth
 complete -c medtools -n '__fish_use_subcommand' -a synth-train
+complete -c medtools -n '__fish_use_subcommand' -a tstr
 complete -c medtools -n '__fish_use_subcommand' -a umn-map
 complete -c medtools -n '__fish_use_subcommand' -a umn-train
 complete -c medtools -n '__fish_use_subcommand' -a verify
+complete -c medtools -n '__fish_seen_subcommand_from manifest' -l alias
 complete -c medtools -n '__fish_seen_subcommand_from manifest' -l output
 complete -c medtools -n '__fish_seen_subcommand_from manifest' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from manifest' -l relative
@@ -53,25 +56,39 @@ complete -c medtools -n '__fish_seen_subcommand_from info' -l kind
 complete -c medtools -n '__fish_seen_subcommand_from info' -l kinds
 complete -c medtools -n '__fish_seen_subcommand_from info' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from info' -l help
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l adv-eps
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l adv-steps
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l adv-train
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l arch
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l augment
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l binary
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l compile
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l context
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l device
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l encoder
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l epochs
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l equalize
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l foreground-share
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l json
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l keep-best
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l keep-last
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l lr
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l modalities
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l nan-policy
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l output
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l patch
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l precision
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l resize
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l resume
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l schedule
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l seed
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l size
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l steps-per-epoch
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l strip-background
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l val-fraction
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l val-patients
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l workers
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l help
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l batch-size
@@ -79,6 +96,7 @@ complete -c medtools -n '__fish_seen_subcommand_from segment' -l compile
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l device
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l format
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l json
+complete -c medtools -n '__fish_seen_subcommand_from segment' -l largest-component
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l model
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l nan-policy
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l output
@@ -87,12 +105,21 @@ complete -c medtools -n '__fish_seen_subcommand_from segment' -l precision
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l probabilities
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l shard
+complete -c medtools -n '__fish_seen_subcommand_from segment' -l tta
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l workers
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l help
+complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l attack
+complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l batch-size
+complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l device
+complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l eps
 complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l hd95
 complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l json
+complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l model
 complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l no-hd95
 complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l seed
+complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l step-size
+complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l steps
 complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l help
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l arch
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l batch-size
@@ -130,6 +157,7 @@ complete -c medtools -n '__fish_seen_subcommand_from protect' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l device
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l diversity
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l eps
+complete -c medtools -n '__fish_seen_subcommand_from protect' -l insecure-permissions
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l json
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l key-file
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l mask-background
@@ -142,6 +170,7 @@ complete -c medtools -n '__fish_seen_subcommand_from protect' -l output
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l overwrite
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l random-start
+complete -c medtools -n '__fish_seen_subcommand_from protect' -l rounds
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l seed
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l shard
 complete -c medtools -n '__fish_seen_subcommand_from protect' -l signature-share
@@ -154,6 +183,7 @@ complete -c medtools -n '__fish_seen_subcommand_from protect' -l help
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l attention
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l channels
+complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l classes-from
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l compile
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l device
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l dp-delta
@@ -161,6 +191,8 @@ complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l dp-epsilon
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l ema-decay
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l epochs
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l json
+complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l label
+complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l label-dropout
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l layers-per-block
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l lr
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l max-grad-norm
@@ -180,9 +212,11 @@ complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l workers
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l help
 complete -c medtools -n '__fish_seen_subcommand_from synth' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from synth' -l bits
+complete -c medtools -n '__fish_seen_subcommand_from synth' -l class
 complete -c medtools -n '__fish_seen_subcommand_from synth' -l compile
 complete -c medtools -n '__fish_seen_subcommand_from synth' -l device
 complete -c medtools -n '__fish_seen_subcommand_from synth' -l eta
+complete -c medtools -n '__fish_seen_subcommand_from synth' -l guidance
 complete -c medtools -n '__fish_seen_subcommand_from synth' -l images
 complete -c medtools -n '__fish_seen_subcommand_from synth' -l json
 complete -c medtools -n '__fish_seen_subcommand_from synth' -l model
@@ -224,6 +258,38 @@ complete -c medtools -n '__fish_seen_subcommand_from mia' -l roc
 complete -c medtools -n '__fish_seen_subcommand_from mia' -l seed
 complete -c medtools -n '__fish_seen_subcommand_from mia' -l timesteps
 complete -c medtools -n '__fish_seen_subcommand_from mia' -l help
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l arch
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l batch-size
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l bootstrap
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l device
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l epochs
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l json
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l keep
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l label
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l lr
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l patient-regex
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l real-test
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l real-train
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l runs
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l seed
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l size
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l steps
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l synthetic
+complete -c medtools -n '__fish_seen_subcommand_from tstr' -l help
+complete -c medtools -n '__fish_seen_subcommand_from nearest' -l batch-size
+complete -c medtools -n '__fish_seen_subcommand_from nearest' -l device
+complete -c medtools -n '__fish_seen_subcommand_from nearest' -l grid
+complete -c medtools -n '__fish_seen_subcommand_from nearest' -l held-out
+complete -c medtools -n '__fish_seen_subcommand_from nearest' -l json
+complete -c medtools -n '__fish_seen_subcommand_from nearest' -l model
+complete -c medtools -n '__fish_seen_subcommand_from nearest' -l patient-regex
+complete -c medtools -n '__fish_seen_subcommand_from nearest' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from nearest' -l size
+complete -c medtools -n '__fish_seen_subcommand_from nearest' -l synthetic
+complete -c medtools -n '__fish_seen_subcommand_from nearest' -l top
+complete -c medtools -n '__fish_seen_subcommand_from nearest' -l train
+complete -c medtools -n '__fish_seen_subcommand_from nearest' -l help
 complete -c medtools -n '__fish_seen_subcommand_from encrypt' -l audit-log
 complete -c medtools -n '__fish_seen_subcommand_from encrypt' -l block-size
 complete -c medtools -n '__fish_seen_subcommand_from encrypt' -l chunk-size
