@@ -356,7 +356,7 @@ def protect(
     objective: Annotated[str, typer.Option("--objective", help="untargeted | decoy | entropy | feature | signature | minmin (error-minimising noise per release, Huang et al. 2021) | minminmax (its robust variant, Fu et al. 2022). minmin/minminmax hold the whole run (the release) in memory and train a surrogate on it.")] = "untargeted",
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="minmin/minminmax: surrogate-training / noise rounds at most (each: 10 surrogate steps, then --steps noise steps per batch; stops at 99 % surrogate accuracy).")] = 5,
     signature_share: Annotated[float, typer.Option("--signature-share", help="signature: fraction of eps spent on the case's secret block pattern (the rest: PGD towards its decoy).")] = 0.9,
-    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="signature: secret that draws each case's pattern and decoy (default: fresh random per run); refused when group/others may read it (chmod 600).")] = None,
+    key_file: Annotated[Optional[Path], typer.Option("--key-file", help="signature: secret that draws each case's pattern and decoy; minmin/minminmax: the release's surrogate and noise seed (default: fresh random per run); refused when group/others may read it (chmod 600).")] = None,
     insecure_permissions: Annotated[bool, typer.Option("--insecure-permissions", help="Accept a --key-file that group/others may read or write (refused by default: exit 2).")] = False,
     utility_weight: Annotated[float, typer.Option("--utility-weight", help="Weight of the segmentation-preserving KL term.")] = 1.0,
     random_start: Annotated[bool, typer.Option("--random-start/--no-random-start", help="Start from uniform noise in the eps ball.")] = True,
