@@ -217,3 +217,16 @@ def test_2d_pipeline_learns_above_an_empty_mask(tmp_path: Path) -> None:
     scores = json.loads(run_cli("seg-eval", tmp_path / "pred", held_out, "--no-hd95", "--json", check=True).stdout)
     dice = scores["mean"]["label_255"]["dice"]  # the 0/255 masks are written back as 0/255
     assert dice > 0.8, scores["mean"]  # an empty mask scores 0 here (0.99 seen)
+
+
+def test_an_input_size_the_architecture_cannot_take_is_refused_before_training():
+    """smp's FPN needs sides divisible by 32: seg-train says so up front (exit 2), not mid-run."""
+    from medtools.brain.segment import check_input_sizes
+    from medtools.core import ckpt, registry
+    from medtools.core.errors import UsageError
+
+    registry.discover()
+    model = ckpt.new_model("seg", {"arch": "fpn", "encoder": "tu-test_resnet", "in_channels": 1, "classes": 2})
+    check_input_sizes(model, [(64, 64)], 1, "fpn")
+    with pytest.raises(UsageError, match="divisible by 32"):
+        check_input_sizes(model, [(72, 72)], 1, "fpn")

@@ -54,6 +54,8 @@ def load_protect_models(attackers: Sequence[Path | str | Predictor], utility: Pa
     dev = given[0].device if given else device if hasattr(device, "type") else resolve_device(device)
     loaded = [with_defences(a) if isinstance(a, Predictor) else load_attackers([Path(a)], dev)[0] for a in attackers]  # a defended attacker sees its defences
     seg = utility if isinstance(utility, Predictor) or utility is None else Predictor(utility, kind="seg", device=dev, precision="fp32")
+    if seg is not None and int(seg.config.get("context", 0)):
+        raise UsageError("protect --utility: this segmenter was trained with --context (2.5-D neighbouring slices as channels), which protect's per-slice utility term does not feed yet; use a segmenter trained without --context")
     modalities = _union([a.modalities for a in loaded] + ([seg.modalities] if seg else [])) or [SINGLE]
     channel_of = {m: i for i, m in enumerate(modalities)}
     # every model reads the same intensities: the one normalisation the checkpoints recorded

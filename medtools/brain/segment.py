@@ -72,6 +72,25 @@ def _case_dice(pred: np.ndarray, truth: np.ndarray, case_index: np.ndarray, clas
     return float(np.mean(scores)) if scores else 0.0
 
 
+def check_input_sizes(model: Any, sizes: Sequence[tuple[int, int]], channels: int, arch: str) -> None:
+    """UsageError before any training when the architecture cannot take an input size (smp's
+    FPN, for one, needs sides divisible by 32): one forward pass of zeros per size."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for height, width in sizes:
+                try:
+                    model(torch.zeros(1, channels, height, width))
+                except RuntimeError as exc:
+                    reason = " ".join(str(exc).split())[:200]
+                    raise UsageError(f"--arch {arch} cannot take {height}x{width} inputs ({reason}); pick --size/--resize/--patch sides divisible by 32") from None
+    finally:
+        model.train(was_training)
+
+
 def train_segmenter(
     data: Path | str | Sequence[Path | str],
     output: Path,
@@ -163,6 +182,8 @@ def train_segmenter(
         **({"context": context} if context else {}),
     }
     model = ckpt.new_model("seg", config)
+    sizes = {tuple(int(v) for v in train_set.images.shape[-2:])} | ({(patch, patch)} if patch else set())
+    check_input_sizes(model, sorted(sizes), config["in_channels"], arch)
     dice_loss = DiceLoss(mode="multiclass", from_logits=True)
     foreground = train_set.labels.reshape(len(train_set), -1).max(axis=1) > 0
     sampler = ForegroundBatchSampler(foreground, batch_size, share=foreground_share, batches=steps_per_epoch, seed=seed)
