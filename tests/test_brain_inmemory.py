@@ -50,3 +50,20 @@ def test_protect_images_stays_in_budget_and_keeps_dtype() -> None:
         assert 0 < change.max() <= np.floor(0.05 * (window["high"] - window["low"]) + 1e-9)
     assert result["linf"] <= 0.05 + 1e-6 and result["psnr"] > 20
     assert "whitebox_top1_protected[reid.safetensors]" in result
+
+
+def test_protect_refuses_a_context_segmenter_as_utility() -> None:
+    """A 2.5-D segmenter (seg-train --context) would get the wrong channels from protect's
+    per-slice utility term: refused with a usage error naming --context."""
+    from medtools.brain.protect import load_protect_models
+    from medtools.core import ckpt
+    from medtools.core.errors import UsageError
+    from medtools.core.predict import Predictor
+
+    seg = ckpt.load(LEGACY / "seg.safetensors", kind="seg")
+    config = {**seg.config, "context": 1, "in_channels": 3 * len(seg.config["modalities"])}
+    net = ckpt.new_model("seg", config)
+    utility = Predictor.from_model(net, kind="seg", config=config, norm=seg.norm)
+    attacker = Predictor(LEGACY / "reid.safetensors", kind="reid", device=utility.device)
+    with pytest.raises(UsageError, match="--context"):
+        load_protect_models([attacker], utility)
