@@ -165,6 +165,11 @@ def pgd_delta(
     return (fixed + delta).detach()
 
 
+def default_step_size(eps: float, steps: int) -> float:
+    """The PGD step when none is given: max(eps/4, 2.5·eps/steps) (protect, seg-eval --attack, --adv-train)."""
+    return max(eps / 4.0, 2.5 * eps / max(steps, 1))
+
+
 def linf_ascent(loss_of: Any, delta: Any, *, steps: int, step_size: float, eps: float, mask: Any = None, project: Any = None) -> Any:
     """The projected signed-gradient ascent loop of L∞ PGD (Madry et al. 2018), shared by
     ``pgd_delta`` (protection) and ``brain/robust.py`` (attacks on the segmenter, adversarial

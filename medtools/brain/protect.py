@@ -13,7 +13,7 @@ import numpy as np
 
 from medtools.brain.cases import SINGLE, Case, LoadedCase, load_case
 from medtools.brain.minmin import MINMIN_OBJECTIVES
-from medtools.brain.pgd import OBJECTIVES, case_decoy, image_quality, load_attackers, pgd_delta, quantise_delta, quantisation_steps, signature_pattern
+from medtools.brain.pgd import OBJECTIVES, case_decoy, default_step_size, image_quality, load_attackers, pgd_delta, quantise_delta, quantisation_steps, signature_pattern
 from medtools.brain.defences import with_defences
 from medtools.brain.segment import prefetch
 from medtools.core.predict import Predictor
@@ -99,7 +99,7 @@ class ProtectOptions:
         if self.rounds < 1:
             raise UsageError("--rounds must be at least 1")
         if self.step_size is None:
-            self.step_size = max(self.eps / 4, 2.5 * self.eps / max(self.steps, 1))
+            self.step_size = default_step_size(self.eps, self.steps)
         return self
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from medtools.brain.pgd import default_step_size
 from medtools.core.errors import UsageError
 
 ATTACKS = ("fgsm", "pgd", "noise")  # noise: random ±eps signs, the no-gradient baseline
@@ -53,10 +54,6 @@ def parse_eps(text: str | Sequence[float]) -> list[float]:
     if not values or any(not (0.0 <= v <= 1.0) for v in values):
         raise UsageError(f"--eps values must lie in [0, 1] (fractions of the normalised intensity range), got {text!r}")
     return sorted(set(values))
-
-
-def default_step_size(eps: float, steps: int) -> float:
-    return max(eps / 4.0, 2.5 * eps / max(steps, 1))
 
 
 def seg_loss(logits: Any, labels: Any) -> Any:

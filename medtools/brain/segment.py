@@ -133,9 +133,6 @@ def train_segmenter(
     ``schedule`` (poly/cosine) and, with a validation split, the best epoch by the per-case
     validation Dice kept as ``output`` (the last one beside it, ``*.last.safetensors``).
     """
-    import torch.nn.functional as F
-    from segmentation_models_pytorch.losses import DiceLoss
-
     from medtools.core.augment import augment_batch, crop_batch, parse_augment
     from medtools.core.data import ForegroundBatchSampler
     from medtools.core.preprocess import with_preprocessing
@@ -184,7 +181,6 @@ def train_segmenter(
     model = ckpt.new_model("seg", config)
     sizes = {tuple(int(v) for v in train_set.images.shape[-2:])} | ({(patch, patch)} if patch else set())
     check_input_sizes(model, sorted(sizes), config["in_channels"], arch)
-    dice_loss = DiceLoss(mode="multiclass", from_logits=True)
     foreground = train_set.labels.reshape(len(train_set), -1).max(axis=1) > 0
     sampler = ForegroundBatchSampler(foreground, batch_size, share=foreground_share, batches=steps_per_epoch, seed=seed)
 
@@ -196,10 +192,7 @@ def train_segmenter(
         images, labels = crop_batch(images, labels, patch, n_foreground=sampler.n_foreground)
         return augment_batch(images, labels, aug)
 
-    def loss_fn(logits: Any, labels: Any) -> Any:
-        return F.cross_entropy(logits.float(), labels) + dice_loss(logits.float(), labels)
-
-    from medtools.brain.robust import adv_settings, adversarial_batch
+    from medtools.brain.robust import adv_settings, adversarial_batch, seg_loss
 
     adv = adv_settings(adv_train, adv_eps, adv_steps)  # --adv-train: PGD examples for that share of each batch
 
@@ -207,7 +200,7 @@ def train_segmenter(
         images, labels = make_batch(batch)
         if adv:
             images = adversarial_batch(net, images, labels, **adv)
-        return loss_fn(net(images), labels)
+        return seg_loss(net(images), labels)
 
     def validate(net: Any) -> dict[str, float]:
         if val_set is None:
