@@ -106,6 +106,15 @@ def patient_from_regex(path: Path, pattern: str) -> str:
     return match.group(1) if regex.groups else match.group(0)
 
 
+def check_disjoint_patients(first: Sequence[ImageRef], second: Sequence[ImageRef], flags: tuple[str, str], advice: str) -> None:
+    """InputError (exit 5) when a patient has images in both sets (``flags`` name them in the
+    message, ``advice`` says what the second set must hold)."""
+    overlap = sorted({r.patient for r in first} & {r.patient for r in second})
+    if overlap:
+        shown = ", ".join(overlap[:5]) + (f" and {len(overlap) - 5} more" if len(overlap) > 5 else "")
+        raise InputError(f"{len(overlap)} patient(s) are in both {flags[0]} and {flags[1]}: {shown}; {advice}")
+
+
 def data_fingerprint(refs: Sequence[ImageRef]) -> str:
     """SHA-256 over (patient, file name, size): identifies a training set without reading every byte."""
     digest = hashlib.sha256()

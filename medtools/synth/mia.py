@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from medtools.core import report
-from medtools.core.errors import InputError, UsageError
+from medtools.core.errors import UsageError
 
 ATTACKS = ("loss", "pia", "secmi")
 ATTACKS_HEADER = ("attack", "auc", "balanced_accuracy", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
@@ -35,14 +35,6 @@ SECMI_T, SECMI_INTERVAL = 100, 10  # Duan et al. 2023, DDPM with T = 1000
 
 
 # ---------------------------------------------------------------- data
-
-
-def check_disjoint_patients(members: Sequence[Any], nonmembers: Sequence[Any]) -> None:
-    """InputError (exit 5) when a patient has images in both sets."""
-    overlap = sorted({r.patient for r in members} & {r.patient for r in nonmembers})
-    if overlap:
-        shown = ", ".join(overlap[:5]) + (f" and {len(overlap) - 5} more" if len(overlap) > 5 else "")
-        raise InputError(f"{len(overlap)} patient(s) are in both --members and --nonmembers: {shown}; non-members must be other patients (check --patient-regex)")
 
 
 def _limit(refs: list[Any], limit: int | None, rng: np.random.Generator) -> list[Any]:
@@ -218,7 +210,7 @@ def run_mia(
     """Score members and non-members with each attack; metrics per attack (and ROC files)."""
     import torch
 
-    from medtools.synth.images import collect_images, load_images
+    from medtools.synth.images import check_disjoint_patients, collect_images, load_images
     from medtools.core.predict import Predictor
     from medtools.core.preprocess import to_model_range
     from medtools.synth.train import scheduler_of
@@ -228,7 +220,7 @@ def run_mia(
         raise UsageError(f"--attacks: unknown {unknown or '(none)'}; choose from {', '.join(ATTACKS)}")
     refs_members = collect_images(members, patient_regex=patient_regex)
     refs_nonmembers = collect_images(nonmembers, patient_regex=patient_regex)
-    check_disjoint_patients(refs_members, refs_nonmembers)
+    check_disjoint_patients(refs_members, refs_nonmembers, ("--members", "--nonmembers"), "non-members must be other patients (check --patient-regex)")
     rng = np.random.default_rng(seed)
     refs_members, refs_nonmembers = _limit(refs_members, limit, rng), _limit(refs_nonmembers, limit, rng)
 

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from medtools.core import report
-from medtools.core.errors import InputError, UsageError
-from medtools.synth.images import ImageRef, collect_images, load_images
+from medtools.core.errors import UsageError
+from medtools.synth.images import ImageRef, check_disjoint_patients, collect_images, load_images
 
 QUANTILES = (0.0, 0.05, 0.25, 0.5, 0.75)
 
@@ -139,10 +139,7 @@ def run_nearest(
     synth_refs = collect_images(list(synthetic))
     train_refs = collect_images(list(train), patient_regex=patient_regex)
     held_refs: list[ImageRef] = collect_images(list(held_out), patient_regex=patient_regex) if held_out else []
-    if held_refs:
-        shared = {r.patient for r in train_refs} & {r.patient for r in held_refs}
-        if shared:
-            raise InputError(f"{len(shared)} patient(s) are in both --train and --held-out (e.g. {sorted(shared)[0]}); held-out images must be other patients")
+    check_disjoint_patients(train_refs, held_refs, ("--train", "--held-out"), "held-out images must be other patients")
     if size is None:
         size = int(load_image(synth_refs[0].path, None, 1).shape[-1])
     report.log(f"{len(synth_refs)} synthetic, {len(train_refs)} training, {len(held_refs)} held-out images at {size}×{size}")

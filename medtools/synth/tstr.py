@@ -30,7 +30,7 @@ import numpy as np
 
 from medtools.core import report
 from medtools.core.errors import InputError, UsageError
-from medtools.synth.images import ImageRef, collect_images, load_images
+from medtools.synth.images import ImageRef, check_disjoint_patients, collect_images, load_images
 
 NORM = {"method": "unit", "model_range": [-1.0, 1.0]}
 RUNS = ("tstr", "trtr", "mixed")  # mixed = real + synthetic
@@ -42,14 +42,6 @@ def labelled(sources: Sequence[str | Path], flag: str, *, label: str, patient_re
         return collect_images(list(sources), patient_regex=patient_regex, label=label)
     except InputError as exc:
         raise InputError(f"{flag}: {exc}") from None
-
-
-def check_disjoint(train: Sequence[ImageRef], test: Sequence[ImageRef]) -> None:
-    """InputError (exit 5) when a patient has images in both --real-train and --real-test."""
-    overlap = sorted({r.patient for r in train} & {r.patient for r in test})
-    if overlap:
-        shown = ", ".join(overlap[:5]) + (f" and {len(overlap) - 5} more" if len(overlap) > 5 else "")
-        raise InputError(f"{len(overlap)} patient(s) are in both --real-train and --real-test: {shown}; the test must hold other patients (split by patient; check --patient-regex)")
 
 
 def _describe(refs: Sequence[ImageRef], patients: bool = True) -> dict[str, Any]:
@@ -149,7 +141,7 @@ def run_tstr(
         raise UsageError(f"--runs takes a comma-separated subset of {', '.join(RUNS)}, got {list(runs)}")
     train_refs = labelled(real_train, "--real-train", label=label, patient_regex=patient_regex)
     test_refs = labelled(real_test, "--real-test", label=label, patient_regex=patient_regex)
-    check_disjoint(train_refs, test_refs)
+    check_disjoint_patients(train_refs, test_refs, ("--real-train", "--real-test"), "the test must hold other patients (split by patient; check --patient-regex)")
     import timm
 
     if not timm.is_model(arch):
