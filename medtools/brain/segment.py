@@ -272,14 +272,9 @@ def predict_probs(predictor: Predictor, x: np.ndarray, *, tta: bool = False, bat
 def largest_component(labels: np.ndarray) -> np.ndarray:
     """Keep the largest connected foreground component (labels > 0, face-connected in 3-D);
     every other foreground voxel becomes background."""
-    from scipy import ndimage
+    from medtools.core.preprocess import largest_component_mask
 
-    components, count = ndimage.label(labels > 0)
-    if count <= 1:
-        return labels
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    return np.where(components == int(sizes.argmax()), labels, 0).astype(labels.dtype)
+    return np.where(largest_component_mask(labels > 0), labels, 0).astype(labels.dtype)
 
 
 def label_volume(predictor: Predictor, probs: np.ndarray, *, keep_largest: bool = False) -> np.ndarray:

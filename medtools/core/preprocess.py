@@ -80,6 +80,19 @@ def with_preprocessing(norm: dict[str, Any], *, strip_background: bool | float =
     return canonical_norm(out)
 
 
+def largest_component_mask(mask: np.ndarray) -> np.ndarray:
+    """The largest face-connected component of a boolean mask (scipy.ndimage); the mask itself
+    when it has at most one (``strip_background`` here, ``segment --largest-component``)."""
+    from scipy import ndimage
+
+    components, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components == int(sizes.argmax())
+
+
 def strip_background(x: np.ndarray, threshold: float = 0.05) -> np.ndarray:
     """[0, 1] image or volume → the same with everything outside the object set to 0: pixels
     above ``threshold``, their largest connected component, holes filled (scipy.ndimage)."""
@@ -88,12 +101,7 @@ def strip_background(x: np.ndarray, threshold: float = 0.05) -> np.ndarray:
     mask = x > threshold
     if not mask.any():
         return x
-    components, count = ndimage.label(mask)
-    if count > 1:
-        sizes = np.bincount(components.ravel())
-        sizes[0] = 0
-        mask = components == int(sizes.argmax())
-    mask = ndimage.binary_fill_holes(mask)
+    mask = ndimage.binary_fill_holes(largest_component_mask(mask))
     return np.where(mask, x, 0.0).astype(np.float32)
 
 
