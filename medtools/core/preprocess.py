@@ -153,9 +153,7 @@ def normalise(array: np.ndarray, norm: dict[str, Any]) -> tuple[np.ndarray, dict
     optional steps, which are applied here too).
     """
     out, window = _normalise(array, norm)
-    if norm.get("strip_background") not in (None, False) or norm.get("equalize"):
-        out = apply_optional_steps(out, norm)
-    return out, window
+    return apply_optional_steps(out, norm), window
 
 
 def _normalise(array: np.ndarray, norm: dict[str, Any]) -> tuple[np.ndarray, dict[str, float]]:
