@@ -141,13 +141,13 @@ def protect_loaded(loaded: LoadedCase, models: ProtectModels, options: ProtectOp
         if image.format == "jpeg":
             raise UsageError("JPEG is lossy: protected noise would not survive; convert to PNG first")
     attackers = models.attackers
-    quant = torch.from_numpy(quantisation_steps(loaded)).view(1, -1, 1, 1).to(dev)
     identity = [a.class_names.index(case.patient) if case.patient in a.class_names else None for a in attackers]
     slices = loaded.slices
     if delta is not None:
         return _finish(loaded, models, options, identity, delta)
     if options.objective in MINMIN_OBJECTIVES:
         raise UsageError(f"--objective {options.objective} is computed for a whole release (protect_cases), not for one case")
+    quant = torch.from_numpy(quantisation_steps(loaded)).view(1, -1, 1, 1).to(dev)
     decoys, base = None, None
     if options.objective == "signature":
         lead = attackers[0]
@@ -264,15 +264,17 @@ def protect_cases(
         yield from _protect_release(todo, models, options, key=key, generator=generator, targets_of=targets_of, workers=workers)
         return
     for case, loaded in prefetch(todo, lambda c: load_case(c, modalities, models.norm), workers):
-        if isinstance(loaded, Exception):
-            yield case, loaded
-            continue
-        try:
-            protected_images, result = protect_loaded(loaded, models, options, key=key, generator=generator)
-            written = [write_image(image, target) for image, target in zip(protected_images, targets_of(case).values())]
-            yield case, {**result, "outputs": [str(w) for w in written]}
-        except Exception as exc:
-            yield case, exc
+        yield case, loaded if isinstance(loaded, Exception) else _protect_and_write(case, loaded, models, options, key=key, generator=generator, targets_of=targets_of)
+
+
+def _protect_and_write(case: Case, loaded: LoadedCase, models: ProtectModels, options: ProtectOptions, *, key: bytes, generator: Any, targets_of, delta: np.ndarray | None = None, extra: dict[str, Any] | None = None) -> Any:
+    """One case protected (or its ``delta`` applied) and written → its result dict, or the exception."""
+    try:
+        protected_images, result = protect_loaded(loaded, models, options, key=key, generator=generator, delta=delta)
+        written = [write_image(image, target) for image, target in zip(protected_images, targets_of(case).values())]
+        return {**result, **(extra or {}), "outputs": [str(w) for w in written]}
+    except Exception as exc:
+        return exc
 
 
 def _protect_release(todo: Sequence[Case], models: ProtectModels, options: ProtectOptions, *, key: bytes, generator: Any, targets_of, workers: int) -> Iterator[tuple[Case, Any]]:
@@ -286,12 +288,7 @@ def _protect_release(todo: Sequence[Case], models: ProtectModels, options: Prote
         return
     deltas, info = release_deltas([item for _, item in loaded], models, options, key=key)
     for (case, item), delta in zip(loaded, deltas):
-        try:
-            protected_images, result = protect_loaded(item, models, options, key=key, generator=generator, delta=delta)
-            written = [write_image(image, target) for image, target in zip(protected_images, targets_of(case).values())]
-            yield case, {**result, **info, "outputs": [str(w) for w in written]}
-        except Exception as exc:
-            yield case, exc
+        yield case, _protect_and_write(case, item, models, options, key=key, generator=generator, targets_of=targets_of, delta=delta, extra=info)
 
 
 def _whitebox(attackers, channels, identity, clean: np.ndarray, protected: np.ndarray, dev: Any, batch_size: int) -> dict[str, Any]:
