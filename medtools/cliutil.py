@@ -17,7 +17,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from medtools.core import report, signals
+from medtools.core import context, report, signals
 from medtools.core.errors import MedtoolsError
 
 Inputs = Annotated[list[str], typer.Argument(help="Files, folders, globs, or '-' for paths on stdin.", show_default=False)]
@@ -52,18 +52,18 @@ def emit_training_result(result: dict[str, Any], json_output: bool, record: repo
 
 
 def command(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a Typer command body: output configuration, error → exit code, signals → 128+n."""
+    """Wrap a Typer command body: its run context, error → exit code, signals → 128+n.
+
+    The run context (quiet, JSON, NaN policy, permissions, device, seed, ...) is built from the
+    command's own options and holds for this call only (``core.context.use``).
+    """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         signals.install()
         try:
-            report.configure(quiet=bool(kwargs.get("quiet", False)), json_output=bool(kwargs.get("json_output", False)))
-            if "nan_policy" in kwargs:
-                from medtools.core.io.finite import set_nan_policy
-
-                set_nan_policy(kwargs["nan_policy"])
-            code = func(*args, **kwargs)
+            with context.use(context.RunContext.from_options(kwargs)):
+                code = func(*args, **kwargs)
         except MedtoolsError as exc:
             if os.environ.get("MEDTOOLS_DEBUG"):  # where it came from, for bug reports
                 import traceback

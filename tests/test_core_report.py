@@ -6,15 +6,8 @@ import json
 
 import pytest
 
-from medtools.core import report
+from medtools.core import context, report
 from medtools.core.errors import EXIT_TABLE, CheckpointError, InputError, IntegrityError, UsageError
-
-
-@pytest.fixture(autouse=True)
-def loud():
-    report.configure(quiet=False)
-    yield
-    report.configure(quiet=False)
 
 
 def fail_on(bad: set[int], error: type[Exception] = InputError):
@@ -94,10 +87,11 @@ def test_stdout_for_machines_stderr_for_humans(capsys) -> None:
     out, err = capsys.readouterr()
     assert out.splitlines() == ["out/a.nii.gz", '{"a": 1}']
     assert err.splitlines() == ["hello human", "warning: careful"]
-    report.configure(quiet=True)
-    report.log("hidden")
-    report.warn("still shown")
-    assert capsys.readouterr().err.splitlines() == ["warning: still shown"]
+    with context.use(context.RunContext(quiet=True)):
+        report.log("hidden")
+        report.warn("still shown")
+    report.log("shown again")  # the quiet context ended with its block
+    assert capsys.readouterr().err.splitlines() == ["warning: still shown", "shown again"]
 
 
 def test_progress_is_silent_when_stderr_is_not_a_tty(capsys) -> None:

@@ -26,18 +26,15 @@ from medtools.core.errors import (
 
 T = TypeVar("T")
 
-_state = {"quiet": False, "json": False}
+def _quiet() -> bool:
+    from medtools.core.context import current
 
-
-def configure(*, quiet: bool = False, json_output: bool = False) -> None:
-    """Set process-wide output options (called once by each command)."""
-    _state["quiet"] = quiet
-    _state["json"] = json_output
+    return current().quiet
 
 
 def log(message: str) -> None:
-    """A human message on stderr (silenced by -q)."""
-    if not _state["quiet"]:
+    """A human message on stderr (silenced by -q in the run context)."""
+    if not _quiet():
         print(message, file=sys.stderr, flush=True)
 
 
@@ -51,8 +48,14 @@ def error(message: str) -> None:
 
 
 def emit_path(path: Path | str) -> None:
-    """A written file's path on stdout (for xargs and pipes)."""
-    print(str(path), flush=True)
+    """A written file's path on stdout (for xargs and pipes; NUL-terminated with --print0)."""
+    from medtools.core.context import current
+
+    if current().print0:
+        sys.stdout.write(f"{path}\0")
+        sys.stdout.flush()
+    else:
+        print(str(path), flush=True)
 
 
 def _default(obj: Any) -> Any:
@@ -86,7 +89,7 @@ def emit_jsonl(obj: Any) -> None:
 
 def progress(iterable: Iterable[T], *, total: int | None = None, description: str = "") -> Iterator[T]:
     """Iterate with a rich progress bar on stderr when stderr is a TTY and not quiet."""
-    if _state["quiet"] or not sys.stderr.isatty():
+    if _quiet() or not sys.stderr.isatty():
         yield from iterable
         return
     from rich.progress import Progress
@@ -129,11 +132,13 @@ class RunRecord:
 
     def as_dict(self) -> dict[str, Any]:
         import medtools
+        from medtools.core.context import current
 
+        devices = current().devices
         record: dict[str, Any] = {
             "medtools": medtools.__version__,
             "python": sys.version.split()[0],
-            "device": self.device or (", ".join(DEVICES_USED) if DEVICES_USED else None),
+            "device": self.device or (", ".join(devices) if devices else None),
             "seed": self.seed,
             "checkpoints": self.checkpoints,
             "wall_s": round(time.time() - self.started, 3),
@@ -146,14 +151,11 @@ class RunRecord:
         return record
 
 
-DEVICES_USED: list[str] = []  # filled by note_device: what the run record reports when a command sets none
-
-
 def note_device(device: Any) -> None:
-    """Record a device this process actually ran a model on (the Predictor and training call it)."""
-    name = str(device)
-    if name not in DEVICES_USED:
-        DEVICES_USED.append(name)
+    """Record a device this run actually ran a model on (the Predictor and training call it)."""
+    from medtools.core.context import current
+
+    current().note_device(device)
 
 
 @dataclass

@@ -15,21 +15,18 @@ from pathlib import Path
 from medtools.core.errors import UsageError
 
 KEY_BYTES = 32
-_permissions = {"insecure_ok": False}
-
-
-def allow_insecure_permissions(allowed: bool = True) -> None:
-    """Accept private key files and stores that group/others can read or write (process-wide)."""
-    _permissions["insecure_ok"] = bool(allowed)
 
 
 def check_private_permissions(path: Path | str, what: str = "private key material") -> None:
-    """UsageError (exit 2) when ``path`` is readable or writable by its group or others."""
+    """UsageError (exit 2) when ``path`` is readable or writable by its group or others
+    (unless the run context has ``insecure_permissions``, from --insecure-permissions)."""
+    from medtools.core.context import current
+
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError:
         return  # reading it reports the problem
-    if mode & 0o077 and not _permissions["insecure_ok"]:
+    if mode & 0o077 and not current().insecure_permissions:
         raise UsageError(f"refusing {path}: {what} with mode {mode:o} is open to group/others; run chmod 600 {path} (or pass --insecure-permissions)")
 
 

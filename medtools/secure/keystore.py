@@ -13,8 +13,8 @@ scripts) or a TTY prompt (twice when a password is created).
 Every change of a store (add-user, remove, passwd) is a read-modify-write under an
 exclusive ``fcntl`` lock on ``.<store>.lock`` beside it, ending in an atomic replace: runs at
 the same time all land, none is lost. Private key material (a store, a key file) that its
-group or others may read or write is refused (UsageError, exit 2) unless
-``allow_insecure_permissions`` (``--insecure-permissions``), as age and ssh refuse such keys.
+group or others may read or write is refused (UsageError, exit 2) unless the run
+context allows it (``--insecure-permissions``), as age and ssh refuse such keys.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def now_iso() -> str:
 
 # ---------------------------------------------------------------- permissions
 
-from medtools.core.secrets import allow_insecure_permissions, check_private_permissions, key_id, read_key_file  # noqa: E402,F401  (re-exported)
+from medtools.core.secrets import check_private_permissions, key_id, read_key_file  # noqa: E402,F401  (re-exported)
 
 
 # ---------------------------------------------------------------- passwords

@@ -16,7 +16,7 @@ import numpy as np
 from medtools.core.io.atomic import atomic_open, atomic_path, clean_stale, on_renamed
 from medtools.core.io.dicom import dicom_affine as _dicom_affine
 from medtools.core.io.dicom import dicom_series_files, is_dicom_file, summarise_tool_output
-from medtools.core.io.finite import NAN_POLICIES, check_finite, count_nonfinite, nan_policy, set_nan_policy
+from medtools.core.io.finite import NAN_POLICIES, check_finite, count_nonfinite, nan_policy
 from medtools.core.io.formats import (
     ARRAY_EXTS,
     DICOM_EXTS,
@@ -36,7 +36,7 @@ __all__ = [
     "ARRAY_EXTS", "DICOM_EXTS", "IMAGE_EXTS", "NAN_POLICIES", "NIFTI_EXTS", "RASTER_EXTS", "RASTER_FORMATS",
     "Image", "as_volume", "atomic_open", "atomic_path", "check_finite", "clean_stale", "count_nonfinite",
     "dicom_series_files", "format_of", "is_dicom_file", "nan_policy",
-    "on_renamed", "read_image", "set_nan_policy", "split_ext", "summarise_tool_output", "write_image",
+    "on_renamed", "read_image", "split_ext", "summarise_tool_output", "write_image",
 ]
 
 

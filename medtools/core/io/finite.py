@@ -11,26 +11,22 @@ from pathlib import Path
 
 import numpy as np
 
-from medtools.core.errors import InputError, UsageError
-
-NAN_POLICIES = ("error", "zero", "clip")
+from medtools.core.context import NAN_POLICIES
+from medtools.core.errors import InputError
 KEEP = "keep"  # internal: read as stored (``info`` counts, never fails)
-_state = {"policy": "error"}
-
-
-def set_nan_policy(policy: str | None) -> None:
-    """The process-wide policy of ``read_image`` (a command sets it from --nan-policy)."""
-    _state["policy"] = check_policy(policy or "error")
 
 
 def nan_policy() -> str:
-    return _state["policy"]
+    """The policy of ``read_image`` in the current run context (--nan-policy)."""
+    from medtools.core.context import current
+
+    return current().nan_policy
 
 
 def check_policy(policy: str) -> str:
-    if policy not in NAN_POLICIES + (KEEP,):
-        raise UsageError(f"--nan-policy must be one of {', '.join(NAN_POLICIES)}, got {policy!r}")
-    return policy
+    from medtools.core.context import check_nan_policy
+
+    return check_nan_policy(policy)
 
 
 def count_nonfinite(array: np.ndarray) -> int:
@@ -42,7 +38,7 @@ def count_nonfinite(array: np.ndarray) -> int:
 
 
 def check_finite(array: np.ndarray, path: Path | str, policy: str | None = None) -> np.ndarray:
-    """``array`` unchanged when finite; else by ``policy`` (default: the process-wide one):
+    """``array`` unchanged when finite; else by ``policy`` (default: the run context's):
 
     error: InputError "<path>: N non-finite voxels (NaN/Inf) of M"; zero: NaN and ±Inf
     become 0; clip: ±Inf become the largest/smallest finite value, NaN the smallest.
