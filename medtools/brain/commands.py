@@ -394,9 +394,8 @@ def protect(
     secret = None
     if key_file is not None:
         from medtools.core.errors import UsageError
-        from medtools.core.secrets import allow_insecure_permissions, check_private_permissions
+        from medtools.core.secrets import check_private_permissions
 
-        allow_insecure_permissions(insecure_permissions)
         check_private_permissions(key_file, "a protect secret")
         try:
             secret = key_file.read_bytes()

@@ -42,12 +42,6 @@ def register(app: typer.Typer) -> None:
     app.command("deid")(deid)
 
 
-def _permissions(insecure: bool) -> None:
-    from medtools.secure.keystore import allow_insecure_permissions
-
-    allow_insecure_permissions(insecure)
-
-
 # ---------------------------------------------------------------- keys
 
 
@@ -66,7 +60,6 @@ def keys_init(store: StoreArg, scrypt_log_n: ScryptLogN = None, overwrite: Overw
 @command
 def keys_add_user(store: StoreArg, name: NameArg, password_file: PasswordFile = None, scrypt_log_n: ScryptLogN = None, insecure_permissions: InsecurePermissions = False, quiet: Quiet = False) -> int:
     """Add a user with a new password (asked twice on a terminal)."""
-    _permissions(insecure_permissions)
     from medtools.secure.keystore import KeyStore, read_password
 
     keystore = KeyStore.load(store)
@@ -81,7 +74,6 @@ def keys_add_user(store: StoreArg, name: NameArg, password_file: PasswordFile = 
 @command
 def keys_remove(store: StoreArg, name: NameArg, insecure_permissions: InsecurePermissions = False, quiet: Quiet = False) -> int:
     """Remove a user: files encrypted after this are not readable with their password."""
-    _permissions(insecure_permissions)
     from medtools.secure.keystore import KeyStore
 
     KeyStore.load(store).remove_user(name)
@@ -94,7 +86,6 @@ def keys_remove(store: StoreArg, name: NameArg, insecure_permissions: InsecurePe
 @command
 def keys_list(store: StoreArg, json_output: Json = False, insecure_permissions: InsecurePermissions = False, quiet: Quiet = False) -> int:
     """User names, one per line (--json: name, created, key fingerprint, scrypt work factor)."""
-    _permissions(insecure_permissions)
     from medtools.secure.keystore import KeyStore
 
     users = KeyStore.load(store).describe()
@@ -118,7 +109,6 @@ def keys_passwd(
     quiet: Quiet = False,
 ) -> int:
     """Change a user's password; the key pair stays, so existing files stay readable."""
-    _permissions(insecure_permissions)
     from medtools.secure.keystore import ENV_NEW_PASSWORD, KeyStore, read_password
 
     keystore = KeyStore.load(store)
@@ -175,7 +165,6 @@ def encrypt(
     `medtools encrypt - --to STORE < in > out.mte` streams stdin to stdout in constant memory.
     Image methods keep a viewable image of the same size and bit depth (JPEG becomes PNG).
     """
-    _permissions(insecure_permissions)
     from medtools.secure.crypt import Options
     from medtools.secure.crypt import encrypt as run
 
@@ -203,7 +192,6 @@ def decrypt(
     quiet: Quiet = False,
 ) -> int:
     """Decrypt .mte files (wrong password or any tampering: exit 4, no output) or undo an image method."""
-    _permissions(insecure_permissions)
     from medtools.secure.crypt import Options
     from medtools.secure.crypt import decrypt as run
 
@@ -244,7 +232,6 @@ def cipher_audit(
     quiet: Quiet = False,
 ) -> int:
     """NPCR/UACI, entropy, adjacent correlation, χ² uniformity, key sensitivity of an image cipher."""
-    _permissions(insecure_permissions)
     from medtools.secure.audit import render_audit, run_audit
     from medtools.secure.keystore import read_key_file
 
@@ -360,7 +347,6 @@ def deid(
     quiet: Quiet = False,
 ) -> int:
     """De-identify DICOM (PS3.15 Annex E basic profile, pixel data untouched) and NIfTI headers."""
-    _permissions(insecure_permissions)
     from medtools.core.inputs import check_output_arg, expand_inputs, output_for, select_shard, skip_existing
     from medtools.core.io import DICOM_EXTS, NIFTI_EXTS
     from medtools.secure.deid import deidentify, make_deidentifier
