@@ -182,3 +182,24 @@ def test_checkpoint_has_the_key_fingerprint_never_the_key(pipeline):
     raw = pipeline["model"].read_bytes()
     for secret in (KEY, KEY.hex().encode(), str(pipeline["key"]).encode(), pipeline["key"].name.encode()):
         assert secret not in raw
+
+
+def test_classify_refuses_an_image_too_small_for_the_model_as_one_item_error(tmp_path, capsys):
+    """A 1×1 image is an item error naming its size (not a confident label); the others are classified."""
+    from medtools.cls.classify import classify_command
+    from medtools.core import ckpt, registry
+    from medtools.core.io import Image, write_image
+
+    config = {"arch": "resnet10t", "in_channels": 1, "num_classes": 2, "image_size": 32, "class_names": ["NoTumor", "Tumor"], "encryption": "none"}
+    kind = registry.get("cls")
+    net = registry.resolve(kind.builder)(**registry.check_config(kind, config))
+    model = ckpt.save(tmp_path / "plain.safetensors", net.state_dict(), kind="cls", config=config, norm={"method": "unit"})
+    good, dot = tmp_path / "good.png", tmp_path / "dot.png"
+    write_image(Image(smooth_images(1, 48)[0], format="png"), good)
+    write_image(Image(np.full((1, 1), 200, np.uint8), format="png"), dot)
+    code = classify_command([str(good), str(dot)], model, device="cpu")
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert [json.loads(line)["path"] for line in out.splitlines()] == [str(good)]
+    assert "dot.png" in err and "1×1" in err and "32×32" in err
+    assert classify_command([str(dot)], model, device="cpu") == 5  # nothing usable

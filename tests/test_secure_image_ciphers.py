@@ -144,7 +144,25 @@ def test_cli_round_trips_8_and_16_bit_png_and_refuses_irreversible(tmp_path):
     nokey = run_cli("encrypt", src, "-o", tmp_path / "y", "--method", "logistic-sine")
     assert nokey.returncode == 2 and "--key" in nokey.stderr
     badblock = run_cli("encrypt", src / "a8.png", "-o", tmp_path / "z.png", "--method", "block", "--block-size", "24", "--key", key)
-    assert badblock.returncode == 2 and "block sizes that fit" in badblock.stderr
+    assert badblock.returncode == 5 and "block sizes that fit" in badblock.stderr  # this image's shape: no usable input
+
+
+def test_block_encrypt_of_a_folder_with_a_1x1_image_writes_the_others_exit_1(tmp_path):
+    from medtools.core.io import Image, read_image, write_image
+
+    src = tmp_path / "in"
+    write_image(Image(smooth_image(32, 8), format="png", meta={"bits": 8}), src / "a.png")
+    write_image(Image(np.full((1, 1), 7, np.uint8), format="png", meta={"bits": 8}), src / "dot.png")
+    write_image(Image(smooth_image(32, 8, seed=3), format="png", meta={"bits": 8}), src / "z.png")
+    key = tmp_path / "k.key"
+    run_cli("keys", "gen-key", key, check=True)
+    out = run_cli("encrypt", src, "-o", tmp_path / "enc", "--method", "block", "--block-size", "8", "--key", key)
+    assert out.returncode == 1, out.stderr
+    assert sorted(out.stdout.split()) == [str(tmp_path / "enc" / "a.png"), str(tmp_path / "enc" / "z.png")]
+    assert "dot.png" in out.stderr and "1×1" in out.stderr and not (tmp_path / "enc" / "dot.png").exists()
+    back = run_cli("decrypt", tmp_path / "enc", "-o", tmp_path / "dec", "--method", "block", "--block-size", "8", "--key", key, check=True)
+    assert len(back.stdout.split()) == 2
+    assert np.array_equal(read_image(tmp_path / "dec" / "z.png").array, read_image(src / "z.png").array)
 
 
 def test_cli_jpeg_becomes_png_and_median_filter_runs(tmp_path, cxr_phantom):

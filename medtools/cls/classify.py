@@ -19,6 +19,9 @@ import numpy as np
 from medtools.cls.cipher import Encryption, from_config, quantise
 from medtools.core.errors import InputError
 
+MIN_SIDE = 2  # pixels: a smaller side has no spatial content to classify
+MAX_UPSCALE = 8  # an input side may be at most this many times smaller than the model's size
+
 
 class Classifier:
     """A loaded cls checkpoint and the cipher its inputs go through."""
@@ -47,10 +50,21 @@ class Classifier:
             if x.shape[-2:] != (self.size, self.size):
                 raise InputError(f"a cipher image must be {self.size}×{self.size} (the model's size; resizing destroys the cipher), got {x.shape[-1]}×{x.shape[-2]}")
             return x
-        x = load_image(path, self.size, 1, UNIT_NORM)
+        from medtools.core.preprocess import resize
+
+        x = load_image(path, None, 1, UNIT_NORM)
+        self.check_size(x.shape[-2:])
+        x = resize(x[None], self.size)[0]
         if self.encryption.method == "none":
             return x
         return self.encryption.encrypt_batch(quantise(x)[None].astype(np.float32) / 255.0)[0]
+
+    def check_size(self, shape: Sequence[int]) -> None:
+        """Refuse an image too small to resize to the model's size (a 1×1 image has nothing to classify)."""
+        smallest = max(MIN_SIDE, -(-self.size // MAX_UPSCALE))
+        height, width = (int(n) for n in shape)
+        if min(height, width) < smallest:
+            raise InputError(f"a {height}×{width} image is too small for this model: it takes {self.size}×{self.size} images and upscales at most {MAX_UPSCALE}×, so each side needs at least {smallest} pixels")
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         return self.predictor.predict(images, softmax=True)

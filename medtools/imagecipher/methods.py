@@ -103,10 +103,12 @@ def apply(
         return (chaos.decrypt if decrypt else chaos.encrypt)(levels, key, bits)  # type: ignore[arg-type]
     if volume:
         raise InputError("block encryption works on 2-D images; cut volumes into slices first (medtools convert --to png)")
+    if block_size < 1:
+        raise UsageError(f"--block-size must be at least 1, got {block_size}")
     try:
         return (block.decrypt if decrypt else block.encrypt)(levels, key, bits, block_size)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    except ValueError as exc:  # this image's shape: one item's error, the other images go on
+        raise InputError(str(exc)) from None
 
 
 def transform(image_or_array, method: str, *, key: bytes | None = None, block_size: int = 16, window: int = 5, decrypt: bool = False) -> np.ndarray:
