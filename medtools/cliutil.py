@@ -19,6 +19,7 @@ import typer
 
 from medtools.core import context, report, signals
 from medtools.core.errors import MedtoolsError
+from medtools.core.paths import check_command_paths
 
 Inputs = Annotated[list[str], typer.Argument(help="Files, folders, globs, or '-' for paths on stdin.", show_default=False)]
 Output = Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (batches, mirrors inputs) or file (one result).")]
@@ -28,6 +29,7 @@ Precision = Annotated[Optional[str], typer.Option("--precision", help="auto|fp32
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the model (CUDA).")]
 BatchSize = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Items (slices/images) per batch.", min=1)]
 Workers = Annotated[int, typer.Option("--workers", help="Background I/O workers.", min=0)]
+ItemWorkers = Annotated[Optional[int], typer.Option("--workers", help="Items processed at once, on threads (default: the usable cores; 0 or 1: one at a time).", min=0)]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Shard = Annotated[Optional[str], typer.Option("--shard", help="K/N: process the K-th of N parts (default from SLURM_ARRAY_TASK_ID/COUNT).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs (default: skip them, so batches resume).")]
@@ -63,6 +65,7 @@ def command(func: Callable[..., Any]) -> Callable[..., Any]:
         signals.install()
         try:
             with context.use(context.RunContext.from_options(kwargs)):
+                check_command_paths(kwargs)  # no output may be an input (side outputs included)
                 code = func(*args, **kwargs)
         except MedtoolsError as exc:
             if os.environ.get("MEDTOOLS_DEBUG"):  # where it came from, for bug reports

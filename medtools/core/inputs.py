@@ -245,10 +245,9 @@ def check_separate(target: Path, output: Path, *, inputs: Iterable[Path] = (), r
     output=)`` leaves it out of the walk); anything else inside an input folder would be
     read as an input on the next run or overwrite one.
     """
-    resolved = target.resolve()
-    for path in inputs:
-        if Path(path).resolve() == resolved:
-            raise UsageError(f"output would overwrite the input {path}; choose another -o")
+    from medtools.core.paths import check_outputs
+
+    check_outputs(inputs, [target])  # links followed, hard links by inode
     for root in roots:
         root = Path(root)
         if not _inside(target, root):
