@@ -10,73 +10,9 @@ from medtools.core import context, report
 from medtools.core.errors import EXIT_TABLE, CheckpointError, InputError, IntegrityError, UsageError
 
 
-def fail_on(bad: set[int], error: type[Exception] = InputError):
-    def work(item: int):
-        if item in bad:
-            raise error(f"item {item} is bad")
-        return "skipped" if item < 0 else "ok"
-
-    return work
-
-
 def test_exit_table_matches_design() -> None:
     assert sorted(EXIT_TABLE) == [0, 1, 2, 3, 4, 5, 129, 130, 143]  # 128+n: SIGHUP, SIGINT, SIGTERM (core/signals.py)
     assert (UsageError.exit_code, CheckpointError.exit_code, IntegrityError.exit_code, InputError.exit_code) == (2, 3, 4, 5)
-
-
-@pytest.mark.parametrize(
-    ("items", "bad", "error", "code"),
-    [
-        ([1, 2, 3], set(), InputError, 0),
-        ([1, 2, 3], {2}, InputError, 1),  # some failed, the others were written
-        ([-1, 2], {2}, InputError, 1),  # a skipped (already done) item counts as usable
-        ([1, 2], {1, 2}, InputError, 5),  # nothing usable
-        ([1, 2], {1, 2}, OSError, 5),
-        ([1, 2], {1, 2}, CheckpointError, 3),  # every checkpoint bad
-        ([1, 2], {1, 2}, IntegrityError, 4),  # every file failed authentication
-    ],
-)
-def test_run_items_exit_codes(items, bad, error, code, capsys) -> None:
-    outcome = report.run_items(items, fail_on(bad, error), name=lambda i: f"file{i}")
-    assert outcome.exit_code == code
-    assert outcome.failed == len(bad)
-    err = capsys.readouterr().err
-    for item in bad:  # each bad item: one line on stderr with its name and reason
-        assert f"error: file{item}: " in err and f"item {item} is bad" in err
-
-
-def test_mixed_failure_kinds_with_nothing_usable_is_5() -> None:
-    def work(item: int):
-        raise (CheckpointError if item == 1 else InputError)("bad")
-
-    assert report.run_items([1, 2], work).exit_code == 5
-
-
-def test_usage_error_and_broken_pipe_stop_the_batch() -> None:
-    seen = []
-
-    def work(item: int):
-        seen.append(item)
-        if item == 2:
-            raise UsageError("output would overwrite the input")
-
-    with pytest.raises(UsageError, match="^2: output would overwrite"):
-        report.run_items([1, 2, 3], work)
-    assert seen == [1, 2]
-
-    def pipe(item: int):
-        raise BrokenPipeError
-
-    with pytest.raises(BrokenPipeError):
-        report.run_items([1, 2], pipe)
-
-
-def test_keyboard_interrupt_is_not_swallowed() -> None:
-    def work(item: int):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        report.run_items([1], work)
 
 
 def test_stdout_for_machines_stderr_for_humans(capsys) -> None:

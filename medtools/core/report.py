@@ -1,30 +1,22 @@
 """The stdout/stderr contract: machine output on stdout, logs and progress on stderr.
 
 stdout carries written paths (one per line) or JSON; everything for humans goes to
-stderr and is silenced by ``-q``. ``run_items`` gives every batch command the same
-per-item error handling and exit code.
+stderr and is silenced by ``-q`` (the run context's ``quiet``). The per-item loop, its errors
+and exit codes are core/batch.py's.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from medtools.core.errors import (
-    EXIT_NO_INPUT,
-    EXIT_OK,
-    EXIT_PARTIAL,
-    MedtoolsError,
-    UsageError,
-)
-
 T = TypeVar("T")
+
 
 def _quiet() -> bool:
     from medtools.core.context import current
@@ -156,68 +148,3 @@ def note_device(device: Any) -> None:
     from medtools.core.context import current
 
     current().note_device(device)
-
-
-@dataclass
-class ItemOutcome:
-    ok: int = 0
-    failed: int = 0
-    skipped: int = 0
-    failures: list[tuple[str, str]] = field(default_factory=list)
-    codes: list[int] = field(default_factory=list)  # exit code of each failure
-
-    @property
-    def exit_code(self) -> int:
-        """0 all fine, 1 some failed; when nothing succeeded, the failures' shared code
-        (3 every checkpoint bad, 4 every file failed authentication) or else 5."""
-        if self.failed == 0:
-            return EXIT_OK
-        if self.ok or self.skipped:
-            return EXIT_PARTIAL
-        if self.codes and len(set(self.codes)) == 1 and self.codes[0] not in (EXIT_OK, EXIT_PARTIAL):
-            return self.codes[0]
-        return EXIT_NO_INPUT
-
-
-def run_items(
-    items: Iterable[T],
-    work: Callable[[T], Any],
-    *,
-    name: Callable[[T], str] = str,
-    total: int | None = None,
-    description: str = "",
-) -> ItemOutcome:
-    """Apply ``work`` to each item; a failing item is reported on stderr and the batch goes on.
-
-    ``work`` returns ``"skipped"`` to count an item as skipped. Not caught, because they
-    are not about one item: KeyboardInterrupt (the CLI wrapper exits 130), UsageError
-    (the command line is wrong for every item: exit 2) and BrokenPipeError (stdout's
-    reader is gone, e.g. ``| head``: stop working).
-    """
-    outcome = ItemOutcome()
-    for item in progress(items, total=total, description=description):
-        try:
-            result = work(item)
-        except UsageError as exc:
-            raise UsageError(f"{name(item)}: {exc}") from None
-        except BrokenPipeError:
-            raise
-        except MedtoolsError as exc:
-            outcome.failed += 1
-            outcome.failures.append((name(item), str(exc)))
-            outcome.codes.append(exc.exit_code)
-            error(f"{name(item)}: {exc}")
-            continue
-        except (OSError, ValueError, RuntimeError) as exc:
-            outcome.failed += 1
-            outcome.failures.append((name(item), f"{type(exc).__name__}: {exc}"))
-            outcome.codes.append(EXIT_NO_INPUT)
-            error(f"{name(item)}: {type(exc).__name__}: {exc}")
-            if os.environ.get("MEDTOOLS_DEBUG"):
-                raise
-            continue
-        if result == "skipped":
-            outcome.skipped += 1
-        else:
-            outcome.ok += 1
-    return outcome

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from medtools.core import report
-from medtools.cliutil import Inputs, Json, Output, Overwrite, Quiet, Shard, command
+from medtools.cliutil import Inputs, ItemWorkers, Json, Output, Overwrite, Quiet, Shard, command
 
 METHOD_HELP = "aes-gcm (default: authenticated .mte container) | logistic-sine | block | negative | shuffle | median | mean | max | min"
 
@@ -155,6 +155,7 @@ def encrypt(
     chunk_size: Annotated[int, typer.Option("--chunk-size", help="aes-gcm plaintext bytes per authenticated chunk.")] = 1 << 20,
     audit_log: AuditLog = None,
     shard: Shard = None,
+    workers: ItemWorkers = None,
     overwrite: Overwrite = False,
     json_output: Json = False,
     insecure_permissions: InsecurePermissions = False,
@@ -186,6 +187,7 @@ def decrypt(
     window: Window = 5,
     audit_log: AuditLog = None,
     shard: Shard = None,
+    workers: ItemWorkers = None,
     overwrite: Overwrite = False,
     json_output: Json = False,
     insecure_permissions: InsecurePermissions = False,
@@ -341,36 +343,15 @@ def deid(
     pseudonymize: Annotated[bool, typer.Option("--pseudonymize", help="Replace PatientID/PatientName by a keyed pseudonym instead of emptying them.")] = False,
     mapping: Annotated[Optional[Path], typer.Option("--mapping", help="Write the original→new UID/ID table here (secret, 0600).")] = None,
     shard: Shard = None,
+    workers: ItemWorkers = None,
     overwrite: Overwrite = False,
     json_output: Json = False,
     insecure_permissions: InsecurePermissions = False,
     quiet: Quiet = False,
 ) -> int:
     """De-identify DICOM (PS3.15 Annex E basic profile, pixel data untouched) and NIfTI headers."""
-    from medtools.core.inputs import check_output_arg, expand_inputs, output_for, select_shard, skip_existing
-    from medtools.core.io import DICOM_EXTS, NIFTI_EXTS
-    from medtools.secure.deid import deidentify, make_deidentifier
+    from medtools.secure.deid import deid_files, make_deidentifier
     from medtools.secure.keystore import read_key_file
 
     run = make_deidentifier(read_key_file(key) if key is not None else None, date_shift=date_shift, pseudonymize=pseudonymize)
-    items = select_shard(expand_inputs(inputs, exts=DICOM_EXTS + NIFTI_EXTS, output=output), shard)
-    output = check_output_arg(output, len(items))
-
-    def work(item):
-        target = output_for(item, output, single=len(items) == 1)
-        if skip_existing(target, overwrite):
-            return "skipped"
-        kind, warnings = deidentify(item.path, target, run)
-        for message in warnings:
-            report.warn(f"{item.path}: {message}")
-        if json_output:
-            report.emit_jsonl({"input": str(item.path), "output": str(target), "format": kind, "warnings": warnings})
-        else:
-            report.emit_path(target)
-        return target
-
-    outcome = report.run_items(items, work, total=len(items), description="deid")
-    if mapping is not None:
-        run.write_mapping(mapping)
-        report.log(f"mapping written to {mapping} (keep it secret: it re-identifies)")
-    return outcome.exit_code
+    return deid_files(inputs, output, run=run, mapping=mapping, shard=shard, overwrite=overwrite, workers=workers)

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medtools.core import report
-from medtools.core.errors import EXIT_INTEGRITY, IntegrityError, UsageError
+from medtools.core.errors import IntegrityError, UsageError
 from medtools.secure import AES_GCM, ALL_METHODS, container
 from medtools.secure.keystore import AccessDenied, KeyStore, now_iso, read_key_file, read_password
 
@@ -58,11 +57,13 @@ class Keyring:
     _password: bytes | None = None
     _unlocked: dict[str, Any] = field(default_factory=dict)
     _failed: set[str] = field(default_factory=set)
+    _lock: Any = field(default_factory=lambda: __import__("threading").RLock())  # worker threads share one keyring
 
     def password(self) -> bytes:
-        if self._password is None:
-            self._password = read_password(password_file=self.password_file, prompt="Password: ")
-        return self._password
+        with self._lock:  # asked once, whichever worker needs it first
+            if self._password is None:
+                self._password = read_password(password_file=self.password_file, prompt="Password: ")
+            return self._password
 
     def identities(self, stanzas: Sequence[dict[str, Any]]) -> Iterator[container.Identity]:
         if self.key is not None:
@@ -83,15 +84,20 @@ class Keyring:
                 if self.user is not None:
                     raise AccessDenied(f"wrong password for user {name!r}")
                 continue
-            if name not in self._unlocked:
-                try:
-                    private = self.store.unlock(name, self.password())
-                except IntegrityError:
-                    self._failed.add(name)
+            with self._lock:  # scrypt once per user, not once per worker
+                if name not in self._unlocked and name not in self._failed:
+                    try:
+                        private = self.store.unlock(name, self.password())
+                    except IntegrityError:
+                        self._failed.add(name)
+                        if self.user is not None:
+                            raise
+                        continue
+                    self._unlocked[name] = container.X25519Identity(name, private)
+                if name not in self._unlocked:  # another worker found the password wrong meanwhile
                     if self.user is not None:
-                        raise
+                        raise AccessDenied(f"wrong password for user {name!r}")
                     continue
-                self._unlocked[name] = container.X25519Identity(name, private)
             opened = True
             yield self._unlocked[name]
         if not opened and self.key is None:
@@ -133,7 +139,8 @@ class Options:
     audit_log: Path | None = None
     shard: str | None = None
     hash_output: bool = False  # the ciphertext SHA-256 in each result (else only with an audit log)
-    on_result: Callable[[dict[str, Any]], None] | None = None  # called per written file (the CLI prints it)
+    on_result: Callable[[dict[str, Any]], None] | None = None  # called per written file, in input order (the CLI prints it)
+    workers: int | None = None  # threads (None: the run context's --workers, else the cores)
 
 
 def _items(inputs: Sequence[str], method: str, decrypting: bool, output: Path | None):
@@ -169,29 +176,21 @@ def _emit(result: dict[str, Any], options: Options) -> None:
 
 
 def _run(inputs: Sequence[str], options: Options, work, decrypting: bool) -> int:
-    """Apply ``work(item, target)`` to every item; exit 4 if any item failed authentication."""
+    """Apply ``work(item, target)`` to every item on the batch driver (threads: --workers)."""
+    from medtools.core import batch
     from medtools.core.inputs import check_output_arg, select_shard, skip_existing
 
     items = select_shard(_items(inputs, options.method, decrypting, options.output), options.shard)
     output = check_output_arg(options.output, len(items))
     options.output = output
-    integrity_failures: list[str] = []
 
     def one(item):
         target = _target(item, options, decrypting, single=len(items) == 1)
         if skip_existing(target, options.overwrite):
-            return "skipped"
-        try:
-            result = work(item, target)
-        except IntegrityError:
-            integrity_failures.append(str(item.path))
-            raise
-        _emit(result, options)
-        return result
+            return batch.SKIPPED
+        return work(item, target)
 
-    outcome = report.run_items(items, one, total=len(items), description="decrypt" if decrypting else "encrypt")
-    if integrity_failures:
-        return EXIT_INTEGRITY
+    outcome = batch.run_items(items, one, emit=options.on_result, total=len(items), description="decrypt" if decrypting else "encrypt", workers=batch.resolve_workers(options.workers))
     return outcome.exit_code
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -292,3 +293,39 @@ def make_deidentifier(key: bytes | None, *, date_shift: int | None = None, pseud
 
         key = get_random_bytes(32)
     return Deidentifier(key, date_shift=date_shift, pseudonymize=pseudonymize)
+
+
+def deid_files(
+    inputs: Sequence[str | Path],
+    output: Path | None,
+    *,
+    run: Deidentifier,
+    mapping: Path | None = None,
+    shard: str | None = None,
+    overwrite: bool = False,
+    workers: int | None = None,
+) -> int:
+    """De-identify DICOM/NIfTI files into ``output`` (mirroring the inputs) on the batch driver;
+    each result is emitted as written (path, or a JSON line under --json); the mapping table
+    goes to ``mapping`` at the end. Returns the exit code."""
+    from medtools.core import batch, report
+    from medtools.core.inputs import check_output_arg, expand_inputs, output_for, select_shard, skip_existing
+    from medtools.core.io import DICOM_EXTS, NIFTI_EXTS
+
+    items = select_shard(expand_inputs(inputs, exts=DICOM_EXTS + NIFTI_EXTS, output=output), shard)
+    output = check_output_arg(output, len(items))
+
+    def work(item):
+        target = output_for(item, output, single=len(items) == 1)
+        if skip_existing(target, overwrite):
+            return batch.SKIPPED
+        kind, warnings = deidentify(item.path, target, run)
+        for message in warnings:
+            report.warn(f"{item.path}: {message}")
+        return {"input": str(item.path), "output": str(target), "format": kind, "warnings": warnings}
+
+    outcome = batch.run_items(items, work, emit=batch.emitter(), total=len(items), description="deid", workers=batch.resolve_workers(workers))
+    if mapping is not None:
+        run.write_mapping(mapping)
+        report.log(f"mapping written to {mapping} (keep it secret: it re-identifies)")
+    return outcome.exit_code
