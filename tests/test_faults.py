@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 from conftest import MEDTOOLS, run_cli
+from medtools.core.io.atomic import part_name
 
 ENV = {**os.environ, "MEDTOOLS_DEVICE": "cpu", "PYTHONHASHSEED": "0"}
 
@@ -149,7 +150,7 @@ def test_row5_sigterm_during_encrypt_leaves_nothing_and_a_rerun_cleans_stale_par
     proc.communicate(timeout=120)
     assert proc.returncode == 143 and _parts(out) == []
     # a run killed without a chance to clean (SIGKILL) leaves its temp file; the next run removes it
-    stale = out / ".scan.raw.a1b2c3d4.part.mte"
+    stale = part_name(out / "scan.raw.mte")
     stale.write_bytes(b"partial ciphertext")
     small = tmp_path / "small"
     small.mkdir()
@@ -170,7 +171,7 @@ def test_rows6_8_signals_in_a_segment_batch_leave_no_temp_files(models, tmp_path
         for path in source.iterdir():
             shutil.copy(path, cases / f"c{i:02d}" / f"c{i:02d}{path.name[len(source.name):]}")
     out = tmp_path / "pred"
-    stale = out / "c00" / ".c00_seg.0a1b2c3d.part.nii.gz"  # left by an earlier run that was killed (SIGKILL)
+    stale = part_name(out / "c00" / "c00_seg.nii.gz")  # left by an earlier run that was killed (SIGKILL)
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"")
     proc = _popen("segment", cases, "-m", models / "seg.safetensors", "-o", out, "--workers", "0", "-b", "1")

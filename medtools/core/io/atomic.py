@@ -3,15 +3,20 @@
 The temporary name is known before the file is created, so an exception or a signal at
 any point (KeyboardInterrupt, or SIGTERM/SIGHUP through ``core.signals``) removes it. A
 live temporary file is held under an exclusive ``flock``; a process killed without a
-chance to clean up (SIGKILL, power loss) leaves an unlocked ``.<stem>.<token>.part<ext>``
-that the next write into that folder removes. ``atomic_open`` writes through a file that
-has no name at all until it is complete (Linux ``O_TMPFILE``), for plaintext.
+chance to clean up (SIGKILL, power loss) leaves an unlocked
+``.<stem>.mt-<nonce>-<pid>-<check>.part<ext>`` that the next write into that folder
+removes. Only names of exactly that form whose ``check`` (a hash of nonce and pid) matches
+are ever removed, so a user's file that merely looks like a temporary file is never
+touched. The stem is shortened so that the temporary name fits NAME_MAX (255 bytes).
+``atomic_open`` writes through a file that has no name at all until it is complete (Linux
+``O_TMPFILE``), for plaintext.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import secrets
@@ -22,17 +27,43 @@ from typing import BinaryIO
 
 from medtools.core.io.formats import split_ext
 
-# .<stem>.<8 characters>.part<ext>: ours (hex token) and mkstemp's (older medtools versions)
-PART_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.part(\.[^/]*)?$")
+# .<stem>.mt-<nonce>-<pid>-<check>.part<ext>: only medtools makes names whose check matches
+PART_PATTERN = re.compile(r"^\.(?P<stem>.*)\.mt-(?P<nonce>[0-9a-f]{8})-(?P<pid>[0-9]{1,10})-(?P<check>[0-9a-f]{8})\.part(?P<ext>\.[^/]*)?$", re.DOTALL)
+NAME_MAX = 255
 
 _cleaned: set[str] = set()
 _renamed_hooks: list[Callable[[Path], None]] = []
 
 
-def part_name(target: Path) -> Path:
-    """A fresh temporary name beside ``target``: .<stem>.<token>.part<ext>."""
+def _check(nonce: str, pid: str) -> str:
+    return hashlib.sha256(f"medtools temporary file\x00{nonce}\x00{pid}".encode()).hexdigest()[:8]
+
+
+def _clip(text: str, limit: int) -> str:
+    data = text.encode("utf-8", "surrogateescape")
+    return text if len(data) <= limit else data[: max(limit, 0)].decode("utf-8", "ignore")
+
+
+def part_name(target: Path | str) -> Path:
+    """A fresh temporary name beside ``target``: .<stem>.mt-<nonce>-<pid>-<check>.part<ext>.
+
+    The extension is kept (writers pick the format from it); the stem is shortened so that
+    the name stays within NAME_MAX bytes whatever the length of the target's name.
+    """
+    target = Path(target)
     stem, ext = split_ext(target)
-    return target.parent / f".{stem}.{secrets.token_hex(4)}.part{ext}"
+    nonce, pid = secrets.token_hex(4), str(os.getpid())
+    tag = f".mt-{nonce}-{pid}-{_check(nonce, pid)}.part"
+    if len(("." + tag + ext).encode("utf-8", "surrogateescape")) > NAME_MAX:
+        ext = ""  # an "extension" this long is no format anyone writes by
+    room = NAME_MAX - len(("." + tag + ext).encode("utf-8", "surrogateescape"))
+    return target.parent / f".{_clip(stem, room)}{tag}{ext}"
+
+
+def is_part_name(name: str) -> bool:
+    """``name`` is a temporary name that medtools made (pattern and check both match)."""
+    match = PART_PATTERN.match(name)
+    return bool(match) and _check(match["nonce"], match["pid"]) == match["check"]
 
 
 def clean_stale(folder: Path | str) -> list[Path]:
@@ -52,7 +83,7 @@ def clean_stale(folder: Path | str) -> list[Path]:
     except OSError:
         return []
     for entry in entries:
-        if not PART_PATTERN.match(entry.name) or not entry.is_file(follow_symlinks=False):
+        if not is_part_name(entry.name) or not entry.is_file(follow_symlinks=False):
             continue
         try:
             fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
