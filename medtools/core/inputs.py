@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,40 @@ def _is_series_folder(folder: Path) -> bool:
     return bool(files) and all(is_dicom(p) for p in files)
 
 
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _refusal(path: Path) -> str | None:
+    """Why ``path`` is not read as a file (None: a regular file with a printable name).
+
+    Only regular files are opened (a named pipe would block, a device never ends), and a
+    name with a line break is refused because stdout carries one path per line.
+    """
+    text = str(path)
+    if "\n" in text or "\r" in text:
+        return "its name contains a line break, which the one-path-per-line stdout cannot carry; rename it"
+    try:
+        mode = os.stat(path).st_mode  # follows links: a link to a regular file is fine
+    except OSError:
+        return None  # reading it reports the problem
+    return None if stat.S_ISREG(mode) else f"{_kind(mode)}, not a regular file"
+
+
+def usable_file(path: Path) -> bool:
+    """A regular file with a printable name; anything else is reported on stderr and skipped."""
+    why = _refusal(path)
+    if why is None:
+        return True
+    from medtools.core.report import warn
+
+    warn(f"skipped {str(path)!r}: {why}" if "line break" in why else f"skipped {path}: {why}")
+    return False
+
+
 def _inside(path: Path, folder: Path) -> bool:
     """``path`` is ``folder`` or below it (both resolved)."""
     try:
@@ -86,7 +121,7 @@ def _walk(root: Path, exts: Sequence[str], series: bool, exclude: Path | None = 
             if name.startswith("."):
                 continue
             path = here / name
-            if _matches(path, exts):
+            if usable_file(path) and _matches(path, exts):
                 yield Item(path, path.relative_to(root), root)
 
 
@@ -116,7 +151,7 @@ def _mirrored(paths: Sequence[Path], exts: Sequence[str] = IMAGE_EXTS, series: b
         rel = Path(os.path.abspath(path)).relative_to(base) if path.is_absolute() or ".." in path.parts else path
         if path.is_dir():
             items.extend(Item(found.path, rel if found.path == path else rel / found.rel, found.root) for found in _walk(path, exts, series))
-        else:
+        elif usable_file(path):
             items.append(Item(path, rel))
     return items
 
@@ -148,10 +183,11 @@ def expand_inputs(
         if path.is_dir():
             inner = exclude if exclude is not None and _inside(exclude, path) and exclude.resolve() != path.resolve() else None
             items.extend(_walk(path, exts, series, inner))
-        elif path.is_file():
-            items.append(Item(path, Path(path.name)))
+        elif path.is_file() or (path.exists() and not glob.has_magic(arg)):
+            if usable_file(path):
+                items.append(Item(path, Path(path.name)))
         elif glob.has_magic(arg):
-            matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True)) if Path(m).is_file()]
+            matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True)) if not Path(m).is_dir() and Path(m).exists() and usable_file(Path(m))]
             plain = _leading_plain_parts(arg)  # mirror the layout below the glob's fixed folders
             items.extend(Item(m, m.relative_to(Path(*plain)) if plain else m) for m in matches)
         else:
