@@ -21,6 +21,7 @@ from medtools.core.errors import InputError
 from medtools.core.inputs import expand_inputs
 from medtools.core.io import NIFTI_EXTS, RASTER_EXTS, Image, read_image
 from medtools.core.manifest import MODALITIES, discover, read_csv
+from medtools.core.paths import safe_relpath
 
 SINGLE = "image"  # modality key of a one-file case
 
@@ -59,6 +60,7 @@ def _case_from_row(row: dict[str, str], root: Path | None) -> Case:
         rel = folder.resolve().relative_to(root.resolve()) if root is not None else Path(folder.name)
     except ValueError:
         rel = Path(folder.name)
+    rel = safe_relpath(rel, fallback=".")  # mirrored under -o: never '..' or absolute
     return Case(
         case=row.get("case") or first.name,
         patient=row.get("patient", row.get("case", "")),

@@ -62,15 +62,18 @@ def _cases(inputs: list[str], shard: str | None, output: Path | None = None, out
     ``outputs_of(case)`` gives the paths a case would be written to.
     """
     from medtools.brain.cases import resolve_cases
-    from medtools.core.inputs import check_separate, in_excluded_output, input_roots, select_shard
+    from medtools.core.inputs import check_left_out, check_separate, in_excluded_output, input_roots, select_shard
 
     roots = input_roots(inputs)
-    cases = [c for c in resolve_cases(inputs) if not any(in_excluded_output(p, output, roots) for p in c.files.values())]
+    found = resolve_cases(inputs)
+    cases = [c for c in found if not any(in_excluded_output(p, output, roots) for p in c.files.values())]
     if output is not None and outputs_of is not None:
         for case in cases:
             sources = [*case.files.values(), *([case.label] if case.label is not None else [])]
             for target in outputs_of(case):
                 check_separate(target, output, inputs=sources, roots=roots)
+        kept = {id(c) for c in cases}
+        check_left_out([p for c in found if id(c) not in kept for p in c.files.values()], [t for c in cases for t in outputs_of(c)], output)
     return select_shard(cases, shard, key=lambda c: c.case)
 
 

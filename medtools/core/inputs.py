@@ -294,6 +294,20 @@ def check_separate(target: Path, output: Path, *, inputs: Iterable[Path] = (), r
     return target
 
 
+def check_left_out(found: Iterable[Path], planned: Iterable[Path], output: Path) -> None:
+    """An -o folder inside an input folder may hold only earlier outputs.
+
+    ``found`` are the input files the walk met below ``output`` (and left out), ``planned``
+    the paths this run writes. A found file that no run with this -o would write is an
+    input (``segment CASES -o CASES/case1``): UsageError (exit 2) instead of silently
+    skipping that input and nesting outputs among the inputs.
+    """
+    writes = {Path(os.path.abspath(p)) for p in planned}
+    for path in found:
+        if Path(os.path.abspath(path)) not in writes:
+            raise UsageError(f"-o {output} holds inputs (e.g. {path}); choose an -o outside the input folders or a new subfolder of one")
+
+
 def output_for(item: Item, output: Path, *, ext: str | None = None, suffix: str = "", single: bool = False) -> Path:
     """Where the output of ``item`` goes: ``output/<rel>`` with a new extension/suffix.
 

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from medtools.core.errors import InputError
 from medtools.core.io import NIFTI_EXTS, RASTER_EXTS, split_ext
+from medtools.core.paths import safe_part
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
 COLUMNS = ("patient", "case", "visit", *MODALITIES, "image", "label", "class")
@@ -290,6 +291,9 @@ def read_csv(path: Path | str) -> list[dict[str, str]]:
             value = row.get(key) or ""
             if value and not Path(value).is_absolute() and not Path(value).exists() and (path.parent / value).exists():
                 row[key] = str(path.parent / value)
+    for row in rows:  # names that become file names under -o: never a path out of it
+        if row.get("case"):
+            row["case"] = safe_part(row["case"])
     return [{k: v for k, v in row.items() if v not in (None, "")} for row in rows]
 
 
