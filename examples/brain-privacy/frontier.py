@@ -78,7 +78,7 @@ def main() -> None:
         for spec in specs:
             hits = [e for e in epsilons if (objective, e) in cells and spec in cells[(objective, e)]["defended"] and cells[(objective, e)]["defended"][spec]["protected_top1"] <= 2 * chance]
             lines.append(f"  - against C + {spec}: " + (f"eps {hits[0]:g} ({cells[(objective, hits[0])]['defended'][spec]['protected_top1']:.3f})" if hits else "none of the measured eps"))
-    if specs:  # the goal: every attacker of the suite at once
+    if specs:  # the goal: every attacker of the suite at once
         lines += ["", "Worst attacker of the suite (the largest of white-box, transfer, adaptive and each defended adaptive attacker, means over runs):", ""]
         for (objective, eps), cell in sorted(cells.items()):
             p = cell["protected"]

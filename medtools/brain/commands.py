@@ -377,18 +377,8 @@ def protect(
 ) -> int:
     """Add L∞ PGD noise that blinds re-identification while keeping segmentation (see docs/brain.md).
 
-    Good for: the attacker models it was computed against (white-box; untargeted takes them near
-    zero) and, less, similar models (transfer). Against attackers retrained on protected images
-    (phantoms, eps 0.05, docs/results.md): minmin kept the plain retrained attacker, JPEG 10 and
-    its scheme-aware attacker (aware:case) at or below 2x chance in both measured runs (blur and
-    aware: one run, below chance); signature did so on average, not in every run. On chest
-    X-rays (100 patients) minmin protected nothing: its surrogate did not learn the release.
-
-    Not good for: an attacker who trains adversarially (reid-train --defence adv:0.02 reached 0.40
-    against minmin, chance 0.17) or who subtracts each slice's block means on the documented grid
-    (aware:slice: above 2x chance in every run of signature and minmin). minminmax, run with 3
-    rounds (surrogate far from converged), protected nothing. No objective
-    kept every attacker of the suite at 2x chance. It is not anonymisation.
+    It is not anonymisation; what it is and is not good for, attacker by attacker: docs/brain.md,
+    "What the protection is and is not good for".
     """
     from medtools.brain.protect import protect_cases
     from medtools.core.inputs import check_output_arg

@@ -107,7 +107,9 @@ def save_key(key: Key, path: Path | str) -> Path:
 
 def load_key(path: Path | str) -> Key:
     from medtools.core import ckpt
+    from medtools.core.secrets import check_private_permissions
 
+    check_private_permissions(path, "a KLT key")
     saved = ckpt.load(path, kind="klt-key")
     try:
         n = len(saved.config["latent_channels"])

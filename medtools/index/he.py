@@ -163,6 +163,10 @@ def load_context(path: Path, *, secret: bool) -> Context:
     path = Path(path)
     if path.is_dir():
         path = path / ("secret" if secret else "public")
+    if secret:
+        from medtools.core.secrets import check_private_permissions
+
+        check_private_permissions(path, "a secret CKKS context")
     try:
         blob = path.read_bytes()
     except FileNotFoundError:

@@ -30,6 +30,9 @@ def sign(root_hex: str, count: int, *, hmac_key: bytes | None = None, signing_ke
         from Crypto.PublicKey import ECC
         from Crypto.Signature import eddsa
 
+        from medtools.core.secrets import check_private_permissions
+
+        check_private_permissions(signing_key, "an Ed25519 private key")
         try:
             key = ECC.import_key(Path(signing_key).read_text())
         except (OSError, ValueError) as exc:
