@@ -98,17 +98,28 @@ def _dcm2niix_binary() -> str:
     raise InputError("DICOM series need dcm2niix: pip install dcm2niix (or put dcm2niix on PATH)")
 
 
-def summarise_tool_output(text: str, *, limit: int = 200) -> str:
-    """One line out of an external tool's log: its first error line, else its last line.
+_FAILURE_WORDS = ("not large enough", "unable", "failed", "fail ", "corrupt", "invalid", "truncat", "cannot", "not supported", "unsupported", "no valid", "missing")
 
-    Whole lines only (never from mid-token), shortened to ``limit`` characters.
+
+def summarise_tool_output(text: str, *, limit: int = 200) -> str:
+    """One line out of an external tool's log: the line that says why it failed.
+
+    In order: the first error line; the first line naming a failure (a file too small,
+    unreadable, corrupt, unsupported: dcm2niix prints these as warnings, after benign ones
+    such as "Empty protocol name(s)"); the first warning; the last line. Whole lines only
+    (never from mid-token), shortened to ``limit`` characters.
     """
     lines = [" ".join(line.split()) for line in text.splitlines()]
     lines = [line for line in lines if line]
     if not lines:
         return "no message"
-    errors = [line for line in lines if line.lower().startswith(("error", "warning")) or " error" in line.lower()]
-    line = errors[0] if errors else lines[-1]
+    lower = [line.lower() for line in lines]
+    ranked = (
+        [line for line, low in zip(lines, lower) if low.startswith("error") or " error" in low],
+        [line for line, low in zip(lines, lower) if any(word in low for word in _FAILURE_WORDS)],
+        [line for line, low in zip(lines, lower) if low.startswith("warning")],
+    )
+    line = next((found[0] for found in ranked if found), lines[-1])
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
@@ -128,7 +139,8 @@ def read_dicom_series(folder: Path) -> Image:
             if os.environ.get("MEDTOOLS_DEBUG"):
                 print(f"dcm2niix output for {folder}:\n{proc.stdout}{proc.stderr}", file=sys.stderr, flush=True)
             summary = summarise_tool_output(proc.stdout + "\n" + proc.stderr)
-            raise InputError(f"{folder}: dcm2niix could not convert the series (exit {proc.returncode}): {summary} (MEDTOOLS_DEBUG=1 shows its full output)")
+            # the batch names the item; dcm2niix's line names the file
+            raise InputError(f"dcm2niix could not convert the series (exit {proc.returncode}): {summary} (MEDTOOLS_DEBUG=1 shows its full output)")
         if len(outputs) > 1:
             raise InputError(f"{folder}: holds {len(outputs)} series; give one series per folder")
         image = read_nifti(outputs[0])
