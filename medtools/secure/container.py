@@ -323,6 +323,7 @@ def open_header(header: Header, mac: bytes, identities: Identities) -> tuple[byt
     """Unwrap the file key with the first identity that opens a stanza, then check the MAC."""
     file_key, opened_by = None, None
     tried: list[str] = []
+    damaged: list[str] = []  # stanzas addressed to a verified identity that do not open
     candidates = identities(header.recipients) if callable(identities) else identities
     for identity in candidates:
         tried.append(identity.name)
@@ -334,8 +335,14 @@ def open_header(header: Header, mac: bytes, identities: Identities) -> tuple[byt
             if file_key is not None:
                 opened_by = identity.name
                 break
+            if identity.name in (stanza.get("user"), f"key:{stanza.get('key_id')}"):
+                damaged.append(identity.name)
         if file_key is not None:
             break
+    if (file_key is None or opened_by is None) and damaged:
+        # the identity is verified (its key id matches, or the store opened with the password),
+        # so its own entry failing authentication means the header bytes changed
+        raise IntegrityError(f"the header is damaged: the recipient entry for {damaged[0]} fails authentication with its verified key (the file was modified; the password or key is not the problem)")
     if file_key is None or opened_by is None:
         raise AccessDenied(
             f"no recipient stanza opens with the given credentials (tried: {', '.join(tried) or 'none'}; "
