@@ -95,7 +95,7 @@ class Outcome:
         self.failed += 1
         self.failures.append((name, message))
         self.codes.append(code)
-        report.error(f"{name}: {message}")
+        report.error(message if message.startswith(f"{name}: ") else f"{name}: {message}")  # the item named once
         if os.environ.get("MEDTOOLS_DEBUG") and not isinstance(exc, MedtoolsError):
             raise exc
 

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from medtools.core.errors import InputError
 from medtools.core.io.formats import Image
 
 
 def read_nifti(path: Path) -> Image:
     import nibabel as nib
 
-    img = nib.load(str(path))
+    try:
+        img = nib.load(str(path))
+    except MemoryError:
+        raise InputError(f"{path}: not enough memory to read this NIfTI file") from None
+    check_claimed_size(path, img.header)
     header = img.header.copy()
     # nibabel moves scl_slope/scl_inter from the loaded header into the array proxy.
     slope = float(getattr(img.dataobj, "slope", 1.0))
@@ -22,6 +29,42 @@ def read_nifti(path: Path) -> Image:
     array = img.get_fdata(dtype=np.float32) if scaled else np.asanyarray(img.dataobj)
     array = np.asarray(array)
     return Image(array, affine=img.affine.copy(), format="nifti", meta={"header": header, "source": str(path)})
+
+
+GZIP_MAX_RATIO = 1032  # deflate cannot compress better than about 1032:1
+
+
+def _human(n: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} PB"  # pragma: no cover
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_claimed_size(path: Path | str, header: Any) -> None:
+    """InputError naming the size when the header claims more voxel data than the file can
+    hold (a damaged or hostile header) or than this machine's memory: never a bare MemoryError."""
+    shape = tuple(int(n) for n in header.get_data_shape())
+    voxels = int(np.prod(shape, dtype=np.float64)) if shape else 0
+    on_disk = int(header.get_data_dtype().itemsize) * voxels
+    in_memory = max(int(header.get_data_dtype().itemsize), 4) * voxels  # scaled data is read as float32
+    size = os.path.getsize(path)
+    offset = int(header["vox_offset"]) if "vox_offset" in header else 0
+    room = size * GZIP_MAX_RATIO if str(path).lower().endswith(".gz") else size - offset
+    what = f"the header claims {'x'.join(map(str, shape))} voxels ({_human(on_disk)})"
+    if on_disk > max(room, 0):
+        raise InputError(f"{path}: {what} but the file holds {_human(size)}: damaged or not a NIfTI volume")
+    memory = _memory_bytes()
+    if memory is not None and in_memory > memory:
+        raise InputError(f"{path}: {what}, more than this machine's memory ({_human(memory)})")
 
 
 def write_nifti(image: Image, tmp: Path) -> None:
