@@ -534,6 +534,7 @@ complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l umn
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l help
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l audit-log
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l device
+complete -c medtools -n '__fish_seen_subcommand_from serve' -l forwarded-allow-ips
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l host
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l index
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l max-failures

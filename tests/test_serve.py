@@ -478,3 +478,130 @@ def test_protect_endpoint_runs_protect_images_on_loaded_models(world, tmp_path):
     before = np.asarray(nib.load(tmp_path / "case_flair.nii.gz").dataobj)
     after = np.asarray(nib.load(out).dataobj)
     assert after.dtype == before.dtype and after.shape == before.shape and 0 < np.abs(after.astype(int) - before).max() <= 0.05 * 1000
+
+
+def _own_store(tmp_path):
+    """A key store of its own (alice, bob): other tests remove users from the shared one. alice's
+    scrypt is slow enough (~0.1 s) that concurrent log-ins overlap it."""
+    from medtools.secure.keystore import KeyStore
+
+    store = KeyStore.create(tmp_path / "store.json", log_n=10)
+    store.add_user("alice", PASSWORD.encode(), log_n=15)
+    store.add_user("bob", PASSWORD.encode(), log_n=10)
+    return tmp_path / "store.json"
+
+
+class _Server:
+    """`medtools serve --port 0` on 127.0.0.1 with extra options: address read from stderr,
+    stopped with SIGTERM (exit 0 checked), killed if it outlives the test."""
+
+    def __init__(self, world, tmp_path, *options: str):
+        self.log = tmp_path / "serve-stderr.txt"
+        self.audit = tmp_path / "serve-audit.jsonl"
+        args = [sys.executable, "-m", "medtools", "serve", "--models", str(world / "models"), "--store", str(_own_store(tmp_path)), "--port", "0", "--audit-log", str(self.audit), *options]
+        with open(self.log, "wb") as err:
+            self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "MEDTOOLS_DEVICE": "cpu", "OMP_WAIT_POLICY": "PASSIVE"})
+
+    def __enter__(self) -> str:
+        deadline = time.time() + 120
+        while time.time() < deadline and self.proc.poll() is None:
+            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", self.log.read_text())
+            if match:
+                return match.group(1)
+            time.sleep(0.1)
+        self.__exit__()
+        raise AssertionError(self.log.read_text())
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                assert self.proc.wait(timeout=30) == 0, self.log.read_text()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+    def logins(self) -> list[dict]:
+        return [r for r in map(json.loads, self.audit.read_text().splitlines()) if r["action"] == "login"]
+
+
+def _multipart(name: str, data: bytes) -> tuple[bytes, str]:
+    boundary = "medtools-test-boundary"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n').encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _chunked(data: bytes, size: int = 1024):
+    """The body as a generator: httpx sends it with Transfer-Encoding: chunked, no Content-Length."""
+    return (data[i : i + size] for i in range(0, len(data), size))
+
+
+def test_real_server_login_limit_holds_under_concurrency_and_spoofed_forwarded_for(world, tmp_path):
+    """40 concurrent wrong passwords → exactly --max-failures tried (401), the rest 429; the locked
+    address stays locked with X-Forwarded-For; a chunked body over --max-upload-mb is 413."""
+    import httpx
+
+    server = _Server(world, tmp_path, "--max-failures", "3", "--max-upload-mb", "0.01")
+    with server as address, httpx.Client(base_url=address, timeout=60) as client:
+        token = client.post("/v1/login", json={"user": "bob", "password": PASSWORD}).json()["token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        # body limit (10 KiB): declared and chunked alike, on a form upload and on the JSON log-in
+        big, content_type = _multipart("big.bin", b"0" * 40_000)
+        declared = client.post("/v1/encrypt", content=big, headers={**auth, "Content-Type": content_type})
+        chunked = client.post("/v1/encrypt", content=_chunked(big), headers={**auth, "Content-Type": content_type})
+        assert declared.status_code == chunked.status_code == 413, chunked.text
+        assert "limit" in chunked.json()["detail"] and chunked.json() == declared.json()
+        login_body = json.dumps({"user": "bob", "password": PASSWORD, "pad": "x" * 40_000}).encode()
+        assert client.post("/v1/login", content=_chunked(login_body), headers={"Content-Type": "application/json"}).status_code == 413
+        small, content_type = _multipart("small.txt", b"findings: none\n" * 100)
+        assert client.post("/v1/encrypt", content=_chunked(small), headers={**auth, "Content-Type": content_type}).status_code == 200
+
+        def guess(i: int) -> int:
+            with httpx.Client(base_url=address, timeout=60) as c:
+                return c.post("/v1/login", json={"user": "alice", "password": f"guess {i}"}).status_code
+
+        with ThreadPoolExecutor(40) as pool:
+            codes = list(pool.map(guess, range(40)))
+        assert sorted(codes) == [401] * 3 + [429] * 37
+        assert sum(r["result"] == "denied" for r in server.logins()) == 3  # only three passwords tried
+        # the address is locked: a made-up X-Forwarded-For does not free it, even for bob's right password
+        for forwarded in ("203.0.113.7", "127.0.0.2", "unknown"):
+            spoofed = client.post("/v1/login", json={"user": "bob", "password": PASSWORD}, headers={"X-Forwarded-For": forwarded})
+            assert spoofed.status_code == 429, (forwarded, spoofed.text)
+        assert {r["client"] for r in server.logins()} == {"127.0.0.1"}
+
+
+def test_real_server_trusts_forwarded_for_only_from_forwarded_allow_ips(world, tmp_path):
+    import httpx
+
+    from conftest import run_cli
+
+    refused = run_cli("serve", "--models", world / "models", "--store", world / "store.json", "--port", "0", "--forwarded-allow-ips", "localhost")
+    assert refused.returncode == 2 and "--forwarded-allow-ips" in refused.stderr and "listening" not in refused.stderr
+    server = _Server(world, tmp_path, "--max-failures", "1", "--forwarded-allow-ips", "127.0.0.1")
+    with server as address, httpx.Client(base_url=address, timeout=60) as client:
+        behind = {"X-Forwarded-For": "198.51.100.1"}
+        assert client.post("/v1/login", json={"user": "alice", "password": "wrong"}, headers=behind).status_code == 401
+        assert client.post("/v1/login", json={"user": "bob", "password": PASSWORD}, headers=behind).status_code == 429
+        # another client behind the same proxy is another address
+        assert client.post("/v1/login", json={"user": "bob", "password": PASSWORD}, headers={"X-Forwarded-For": "198.51.100.2"}).status_code == 200
+    assert [(r["client"], r["result"]) for r in server.logins()] == [("198.51.100.1", "denied"), ("198.51.100.1", "rate-limited"), ("198.51.100.2", "ok")]
+
+
+def test_login_attempts_are_counted_before_the_password_is_tried():
+    from medtools.serve.auth import RateLimiter, TooManyAttempts
+
+    limiter = RateLimiter(max_failures=2)
+    first, second = limiter.begin("user:a", "client:x"), limiter.begin("user:a", "client:y")
+    with pytest.raises(TooManyAttempts):  # two attempts still running fill the limit
+        limiter.begin("user:a", "client:z")
+    limiter.failed(first)
+    limiter.succeeded(second, "user:a", "client:y", clear=("user:a",))  # the right password forgets failures
+    assert "client:y" not in limiter._failures and len(limiter._failures["client:x"]) == 1
+    third = limiter.begin("user:a", "client:x")
+    limiter.begin("user:b", "client:z")
+    with pytest.raises(TooManyAttempts):  # client:x: one failure and one running attempt
+        limiter.begin("user:c", "client:x")
+    limiter.succeeded(third, "user:a", "client:x")
+    limiter.begin("user:c", "client:x")

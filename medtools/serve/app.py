@@ -57,7 +57,10 @@ class _TooLarge(Exception):
 
 
 class BodyLimit:
-    """ASGI middleware: 413 for a body over ``limit`` bytes (declared or streamed)."""
+    """ASGI middleware: 413 for a body over ``limit`` bytes, declared (Content-Length) or
+    streamed (chunked). Once a streamed body passes the limit, reading it fails and whatever
+    the app answers to that (FastAPI: 400 "error parsing the body"; Starlette: 500) is
+    replaced by the 413."""
 
     def __init__(self, app: Any, limit: int):
         self.app = app
@@ -70,28 +73,36 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
             return await _send_413(send, self.limit)
         seen = 0
+        over = False
         started = False
 
         async def counting_receive() -> dict:
-            nonlocal seen
+            nonlocal seen, over
+            if over:
+                raise _TooLarge()
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    over = True
                     raise _TooLarge()
             return message
 
-        async def tracking_send(message: dict) -> None:
+        async def guarded_send(message: dict) -> None:
             nonlocal started
+            if over and not started:
+                return  # the app's answer to a cut-off body: the 413 below replaces it
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _send_413(send, self.limit)
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not over:
+                raise
+        if over and not started:
+            await _send_413(send, self.limit)
 
 
 async def _send_413(send: Any, limit: int) -> None:

@@ -9,7 +9,11 @@ server keeps only the token's SHA-256. Every request re-reads the store, so a re
 doctor's session stops working at once.
 
 Failed log-ins are counted per user and per client address in a sliding window; past the
-limit further attempts get 429 without trying the password. Every log-in and decrypt
+limit further attempts get 429 without trying the password. An attempt takes its place in
+the count (checked and counted under one lock) before the scrypt work starts, and gives it
+back only if the password was right: concurrent guesses cannot all slip in before the first
+of them has failed. The client address is the TCP peer's; proxy headers count only from the
+addresses given with ``serve --forwarded-allow-ips``. Every log-in and decrypt
 attempt goes to the audit log (time, action, user, client, file SHA-256, result) through
 the secure family's ``audit`` function, the one the CLI's ``--audit-log`` uses.
 """
@@ -25,21 +29,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medtools.core.errors import IntegrityError, MedtoolsError
+from medtools.core.errors import IntegrityError
 
 DEFAULT_TTL = 15 * 60
 DEFAULT_MAX_FAILURES = 5
 DEFAULT_WINDOW = 5 * 60
 
 
-class LoginFailed(MedtoolsError):
+class LoginFailed(IntegrityError):
     """401: no hint which part was wrong."""
 
-    exit_code = 4
 
-
-class TooManyAttempts(MedtoolsError):
-    exit_code = 4
+class TooManyAttempts(IntegrityError):
+    """429: the limit of failed log-ins is reached; the password is not tried."""
 
     def __init__(self, retry_after: int):
         super().__init__("too many failed log-in attempts; try again later")
@@ -54,36 +56,79 @@ class Session:
     client: str
 
 
+class Attempt:
+    """One log-in attempt's place in the counts: a failure unless settled as a success."""
+
+    __slots__ = ("time", "pending")
+
+    def __init__(self, when: float, pending: bool):
+        self.time = when
+        self.pending = pending
+
+
 class RateLimiter:
-    """At most ``max_failures`` failed attempts per key in ``window`` seconds."""
+    """At most ``max_failures`` failed (or still running) attempts per key in ``window`` seconds."""
 
     def __init__(self, max_failures: int = DEFAULT_MAX_FAILURES, window: float = DEFAULT_WINDOW):
         self.max_failures = max_failures
         self.window = window
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._failures: dict[str, deque[Attempt]] = defaultdict(deque)
         self._lock = threading.Lock()
 
-    def _recent(self, key: str, now: float) -> deque[float]:
-        times = self._failures[key]
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        return times
+    def _recent(self, key: str, now: float) -> deque[Attempt]:
+        marks = self._failures[key]
+        while marks and marks[0].time <= now - self.window:
+            marks.popleft()
+        return marks
+
+    def _check(self, keys: tuple[str, ...], now: float) -> None:
+        """Raise TooManyAttempts if any key is at the limit (the caller holds the lock)."""
+        for key in keys:
+            marks = self._recent(key, now)
+            if not marks:
+                del self._failures[key]  # made-up user names do not pile up
+            elif len(marks) >= self.max_failures:
+                raise TooManyAttempts(max(1, int(marks[0].time + self.window - now) + 1))
 
     def check(self, *keys: str) -> None:
+        with self._lock:
+            self._check(keys, time.monotonic())
+
+    def begin(self, *keys: str) -> Attempt:
+        """Check the limit and count one attempt against every key, atomically; then try the password."""
         now = time.monotonic()
         with self._lock:
+            self._check(keys, now)
+            attempt = Attempt(now, pending=True)
             for key in keys:
-                times = self._recent(key, now)
-                if not times:
-                    del self._failures[key]  # made-up user names do not pile up
-                elif len(times) >= self.max_failures:
-                    raise TooManyAttempts(max(1, int(times[0] + self.window - now) + 1))
+                self._failures[key].append(attempt)
+            return attempt
+
+    def failed(self, attempt: Attempt) -> None:
+        """The attempt was wrong: it stays counted for the window."""
+        with self._lock:
+            attempt.pending = False
+
+    def succeeded(self, attempt: Attempt, *keys: str, clear: tuple[str, ...] = ()) -> None:
+        """The attempt was right: it leaves the counts of ``keys``; ``clear`` also forgets their
+        earlier failures (not other attempts still running)."""
+        with self._lock:
+            for key in keys:
+                marks = self._failures.get(key)
+                if marks is None:
+                    continue
+                kept = [m for m in marks if m is not attempt and not (key in clear and not m.pending)]
+                if kept:
+                    self._failures[key] = deque(kept)
+                else:
+                    del self._failures[key]
 
     def fail(self, *keys: str) -> None:
         now = time.monotonic()
         with self._lock:
+            attempt = Attempt(now, pending=False)
             for key in keys:
-                self._recent(key, now).append(now)
+                self._recent(key, now).append(attempt)
 
     def clear(self, key: str) -> None:
         with self._lock:
@@ -122,23 +167,29 @@ class Authenticator:
 
         user_key, client_key = f"user:{user}", f"client:{client}"
         try:
-            self.limiter.check(user_key, client_key)
+            attempt = self.limiter.begin(user_key, client_key)  # counted before the scrypt work
         except TooManyAttempts:
             self.audit(action="login", user=user, client=client, result="rate-limited")
             raise
-        store = self.store()
-        known = {u.name for u in store.users()}
-        with self._unlocks:
-            try:
-                if user not in known:
-                    _dummy_unlock(store, password)
-                    raise IntegrityError("unknown user")
-                private = store.unlock(user, password.encode("utf-8"))
-            except IntegrityError:
-                self.limiter.fail(user_key, client_key)
-                self.audit(action="login", user=user, client=client, result="denied")
-                raise LoginFailed("login failed") from None
-        self.limiter.clear(user_key)
+        ok = False
+        try:
+            store = self.store()
+            known = {u.name for u in store.users()}
+            with self._unlocks:
+                try:
+                    if user not in known:
+                        _dummy_unlock(store, password)
+                        raise IntegrityError("unknown user")
+                    private = store.unlock(user, password.encode("utf-8"))
+                except IntegrityError:
+                    self.audit(action="login", user=user, client=client, result="denied")
+                    raise LoginFailed("login failed") from None
+            ok = True
+        finally:
+            if ok:
+                self.limiter.succeeded(attempt, user_key, client_key, clear=(user_key,))
+            else:
+                self.limiter.failed(attempt)  # any error (a broken store too) counts: no free guesses
         token = secrets.token_urlsafe(32)
         session = Session(user=user, identity=container.X25519Identity(user, private), expires=time.time() + self.ttl, client=client)
         with self._lock:

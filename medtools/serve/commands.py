@@ -26,6 +26,7 @@ def serve(
     token_ttl: Annotated[Optional[float], typer.Option("--token-ttl", help="Session lifetime in seconds (default 900).", min=1)] = None,
     max_failures: Annotated[Optional[int], typer.Option("--max-failures", help="Failed log-ins per user and per client in 5 minutes before 429 (default 5).", min=1)] = None,
     max_upload_mb: Annotated[Optional[float], typer.Option("--max-upload-mb", help="Largest request body in MiB (default 512); larger → 413.", min=0.001)] = None,
+    forwarded_allow_ips: Annotated[Optional[str], typer.Option("--forwarded-allow-ips", help="Proxies (IPs or networks, comma-separated, or *) whose X-Forwarded-For gives the client address; default none: headers ignored, even from loopback.")] = None,
     device: Device = None,
     precision: Precision = None,
     quiet: Quiet = False,
@@ -43,4 +44,4 @@ def serve(
         raise UsageError(f"medtools serve needs {exc.name}: pip install 'medtools[serve]'") from None
     from medtools.serve.server import serve as run
 
-    return run(models=models, store=store, host=host, port=port, index=index, public=public, audit_log=audit_log, token_ttl=token_ttl, max_failures=max_failures, max_upload_mb=max_upload_mb, device=device, precision=precision)
+    return run(models=models, store=store, host=host, port=port, index=index, public=public, audit_log=audit_log, token_ttl=token_ttl, max_failures=max_failures, max_upload_mb=max_upload_mb, trusted_proxies=forwarded_allow_ips, device=device, precision=precision)

@@ -4,6 +4,11 @@ The socket is bound before uvicorn starts, so ``--port 0`` picks a free port and
 address printed on stderr is the real one. SIGTERM and Ctrl-C (SIGINT) both ask uvicorn
 to shut down gracefully (in-flight requests finish, the temporary folder is removed) and
 ``serve`` returns 0: the process exits 0, not 143/130. A second Ctrl-C forces the exit.
+
+The client address (log-in limits, audit log) is the TCP peer's. ``X-Forwarded-For`` and
+``X-Forwarded-Proto`` are read only from the proxies named with ``--forwarded-allow-ips``;
+without it they are ignored from everyone, loopback included (uvicorn would otherwise trust
+them from 127.0.0.1, so any local client could pose as any address).
 """
 
 from __future__ import annotations
@@ -29,6 +34,32 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def forwarded_allow_ips(value: str | None) -> list[str] | None:
+    """The proxies trusted to set X-Forwarded-For: addresses or networks, comma-separated, or
+    ``*`` (anyone: only when nothing but the proxy can reach the port); None: trust no one."""
+    if value is None:
+        return None
+    entries = [item.strip() for item in value.split(",") if item.strip()]
+    if not entries:
+        raise UsageError("--forwarded-allow-ips needs at least one address (e.g. 127.0.0.1 for a proxy on this machine)")
+    if "*" in entries:
+        return ["*"]
+    out = []
+    for entry in entries:
+        try:
+            out.append(str(ipaddress.ip_network(entry, strict=False)) if "/" in entry else str(ipaddress.ip_address(entry)))
+        except ValueError:
+            raise UsageError(f"--forwarded-allow-ips: {entry!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8, ::1, or *)") from None
+    return out
+
+
+def uvicorn_options(trusted_proxies: list[str] | None) -> dict:
+    """uvicorn.Config's proxy settings: proxy headers only from ``trusted_proxies``."""
+    if not trusted_proxies:
+        return {"proxy_headers": False, "forwarded_allow_ips": ""}
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(trusted_proxies)}
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -58,6 +89,7 @@ def serve(
     token_ttl: float | None = None,
     max_failures: int | None = None,
     max_upload_mb: float | None = None,
+    trusted_proxies: str | None = None,
     device: str | None = None,
     precision: str | None = None,
 ) -> int:
@@ -65,6 +97,8 @@ def serve(
     import uvicorn
 
     from medtools.serve.app import build
+
+    proxies = forwarded_allow_ips(trusted_proxies)  # a bad value: exit 2 before anything loads
 
     audit_log = audit_log if audit_log is not None else Path(store).with_name(Path(store).name + ".audit.jsonl")
     app, state = build(
@@ -79,11 +113,13 @@ def serve(
         shown = f"[{host}]" if ":" in host else host
         names = ", ".join(f"{m.name} ({m.kind})" for m in state.models.values())
         report.log(f"medtools serve: {len(state.models)} model(s) loaded: {names}; audit log {audit_log}")
+        if proxies:
+            report.log(f"medtools serve: client addresses from X-Forwarded-For sent by {', '.join(proxies)}")
         if state.index is not None:
             report.log(f"medtools serve: encrypted index {index} (scores only; the secret context stays with the client)")
         # the address is printed even with -q: scripts read it (e.g. with --port 0)
         print(f"medtools serve: listening on http://{shown}:{actual} (API docs at http://{shown}:{actual}/docs)", file=sys.stderr, flush=True)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10, **uvicorn_options(proxies))
         server = _make_server(config)
         server.run(sockets=[sock])
         if server.stopped_by is not None:
