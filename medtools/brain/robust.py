@@ -185,7 +185,7 @@ def evaluate_attack(
     """``seg-eval --attack``: Dice (per label, BraTS region, foreground) of ``model`` on each
     case (with ground truth) under ``attack`` at each eps, and the mean over cases.
 
-    Returns (result, core.report.ItemOutcome). ``result["dice"][region]`` is the mean curve
+    Returns (result, core.batch.Outcome). ``result["dice"][region]`` is the mean curve
     (one value per eps); ``result["curve"]`` holds the full mean scores per eps and
     ``result["cases"][case][region]`` each case's curve.
     """
@@ -229,7 +229,9 @@ def evaluate_attack(
         per_case[case.case] = {region: [s[region]["dice"] for s in scores] for region in scores[0]}
         total_slices += len(loaded.slices)
 
-    outcome = report.run_items(cases, work, name=lambda c: c.case, total=len(cases), description=f"seg-eval --attack {attack}")
+    from medtools.core import batch
+
+    outcome = batch.run_items(cases, work, name=lambda c: c.case, total=len(cases), description=f"seg-eval --attack {attack}")
     if not per_case:
         raise InputError("no case with ground truth could be evaluated")
     curve = [{"eps": e, "mean": {region: {k: v for k, v in m.items() if k != "hd95"} for region, m in mean_scores(rows).items()}} for e, rows in zip(values, per_eps)]

@@ -41,8 +41,8 @@ class Classifier:
         self.positive = self.config.get("positive") or self.class_names[-1]
         self.method = self.config.get("encryption", "none")
 
-    def load(self, path: Path | str) -> np.ndarray:
-        """One file → (1, H, W) [0, 1] model input (encrypted when the model expects it)."""
+    def load(self, path: Any) -> np.ndarray:
+        """One file (or in-memory ``Image``) → (1, H, W) [0, 1] model input (encrypted when the model expects it)."""
         from medtools.core.preprocess import UNIT_NORM, load_image
 
         if self.encryption is None:  # cipher images: used as they are, never resized
@@ -79,20 +79,23 @@ class Classifier:
             "probabilities": {c: float(p) for c, p in zip(self.class_names, probs)},
         }
 
-    def run(self, paths: Sequence[str]) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
-        """(path, record | error) per input, in batches of the predictor's batch size."""
+    def run(self, paths: Sequence[Any], names: Sequence[str] | None = None) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
+        """(name, record | error) per input (a path, or an in-memory ``Image`` named by ``names``),
+        in batches of the predictor's batch size."""
         step = self.predictor.batch_size
+        names = [str(p) for p in paths] if names is None else list(names)
         for start in range(0, len(paths), step):
-            chunk, images, failed = paths[start : start + step], [], {}
-            for path in chunk:
+            chunk = list(zip(names[start : start + step], paths[start : start + step]))
+            images, failed = [], {}
+            for name, source in chunk:
                 try:
-                    images.append((path, self.load(path)))
+                    images.append((name, self.load(source)))
                 except (InputError, OSError, ValueError) as exc:
-                    failed[path] = exc
+                    failed[name] = exc
             probs = self.probabilities(np.stack([x for _, x in images])) if images else np.zeros((0, len(self.class_names)))
-            ready = {path: self.record(path, p) for (path, _), p in zip(images, probs)}
-            for path in chunk:
-                yield path, failed.get(path) or ready[path]
+            ready = {name: self.record(name, p) for (name, _), p in zip(images, probs)}
+            for name, _ in chunk:
+                yield name, failed.get(name) or ready[name]
 
 
 def evaluate_folder(
@@ -151,7 +154,7 @@ def classify_command(
     import io
     import json
 
-    from medtools.core import report
+    from medtools.core import batch, report
     from medtools.core.inputs import expand_inputs
     from medtools.core.io import RASTER_EXTS, atomic_path
 
@@ -166,22 +169,17 @@ def classify_command(
         else:
             lines.append(line)
 
-    if csv_output:
-        emit(",".join(columns))
-    outcome = report.ItemOutcome()
-    for path, result in report.progress(classifier.run([str(i.path) for i in items]), total=len(items), description="classify"):
-        if isinstance(result, Exception):
-            outcome.failed += 1
-            outcome.codes.append(getattr(result, "exit_code", 5))
-            report.error(f"{path}: {result}")
-            continue
-        outcome.ok += 1
+    def emit_record(result: dict[str, Any]) -> None:
         if csv_output:
             buffer = io.StringIO()
             csv.writer(buffer, lineterminator="").writerow([result["path"], result["label"], f"{result['probability']:.6f}", *(f"{result['probabilities'][c]:.6f}" for c in classifier.class_names)])
             emit(buffer.getvalue())
         else:
             emit(json.dumps(result))
+
+    if csv_output:
+        emit(",".join(columns))
+    outcome = batch.run_pairs(classifier.run([str(i.path) for i in items]), emit=emit_record, total=len(items), description="classify")
     if output is not None and outcome.ok:
         with atomic_path(output) as tmp:
             Path(tmp).write_text("\n".join(lines) + "\n")

@@ -82,7 +82,7 @@ def write_slices(
     size: int | None = None,
     overwrite: bool = False,
 ) -> Iterator[tuple[str, Any]]:
-    """Slices of every case under ``data`` → ``output``; yields (case, [paths] | Exception).
+    """Slices of every case under ``data`` → ``output``; yields (case, {case, outputs} | Exception).
 
     ``output/manifest.csv`` is rewritten at the end with every slice of this run (and the
     rows of an earlier run for cases not seen now).
@@ -115,7 +115,7 @@ def write_slices(
                         write_image(Image(item["levels"], format="png"), target)
                         written.append(target)
                     listing[rel] = {"file": rel, "patient_id": row["patient"], "case": case, "slice": item["slice"], "tumor_pixels": item["tumor_pixels"]}
-                yield case, written
+                yield case, {"case": case, "outputs": [str(p) for p in written]}
             except (InputError, OSError, ValueError) as exc:
                 yield case, exc
     finally:

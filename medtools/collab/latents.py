@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from medtools.core import batch as batch_driver
 from medtools.core import report
-from medtools.core.errors import CheckpointError, InputError, MedtoolsError, UsageError
+from medtools.core.errors import CheckpointError, InputError
 
 LATENT_EXTS = (".safetensors",)
 
@@ -66,56 +67,6 @@ def stack(latents: Sequence[Latent]) -> list[np.ndarray]:
     return [np.stack([lat.z[k] for lat in latents]) for k in range(len(latents[0].z))]
 
 
-def batched(items: Sequence[Any], batch_size: int, load: Callable[[Any], Any], work: Callable[[list[tuple[Any, Any]]], Iterator[tuple[Any, Any]]], *, name: Callable[[Any], str] = str, description: str = "") -> report.ItemOutcome:
-    """Per-item loading with per-item errors, then ``work`` on each batch of loaded items.
-
-    ``load(item)`` returns the loaded value or ``"skipped"``; ``work(batch)`` yields
-    (item, result) where result is an exception for a failed item. Bounded memory: one batch.
-    """
-    outcome = report.ItemOutcome()
-
-    def fail(item: Any, exc: BaseException) -> None:
-        outcome.failed += 1
-        outcome.failures.append((name(item), str(exc)))
-        outcome.codes.append(getattr(exc, "exit_code", 5))
-        report.error(f"{name(item)}: {exc}")
-
-    def flush(batch: list[tuple[Any, Any]]) -> None:
-        try:
-            results = list(work(batch))
-        except (UsageError, BrokenPipeError):
-            raise
-        except (MedtoolsError, OSError, ValueError, RuntimeError) as exc:
-            for item, _ in batch:
-                fail(item, exc)
-            return
-        for item, result in results:
-            if isinstance(result, BaseException):
-                fail(item, result)
-            else:
-                outcome.ok += 1
-
-    batch: list[tuple[Any, Any]] = []
-    for item in report.progress(items, total=len(items), description=description):
-        try:
-            value = load(item)
-        except (UsageError, BrokenPipeError):
-            raise
-        except (MedtoolsError, OSError, ValueError, RuntimeError) as exc:
-            fail(item, exc)
-            continue
-        if isinstance(value, str) and value == "skipped":
-            outcome.skipped += 1
-            continue
-        batch.append((item, value))
-        if len(batch) >= batch_size:
-            flush(batch)
-            batch = []
-    if batch:
-        flush(batch)
-    return outcome
-
-
 def ae_predictor(model: Path | str, kind: str | tuple[str, ...], device: str | None, precision: str | None, batch_size: int):
     from medtools.core.predict import Predictor
 
@@ -150,7 +101,7 @@ def encode_images(
     overwrite: bool = False,
     shard: str | None = None,
     on_result: Callable[[dict[str, Any]], None] | None = None,
-) -> report.ItemOutcome:
+) -> batch_driver.Outcome:
     """klt-encode: images (or masks, with an ``ae-mask`` model) → protected latent files."""
     from medtools.collab import klt
     from medtools.collab.autoencoder import case_name, load_batch
@@ -180,10 +131,9 @@ def encode_images(
         for index, (item, (target, shape, fmt, _)) in enumerate(batch):
             config = {"source": predictor.kind.name, "case": case_name(item.path), "key_id": key.key_id, "state": "protected", "image_shape": shape, "format": fmt, "model_sha256": source_sha}
             sizes = write_latent(target, [z[index] for z in protected], config, fp16=fp16)
-            report.emit_path(target) if on_result is None else on_result({"input": str(item.path), "output": str(target), **sizes})
-            yield item, None
+            yield item, {"input": str(item.path), "output": str(target), **sizes}
 
-    return batched(items, batch_size, load, work, description="klt-encode")
+    return batch_driver.run_batches(items, load, work, batch_size=batch_size, emit=on_result or batch_driver.emitter(), description="klt-encode")
 
 
 def decode_latents(
@@ -198,7 +148,7 @@ def decode_latents(
     overwrite: bool = False,
     shard: str | None = None,
     threshold: float = 0.5,
-) -> report.ItemOutcome:
+) -> batch_driver.Outcome:
     """klt-decode: protected (or mapped) latents → masks (``ae-mask``: 0/255) or images
     (``ae-image``: uint8) in the input image's size and format. Without a key the latents
     are decoded as they are (what an eavesdropper gets)."""
@@ -238,7 +188,6 @@ def decode_latents(
             prob = preprocess.resize(out[index : index + 1], (int(h), int(w)))[0, 0]
             array = np.where(prob > threshold, 255, 0).astype(np.uint8) if is_mask else np.clip(np.round(prob * 255), 0, 255).astype(np.uint8)
             write_image(Image(array, format="png"), target, format=latent.config.get("format", "png") if latent.config.get("format") in ext_of else "png")
-            report.emit_path(target)
-            yield item, None
+            yield item, {"input": str(item.path), "output": str(target)}
 
-    return batched(items, batch_size, load, work, description="klt-decode")
+    return batch_driver.run_batches(items, load, work, batch_size=batch_size, emit=batch_driver.emitter(), description="klt-decode")

@@ -44,13 +44,14 @@ SKIPPED = "skipped"
 ITEM_ERRORS = (OSError, ValueError, RuntimeError, MemoryError)  # library failures that concern one item
 
 
-def error_code(exc: BaseException) -> int:
-    """The exit code of an item error, from its type alone; re-raises what is not an item error."""
+def error_code(exc: BaseException, *, strict: bool = True) -> int:
+    """The exit code of an item error, from its type alone; re-raises what is not an item error
+    (``strict=False``: any Exception an algorithm already caught per item counts as exit 5)."""
     if isinstance(exc, UsageError) or isinstance(exc, BrokenPipeError):
         raise exc
     if isinstance(exc, MedtoolsError):
         return exc.exit_code
-    if isinstance(exc, ITEM_ERRORS):
+    if isinstance(exc, ITEM_ERRORS) or (not strict and isinstance(exc, Exception)):
         return EXIT_NO_INPUT
     raise exc
 
@@ -70,6 +71,7 @@ class Outcome:
     skipped: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
     codes: list[int] = field(default_factory=list)  # exit code of each failure
+    strict: bool = True  # False: a caught Exception of any type is an item error (run_pairs)
 
     @property
     def exit_code(self) -> int:
@@ -90,7 +92,7 @@ class Outcome:
         """Record an item error (re-raising what is not one) and report it on stderr."""
         from medtools.core import report
 
-        code = error_code(exc)
+        code = error_code(exc, strict=self.strict)
         message = error_message(exc)
         self.failed += 1
         self.failures.append((name, message))
@@ -191,10 +193,11 @@ def run_pairs(
     total: int | None = None,
     description: str = "",
 ) -> Outcome:
-    """Settle a stream of ``(item, result | exception)`` that an algorithm produced itself."""
+    """Settle a stream of ``(item, result | exception)`` that an algorithm produced itself
+    (it caught each item's exception; a UsageError among them still stops the batch)."""
     from medtools.core import report
 
-    outcome = Outcome()
+    outcome = Outcome(strict=False)
     for item, result in report.progress(pairs, total=total, description=description):
         outcome.settle(name(item), result, emit)
     return outcome

@@ -268,14 +268,18 @@ def image_channels(image: Any, channels: int, norm: dict[str, Any]) -> np.ndarra
     return np.repeat(normed, channels, axis=0) if channels > 1 else normed
 
 
-def load_image(path: Path | str, size: int | None = None, channels: int = 1, norm: dict[str, Any] | None = None) -> np.ndarray:
-    """A 2-D image file → (channels, size, size) float32 in [0, 1] (``unit`` norm by default)."""
-    from medtools.core.io import read_image
+def load_image(path: Any, size: int | None = None, channels: int = 1, norm: dict[str, Any] | None = None) -> np.ndarray:
+    """A 2-D image (a file, or an in-memory ``Image``) → (channels, size, size) float32 in [0, 1]
+    (``unit`` norm by default)."""
+    from medtools.core.io import Image, read_image
 
-    try:
-        image = read_image(path)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read image ({exc})") from None
+    if isinstance(path, Image):
+        image = path
+    else:
+        try:
+            image = read_image(path)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{path}: cannot read image ({exc})") from None
     out = image_channels(image, channels, norm or UNIT_NORM)
     return resize(out[None], size)[0].astype(np.float32)
 

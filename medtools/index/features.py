@@ -55,9 +55,9 @@ def embed_arrays(predictor: Any, images: np.ndarray) -> np.ndarray:
 def embed_paths(predictor: Any, items: Iterable[Any], *, on_vectors: Callable[[list[Any], np.ndarray], None], path_of: Callable[[Any], Path] = lambda i: i.path) -> Any:
     """Load each item (per-item errors reported, the batch goes on) and embed in batches.
 
-    ``on_vectors(items, features)`` receives each batch; returns the run's ItemOutcome.
+    ``on_vectors(items, features)`` receives each batch; returns the run's batch Outcome.
     """
-    from medtools.core.report import run_items
+    from medtools.core.batch import run_items
 
     pending: list[Any] = []
     arrays: list[np.ndarray] = []

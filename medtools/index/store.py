@@ -137,14 +137,16 @@ def _collect(predictor: Any, items: list[Any], known: dict[str, str]) -> tuple[l
     An id already in the index with the same image digest is skipped (a rerun resumes); with
     another digest it is an item error: two different images cannot share an id.
     """
-    from medtools.core.report import ItemOutcome, error, log
+    from medtools.core.batch import Outcome
+    from medtools.core.errors import InputError
+    from medtools.core.report import log
     from medtools.index import features as feats
 
     ids: list[str] = []
     digests: list[str] = []
     vectors: list[np.ndarray] = []
     todo = []
-    clashes = ItemOutcome()
+    clashes = Outcome()
     for item in items:
         entry_id = item.rel.as_posix()
         if entry_id in known:
@@ -152,9 +154,7 @@ def _collect(predictor: Any, items: list[Any], known: dict[str, str]) -> tuple[l
                 log(f"{entry_id}: already in the index, skipped")
                 clashes.skipped += 1
             else:
-                error(f"{item.path}: the index already has another image with id {entry_id} (pass the folder one level up, so ids differ)")
-                clashes.failed += 1
-                clashes.codes.append(1)
+                clashes.fail(str(item.path), InputError(f"the index already has another image with id {entry_id} (pass the folder one level up, so ids differ)"))
             continue
         known[entry_id] = ""
         todo.append(item)
@@ -372,15 +372,16 @@ def _client_context(index: Index, secret: Path) -> he.Context:
     return ctx
 
 
-def client_features(index: Index, image: Path, *, model: Path | None = None, device: str | None = None) -> tuple[np.ndarray, Any]:
+def client_features(index: Index, image: Any, *, model: Path | None = None, device: str | None = None) -> tuple[np.ndarray, Any]:
     """Client: the query image's L2-normalised features with the index's own model."""
     from medtools.core.errors import CheckpointError
+    from medtools.core.io import Image
     from medtools.index import features as feats
 
     predictor = feats.load_predictor(Path(model or index.data["model"]["path"]), device=device)
     if sha256_file(predictor.path) != index.data["model"]["sha256"]:
         raise CheckpointError(f"{predictor.path} is not the model the index was built with ({index.data['model']['path']})")
-    return feats.embed_arrays(predictor, feats.load(predictor, Path(image))[None])[0], predictor
+    return feats.embed_arrays(predictor, feats.load(predictor, image if isinstance(image, Image) else Path(image))[None])[0], predictor
 
 
 def encrypt_query_file(image: Path, *, index_folder: Path, secret: Path, output: Path, model: Path | None = None, root: str | None = None, device: str | None = None, overwrite: bool = False) -> dict[str, Any]:
@@ -461,7 +462,7 @@ def rank_file(reply_file: Path, *, index_folder: Path, secret: Path, k: int = 5,
     return {"scores": str(reply_file), "mode": "encrypted-query", "k": int(k), "entries": len(index.entries), "root": index.root, "trusted_root": checked.trusted_root, "hits": hits}
 
 
-def query(image: Path, *, index_folder: Path, secret: Path, k: int = 5, model: Path | None = None, plain_query: bool = False, root: str | None = None, device: str | None = None) -> dict[str, Any]:
+def query(image: Any, *, index_folder: Path, secret: Path, k: int = 5, model: Path | None = None, plain_query: bool = False, root: str | None = None, device: str | None = None) -> dict[str, Any]:
     """Top-k entries most similar to ``image``: the three steps of encrypt-query, score and
     rank in one process (the server step gets a copy of the context without the secret key)."""
     timing: dict[str, float] = {}
@@ -482,7 +483,7 @@ def query(image: Path, *, index_folder: Path, secret: Path, k: int = 5, model: P
     hits = client_rank(index, ctx, reply, k=k, root=root)
     timing["decrypt_rank_prove_s"] = time.perf_counter() - t3
     return {
-        "query": str(image),
+        "query": str(image.meta.get("path", "image")) if hasattr(image, "meta") else str(image),
         "mode": "plain-query (the server saw the query vector)" if plain_query else "encrypted-query",
         "k": int(k),
         "entries": len(index.entries),

@@ -36,7 +36,7 @@ def synthesize(
     *,
     model: Path,
     n: int,
-    output: Path,
+    output: Path | None,
     sampler: str = "ddpm",
     steps: int | None = None,
     seed: int = 0,
@@ -51,13 +51,15 @@ def synthesize(
     on_written: Callable[[Path], None] = report.emit_path,
     class_name: str | None = None,
     guidance: float = 1.0,
+    on_pixels: Callable[[int | None, int, np.ndarray], None] | None = None,
 ) -> dict[str, Any]:
     """Write images ``sample-XXXXXX.png`` for indices 0..n-1 (this shard's part) into ``output``.
 
     ``class_name`` (a class-conditional checkpoint): that class, with classifier-free
     ``guidance``; ``"all"``: ``n`` images of every class in ``output/<CLASS>/`` (a training
     folder), class number c drawn with seed ``seed + c``, so ``--class all`` holds exactly the
-    images of ``--class C --seed seed+c``.
+    images of ``--class C --seed seed+c``. With ``output=None`` nothing is written: each image
+    goes to ``on_pixels(class_index, index, pixels)`` instead (the in-memory API).
     """
     from medtools.core.device import prepare_model, resolve_device, resolve_precision
     from medtools.core.io import Image, write_image
@@ -80,11 +82,11 @@ def synthesize(
     steps = steps or default_steps(sampler, sched_config)
     names = list(config.get("class_names") or [])
     if class_name is None:
-        jobs: list[tuple[int | None, Path, int]] = [(None, output, seed)]
+        jobs: list[tuple[int | None, Path | None, int]] = [(None, output, seed)]
     elif not names:
         raise UsageError(f"{model} is not class-conditional (trained without --label/--classes-from): drop --class")
     elif class_name == "all":
-        jobs = [(c, output / name, seed + c) for c, name in enumerate(names)]
+        jobs = [(c, output / name if output is not None else None, seed + c) for c, name in enumerate(names)]
     elif class_name in names:
         jobs = [(names.index(class_name), output, seed)]
     else:
@@ -97,9 +99,10 @@ def synthesize(
         indices = indices[shard[0] - 1 :: shard[1]]
     written = skipped = 0
     for class_index, folder, class_seed in jobs:
-        folder.mkdir(parents=True, exist_ok=True)
-        targets = {i: folder / sample_name(i, n) for i in indices}
-        todo = [i for i in indices if not skip_existing(targets[i], overwrite, log=lambda _: None)]
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        targets = {i: folder / sample_name(i, n) for i in indices} if folder is not None else {}
+        todo = [i for i in indices if folder is None or not skip_existing(targets[i], overwrite, log=lambda _: None)]
         if len(todo) < len(indices):
             report.log(f"skipping {len(indices) - len(todo)} existing images in {folder} (--overwrite to redo)")
         what = "" if class_index is None else f" of class {names[class_index]} (guidance {guidance:g})"
@@ -109,6 +112,9 @@ def synthesize(
             labels = None if class_index is None else [class_index] * len(chunk)
             images = run_sampler(net, scheduler, steps=steps, generators=image_generators(class_seed, chunk), shape=shape, device=dev, precision=prec, eta=eta, class_labels=labels, guidance=guidance)
             for index, pixels in zip(chunk, to_pixels(images, bits, checkpoint.norm)):
+                if folder is None and on_pixels is not None:
+                    on_pixels(class_index, index, pixels)
+                    continue
                 write_image(Image(pixels, format="png", meta={"bits": bits}), targets[index])
                 on_written(targets[index])
         written += len(todo)
@@ -117,3 +123,14 @@ def synthesize(
     if class_name is not None:
         result.update({"class": class_name, "classes": [names[c] for c, _, _ in jobs], "guidance": guidance})
     return result
+
+
+def sample_arrays(model: Path | str, n: int, *, seed: int = 0, class_name: str | None = None, **options: Any) -> np.ndarray:
+    """``n`` images as one (n, H, W[, 3]) array, in memory: image i equals the file
+    ``synthesize(..., seed=seed)`` writes as sample i (``options``: synthesize's sampler,
+    steps, guidance, bits, batch_size, device, precision). ``class_name="all"`` is refused."""
+    if class_name == "all":
+        raise UsageError("class_name='all' writes one folder per class; ask for one class at a time")
+    out: dict[int, np.ndarray] = {}
+    synthesize(model=Path(model), n=n, output=None, seed=seed, class_name=class_name, on_pixels=lambda _c, i, pixels: out.__setitem__(i, pixels), **options)
+    return np.stack([out[i] for i in range(n)])

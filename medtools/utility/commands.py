@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from medtools.core import report
-from medtools.cliutil import Inputs, Json, NanPolicy, Output, Overwrite, Quiet, Shard, command
+from medtools.cliutil import Inputs, ItemWorkers, Json, NanPolicy, Output, Overwrite, Quiet, Shard, command
 
 
 def register(app: typer.Typer) -> None:
@@ -78,11 +78,13 @@ def convert(
     to: Annotated[str, typer.Option("--to", help="nifti | png | npy | npz")] = "nifti",
     axis: Annotated[int, typer.Option("--axis", help="Slice axis for --to png (0, 1, 2).")] = 2,
     shard: Shard = None,
+    workers: ItemWorkers = None,
     nan_policy: NanPolicy = "error",
     overwrite: Overwrite = False,
     quiet: Quiet = False,
 ) -> int:
     """DICOM series → NIfTI, volumes → PNG slices (+ volume.json) or NPY, keeping geometry."""
+    from medtools.core import batch
     from medtools.core.inputs import check_output_arg, expand_inputs, parse_shard, shard_items
     from medtools.utility.convert import check_options, single_file_output
     from medtools.utility.convert import convert as convert_one
@@ -94,12 +96,9 @@ def convert(
     single = single_file_output(output, to, len(items)) and part is None
 
     def work(item):
-        written = convert_one(item, output, to=to, axis=axis, overwrite=overwrite, single=single)
-        for path in written:
-            report.emit_path(path)
-        return written or "skipped"
+        return convert_one(item, output, to=to, axis=axis, overwrite=overwrite, single=single) or batch.SKIPPED
 
-    return report.run_items(items, work, total=len(items), description="convert").exit_code
+    return batch.run_items(items, work, emit=batch.emitter(paths=list), total=len(items), description="convert", workers=batch.resolve_workers(workers)).exit_code
 
 
 @command
@@ -138,4 +137,6 @@ def info(
         else:
             print(render(data))
 
-    return report.run_items(items, work).exit_code
+    from medtools.core import batch
+
+    return batch.run_items(items, work).exit_code

@@ -1,0 +1,334 @@
+"""medtools as a Python library: one keyword function per job, in memory.
+
+Images in and out are :class:`medtools.core.io.Image` (an array with its geometry and the
+metadata needed to write it back: NIfTI header, DICOM dataset, PNG bit depth); read one with
+``read_image(path)`` and write one with ``write_image(image, path)``. Bytes stay bytes. A model
+is a checkpoint path or an object this module loaded before (``load_model``), so a program that
+calls a function many times loads the model once. Every function takes ``ctx``, a
+:class:`medtools.core.context.RunContext` (NaN policy, key-file permissions, quiet, device...);
+without it the caller's current context holds. Nothing here keeps state between calls.
+
+The command-line tools and ``medtools serve`` call these same functions; docs/api.md shows a
+session. Errors are the typed errors of :mod:`medtools.core.errors` (``InputError``,
+``CheckpointError``, ``IntegrityError``, ``UsageError``) with the CLI's one-line messages.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, TypeVar
+
+from medtools.core import context as _context
+from medtools.core.context import RunContext
+from medtools.core.io import Image, read_image, write_image
+
+__all__ = [
+    "Image", "RunContext", "read_image", "write_image", "load_model",
+    "segment", "protect", "reid_scores", "classify",
+    "encrypt_bytes", "decrypt_bytes", "encrypt_stream", "decrypt_stream",
+    "klt_encode", "umn_map", "klt_decode", "synth", "index_query", "deid_dataset",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+ModelArg = Any  # a checkpoint path (str | Path) or an object from load_model
+
+
+def _in_context(func: F) -> F:
+    """Run ``func`` inside its ``ctx`` keyword (a RunContext), or in the caller's current one."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, ctx: RunContext | None = None, **kwargs: Any) -> Any:
+        with _context.use(ctx):
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _device(device: str | None) -> str | None:
+    return device if device is not None else _context.current().device
+
+
+def _precision(precision: str | None) -> str | None:
+    return precision if precision is not None else _context.current().precision
+
+
+def _images(images: Sequence[Any] | Image) -> list[Any]:
+    """One Image or a sequence; in-memory arrays obey the context's NaN policy as files do when read."""
+    from medtools.core.io.finite import check_finite
+
+    listed = [images] if isinstance(images, Image) else list(images)
+    out = []
+    for index, image in enumerate(listed):
+        if isinstance(image, Image):
+            checked = check_finite(image.array, image.meta.get("path", f"image {index}"))
+            image = image if checked is image.array else image.with_array(checked)
+        out.append(image)
+    return out
+
+
+def _is_loaded(model: ModelArg) -> bool:
+    return not isinstance(model, (str, Path))
+
+
+@_in_context
+def load_model(path: str | Path, *, kind: str | Sequence[str] | None = None, key: bytes | None = None, device: str | None = None, precision: str | None = None, batch_size: int = 32) -> Any:
+    """A checkpoint loaded once for many calls: a ``Predictor`` (a ``Classifier`` for cls
+    checkpoints, with ``key`` for a model trained behind an image cipher)."""
+    from medtools.core.ckpt import read_metadata
+    from medtools.core.predict import Predictor
+
+    found = read_metadata(path).get("medtools.kind")
+    if found == "cls" and (kind is None or kind == "cls" or "cls" in kind):
+        from medtools.cls.classify import Classifier
+
+        return Classifier(path, key=key, device=_device(device), precision=_precision(precision), batch_size=batch_size)
+    return Predictor(path, kind=kind, device=_device(device), precision=_precision(precision), batch_size=batch_size)
+
+
+def _predictor(model: ModelArg, kind: str | Sequence[str], **kwargs: Any) -> Any:
+    if _is_loaded(model):
+        return getattr(model, "predictor", model)
+    return load_model(model, kind=kind, **kwargs)
+
+
+# ---------------------------------------------------------------- brain
+
+
+@_in_context
+def segment(images: Sequence[Image] | Image, model: ModelArg, *, tta: bool = False, keep_largest: bool = False, batch_size: int | None = None, device: str | None = None, precision: str | None = None) -> Image:
+    """The modality images of one case (the model's modality order) → the label image in the
+    first image's geometry and metadata (what ``medtools segment`` writes)."""
+    from medtools.brain.segment import segment_images
+
+    images = _images(images)
+    predictor = _predictor(model, "seg", device=device, precision=precision)
+    return segment_images(images, predictor, batch_size=batch_size, tta=tta, keep_largest=keep_largest)
+
+
+@_in_context
+def protect(images: Sequence[Image] | Image, attackers: ModelArg | Sequence[ModelArg], *, utility: ModelArg | None = None, case_id: str = "case", patient: str = "", key: bytes | None = None, seed: int | None = None, device: str | None = None, **options: Any) -> tuple[list[Image], dict[str, Any]]:
+    """Adversarial protection of one case against the re-identification ``attackers`` (and the
+    ``utility`` segmenter whose output the noise must keep) → (protected images, metrics).
+    ``options`` are ``protect``'s: eps, steps, step_size, objective, utility_weight, ... ``key``
+    (32 bytes) keys the signature pattern; default a fresh random key."""
+    from medtools.brain.protect import load_protect_models, protect_images
+
+    images = _images(images)
+    chosen = [attackers] if isinstance(attackers, (str, Path)) or not isinstance(attackers, Sequence) else list(attackers)
+    models = load_protect_models([_predictor(m, ("reid", "cls"), device=device) for m in chosen], _predictor(utility, "seg", device=device) if utility is not None else None)
+    seed = seed if seed is not None else (_context.current().seed or 0)
+    return protect_images(images, models, case_id=case_id, patient=patient, key=key, seed=seed, **options)
+
+
+@_in_context
+def reid_scores(images: Sequence[Image] | Image, model: ModelArg, *, top: int = 5, device: str | None = None) -> dict[str, Any]:
+    """What a re-identification attacker says of one case: its top ``top`` identities with the
+    probability averaged over the case's non-empty slices (the attacker's own defences first)."""
+    from medtools.brain.reid import case_identities
+
+    images = _images(images)
+    return case_identities(images, _predictor(model, ("reid", "cls"), device=device), top=top)
+
+
+# ---------------------------------------------------------------- classification
+
+
+@_in_context
+def classify(images: Sequence[Image | str | Path] | Image, model: ModelArg, *, key: bytes | None = None, names: Sequence[str] | None = None, device: str | None = None) -> list[dict[str, Any]]:
+    """Label and class probabilities per image (plain images, or cipher images for a model
+    trained behind a key: ``key`` encrypts plain images on the way in). A per-image problem
+    (unreadable, wrong size) is that image's record ``{"path", "error", "exit_code"}``."""
+    from medtools.core.batch import error_code, error_message
+
+    if _is_loaded(model):
+        classifier = model
+    else:
+        classifier = load_model(model, kind="cls", key=key, device=device)
+    sources = _images(images)
+    labels = list(names) if names is not None else [str(s) if not isinstance(s, Image) else str(s.meta.get("path", f"image-{i}")) for i, s in enumerate(sources)]
+    records = []
+    for name, result in classifier.run(sources, labels):
+        if isinstance(result, BaseException):
+            records.append({"path": name, "error": error_message(result), "exit_code": error_code(result)})
+        else:
+            records.append(result)
+    return records
+
+
+# ---------------------------------------------------------------- secure sharing
+
+
+def _recipients(store: str | Path | None, key: bytes | None, users: Sequence[str] | None) -> list[Any]:
+    from medtools.secure import container
+    from medtools.secure.crypt import recipients
+
+    targets = recipients(Path(store), None, users) if store is not None else []
+    if key is not None:
+        targets.append(container.KeyRecipient(key))
+    if not targets:
+        from medtools.core.errors import UsageError
+
+        raise UsageError("no recipients: give store= (the doctors' key store) and/or key= (32 bytes)")
+    return targets
+
+
+@_in_context
+def encrypt_stream(source: BinaryIO, sink: BinaryIO, *, store: str | Path | None = None, users: Sequence[str] | None = None, key: bytes | None = None, name: str = "", chunk_size: int | None = None) -> dict[str, Any]:
+    """Encrypt ``source`` into ``sink`` as an .mte container for the store's doctors (or the
+    named ``users``) and/or a 32-byte ``key``; constant memory. Returns recipients, bytes, sha256."""
+    from medtools.secure import container
+
+    result = container.encrypt_stream(source, sink, _recipients(store, key, users), name=name, chunk_size=chunk_size or container.DEFAULT_CHUNK, digest=True)
+    return {"recipients": result.recipients, "bytes": result.plaintext_bytes, "sha256": result.ciphertext_sha256}
+
+
+@_in_context
+def decrypt_stream(source: BinaryIO, sink: BinaryIO, *, store: str | Path | None = None, user: str | None = None, password: bytes | str | None = None, key: bytes | None = None, identity: Any = None) -> dict[str, Any]:
+    """Decrypt an .mte stream with a store user's password, an unlocked ``identity`` or a
+    ``key``. Any damage, truncation or wrong credential raises IntegrityError; only
+    authenticated chunks reach ``sink`` (discard it on error). Returns name, bytes, sha256."""
+    from medtools.secure import container
+    from medtools.secure.crypt import Keyring
+    from medtools.secure.keystore import KeyStore
+
+    keyring = Keyring(store=KeyStore.load(Path(store)) if store is not None else None, user=user, key=key)
+    if password is not None:
+        keyring._password = password.encode("utf-8") if isinstance(password, str) else password
+    if identity is not None and user is not None:
+        keyring._unlocked[user] = identity
+    result = container.decrypt_stream(source, sink, keyring.identities, digest=True)
+    return {"name": result.name, "bytes": result.plaintext_bytes, "sha256": result.ciphertext_sha256, "opened_by": getattr(result, "opened_by", None)}
+
+
+@_in_context
+def encrypt_bytes(data: bytes, **options: Any) -> bytes:
+    """``encrypt_stream`` on bytes: the .mte container's bytes."""
+    sink = io.BytesIO()
+    encrypt_stream(io.BytesIO(data), sink, **options)
+    return sink.getvalue()
+
+
+@_in_context
+def decrypt_bytes(data: bytes, **options: Any) -> bytes:
+    """``decrypt_stream`` on bytes: the plaintext (IntegrityError on any damage or wrong credential)."""
+    sink = io.BytesIO()
+    decrypt_stream(io.BytesIO(data), sink, **options)
+    return sink.getvalue()
+
+
+@_in_context
+def deid_dataset(dataset: Any, *, key: bytes | None = None, date_shift: int | None = None, pseudonymize: bool = False, deidentifier: Any = None) -> tuple[Any, list[str]]:
+    """De-identify a pydicom Dataset in place (PS3.15 basic profile; pixels untouched) →
+    (dataset, warnings). Pass one ``deidentifier`` (``medtools.secure.deid.make_deidentifier``)
+    to many calls so that UIDs and pseudonyms stay consistent across a study."""
+    from medtools.secure.deid import make_deidentifier
+
+    run = deidentifier or make_deidentifier(key, date_shift=date_shift, pseudonymize=pseudonymize)
+    warnings = run.dicom(dataset)
+    return dataset, warnings
+
+
+# ---------------------------------------------------------------- collaborative segmentation
+
+
+def _klt_key(key: Any) -> Any:
+    from medtools.collab import klt
+
+    return key if isinstance(key, klt.Key) else klt.load_key(key)
+
+
+@_in_context
+def klt_encode(images: Sequence[Image], model: ModelArg, key: Any, *, device: str | None = None) -> list[list[Any]]:
+    """Client: images (ae-image model) or masks (ae-mask) → protected latents, one list of
+    per-scale arrays (C_k, H_k, W_k) per image. ``key``: a klt key file or a loaded key."""
+    import numpy as np
+
+    from medtools.collab import klt
+    from medtools.collab.autoencoder import load_batch
+    from medtools.collab.latents import encode
+    from medtools.core.errors import CheckpointError
+
+    predictor = _predictor(model, ("ae-image", "ae-mask"), device=device)
+    key = _klt_key(key)
+    if list(predictor.config["latent_channels"]) != key.latent_channels:
+        raise CheckpointError(f"the key was made for latent channels {key.latent_channels}, the model has {predictor.config['latent_channels']}")
+    x = load_batch(list(images), predictor.size, mask=predictor.kind.name == "ae-mask")
+    protected = klt.apply(key, encode(predictor, x))
+    return [[np.asarray(z[i]) for z in protected] for i in range(len(images))]
+
+
+@_in_context
+def umn_map(latents: Sequence[Sequence[Any]], model: ModelArg, key: Any = None, *, device: str | None = None) -> list[list[Any]]:
+    """Server: protected image latents → protected mask latents (a plain-space UMN needs the
+    client's ``key``: invert → map → re-apply; a protected-space UMN takes none)."""
+    import numpy as np
+
+    from medtools.collab import klt
+    from medtools.collab.autoencoder import pack, unpack
+    from medtools.core.errors import UsageError
+
+    predictor = _predictor(model, "umn", device=device)
+    space = predictor.config.get("space", "plain")
+    if space == "plain" and key is None:
+        raise UsageError("this UMN maps plain latents: give the client's key")
+    if space == "protected" and key is not None:
+        raise UsageError("this UMN was trained in the protected space: it takes no key")
+    z = [np.stack([np.asarray(sample[k]) for sample in latents]) for k in range(len(latents[0]))]
+    loaded_key = _klt_key(key) if key is not None else None
+    if loaded_key is not None:
+        z = klt.invert(loaded_key, z)
+    mapped = unpack(predictor.predict(pack(z).astype(np.float32), model_space=True), predictor.model.out_shapes)
+    if loaded_key is not None:
+        mapped = klt.apply(loaded_key, mapped)
+    return [[m[i] for m in mapped] for i in range(len(latents))]
+
+
+@_in_context
+def klt_decode(latents: Sequence[Sequence[Any]], model: ModelArg, key: Any = None, *, size: tuple[int, int] | None = None, threshold: float = 0.5, device: str | None = None) -> list[Any]:
+    """Client: protected (or mapped) latents → uint8 masks (ae-mask: 0/255) or images
+    (ae-image), resized to ``size`` (H, W) when given. Without a key: what an eavesdropper decodes."""
+    import numpy as np
+
+    from medtools.collab import klt
+    from medtools.collab.latents import decode
+    from medtools.core import preprocess
+
+    predictor = _predictor(model, ("ae-image", "ae-mask"), device=device)
+    z = [np.stack([np.asarray(sample[k]) for sample in latents]) for k in range(len(latents[0]))]
+    plain = klt.invert(_klt_key(key), z) if key is not None else z
+    out = decode(predictor, plain)
+    if size is not None:
+        out = preprocess.resize(out, tuple(size))
+    prob = out[:, 0]
+    if predictor.kind.name == "ae-mask":
+        return list(np.where(prob > threshold, 255, 0).astype(np.uint8))
+    return list(np.clip(np.round(prob * 255), 0, 255).astype(np.uint8))
+
+
+# ---------------------------------------------------------------- synthesis
+
+
+@_in_context
+def synth(model: str | Path, n: int, *, seed: int | None = None, sampler: str = "ddpm", steps: int | None = None, class_name: str | None = None, guidance: float = 1.0, bits: int = 8, batch_size: int = 16, device: str | None = None) -> Any:
+    """``n`` synthetic images from a ddpm checkpoint (a path) as an (n, H, W) uint8 (or uint16)
+    array; image i is the same as ``medtools synth --seed SEED`` writes as sample i."""
+    from medtools.synth.sample import sample_arrays
+
+    seed = seed if seed is not None else (_context.current().seed or 0)
+    return sample_arrays(model, n, seed=seed, sampler=sampler, steps=steps, class_name=class_name, guidance=guidance, bits=bits, batch_size=batch_size, device=_device(device), precision=_context.current().precision)
+
+
+# ---------------------------------------------------------------- encrypted index
+
+
+@_in_context
+def index_query(image: Image | str | Path, *, index: str | Path, secret: str | Path, k: int = 5, model: str | Path | None = None, root: str | None = None, device: str | None = None) -> dict[str, Any]:
+    """Top-k most similar entries of an encrypted index for one image: encrypt the query with
+    the secret CKKS context, score on the server half, decrypt, rank and prove each hit
+    against the Merkle root (``root``: a trusted root to check, else the index's own)."""
+    from medtools.index.store import query
+
+    return query(image, index_folder=Path(index), secret=Path(secret), k=k, model=Path(model) if model else None, root=root, device=_device(device))
