@@ -142,3 +142,13 @@ def test_a_command_without_a_model_imports_no_torch_and_no_other_family(files: d
     assert families_loaded(modules) == {family}, f"{name} imported {families_loaded(modules) - {family}}"
     if name == "decrypt":
         assert (files["root"] / "out.bin").read_bytes() == files["plain"].read_bytes()
+
+
+@pytest.mark.parametrize("name", ["encrypt", "decrypt", "seal", "verify"])
+def test_a_byte_level_command_imports_no_numpy(files: dict[str, Path], name: str, tmp_path: Path) -> None:
+    """Encrypting, decrypting and sealing bytes is start-up bound: no numpy (~0.1 s) on that path."""
+    _, template = COMMANDS_WITHOUT_MODEL[name]
+    args = [a.format(root=files["root"], key=files["key"]).replace("out.", f"{name}-np.").replace("seal2", "seal-np") for a in template]
+    code, modules, proc = run_in_process(tmp_path / "r.json", *args)
+    assert code == 0, proc.stderr
+    assert "numpy" not in modules, f"{name} imported numpy"

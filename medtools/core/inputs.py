@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from medtools.core.errors import InputError, UsageError
-from medtools.core.io.dicom import is_dicom_file
-from medtools.core.io.formats import DICOM_EXTS, IMAGE_EXTS, split_ext
+from medtools.core.io.formats import DICOM_EXTS, IMAGE_EXTS, is_dicom_file, split_ext
 
 T = TypeVar("T")
 

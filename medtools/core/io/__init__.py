@@ -11,12 +11,11 @@ write_image), ``atomic`` (atomic writes, stale temp clean-up), ``finite`` (NaN/I
 
 from __future__ import annotations
 
-import numpy as np
+import importlib
+from typing import Any
 
+# numpy-free parts, imported at once (byte-level commands walk folders and write atomically)
 from medtools.core.io.atomic import atomic_open, atomic_path, clean_stale, on_renamed
-from medtools.core.io.dicom import dicom_affine as _dicom_affine
-from medtools.core.io.dicom import dicom_series_files, is_dicom_file, summarise_tool_output
-from medtools.core.io.finite import NAN_POLICIES, check_finite, count_nonfinite, nan_policy
 from medtools.core.io.formats import (
     ARRAY_EXTS,
     DICOM_EXTS,
@@ -26,10 +25,16 @@ from medtools.core.io.formats import (
     RASTER_FORMATS,
     Image,
     format_of,
+    is_dicom_file,
     split_ext,
 )
-from medtools.core.io.images import read_image, write_image
 
+# the rest on first use (PEP 562): they import numpy, nibabel, pydicom
+_LAZY = {
+    "dicom_series_files": "dicom", "summarise_tool_output": "dicom", "_dicom_affine": ("dicom", "dicom_affine"),
+    "NAN_POLICIES": "finite", "check_finite": "finite", "count_nonfinite": "finite", "nan_policy": "finite",
+    "read_image": "images", "write_image": "images", "as_volume": "volumes",
+}
 _looks_like_dicom = is_dicom_file  # old private name, still imported by callers
 
 __all__ = [
@@ -40,14 +45,11 @@ __all__ = [
 ]
 
 
-# ---------------------------------------------------------------- helpers for volumes
-
-
-def as_volume(image: Image) -> np.ndarray:
-    """The image as (x, y, z): 2-D images become one slice."""
-    array = image.array
-    if array.ndim == 2:
-        return array[:, :, None]
-    if array.ndim == 4 and array.shape[-1] == 1:
-        return array[..., 0]
-    return array
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module_name, attr = (target, name) if isinstance(target, str) else target
+    value = getattr(importlib.import_module(f"{__name__}.{module_name}"), attr)
+    globals()[name] = value
+    return value

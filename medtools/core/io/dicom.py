@@ -14,22 +14,9 @@ from typing import Any
 import numpy as np
 
 from medtools.core.errors import InputError, UsageError
-from medtools.core.io.formats import DICOM_EXTS, Image
+from medtools.core.io.formats import DICOM_EXTS, PREAMBLE_OFFSET, Image, is_dicom_file  # noqa: F401  (re-exported)
 from medtools.core.io.nifti import read_nifti
 from medtools.core.io.uids import mark_derived
-
-PREAMBLE_OFFSET = 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
-
-
-def is_dicom_file(path: Path | str) -> bool:
-    """True when the file carries the DICM magic after its preamble (extension-less PACS exports)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(PREAMBLE_OFFSET)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
-
 
 def read_dicom_file(path: Path) -> Image:
     import pydicom

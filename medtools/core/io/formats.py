@@ -1,12 +1,15 @@
-"""File formats by extension, and the Image that carries an array with its geometry."""
+"""File formats by extension, and the Image that carries an array with its geometry.
+
+numpy-free at import (byte-level commands such as encrypt walk folders through this)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 NIFTI_EXTS = (".nii.gz", ".nii")
 RASTER_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -14,6 +17,17 @@ DICOM_EXTS = (".dcm", ".dicom")
 ARRAY_EXTS = (".npy", ".npz")
 IMAGE_EXTS = NIFTI_EXTS + RASTER_EXTS + DICOM_EXTS + ARRAY_EXTS
 RASTER_FORMATS = ("png", "jpeg", "tiff")
+PREAMBLE_OFFSET = 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
+
+
+def is_dicom_file(path: Path | str) -> bool:
+    """True when the file carries the DICM magic after its preamble (extension-less PACS exports)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(PREAMBLE_OFFSET)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def split_ext(path: Path | str) -> tuple[str, str]:
@@ -68,6 +82,8 @@ class Image:
         if self.affine is None:
             return None
         ndim = min(3, self.array.ndim)
+        import numpy as np
+
         return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :ndim], axis=0))
 
     @property
