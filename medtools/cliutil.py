@@ -42,6 +42,61 @@ Epochs = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")
 Lr = Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")]
 StepsPerEpoch = Annotated[Optional[int], typer.Option("--steps-per-epoch", min=1, help="Cap on optimizer steps per epoch.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT's .train-state.safetensors.")]
+Deterministic = Annotated[bool, typer.Option("--deterministic", help="CUDA: deterministic kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG), recorded in the checkpoint; slower. On CPU a --seed already gives bit-identical runs.")]
+TrainSeed = Annotated[int, typer.Option("--seed", help="Seed of every random stream of the run (initial weights, batches, augmentation, workers): the same seed gives the same model.")]
+TRAINING_FLAGS = (  # (parameter, Typer annotation, default when the command names none)
+    ("epochs", Epochs, None),
+    ("batch_size", Annotated[int, typer.Option("--batch-size", "-b", help="Items (slices/images) per batch.", min=1)], None),
+    ("lr", Lr, None),
+    ("steps_per_epoch", StepsPerEpoch, None),
+    ("seed", TrainSeed, 0),
+    ("device", Device, None),
+    ("precision", Precision, None),
+    ("compile", Compile, False),
+    ("workers", Workers, 0),
+    ("resume", Resume, False),
+    ("deterministic", Deterministic, False),
+)
+
+
+def training_options(*, epochs: int, batch_size: int, lr: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator of a ``*-train`` command (under ``@command``): adds the shared training flags
+    (``TRAINING_FLAGS``) with this command's epochs, batch size and learning rate as defaults,
+    and hands them to the command as one ``options`` (``core.train.TrainOptions``). The
+    command declares only its own flags and an ``options`` parameter."""
+    import inspect
+
+    defaults = {"epochs": epochs, "batch_size": batch_size, "lr": lr}
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        own = inspect.signature(func)
+        if "options" not in own.parameters:
+            raise TypeError(f"{func.__name__} takes no 'options' parameter")
+        resolved = {}
+        for param in own.parameters.values():
+            if param.name == "options":
+                continue
+            annotation = eval(param.annotation, func.__globals__) if isinstance(param.annotation, str) else param.annotation  # noqa: S307 (the module's own annotations)
+            resolved[param.name] = param.replace(annotation=annotation)
+        tail = [name for name in ("json_output", "nan_policy", "quiet") if name in resolved]
+        head = [p for name, p in resolved.items() if name not in tail]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=defaults.get(name, default)) for name, annotation, default in TRAINING_FLAGS]
+        parameters = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) if p.kind == inspect.Parameter.POSITIONAL_OR_KEYWORD else p for p in head + shared + [resolved[n] for n in tail]]
+        names = [name for name, _, _ in TRAINING_FLAGS]
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            from medtools.core.train import TrainOptions
+
+            settings = {name: kwargs.pop(name) for name in names if name in kwargs}
+            return func(*args, options=TrainOptions(**{**defaults, **{k: v for k, v in settings.items() if v is not None or k not in defaults}}), **kwargs)
+
+        wrapper.__signature__ = own.replace(parameters=parameters)  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {p.name: p.annotation for p in parameters}
+        wrapper.train_defaults = dict(defaults)  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
 
 
 def emit_training_result(result: dict[str, Any], json_output: bool, record: report.RunRecord) -> None:

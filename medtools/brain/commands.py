@@ -12,11 +12,8 @@ from medtools.cliutil import (
     BatchSize,
     CheckpointOut,
     Compile,
-    Epochs,
-    Lr,
-    Resume,
-    StepsPerEpoch,
     emit_training_result,
+    training_options,
     Device,
     Inputs,
     Json,
@@ -83,6 +80,7 @@ def _case_outputs(output: Path, names):
 
 
 @command
+@training_options(epochs=20, batch_size=16, lr=1e-3)
 def seg_train(
     data: Data,
     output: CheckpointOut,
@@ -91,9 +89,6 @@ def seg_train(
     arch: Annotated[str, typer.Option("--arch", help="unet | unet-scse | unetplusplus | fpn | deeplabv3plus")] = "unet",
     encoder: Annotated[str, typer.Option("--encoder", help="smp encoder (random init), e.g. resnet34, resnet18.")] = "resnet34",
     size: Size = 128,
-    epochs: Epochs = 20,
-    batch_size: BatchSize = None,
-    lr: Lr = 1e-3,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of patients held out for validation.")] = 0.2,
     val_patients: Annotated[Optional[str], typer.Option("--val-patients", help="Comma-separated patients to validate on (instead of --val-fraction), e.g. one cross-validation fold.")] = None,
     context: Annotated[int, typer.Option("--context", min=0, help="2.5-D: K neighbouring slices on each side as extra channels (2K+1 slices per modality).")] = 0,
@@ -105,16 +100,10 @@ def seg_train(
     resize: Annotated[Optional[tuple[int, int]], typer.Option("--resize", help="Slices/images resized to H W (instead of --size square).")] = None,
     strip_background: Annotated[bool, typer.Option("--strip-background", help="Zero everything outside the largest bright component (threshold 0.05 of the normalised range); stored in the checkpoint and re-applied at inference.")] = False,
     equalize: Annotated[Optional[str], typer.Option("--equalize", help="hist | clahe histogram equalisation (scikit-image), stored in the checkpoint and re-applied.")] = None,
-    steps_per_epoch: StepsPerEpoch = None,
     adv_train: Annotated[float, typer.Option("--adv-train", help="PGD adversarial training: share of each batch replaced by PGD examples against the model (0 = off).")] = 0.0,
     adv_eps: Annotated[Optional[float], typer.Option("--adv-eps", help="--adv-train: L∞ budget, normalised units (as seg-eval --eps).")] = None,
     adv_steps: Annotated[Optional[int], typer.Option("--adv-steps", help="--adv-train: PGD steps (default 3).")] = None,
-    seed: Seed = 0,
-    device: Device = None,
-    precision: Precision = None,
-    compile: Compile = False,
-    workers: Workers = 0,
-    resume: Resume = False,
+    options=None,
     json_output: Json = False,
     nan_policy: NanPolicy = "error",
     quiet: Quiet = False,
@@ -126,12 +115,10 @@ def seg_train(
     """
     from medtools.brain.segment import train_segmenter
 
-    record = report.RunRecord(seed=seed)
+    record = report.RunRecord(seed=options.seed)
     result = train_segmenter(
-        _data(data), output, modalities=_split(modalities), binary=binary, arch=arch, encoder=encoder, size=size,
-        epochs=epochs, batch_size=batch_size or 16, lr=lr, val_fraction=val_fraction, seed=seed, device=device,
-        precision=precision, compile=compile, workers=workers, resume=resume, steps_per_epoch=steps_per_epoch,
-        val_patients=_split(val_patients), context=context, patch=patch, foreground_share=foreground_share, augment=augment,
+        _data(data), output, options=options, modalities=_split(modalities), binary=binary, arch=arch, encoder=encoder, size=size,
+        val_fraction=val_fraction, val_patients=_split(val_patients), context=context, patch=patch, foreground_share=foreground_share, augment=augment,
         schedule=None if schedule == "constant" else schedule, keep_best=keep_best, resize=resize,
         strip_background=strip_background, equalize=equalize, adv_train=adv_train, adv_eps=adv_eps, adv_steps=adv_steps,
     )
@@ -280,6 +267,7 @@ def _seg_eval_attack(cases_arg: Path, truth: Path | None, *, attack, model, eps,
 
 
 @command
+@training_options(epochs=20, batch_size=32, lr=1e-3)
 def reid_train(
     data: Data,
     output: CheckpointOut,
@@ -291,16 +279,7 @@ def reid_train(
     val_visits: Annotated[Optional[str], typer.Option("--val-visits", help="Visits to validate on (default: the others).")] = None,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held-out share when no visit split is possible.")] = 0.2,
     defence: Annotated[Optional[list[str]], typer.Option("--defence", help="Applied to every training and evaluation image, stored in the checkpoint (repeat or comma-separate): jpeg:Q | blur:SIGMA | lowpass:CUTOFF | median:K | quantise:BITS | aware | aware:slice (know protect's signature scheme) | adv:EPS (PGD adversarial training). See docs/brain.md.")] = None,
-    epochs: Epochs = 20,
-    batch_size: BatchSize = None,
-    lr: Lr = 1e-3,
-    steps_per_epoch: StepsPerEpoch = None,
-    seed: Seed = 0,
-    device: Device = None,
-    precision: Precision = None,
-    compile: Compile = False,
-    workers: Workers = 0,
-    resume: Resume = False,
+    options=None,
     json_output: Json = False,
     nan_policy: NanPolicy = "error",
     quiet: Quiet = False,
@@ -308,12 +287,10 @@ def reid_train(
     """Train a re-identification attacker (patient id from slices) or any image classifier (--label)."""
     from medtools.brain.reid import train_reid
 
-    record = report.RunRecord(seed=seed)
+    record = report.RunRecord(seed=options.seed)
     result = train_reid(
-        _data(data), output, arch=arch, label=label, modalities=_split(modalities), size=size,
-        train_visits=_split(train_visits), val_visits=_split(val_visits), val_fraction=val_fraction, epochs=epochs,
-        batch_size=batch_size or 32, lr=lr, seed=seed, device=device, precision=precision, compile=compile,
-        workers=workers, resume=resume, steps_per_epoch=steps_per_epoch, defence=defence,
+        _data(data), output, options=options, arch=arch, label=label, modalities=_split(modalities), size=size,
+        train_visits=_split(train_visits), val_visits=_split(val_visits), val_fraction=val_fraction, defence=defence,
     )
     emit_training_result(result, json_output, record)
     return 0

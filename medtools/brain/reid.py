@@ -23,7 +23,9 @@ from medtools.core.errors import InputError, UsageError
 from medtools.core.manifest import MODALITIES, load_rows
 from medtools.core.predict import Predictor
 from medtools.core.preprocess import DEFAULT_NORM, UNIT_NORM
-from medtools.core.train import TrainSpec, fit
+from medtools.core.train import TrainOptions, fit, initial_weights, train_options
+
+TRAIN_DEFAULTS = TrainOptions(epochs=20, batch_size=32, lr=1e-3)  # reid-train's
 
 
 def _is_volume_rows(rows: Sequence[dict[str, str]]) -> bool:
@@ -66,23 +68,28 @@ def split_visits(rows: Sequence[dict[str, str]], train_visits: Sequence[str] | N
     return [r for r, m in zip(rows, mask) if not m], [r for r, m in zip(rows, mask) if m], f"random {val_fraction:.0%} of items (no cross-visit split possible)"
 
 
-def _augment(images: Any) -> Any:
+def _augment(images: Any, generator: Any = None) -> Any:
     """Random rotation (±10°), shift (±6%), scale (±5%) and intensity jitter per sample:
-    identity must survive the pose and scanner changes between visits."""
+    identity must survive the pose and scanner changes between visits. ``generator``: a CPU
+    torch.Generator (the draws are made on the CPU and moved to the images' device)."""
     import math
 
     import torch
     import torch.nn.functional as F
 
     n, device = images.shape[0], images.device
-    angle = (torch.rand(n, device=device) - 0.5) * math.radians(20)
-    zoom = 1.0 + (torch.rand(n, device=device) - 0.5) * 0.1
-    shift = (torch.rand(n, 2, device=device) - 0.5) * 0.12
+
+    def rand(*shape: int) -> Any:
+        return torch.rand(*shape, generator=generator).to(device)
+
+    angle = (rand(n) - 0.5) * math.radians(20)
+    zoom = 1.0 + (rand(n) - 0.5) * 0.1
+    shift = (rand(n, 2) - 0.5) * 0.12
     cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    scale = 1.0 + 0.2 * (torch.rand(n, 1, 1, 1, device=device) - 0.5)
+    scale = 1.0 + 0.2 * (rand(n, 1, 1, 1) - 0.5)
     return images * scale
 
 
@@ -97,21 +104,20 @@ def train_reid(
     train_visits: Sequence[str] | None = None,
     val_visits: Sequence[str] | None = None,
     val_fraction: float = 0.2,
-    epochs: int = 20,
-    batch_size: int = 32,
-    lr: float = 1e-3,
-    seed: int = 0,
-    device: str | None = None,
-    precision: str | None = None,
-    compile: bool = False,
-    workers: int = 0,
-    resume: bool = False,
-    steps_per_epoch: int | None = None,
     defence: str | Sequence[str] | None = None,
+    options: TrainOptions | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Train an attacker; ``defence`` (see ``brain/defences.py``) is applied to every training and
-    validation image and stored in the checkpoint (``config.defence``) for reid-eval and protect."""
+    validation image and stored in the checkpoint (``config.defence``) for reid-eval and protect.
+    ``options`` (or single shared settings such as ``epochs=3``): ``core.train.TrainOptions``,
+    defaults ``TRAIN_DEFAULTS``."""
     import torch
+
+    from medtools.core.train import RandomStreams
+
+    options = train_options(options, TRAIN_DEFAULTS, **settings)
+    seed, batch_size = options.seed, options.batch_size
 
     from medtools.brain.defences import adv_eps, apply_defences, parse_defences
 
@@ -145,15 +151,18 @@ def train_reid(
     if defences:
         config["defence"] = defences
     eps = adv_eps(defences)
-    model = ckpt.new_model("reid", config)
+    with initial_weights(seed):
+        model = ckpt.new_model("reid", config)
     norm = dict(DEFAULT_NORM) if modalities else dict(UNIT_NORM)
     dataset = torch.utils.data.TensorDataset(torch.from_numpy(train_set.images), torch.from_numpy(train_y.astype(np.int64)))
 
+    streams = RandomStreams(seed)
+
     def step(net: Any, batch: Any) -> Any:
         images, targets = batch
-        images = _augment(images)
+        images = _augment(images, streams.torch("augment"))
         if eps:
-            images = images + _adversarial_delta(net, images, targets, eps, config, norm)
+            images = images + _adversarial_delta(net, images, targets, eps, config, norm, generator=streams.torch("adversarial"))
         return F.cross_entropy(net(images).float(), targets, label_smoothing=0.1)
 
     def validate(net: Any) -> dict[str, float]:
@@ -162,30 +171,20 @@ def train_reid(
         logits = Predictor.from_model(net, kind="reid", config=config, norm=norm, batch_size=batch_size * 2).predict(val[0])
         return {"val_top1": float((logits.argmax(1) == val[1]).mean()), "val_chance": 1.0 / len(class_names)}
 
-    spec = TrainSpec(
+    spec = options.spec(
         output=output,
         kind="reid",
         config=config,
         norm=norm,
         provenance={"data": str(data), "split": how, "train_cases": [r.get("case", "") for r in train_rows][:2000]},
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        precision=precision,
-        compile=compile,
-        workers=workers,
-        resume=resume,
-        steps_per_epoch=steps_per_epoch,
         monitor="val_top1",
     )
-    result = fit(model, dataset, step, spec, validate=validate)
+    result = fit(model, dataset, step, spec, validate=validate, streams=streams)
     result.update({"classes": len(class_names), "label": label, "split": how, "train_items": len(dataset), "val_items": 0 if val is None else len(val[1]), "defence": defences})
     return result
 
 
-def _adversarial_delta(net: Any, images: Any, targets: Any, eps: float, config: dict[str, Any], norm: dict[str, Any]) -> Any:
+def _adversarial_delta(net: Any, images: Any, targets: Any, eps: float, config: dict[str, Any], norm: dict[str, Any], *, generator: Any = None) -> Any:
     """PGD (brain/pgd.py, untargeted, random start) against the model being trained, at L∞ eps in
     normalised units: adversarial training (Madry et al. 2018), the ``adv:EPS`` defence."""
     from medtools.brain.defences import ADV_STEPS
@@ -195,7 +194,7 @@ def _adversarial_delta(net: Any, images: Any, targets: Any, eps: float, config: 
     net.eval()  # the attack does not update BatchNorm statistics
     try:
         attacker = Predictor.from_model(net, kind="reid", config=config, norm=norm)
-        delta = pgd_delta(images, [(attacker, list(range(images.shape[1])))], eps=eps, steps=ADV_STEPS, step_size=eps / 2, objective="untargeted", identity=[targets], diversity=False)
+        delta = pgd_delta(images, [(attacker, list(range(images.shape[1])))], eps=eps, steps=ADV_STEPS, step_size=eps / 2, objective="untargeted", identity=[targets], diversity=False, generator=generator)
     finally:
         net.train(was_training)
     return delta.detach()

@@ -27,7 +27,9 @@ from medtools.core.io import RASTER_EXTS, RASTER_FORMATS, Image, write_image
 from medtools.core.predict import Predictor
 from medtools.core.preprocess import DEFAULT_NORM, slices_to_volume, stack_context, volumes_to_slices
 from medtools.core.manifest import MODALITIES, load_rows
-from medtools.core.train import TrainSpec, fit
+from medtools.core.train import TrainOptions, fit, initial_weights, train_options
+
+TRAIN_DEFAULTS = TrainOptions(epochs=20, batch_size=16, lr=1e-3)  # seg-train's
 
 
 def common_modalities(rows: Sequence[dict[str, str]]) -> list[str]:
@@ -95,24 +97,15 @@ def train_segmenter(
     data: Path | str | Sequence[Path | str],
     output: Path,
     *,
+    options: TrainOptions | None = None,
     modalities: Sequence[str] | None = None,
     binary: bool = False,
     arch: str = "unet",
     encoder: str = "resnet34",
     size: int = 128,
     resize: Sequence[int] | None = None,
-    epochs: int = 20,
-    batch_size: int = 16,
-    lr: float = 1e-3,
     val_fraction: float = 0.2,
     val_patients: Sequence[str] | None = None,
-    seed: int = 0,
-    device: str | None = None,
-    precision: str | None = None,
-    compile: bool = False,
-    workers: int = 0,
-    resume: bool = False,
-    steps_per_epoch: int | None = None,
     context: int = 0,
     patch: int | None = None,
     foreground_share: float = 1 / 3,
@@ -124,8 +117,12 @@ def train_segmenter(
     adv_train: float = 0.0,
     adv_eps: float | None = None,
     adv_steps: int | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Train a segmenter on 2-D slices of volumes or on 2-D image/mask pairs (see docs/brain.md).
+
+    ``options`` (or single shared settings such as ``epochs=3``) are the shared training
+    settings (``core.train.TrainOptions``; defaults ``TRAIN_DEFAULTS``).
 
     Recipe: foreground oversampling (``foreground_share`` of each batch from slices with the
     target), random ``patch`` crops (foreground-centred for those), ``context`` K neighbouring
@@ -136,7 +133,10 @@ def train_segmenter(
     from medtools.core.augment import augment_batch, crop_batch, parse_augment
     from medtools.core.data import ForegroundBatchSampler
     from medtools.core.preprocess import with_preprocessing
+    from medtools.core.train import RandomStreams
 
+    options = train_options(options, TRAIN_DEFAULTS, **settings)
+    seed, batch_size = options.seed, options.batch_size
     rows = [r for r in load_rows(data) if r.get("label")]
     if not rows:
         raise InputError(f"no labelled cases in {data}")
@@ -178,19 +178,21 @@ def train_segmenter(
         "label_values": label_values,
         **({"context": context} if context else {}),
     }
-    model = ckpt.new_model("seg", config)
+    with initial_weights(seed):
+        model = ckpt.new_model("seg", config)
     sizes = {tuple(int(v) for v in train_set.images.shape[-2:])} | ({(patch, patch)} if patch else set())
     check_input_sizes(model, sorted(sizes), config["in_channels"], arch)
     foreground = train_set.labels.reshape(len(train_set), -1).max(axis=1) > 0
-    sampler = ForegroundBatchSampler(foreground, batch_size, share=foreground_share, batches=steps_per_epoch, seed=seed)
+    sampler = ForegroundBatchSampler(foreground, batch_size, share=foreground_share, batches=options.steps_per_epoch, seed=seed)
+    streams = RandomStreams(seed)  # crops and augmentation: their own stream, reseeded by fit each epoch
 
     def make_batch(batch: Any) -> tuple[Any, Any]:
         """The training batch as the network sees it: crops (the sampler's foreground items,
         last in the batch, centred on the target), then augmentation. Extra batch transforms
         (e.g. adversarial examples) go after this call in ``step``."""
         images, labels = batch
-        images, labels = crop_batch(images, labels, patch, n_foreground=sampler.n_foreground)
-        return augment_batch(images, labels, aug)
+        images, labels = crop_batch(images, labels, patch, n_foreground=sampler.n_foreground, generator=streams.torch("crop"))
+        return augment_batch(images, labels, aug, generator=streams.torch("augment"))
 
     from medtools.brain.robust import adv_settings, adversarial_batch, seg_loss
 
@@ -199,7 +201,7 @@ def train_segmenter(
     def step(net: Any, batch: Any) -> Any:
         images, labels = make_batch(batch)
         if adv:
-            images = adversarial_batch(net, images, labels, **adv)
+            images = adversarial_batch(net, images, labels, **adv, generator=streams.torch("adversarial"))
         return seg_loss(net(images), labels)
 
     def validate(net: Any) -> dict[str, float]:
@@ -216,27 +218,17 @@ def train_segmenter(
         return metrics
 
     recipe = {**({"adv_train": adv} if adv else {}), "context": context, "patch": patch, "foreground_share": foreground_share, "augment": aug.as_dict(), "schedule": schedule, "keep_best": keep_best and val_set is not None}
-    spec = TrainSpec(
+    spec = options.spec(
         output=output,
         kind="seg",
         config=config,
         norm=norm,
         provenance={"data": str(data), "train_cases": [r["case"] for r in train_rows], "val_cases": [r["case"] for r in val_rows], "val_patients": sorted({r["patient"] for r in val_rows}), "label_map": {str(k): v for k, v in mapping.items()}, "recipe": recipe},
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        device=device,
-        precision=precision,
-        compile=compile,
-        workers=workers,
-        resume=resume,
-        steps_per_epoch=steps_per_epoch,
         monitor="val_dice_mean",
         keep_best=keep_best and val_set is not None,
         schedule=schedule,
     )
-    result = fit(model, train_set.torch_dataset("labels"), step, spec, validate=validate, batch_sampler=sampler)
+    result = fit(model, train_set.torch_dataset("labels"), step, spec, validate=validate, batch_sampler=sampler, streams=streams)
     result.update({"train_slices": len(train_set), "val_slices": 0 if val_set is None else len(val_set), "classes": classes, "label_values": label_values, "modalities": modalities, "recipe": recipe})
     return result
 

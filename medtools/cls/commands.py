@@ -10,22 +10,17 @@ import typer
 from medtools.cliutil import (
     BatchSize,
     CheckpointOut,
-    Compile,
     Device,
-    Epochs,
     Inputs,
     Json,
-    Lr,
     Model,
     Overwrite,
     Precision,
     Quiet,
-    Resume,
     Seed,
-    StepsPerEpoch,
-    Workers,
     command,
     emit_training_result,
+    training_options,
 )
 from medtools.core import report
 
@@ -89,6 +84,7 @@ def slices(
 
 
 @command
+@training_options(epochs=10, batch_size=16, lr=1e-3)
 def cls_train(
     data: Data,
     output: CheckpointOut,
@@ -98,29 +94,18 @@ def cls_train(
     block_size: BlockSize = 16,
     size: Annotated[int, typer.Option("--size", min=16, help="Images are resized to size×size before encryption.")] = 128,
     augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Block-aligned shifts and block-grid mirror (commute with the block cipher).")] = True,
-    epochs: Epochs = 10,
-    batch_size: BatchSize = None,
-    lr: Lr = 1e-3,
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of patients held out for validation.")] = 0.2,
-    steps_per_epoch: StepsPerEpoch = None,
-    seed: Seed = 0,
-    device: Device = None,
-    precision: Precision = None,
-    compile: Compile = False,
-    workers: Workers = 0,
-    resume: Resume = False,
+    options=None,
     json_output: Json = False,
     quiet: Quiet = False,
 ) -> int:
     """Train a tumour/finding classifier (timm, random init) on plain or encrypted images; patient-wise validation."""
     from medtools.cls.train import train_classifier
 
-    record = report.RunRecord(seed=seed)
+    record = report.RunRecord(seed=options.seed)
     result = train_classifier(
-        _data(data), output, arch=arch, size=size, encryption=encryption, key=_key(key), block_size=block_size,
-        augment_images=augment, epochs=epochs, batch_size=batch_size or 16, lr=lr, val_fraction=val_fraction,
-        seed=seed, device=device, precision=precision, compile=compile, workers=workers, resume=resume,
-        steps_per_epoch=steps_per_epoch,
+        _data(data), output, options=options, arch=arch, size=size, encryption=encryption, key=_key(key), block_size=block_size,
+        augment_images=augment, val_fraction=val_fraction,
     )
     emit_training_result(result, json_output, record)
     return 0

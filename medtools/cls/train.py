@@ -21,8 +21,10 @@ import numpy as np
 
 from medtools.cls.cipher import Encryption, augment, quantise
 from medtools.core.errors import InputError, UsageError
+from medtools.core.train import TrainOptions
 
 NORM = {"method": "unit", "mean": 0.5, "std": 0.25}
+TRAIN_DEFAULTS = TrainOptions(epochs=10, batch_size=16, lr=1e-3)  # cls-train's
 
 
 def resolve_arch(arch: str) -> str:
@@ -50,7 +52,13 @@ def load_levels(rows: Sequence[dict[str, str]], size: int) -> np.ndarray:
 
 
 class EncryptedImages:
-    """Map-style dataset: plain levels → augment → encrypt → ([0, 1] tensor (1, H, W), class)."""
+    """Map-style dataset: plain levels → augment → encrypt → ([0, 1] tensor (1, H, W), class).
+
+    ``item_seeds``: the training loop hands each draw ``(index, seed)``, the seed a function
+    of (run seed, epoch, position), so the augmentation is the same whichever loader worker
+    draws the item, and a resumed run draws the same."""
+
+    item_seeds = True
 
     def __init__(self, levels: np.ndarray, labels: np.ndarray, encryption: Encryption, *, augment_block: int | None, seed: int):
         self.levels, self.labels, self.encryption = levels, labels, encryption
@@ -59,13 +67,13 @@ class EncryptedImages:
     def __len__(self) -> int:
         return len(self.levels)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key: int | tuple[int, int]):
         import torch
 
+        index, item_seed = key if isinstance(key, tuple) else (key, None)
         levels = self.levels[index]
         if self.augment_block:
-            # torch's generator: seeded by fit, saved for --resume, distinct per loader worker
-            rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,))))
+            rng = np.random.default_rng([self.seed, index] if item_seed is None else item_seed)
             levels = augment(levels, rng, self.augment_block)
         cipher = self.encryption.encrypt_levels(levels)
         x = torch.from_numpy(cipher.astype(np.float32) / 255.0)[None]
@@ -82,28 +90,25 @@ def train_classifier(
     key: bytes | None = None,
     block_size: int = 16,
     augment_images: bool = True,
-    epochs: int = 10,
-    batch_size: int = 16,
-    lr: float = 1e-3,
     val_fraction: float = 0.2,
     drop_rate: float = 0.0,
-    seed: int = 0,
-    device: str | None = None,
-    precision: str | None = None,
-    compile: bool = False,
-    workers: int = 0,
-    resume: bool = False,
-    steps_per_epoch: int | None = None,
+    options: TrainOptions | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Train and write ``output``; returns the training summary (history, validation metrics)."""
+    """Train and write ``output``; returns the training summary (history, validation metrics).
+    ``options`` (or single shared settings such as ``epochs=3``): ``core.train.TrainOptions``,
+    defaults ``TRAIN_DEFAULTS``."""
     import torch
 
     from medtools.core.metrics import evaluate, positive_class
     from medtools.core.data import split_by_patient
     from medtools.core.predict import Predictor
     from medtools.core.preprocess import canonical_norm, to_model_range
-    from medtools.core.train import TrainSpec, fit
+    from medtools.core.train import fit, initial_weights, train_options
     from medtools.nets.classifier import build_classifier
+
+    options = train_options(options, TRAIN_DEFAULTS, **settings)
+    seed, batch_size = options.seed, options.batch_size
 
     enc = Encryption(encryption, key, block_size)
     enc.check_size(size)
@@ -125,7 +130,8 @@ def train_classifier(
     weights = torch.tensor(len(train_y) / (len(classes) * counts), dtype=torch.float32)
 
     timm_name = resolve_arch(arch)
-    model = build_classifier(arch=timm_name, in_channels=1, num_classes=len(classes), drop_rate=drop_rate)
+    with initial_weights(seed):
+        model = build_classifier(arch=timm_name, in_channels=1, num_classes=len(classes), drop_rate=drop_rate)
     config = {"arch": timm_name, "in_channels": 1, "num_classes": len(classes), "drop_rate": drop_rate, "image_size": size, "class_names": classes, "positive": positive_class(classes), **enc.config()}
     norm = canonical_norm(NORM)
     train_set = EncryptedImages(load_levels(train_rows, size), train_y, enc, augment_block=block if augment_images else None, seed=seed)
@@ -151,10 +157,8 @@ def train_classifier(
         "class_counts": {c: int(n) for c, n in zip(classes, counts)},
         "augment": "block-aligned shift ±1 block + block-grid mirror" if augment_images else "none",
     }
-    spec = TrainSpec(
-        output=Path(output), kind="cls", config=config, norm=norm, provenance=provenance, epochs=epochs, batch_size=batch_size,
-        lr=lr, seed=seed, device=device, precision=precision, compile=compile, workers=workers, resume=resume,
-        steps_per_epoch=steps_per_epoch, monitor="val_balanced_accuracy" if val_rows else None,
+    spec = options.spec(
+        output=Path(output), kind="cls", config=config, norm=norm, provenance=provenance, monitor="val_balanced_accuracy" if val_rows else None,
         drop_last=len(train_rows) > batch_size,
     )
     # BatchNorm recalibration must see what step() feeds the network (model range, not [0, 1])

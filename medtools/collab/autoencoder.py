@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 
 from medtools.core.errors import InputError, UsageError
+from medtools.core.train import TrainOptions
 
 DEFAULT_WIDTHS = (32, 64, 128, 256)
 DEFAULT_LATENT_CHANNELS = (4, 8, 16, 32)
 MASK_SUFFIXES = ("_mask", "_seg", "_label", "_Annotation", "_annotation")
+TRAIN_DEFAULTS = TrainOptions(epochs=30, batch_size=8, lr=2e-3)  # ae-train's
 
 
 def latent_shapes(latent_channels: Sequence[int], image_size: int) -> list[tuple[int, int, int]]:
@@ -181,29 +183,24 @@ def train_autoencoder(
     widths: Sequence[int] = DEFAULT_WIDTHS,
     latent_channels: Sequence[int] = DEFAULT_LATENT_CHANNELS,
     latent_noise: float = 0.05,
-    epochs: int = 30,
-    batch_size: int = 8,
-    lr: float = 2e-3,
-    seed: int = 0,
-    device: str | None = None,
-    precision: str | None = None,
-    compile: bool = False,
-    workers: int = 0,
-    resume: bool = False,
-    steps_per_epoch: int | None = None,
+    options: TrainOptions | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Train an ``ae-image`` (L1 + MSE on intensities) or ``ae-mask`` (BCE + soft Dice) model.
 
     ``latent_noise``: Gaussian noise of this standard deviation (relative to each scale's
     latent RMS) is added to the latents in training, so the decoder tolerates the UMN's
-    imperfect mapped latents.
+    imperfect mapped latents (drawn from the loop's per-epoch step stream). ``options`` (or single
+    shared settings such as ``epochs=3``): ``core.train.TrainOptions``, defaults ``TRAIN_DEFAULTS``.
     """
     import torch
     import torch.nn.functional as F
 
     from medtools.core import preprocess, report
     from medtools.core.inputs import expand_inputs
-    from medtools.core.train import TrainSpec, fit
+    from medtools.core.train import fit, initial_weights, train_options
+
+    options = train_options(options, TRAIN_DEFAULTS, **settings)
 
     if target not in ("image", "mask"):
         raise UsageError(f"--kind must be image or mask, got {target!r}")
@@ -216,7 +213,8 @@ def train_autoencoder(
         "image_size": int(size), "target": target, "latent_noise": float(latent_noise),
     }
     try:
-        model = build_autoencoder(**{k: config[k] for k in ("in_channels", "out_channels", "widths", "latent_channels", "image_size")})
+        with initial_weights(options.seed):
+            model = build_autoencoder(**{k: config[k] for k in ("in_channels", "out_channels", "widths", "latent_channels", "image_size")})
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -234,10 +232,8 @@ def train_autoencoder(
         dice = 1 - (2 * (prob * x).sum((1, 2, 3)) + 1) / (prob.sum((1, 2, 3)) + x.sum((1, 2, 3)) + 1)
         return F.binary_cross_entropy_with_logits(logits, x) + dice.mean()
 
-    spec = TrainSpec(
+    spec = options.replace(batch_size=min(options.batch_size, len(paths))).spec(
         output=Path(output), kind=f"ae-{target}", config=config, norm=preprocess.UNIT_NORM,
-        provenance={"items": len(paths), "data": sorted(str(p) for p in paths)[:200]},
-        epochs=epochs, batch_size=min(batch_size, len(paths)), lr=lr, seed=seed, device=device, precision=precision,
-        compile=compile, workers=workers, resume=resume, steps_per_epoch=steps_per_epoch, precise_bn_batches=0,
+        provenance={"items": len(paths), "data": sorted(str(p) for p in paths)[:200]}, precise_bn_batches=0,
     )
     return fit(model, torch.utils.data.TensorDataset(data), step, spec)

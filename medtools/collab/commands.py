@@ -14,24 +14,19 @@ import typer
 from medtools.cliutil import (
     BatchSize,
     CheckpointOut,
-    Compile,
     Device,
-    Epochs,
     Inputs,
     Json,
-    Lr,
     Model,
     Output,
     Overwrite,
     Precision,
     Quiet,
-    Resume,
     Seed,
     Shard,
-    StepsPerEpoch,
-    Workers,
     command,
     emit_training_result,
+    training_options,
 )
 from medtools.core import report
 
@@ -66,6 +61,7 @@ def _finish(outcome: report.ItemOutcome, json_output: bool, record: report.RunRe
 
 
 @command
+@training_options(epochs=30, batch_size=8, lr=2e-3)
 def ae_train(
     inputs: Inputs,
     output: CheckpointOut,
@@ -74,27 +70,17 @@ def ae_train(
     widths: Widths = "32,64,128,256",
     latent_channels: Annotated[str, typer.Option("--latent-channels", help="Latent channels of each scale (S/2, S/4, …).")] = "4,8,16,32",
     latent_noise: Annotated[float, typer.Option("--latent-noise", min=0.0, help="Training noise on the latents (relative RMS) so decoding tolerates mapping errors.")] = 0.05,
-    epochs: Epochs = 30,
-    batch_size: BatchSize = None,
-    lr: Lr = 2e-3,
-    steps_per_epoch: StepsPerEpoch = None,
-    seed: Seed = 0,
-    device: Device = None,
-    precision: Precision = None,
-    compile: Compile = False,
-    workers: Workers = 0,
-    resume: Resume = False,
+    options=None,
     json_output: Json = False,
     quiet: Quiet = False,
 ) -> int:
     """Train a client's skip-connected image or mask autoencoder with multi-scale latents."""
     from medtools.collab.autoencoder import train_autoencoder
 
-    record = report.RunRecord(seed=seed)
+    record = report.RunRecord(seed=options.seed)
     result = train_autoencoder(
-        inputs, output, target=kind, size=size, widths=_ints(widths, "--widths"), latent_channels=_ints(latent_channels, "--latent-channels"),
-        latent_noise=latent_noise, epochs=epochs, batch_size=batch_size or 8, lr=lr, seed=seed, device=device, precision=precision,
-        compile=compile, workers=workers, resume=resume, steps_per_epoch=steps_per_epoch,
+        inputs, output, options=options, target=kind, size=size, widths=_ints(widths, "--widths"), latent_channels=_ints(latent_channels, "--latent-channels"),
+        latent_noise=latent_noise,
     )
     emit_training_result(result, json_output, record)
     return 0
@@ -166,29 +152,21 @@ def klt_encode(
 
 
 @command
+@training_options(epochs=30, batch_size=8, lr=2e-3)
 def umn_train(
     inputs: Annotated[list[str], typer.Argument(help="Protected latent files or folders (image and mask latents of several clients).", show_default=False)],
     output: CheckpointOut,
     keys: Annotated[Optional[Path], typer.Option("--keys", help="Folder (or file) of the clients' keys; without it the UMN learns in the protected space.")] = None,
     widths: Widths = "32,64,128,256",
-    epochs: Epochs = 30,
-    batch_size: BatchSize = None,
-    lr: Lr = 2e-3,
-    steps_per_epoch: StepsPerEpoch = None,
-    seed: Seed = 0,
-    device: Device = None,
-    precision: Precision = None,
-    compile: Compile = False,
-    workers: Workers = 0,
-    resume: Resume = False,
+    options=None,
     json_output: Json = False,
     quiet: Quiet = False,
 ) -> int:
     """Server: train the Unified Mapping Network on (image, mask) latent pairs of several clients."""
     from medtools.collab.umn import train_umn
 
-    record = report.RunRecord(seed=seed)
-    result = train_umn(inputs, output, keys=keys, widths=_ints(widths, "--widths"), epochs=epochs, batch_size=batch_size or 8, lr=lr, seed=seed, device=device, precision=precision, compile=compile, workers=workers, resume=resume, steps_per_epoch=steps_per_epoch)
+    record = report.RunRecord(seed=options.seed)
+    result = train_umn(inputs, output, options=options, keys=keys, widths=_ints(widths, "--widths"))
     emit_training_result(result, json_output, record)
     return 0
 

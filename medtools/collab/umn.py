@@ -22,9 +22,11 @@ import numpy as np
 
 from medtools.core import report
 from medtools.core.errors import CheckpointError, InputError, UsageError
+from medtools.core.train import TrainOptions
 
 DEFAULT_WIDTHS = (32, 64, 128, 256)
 POOL_SIZES = (1, 3, 5, 7)
+TRAIN_DEFAULTS = TrainOptions(epochs=30, batch_size=8, lr=2e-3)  # umn-train's
 
 
 def build_umn(*, in_channels: Sequence[int], out_channels: Sequence[int], image_size: int, widths: Sequence[int] = DEFAULT_WIDTHS, pool_sizes: Sequence[int] = POOL_SIZES):
@@ -163,21 +165,17 @@ def train_umn(
     *,
     keys: Path | None,
     widths: Sequence[int] = DEFAULT_WIDTHS,
-    epochs: int = 30,
-    batch_size: int = 8,
-    lr: float = 2e-3,
-    seed: int = 0,
-    device: str | None = None,
-    precision: str | None = None,
-    compile: bool = False,
-    workers: int = 0,
-    resume: bool = False,
-    steps_per_epoch: int | None = None,
+    options: TrainOptions | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """umn-train: MSE between mapped and true mask latents, each scale weighted equally."""
+    """umn-train: MSE between mapped and true mask latents, each scale weighted equally.
+    ``options`` (or single shared settings such as ``epochs=3``): ``core.train.TrainOptions``,
+    defaults ``TRAIN_DEFAULTS``."""
     import torch
 
-    from medtools.core.train import TrainSpec, fit
+    from medtools.core.train import fit, initial_weights, train_options
+
+    options = train_options(options, TRAIN_DEFAULTS, **settings)
 
     images, masks, key_map = collect_pairs(inputs, keys)
     x, y = plain_pairs(images, masks, key_map)
@@ -186,7 +184,8 @@ def train_umn(
     size = int(images[0].z[0].shape[-1]) * 2
     widths = list(widths)[: len(in_channels)] if len(widths) >= len(in_channels) else list(widths) + [int(widths[-1])] * (len(in_channels) - len(widths))
     config = {"in_channels": in_channels, "out_channels": out_channels, "image_size": size, "widths": [int(w) for w in widths], "pool_sizes": list(POOL_SIZES), "space": "plain" if key_map else "protected"}
-    model = build_umn(**{k: config[k] for k in ("in_channels", "out_channels", "image_size", "widths", "pool_sizes")})
+    with initial_weights(options.seed):
+        model = build_umn(**{k: config[k] for k in ("in_channels", "out_channels", "image_size", "widths", "pool_sizes")})
     from medtools.collab.autoencoder import latent_shapes
 
     shapes = latent_shapes(out_channels, size)
@@ -200,10 +199,9 @@ def train_umn(
         return ((net(xb) - yb).pow(2) * w).sum(1).mean()
 
     report.log(f"umn-train: {len(x)} pairs from {len({lat.config.get('key_id') for lat in images})} clients, space {config['space']}")
-    spec = TrainSpec(
+    spec = options.replace(batch_size=min(options.batch_size, len(x))).spec(
         output=Path(output), kind="umn", config=config, provenance={"pairs": len(x), "clients": sorted({str(lat.config.get("key_id")) for lat in images})},
-        epochs=epochs, batch_size=min(batch_size, len(x)), lr=lr, seed=seed, device=device, precision=precision, compile=compile,
-        workers=workers, resume=resume, steps_per_epoch=steps_per_epoch, precise_bn_batches=0,
+        precise_bn_batches=0,
     )
     return fit(model, torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), step, spec)
 

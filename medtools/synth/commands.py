@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from medtools.core import report
-from medtools.cliutil import BatchSize, Compile, Device, Inputs, Json, Model, Overwrite, Precision, Quiet, Seed, Shard, Workers, command
+from medtools.cliutil import BatchSize, Compile, Device, Inputs, Json, Model, Overwrite, Precision, Quiet, Seed, Shard, Workers, command, training_options
 
 PatientRegex = Annotated[Optional[str], typer.Option("--patient-regex", help="Regex on file names giving the patient id (group 'patient' or 1); default: manifest rules.")]
 
@@ -32,6 +32,7 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 @command
+@training_options(epochs=50, batch_size=16, lr=2e-4)
 def synth_train(
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (.safetensors).")],
     inputs: Annotated[Optional[list[str]], typer.Argument(help="Files, folders, globs, manifest CSVs, or '-' (default: the --classes-from folder).", show_default=False)] = None,
@@ -43,11 +44,7 @@ def synth_train(
     norm_groups: Annotated[int, typer.Option("--norm-groups", min=1, help="GroupNorm groups (must divide every width).")] = 8,
     timesteps: Annotated[int, typer.Option("--timesteps", min=2, help="Diffusion steps of the DDPM scheduler.")] = 1000,
     schedule: Annotated[str, typer.Option("--schedule", help="Beta schedule: linear | scaled_linear | squaredcos_cap_v2.")] = "linear",
-    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")] = 50,
-    batch_size: BatchSize = None,
-    lr: Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")] = 2e-4,
     ema_decay: Annotated[float, typer.Option("--ema-decay", min=0.0, max=1.0, help="EMA of the weights saved in the checkpoint (0: none; ~0.9999 for long runs).")] = 0.995,
-    steps_per_epoch: Annotated[Optional[int], typer.Option("--steps-per-epoch", min=1, help="Cap on optimizer steps per epoch.")] = None,
     patient_regex: PatientRegex = None,
     dp_epsilon: Annotated[Optional[float], typer.Option("--dp-epsilon", help="Train with DP-SGD (opacus) to this privacy budget ε.")] = None,
     dp_delta: Annotated[float, typer.Option("--dp-delta", help="DP δ (must be < 1/number of images).")] = 1e-5,
@@ -55,12 +52,7 @@ def synth_train(
     label: Annotated[Optional[str], typer.Option("--label", help="Class-conditional: the class of each image is this manifest column (e.g. class).")] = None,
     classes_from: Annotated[Optional[Path], typer.Option("--classes-from", help="Class-conditional: the class of each image is its first folder below DIR (DIR/NORMAL/x.png → NORMAL).")] = None,
     label_dropout: Annotated[float, typer.Option("--label-dropout", help="Fraction of labels replaced by the null class (classifier-free guidance).")] = 0.1,
-    seed: Seed = 0,
-    device: Device = None,
-    precision: Precision = None,
-    compile: Compile = False,
-    workers: Workers = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT's .train-state.safetensors.")] = False,
+    options=None,
     json_output: Json = False,
     quiet: Quiet = False,
 ) -> int:
@@ -70,13 +62,12 @@ def synth_train(
 
     if not inputs and classes_from is None:
         raise UsageError("give training images (folders, CSVs, files) or --classes-from DIR")
-    record = report.RunRecord(seed=seed)
+    record = report.RunRecord(seed=options.seed)
     result = train_ddpm(
         inputs=inputs or [str(classes_from)], output=output, size=size, channels=channels, widths=_ints(widths, "--widths"),
         attention=None if attention is None else _ints(attention, "--attention"), layers_per_block=layers_per_block, norm_groups=norm_groups,
-        timesteps=timesteps, beta_schedule=schedule, epochs=epochs, batch_size=batch_size or 16, lr=lr,
-        ema_decay=ema_decay, steps_per_epoch=steps_per_epoch, seed=seed, device=device, precision=precision,
-        compile=compile, workers=workers, resume=resume, patient_regex=patient_regex, dp_epsilon=dp_epsilon,
+        timesteps=timesteps, beta_schedule=schedule, options=options,
+        ema_decay=ema_decay, patient_regex=patient_regex, dp_epsilon=dp_epsilon,
         dp_delta=dp_delta, max_grad_norm=max_grad_norm, label=label, classes_from=classes_from, label_dropout=label_dropout,
     )
     if json_output:

@@ -29,13 +29,14 @@ from typing import Any
 from medtools.core import ckpt, report
 from medtools.core.preprocess import canonical_norm, to_model_range
 from medtools.core.errors import InputError, UsageError
-from medtools.core.train import TrainSpec, fit
+from medtools.core.train import TrainOptions, fit, initial_weights, train_options
 from medtools.synth.images import collect_images, data_fingerprint, load_images
 from medtools.synth.models import DEFAULT_ATTENTION, DEFAULT_WIDTHS, count_parameters, unet_config
 from medtools.synth.schedule import scheduler_config, target_for, training_scheduler
 
 GRAD_SAMPLE_MODE = "functorch"  # opacus' "hooks" mode gives zero per-sample grads after UNet attention blocks
 DDPM_NORM = {"method": "unit", "model_range": [-1.0, 1.0]}  # [0,1] by bit depth, then 2x-1 for the UNet
+TRAIN_DEFAULTS = TrainOptions(epochs=50, batch_size=16, lr=2e-4)  # synth-train's
 
 
 def ddpm_step(scheduler: Any, *, null_class: int | None = None, label_dropout: float = 0.1):
@@ -132,17 +133,7 @@ def train_ddpm(
     norm_groups: int = 8,
     timesteps: int = 1000,
     beta_schedule: str = "linear",
-    epochs: int = 50,
-    batch_size: int = 16,
-    lr: float = 2e-4,
     ema_decay: float | None = 0.995,
-    steps_per_epoch: int | None = None,
-    seed: int = 0,
-    device: str | None = None,
-    precision: str | None = None,
-    compile: bool = False,
-    workers: int = 0,
-    resume: bool = False,
     patient_regex: str | None = None,
     dp_epsilon: float | None = None,
     dp_delta: float = 1e-5,
@@ -150,16 +141,24 @@ def train_ddpm(
     label: str | None = None,
     classes_from: str | Path | None = None,
     label_dropout: float = 0.1,
+    options: TrainOptions | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Train a DDPM on 2-D images; writes ``output`` (kind ddpm) every epoch and returns fit()'s summary.
 
     ``label`` (a manifest column) or ``classes_from`` (class folders of that folder) makes it
     class-conditional, with ``label_dropout`` of the labels replaced by the null class.
+    ``options`` (or single shared settings such as ``epochs=3``): ``core.train.TrainOptions``,
+    defaults ``TRAIN_DEFAULTS``. The noise, timesteps and label dropout of each step draw from
+    the loop's per-epoch step stream (and DP-SGD's sampling and noise too), so a seed fixes them.
     """
     import torch
     from torch.utils.data import TensorDataset
 
     from medtools.core.train import distributed_context
+
+    options = train_options(options, TRAIN_DEFAULTS, **settings)
+    batch_size, precision = options.batch_size, options.precision
 
     if label and classes_from is not None:
         raise UsageError("give --label COLUMN or --classes-from DIR, not both")
@@ -190,15 +189,16 @@ def train_ddpm(
             raise UsageError(f"--dp-delta {dp_delta} must be in (0, 1/N) = (0, {1.0 / len(refs):.3g}) for N={len(refs)} training images")
         if distributed_context()[2] > 1:
             raise UsageError("DP training under torchrun is not supported (opacus needs DPDDP); run on one process")
-        if compile:
+        if options.compile:
             raise UsageError("--compile cannot be combined with DP training (opacus hooks)")
         if precision not in (None, "auto", "fp32"):
             raise UsageError("DP training runs in fp32 (per-sample gradients); drop --precision")
         precision = "fp32"
-        per_epoch = steps_per_epoch or -(-len(dataset) // batch_size)
-        dp = DPTraining(epsilon=dp_epsilon, delta=dp_delta, max_grad_norm=max_grad_norm, planned_steps=epochs * per_epoch, resume_from=output if resume else None)
+        per_epoch = options.steps_per_epoch or -(-len(dataset) // batch_size)
+        dp = DPTraining(epsilon=dp_epsilon, delta=dp_delta, max_grad_norm=max_grad_norm, planned_steps=options.epochs * per_epoch, resume_from=output if options.resume else None)
 
-    model = ckpt.new_model("ddpm", config)
+    with initial_weights(options.seed):
+        model = ckpt.new_model("ddpm", config)
     attention_levels = [i for i, b in enumerate(config["down_block_types"]) if b.startswith("Attn")]
     report.log(f"UNet2DModel: {count_parameters(model) / 1e6:.2f}M parameters, widths {list(widths)}, attention at levels {attention_levels}")
     scheduler = training_scheduler(sched_config)
@@ -209,24 +209,14 @@ def train_ddpm(
         "data_sha256": data_fingerprint(refs),
         **({"label_dropout": label_dropout, "class_counts": {c: sum(r.label == c for r in refs) for c in class_names}} if class_names else {}),
     }
-    spec = TrainSpec(
+    spec = options.replace(precision=precision).spec(
         output=Path(output),
         kind="ddpm",
         config=config,
         norm=DDPM_NORM,
         provenance=provenance,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
         weight_decay=0.0,
-        seed=seed,
-        device=device,
-        precision=precision,
-        compile=compile,
-        workers=workers,
-        resume=resume,
         ema_decay=ema_decay or None,
-        steps_per_epoch=steps_per_epoch,
     )
     if len(dataset) < 1:
         raise InputError("no training images")
