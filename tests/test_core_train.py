@@ -89,3 +89,52 @@ def test_batch_larger_than_data_with_drop_last_is_a_usage_error(tmp_path: Path) 
     spec = TrainSpec(output=tmp_path / "m.safetensors", kind="test", config=CONFIG, epochs=1, batch_size=64, drop_last=True, device="cpu")
     with pytest.raises(UsageError, match="leaves no batch"):
         fit(torch.nn.Linear(**CONFIG), dataset(), step, spec)
+
+
+def test_every_trainer_takes_one_options_object_with_the_cli_defaults() -> None:
+    """The shared settings have one set of defaults per trainer, and the CLI shows those."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    from medtools.core.train import OPTION_NAMES, TrainOptions, train_options
+
+    trainers = {
+        "medtools.brain.segment:train_segmenter": "medtools.brain.commands:seg_train",
+        "medtools.brain.reid:train_reid": "medtools.brain.commands:reid_train",
+        "medtools.cls.train:train_classifier": "medtools.cls.commands:cls_train",
+        "medtools.synth.train:train_ddpm": "medtools.synth.commands:synth_train",
+        "medtools.collab.autoencoder:train_autoencoder": "medtools.collab.commands:ae_train",
+        "medtools.collab.umn:train_umn": "medtools.collab.commands:umn_train",
+    }
+    for function, command in trainers.items():
+        module, name = function.split(":")
+        train = getattr(importlib.import_module(module), name)
+        parameters = inspect.signature(train).parameters
+        assert "options" in parameters and not set(OPTION_NAMES) & set(parameters), function  # declares only its own settings
+        defaults = importlib.import_module(module).TRAIN_DEFAULTS
+        cli_module, cli_name = command.split(":")
+        cli = getattr(importlib.import_module(cli_module), cli_name)
+        assert cli.train_defaults == {k: getattr(defaults, k) for k in ("epochs", "batch_size", "lr")}, command
+        flags = inspect.signature(cli).parameters
+        assert set(OPTION_NAMES) <= set(flags) and "options" not in flags, command
+        assert {f.name: f.default for f in dataclasses.fields(TrainOptions) if f.name not in ("epochs", "batch_size", "lr")} == {n: flags[n].default for n in OPTION_NAMES if n not in ("epochs", "batch_size", "lr")}
+    assert train_options(None, TrainOptions(epochs=4), lr=0.5) == TrainOptions(epochs=4, lr=0.5)
+    with pytest.raises(TypeError, match="epoch"):
+        train_options(None, TrainOptions(), epoch=3)
+
+
+def test_resume_with_another_seed_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    train(out, 1, seed=3)
+    with pytest.raises(CheckpointError, match="--seed 3"):
+        train(out, 2, seed=4, resume=True)
+
+
+def test_timings_are_kept_apart_from_the_history(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    result = train(out, 2)
+    loaded = ckpt.load(out, kind="test")
+    assert all("seconds" not in h for h in loaded.provenance["history"]) and all("seconds" not in h for h in result["history"])
+    assert [t["epoch"] for t in loaded.provenance["timings"]] == [1, 2] and all(t["seconds"] >= 0 for t in loaded.provenance["timings"])
+    assert loaded.provenance["deterministic"] is False
