@@ -22,6 +22,16 @@ from medtools.core.registry import register_kind  # noqa: E402
 register_kind("test", family="tests", builder="torch.nn:Linear", builder_keys=("in_features", "out_features"), description="toy kind of the tests", task="none", channels_key=None)
 
 
+def default_signals() -> None:
+    """``preexec_fn`` of a child a test sends signals to: default handling of SIGINT, SIGTERM and
+    SIGHUP, whatever this process inherited (``make test &`` leaves SIGINT ignored, and an
+    ignored signal stays ignored in the child: medtools keeps it so, by design)."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def run_cli(*args: str, input: str | None = None, cwd: Path | None = None, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run `medtools ARGS` in a subprocess (CPU, quiet environment); returns the completed process."""
     # passive OpenMP waiting: spinning threads of parallel test processes starve each other on 2 cores

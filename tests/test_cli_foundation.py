@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MEDTOOLS, ROOT, run_cli
+from conftest import MEDTOOLS, ROOT, default_signals, run_cli
 
 
 def write_checkpoint(path: Path, kind: str = "test") -> Path:
@@ -142,7 +142,7 @@ def test_exit_130_on_ctrl_c_leaves_no_partial_files(tmp_path: Path) -> None:
     # 1,200 files: long enough that even a test process starved by a loaded machine interrupts it
     proc = subprocess.Popen(
         [*MEDTOOLS, "phantom", "brain", "-n", "120", "--size", "160", "--slices", "40", "-o", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=default_signals,
     )
     first = proc.stdout.readline()  # a path is printed as soon as its file is written
     assert first.strip().endswith(".nii.gz")

@@ -22,7 +22,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import MEDTOOLS, run_cli
+from conftest import MEDTOOLS, default_signals, run_cli
 from medtools.core.io.atomic import part_name
 
 ENV = {**os.environ, "MEDTOOLS_DEVICE": "cpu", "PYTHONHASHSEED": "0"}
@@ -34,7 +34,7 @@ def _parts(folder: Path) -> list[Path]:
 
 
 def _popen(*args, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([*MEDTOOLS, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**ENV, **kwargs.pop("env", {})}, **kwargs)
+    return subprocess.Popen([*MEDTOOLS, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**ENV, **kwargs.pop("env", {})}, preexec_fn=default_signals, **kwargs)
 
 
 def _writing_into(pid: int, folder: Path, timeout: float = 120.0) -> bool:

@@ -51,34 +51,6 @@ def _data(paths: list[Path]):
     return paths[0] if len(paths) == 1 else paths
 
 
-def _cases(inputs: list[str], shard: str | None, output: Path | None = None, outputs_of=None):
-    """Cases from the positional inputs (the K-th of N parts when sharded), kept apart from -o.
-
-    Cases found in an -o folder inside an input folder are earlier outputs and left out;
-    an output that would overwrite a case file or land in a walked input folder exits 2.
-    ``outputs_of(case)`` gives the paths a case would be written to.
-    """
-    from medtools.brain.cases import resolve_cases
-    from medtools.core.inputs import check_left_out, check_separate, in_excluded_output, input_roots, select_shard
-
-    roots = input_roots(inputs)
-    found = resolve_cases(inputs)
-    cases = [c for c in found if not any(in_excluded_output(p, output, roots) for p in c.files.values())]
-    if output is not None and outputs_of is not None:
-        for case in cases:
-            sources = [*case.files.values(), *([case.label] if case.label is not None else [])]
-            for target in outputs_of(case):
-                check_separate(target, output, inputs=sources, roots=roots)
-        kept = {id(c) for c in cases}
-        check_left_out([p for c in found if id(c) not in kept for p in c.files.values()], [t for c in cases for t in outputs_of(c)], output)
-    return select_shard(cases, shard, key=lambda c: c.case)
-
-
-def _case_outputs(output: Path, names):
-    """Where a case's files go under -o (its folder mirrored) for the given file names."""
-    return lambda case: [output / case.rel_dir / name for name in names(case)]
-
-
 @command
 @training_options(epochs=20, batch_size=16, lr=1e-3)
 def seg_train(
@@ -147,58 +119,9 @@ def segment(
     quiet: Quiet = False,
 ) -> int:
     """Segment volumes (NIfTI, DICOM series, case folders, manifest) into label maps in the input geometry."""
-    from medtools.brain.segment import output_ext, segment_cases
-    from medtools.core.inputs import check_output_arg, skip_existing
+    from medtools.brain.jobs import segment_job
 
-    output = check_output_arg(output, 2)
-    targets = _case_outputs(output, lambda case: [f"{case.case}_seg{output_ext(case, out_format)}", *([f"{case.case}_seg_prob.nii.gz"] if probabilities and out_format != "dicom-seg" else [])])
-    cases = _cases(inputs, shard, output, targets)
-    record = report.RunRecord(options={"tta": tta, "largest_component": largest_component})
-    record.add_checkpoint(model)
-    # skip-existing here, for either format (segment_cases only knows the .nii.gz name)
-    todo = [case for case in cases if not skip_existing(targets(case)[0], overwrite)]
-    skipped = len(cases) - len(todo)
-    results = segment_cases(todo, model, output, device=device, precision=precision, compile=compile, batch_size=batch_size or 32, workers=workers, probabilities=probabilities, overwrite=True, out_format=out_format, tta=tta, keep_largest=largest_component) if todo else iter(())
-    return _report_cases(results, json_output, record, skipped=skipped)
-
-
-def _report_cases(results, json_output: bool, record: report.RunRecord, *, skipped: int = 0) -> int:
-    """core's per-item loop over (case, result) pairs: each path on stdout as soon as its file
-    is renamed into place (or one JSON line per case), errors on stderr, the exit code."""
-    import contextlib
-
-    from medtools.core.errors import InputError, MedtoolsError, UsageError
-    from medtools.core.io import on_renamed
-
-    printed: set[str] = set()
-
-    def announce(path: Path) -> None:
-        printed.add(str(path))
-        report.emit_path(path)
-
-    def work(pair):
-        case, result = pair
-        if isinstance(result, BaseException):
-            if isinstance(result, UsageError) or not isinstance(result, (MedtoolsError, OSError, ValueError, RuntimeError)):
-                raise InputError(f"{type(result).__name__}: {result}" if not isinstance(result, MedtoolsError) else str(result)) from result
-            raise result
-        if result == "skipped":
-            return "skipped"
-        paths = result["outputs"] if isinstance(result, dict) else result
-        if json_output:
-            report.emit_jsonl(result if isinstance(result, dict) else {"case": case.case, "outputs": [str(p) for p in paths]})
-        else:
-            for path in paths:
-                if str(path) not in printed:
-                    report.emit_path(path)
-        return result
-
-    with contextlib.nullcontext() if json_output else on_renamed(announce):
-        outcome = report.run_items(results, work, name=lambda pair: pair[0].case, description="cases")
-    outcome.skipped += skipped
-    if json_output:
-        report.emit_jsonl({"summary": {"ok": outcome.ok, "failed": outcome.failed, "skipped": outcome.skipped}, "run": record.as_dict()})
-    return outcome.exit_code
+    return segment_job(inputs, model, output, probabilities=probabilities, out_format=out_format, tta=tta, largest_component=largest_component, batch_size=batch_size, workers=workers, shard=shard, device=device, precision=precision, compile=compile, overwrite=overwrite)
 
 
 @command
@@ -218,52 +141,9 @@ def seg_eval(
     quiet: Quiet = False,
 ) -> int:
     """Dice/IoU/HD95 per label and per BraTS region (WT, TC, ET), per case and mean; with --attack, Dice under FGSM/PGD per eps."""
-    from medtools.brain.evaluate import evaluate_pair, pair_files, summarise
-    from medtools.core.errors import InputError
+    from medtools.brain.jobs import seg_eval_job
 
-    if attack is not None or model is not None or truth is None:
-        return _seg_eval_attack(pred, truth, attack=attack, model=model, eps=eps, steps=steps, step_size=step_size, batch_size=batch_size, device=device, seed=seed, json_output=json_output)
-    pairs = pair_files(pred, truth)
-    per_case: dict[str, dict] = {}
-
-    def work(pair):
-        case, pred_path, truth_path = pair
-        if pred_path is None:
-            raise InputError("no prediction for this case")
-        per_case[case] = evaluate_pair(pred_path, truth_path, with_hd95=hd95)
-
-    outcome = report.run_items(pairs, work, name=lambda p: p[0], total=len(pairs), description="seg-eval")
-    if not per_case:
-        raise InputError("no prediction matched any ground-truth case")
-    mean = summarise(per_case)
-    if json_output:
-        report.emit_json({"mean": mean, "cases": per_case, "missing": [c for c, p, _ in pairs if p is None], "run": report.RunRecord().as_dict()})
-    else:
-        print(f"{'region':<12}{'dice':>8}{'iou':>8}{'hd95':>9}{'cases':>7}")
-        for key, values in mean.items():
-            print(f"{key:<12}{values['dice']:>8.4f}{values['iou']:>8.4f}{values['hd95']:>9.2f}{values['cases']:>7}")
-    return outcome.exit_code
-
-
-def _seg_eval_attack(cases_arg: Path, truth: Path | None, *, attack, model, eps, steps, step_size, batch_size, device, seed, json_output) -> int:
-    """seg-eval --attack: brain/robust.py evaluate_attack on the cases, a curve in --json, a table otherwise."""
-    from medtools.core.errors import UsageError
-
-    if attack is None or model is None or truth is not None:
-        raise UsageError("seg-eval takes PRED TRUTH, or CASES --attack fgsm|pgd -m seg.safetensors")
-    from medtools.brain.robust import evaluate_attack
-
-    record = report.RunRecord(seed=seed)
-    record.add_checkpoint(model)
-    result, outcome = evaluate_attack(_cases([str(cases_arg)], None), model, attack=attack, eps=eps, steps=steps, step_size=step_size, batch_size=batch_size or 16, device=device, seed=seed)
-    if json_output:
-        report.emit_json({**result, "run": record.as_dict()})
-    else:
-        regions = list(result["dice"])
-        print(f"{'eps':<10}" + "".join(f"{r:>12}" for r in regions))
-        for index, value in enumerate(result["eps"]):
-            print(f"{value:<10g}" + "".join(f"{result['dice'][r][index]:>12.4f}" for r in regions))
-    return outcome.exit_code
+    return seg_eval_job(pred, truth, hd95=hd95, attack=attack, model=model, eps=eps, steps=steps, step_size=step_size, batch_size=batch_size, device=device, seed=seed)
 
 
 @command
@@ -308,20 +188,9 @@ def reid_eval(
     quiet: Quiet = False,
 ) -> int:
     """Top-1/top-5 accuracy, chance level and per-patient accuracy of an attacker on these cases (its checkpoint's defences applied)."""
-    from medtools.brain.reid import eval_reid
+    from medtools.brain.jobs import reid_eval_job
 
-    record = report.RunRecord()
-    record.add_checkpoint(model)
-    result = eval_reid(_data(data), model, batch_size=batch_size or 64, device=device, verify=verify)
-    if json_output:
-        report.emit_json({**result, "run": record.as_dict()})
-    else:
-        if result["top1"] is not None:
-            print(f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  chance {result['chance']:.4f}  items {result['items']}  identities {result['identities']}")
-        if verify:
-            v = result["verify"]
-            print(f"verify auc {v['auc']:.4f}  pixel-baseline auc {v['pixel_auc']:.4f}  tpr@1%fpr {v['tpr_at_1pct_fpr']:.4f}  pairs {v['pairs']}  same-patient pairs {v['same_patient_pairs']}  cases {v['cases']}  patients {v['patients']}")
-    return 0
+    return reid_eval_job(data, model, verify=verify, batch_size=batch_size, device=device)
 
 
 @command
@@ -357,28 +226,10 @@ def protect(
     It is not anonymisation; what it is and is not good for, attacker by attacker: docs/brain.md,
     "What the protection is and is not good for".
     """
-    from medtools.brain.protect import protect_cases
-    from medtools.core.inputs import check_output_arg
+    from medtools.brain.jobs import protect_job
 
-    output = check_output_arg(output, 2)
-    secret = None
-    if key_file is not None:
-        from medtools.core.errors import UsageError
-        from medtools.core.secrets import check_private_permissions
-
-        check_private_permissions(key_file, "a protect secret")
-        try:
-            secret = key_file.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read --key-file {key_file}: {exc.strerror}") from None
-    cases = _cases(inputs, shard, output, _case_outputs(output, lambda case: [p.name for p in case.files.values()]))
-    record = report.RunRecord(seed=seed)
-    for path in attacker + ([utility] if utility else []):
-        record.add_checkpoint(path)
-    results = protect_cases(
-        cases, output, attackers=attacker, utility=utility, eps=eps, steps=steps, step_size=step_size, objective=objective,
+    return protect_job(
+        inputs, output, attackers=attacker, utility=utility, key_file=key_file, eps=eps, steps=steps, step_size=step_size, objective=objective,
         utility_weight=utility_weight, random_start=random_start, diversity=diversity, mask_background=mask_background,
-        batch_size=batch_size or 32, workers=workers, seed=seed, device=device, overwrite=overwrite,
-        signature_share=signature_share, key=secret, rounds=rounds,
+        batch_size=batch_size, workers=workers, shard=shard, seed=seed, device=device, overwrite=overwrite, signature_share=signature_share, rounds=rounds,
     )
-    return _report_cases(results, json_output, record)

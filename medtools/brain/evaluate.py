@@ -55,3 +55,11 @@ def evaluate_pair(pred_path: Path, truth_path: Path, *, with_hd95: bool = True) 
 
 def summarise(per_case: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return mean_scores(list(per_case.values()))
+
+
+def render_scores(result: dict) -> list[str]:
+    """seg-eval's table for people: mean Dice/IoU/HD95 per region."""
+    lines = [f"{'region':<12}{'dice':>8}{'iou':>8}{'hd95':>9}{'cases':>7}"]
+    for key, values in result["mean"].items():
+        lines.append(f"{key:<12}{values['dice']:>8.4f}{values['iou']:>8.4f}{values['hd95']:>9.2f}{values['cases']:>7}")
+    return lines

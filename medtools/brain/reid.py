@@ -297,3 +297,44 @@ def verification(attacker: Predictor, images: np.ndarray, identities: np.ndarray
         "cases": int(len(index)),
         "patients": int(len(set(case_identity[index].tolist()))),
     }
+
+
+def case_identities(images: Sequence[Any], attacker: Predictor, *, top: int = 5) -> dict[str, Any]:
+    """In-memory entry point: the modality images of one case (the attacker's modality order) →
+    the attacker's ``top`` identities, softmax averaged over the case's non-empty slices, after
+    the defences recorded in the checkpoint (what ``reid-eval`` scores per slice)."""
+    from medtools.brain.defences import apply_defences
+    from medtools.core.io import as_volume
+    from medtools.core.preprocess import resize, volumes_to_slices
+
+    config = attacker.config
+    modalities = list(config.get("modalities") or [])
+    if modalities and len(images) != len(modalities):
+        raise InputError(f"the attacker reads {len(modalities)} modalities ({', '.join(modalities)}), got {len(images)} images")
+    volumes = [as_volume(image) for image in images]
+    if any(v.shape != volumes[0].shape for v in volumes):
+        raise InputError(f"modality shapes differ: {', '.join(str(v.shape) for v in volumes)}")
+    slices, _ = volumes_to_slices(volumes, attacker.norm)
+    flat = slices.reshape(len(slices), -1)
+    keep = flat.max(axis=1) - flat.min(axis=1) > 1e-3  # as training: constant slices carry no identity
+    if not keep.any():
+        raise InputError("every slice of this case is constant: nothing to identify")
+    x = resize(slices[keep], int(config["image_size"])).astype(np.float32)
+    defences = list(config.get("defence") or [])
+    if defences:
+        x = apply_defences(x, defences, groups=np.zeros(len(x), dtype=int))
+    probs = attacker.predict(x, softmax=True).mean(axis=0)
+    names = list(config["class_names"])
+    order = np.argsort(-probs)[: max(1, min(top, len(names)))]
+    return {"top": [{"identity": names[i], "probability": float(probs[i])} for i in order], "slices": int(keep.sum()), "identities": len(names), "defence": defences}
+
+
+def render_reid(result: dict[str, Any]) -> list[str]:
+    """reid-eval's summary for people: identification and, when asked, verification."""
+    lines = []
+    if result["top1"] is not None:
+        lines.append(f"top1 {result['top1']:.4f}  top5 {result['top5']:.4f}  chance {result['chance']:.4f}  items {result['items']}  identities {result['identities']}")
+    if "verify" in result:
+        v = result["verify"]
+        lines.append(f"verify auc {v['auc']:.4f}  pixel-baseline auc {v['pixel_auc']:.4f}  tpr@1%fpr {v['tpr_at_1pct_fpr']:.4f}  pairs {v['pairs']}  same-patient pairs {v['same_patient_pairs']}  cases {v['cases']}  patients {v['patients']}")
+    return lines

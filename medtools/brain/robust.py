@@ -308,3 +308,12 @@ def adversarial_batch(
     out = images.clone()
     out[chosen] = adv.to(out.dtype)
     return out
+
+
+def render_curve(result: dict) -> list[str]:
+    """seg-eval --attack's table for people: Dice per region at each eps."""
+    regions = list(result["dice"])
+    lines = [f"{'eps':<10}" + "".join(f"{r:>12}" for r in regions)]
+    for index, value in enumerate(result["eps"]):
+        lines.append(f"{value:<10g}" + "".join(f"{result['dice'][r][index]:>12.4f}" for r in regions))
+    return lines

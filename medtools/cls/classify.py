@@ -185,3 +185,27 @@ def classify_command(
             Path(tmp).write_text("\n".join(lines) + "\n")
         report.log(f"wrote {output}")
     return outcome.exit_code
+
+
+def render_metrics(result: dict[str, Any]) -> list[str]:
+    """cls-eval's table for people: metrics with their patient-bootstrap intervals, confusion matrix."""
+    ci = result.get("ci95") or {}
+    lines = []
+    for name in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity"):
+        value, interval = result[name], ci.get(name)
+        text = "n/a" if value is None else f"{value:.4f}"
+        lines.append(f"{name:<18}{text:>8}" + (f"  [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""))
+    lines.append(f"confusion (rows truth, cols pred, {', '.join(result['class_names'])}): {result['confusion_matrix']}  n={result['n']}")
+    return lines
+
+
+def eval_job(data: Any, model: Path | str, *, seed: int, **options: Any) -> int:
+    """``cls-eval``: the metrics on stdout (table or JSON with its run record); exit 1 when some images failed."""
+    from medtools.core import report
+    from medtools.core.errors import EXIT_OK, EXIT_PARTIAL
+
+    record = report.RunRecord(seed=seed)
+    record.add_checkpoint(model)
+    result = evaluate_folder(data, model, seed=seed, **options)
+    report.emit_result(result, render_metrics, record=record)
+    return EXIT_PARTIAL if result["errors"] else EXIT_OK

@@ -67,20 +67,10 @@ def slices(
 
     if not labels_from_mask:
         raise UsageError("slices labels by the tumour mask only (--labels-from-mask)")
-    outcome = report.ItemOutcome()
-    for case, result in report.progress(write_slices(_data(data), output, modality=modality, min_area=min_area, min_brain=min_brain, every=every, size=size, overwrite=overwrite), description="cases"):
-        if isinstance(result, Exception):
-            outcome.failed += 1
-            outcome.codes.append(getattr(result, "exit_code", 5))
-            report.error(f"{case}: {result}")
-            continue
-        outcome.ok += 1
-        if json_output:
-            report.emit_jsonl({"case": case, "outputs": [str(p) for p in result]})
-        else:
-            for path in result:
-                report.emit_path(path)
-    return outcome.exit_code
+    from medtools.core import batch
+
+    pairs = write_slices(_data(data), output, modality=modality, min_area=min_area, min_brain=min_brain, every=every, size=size, overwrite=overwrite)
+    return batch.run_pairs(pairs, emit=batch.emitter(), description="cases").exit_code
 
 
 @command
@@ -144,21 +134,9 @@ def cls_eval(
     quiet: Quiet = False,
 ) -> int:
     """Accuracy, balanced accuracy, AUC, sensitivity, specificity, confusion matrix, patient-bootstrap CIs."""
-    from medtools.cls.classify import evaluate_folder
+    from medtools.cls.classify import eval_job
 
-    record = report.RunRecord(seed=seed)
-    record.add_checkpoint(model)
-    result = evaluate_folder(_data(data), model, key=_key(key), positive=positive, bootstrap=bootstrap, seed=seed, device=device, precision=precision, batch_size=batch_size or 32)
-    if json_output:
-        report.emit_json({**result, "run": record.as_dict()})
-    else:
-        ci = result.get("ci95") or {}
-        for name in ("accuracy", "balanced_accuracy", "auc", "sensitivity", "specificity"):
-            value, interval = result[name], ci.get(name)
-            text = "n/a" if value is None else f"{value:.4f}"
-            print(f"{name:<18}{text:>8}" + (f"  [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else ""))
-        print(f"confusion (rows truth, cols pred, {', '.join(result['class_names'])}): {result['confusion_matrix']}  n={result['n']}")
-    return 1 if result["errors"] else 0
+    return eval_job(_data(data), model, key=_key(key), positive=positive, bootstrap=bootstrap, seed=seed, device=device, precision=precision, batch_size=batch_size or 32)
 
 
 @command
@@ -175,10 +153,6 @@ def cipher_attack(
     """Attack block / logistic-sine encryption of these plain images (encrypted here with --key) and score the recovery."""
     from medtools.cls.attack import attack_command
 
-    record = report.RunRecord(seed=seed)
     result = attack_command(inputs, method=method, key=_key(key), block_size=block_size, attack=attack, seed=seed)
-    if json_output:
-        report.emit_json({**result, "run": record.as_dict()})
-    else:
-        print(report.to_json(result))
+    report.emit_result(result, report.to_json, record=report.RunRecord(seed=seed))
     return 0

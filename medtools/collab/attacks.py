@@ -284,3 +284,45 @@ def membership(members: Sequence[str | Path], nonmembers: Sequence[str | Path], 
     s_in, s_out = scores(members), scores(nonmembers)
     value = auc(s_in, s_out)
     return {"auc": value, "members": int(len(s_in)), "nonmembers": int(len(s_out)), "score": "-(UMN latent MSE, per scale normalised)", "orientation": "0.5 = chance; > 0.5: members found; < 0.5: inverted score (1 - AUC if flipped)", "flipped_auc": 1.0 - value}
+
+
+def render(result: dict[str, Any]) -> list[str]:
+    """collab-attack's summary for people."""
+    lines = []
+    la = result.get("latent_attacks")
+    if la:
+        lines.append(f"no key {la['no_key_psnr']:.2f} dB  wrong key {la['wrong_key_psnr']:.2f} dB  mean image {la['mean_image_psnr']:.2f} dB" + (f"  with key {la['with_key_psnr']:.2f} dB" if "with_key_psnr" in la else ""))
+        for row in la["known_plaintext"]:
+            lines.append(f"known-plaintext pairs {row['pairs']:>6}: psnr {row['psnr']:.2f} dB" + (f"  key error {row['key_error']:.2e}" if "key_error" in row else ""))
+        lines.append(f"protection falls at {la['falls_at_pairs']} pairs per scale ({la['pairs_per_known_image']} pairs per known image)")
+    if "learned_inversion" in result:
+        li = result["learned_inversion"]
+        lines.append(f"learned inversion (random keys): psnr {li['psnr']:.2f} dB  ssim {li['ssim']:.4f}  (its decoder on plain latents: {li['plain_psnr']:.2f} dB)")
+    if "membership" in result:
+        lines.append(f"MIA AUC {result['membership']['auc']:.4f} (0.5 = chance)")
+    return lines
+
+
+def attack_job(latents: Any, *, images: Any, model: Any, known: int, known_pairs: Any, true_key: Any, public: Any, inversion_epochs: int, umn: Any, members: Any, nonmembers: Any, keys: Any, seed: int, batch_size: int, device: Any) -> int:
+    """``collab-attack``: the latent attacks (known plaintext, no/wrong key, learned inversion) and/or the UMN membership attack."""
+    from medtools.core import report
+    from medtools.core.errors import UsageError
+
+    record = report.RunRecord(seed=seed)
+    result: dict[str, Any] = {}
+    if latents:
+        if images is None or model is None:
+            raise UsageError("the latent attacks need --images (the victim's clean images) and -m (the attacker's ae-image)")
+        record.add_checkpoint(model)
+        result["latent_attacks"] = attack_latents(latents, images, model, known=known, known_pairs=known_pairs, key=true_key, seed=seed, batch_size=batch_size, device=device)
+        if public is not None:
+            result["learned_inversion"] = learned_inversion(latents, images, model, public, epochs=inversion_epochs, seed=seed, device=device)
+    if umn is not None:
+        if not members or not nonmembers:
+            raise UsageError("--umn needs --members and --nonmembers latent folders")
+        record.add_checkpoint(umn)
+        result["membership"] = membership(members, nonmembers, umn, keys=keys, batch_size=batch_size, device=device)
+    if not result:
+        raise UsageError("nothing to attack: give protected LATENTS (with --images, -m) and/or --umn with --members/--nonmembers")
+    report.emit_result(result, render, record=record)
+    return 0

@@ -54,12 +54,6 @@ def _ints(text: str | None, flag: str) -> list[int]:
         raise UsageError(f"{flag} takes comma-separated integers, got {text!r}") from None
 
 
-def _finish(outcome: report.ItemOutcome, json_output: bool, record: report.RunRecord, extra: dict | None = None) -> int:
-    if json_output:
-        report.emit_jsonl({"summary": {"ok": outcome.ok, "failed": outcome.failed, "skipped": outcome.skipped, **(extra or {})}, "run": record.as_dict()})
-    return outcome.exit_code
-
-
 @command
 @training_options(epochs=30, batch_size=8, lr=2e-3)
 def ae_train(
@@ -98,25 +92,9 @@ def klt_keygen(
     quiet: Quiet = False,
 ) -> int:
     """Make a client key: per-scale random orthogonal Q (sign-fixed QR of a Gaussian) and bias b."""
-    from medtools.collab import klt
-    from medtools.core import ckpt
-    from medtools.core.errors import UsageError
+    from medtools.collab.klt import keygen_job
 
-    if output.exists() and not overwrite:
-        raise UsageError(f"{output} exists; a key is not replaced unless --overwrite (latents protected with it would become undecodable)")
-    if model is not None:
-        channels = list(ckpt.load(model, kind=("ae-image", "ae-mask"), tensors=False).config["latent_channels"])
-    else:
-        channels = _ints(latent_channels or "4,8,16,32", "--latent-channels")
-    if seed is not None:
-        report.warn("--seed makes a reproducible key: anyone with the seed has the key (tests and examples only)")
-    key = klt.save_key(klt.generate(channels, seed=seed, bias_scale=bias_scale), output)
-    info = klt.load_key(key)
-    if json_output:
-        report.emit_json({"output": str(output), "key_id": info.key_id, "latent_channels": info.latent_channels, "seeded": info.seeded, "run": report.RunRecord(seed=None).as_dict()})
-    else:
-        report.emit_path(output)
-    return 0
+    return keygen_job(output, model=model, latent_channels=_ints(latent_channels or "4,8,16,32", "--latent-channels"), bias_scale=bias_scale, seed=seed, overwrite=overwrite)
 
 
 @command
@@ -135,20 +113,13 @@ def klt_encode(
     quiet: Quiet = False,
 ) -> int:
     """Client: images (ae-image) or masks (ae-mask) → protected multi-scale latents (one .safetensors each)."""
-    from medtools.collab.latents import encode_images
+    from medtools.collab.latents import encode_images, finish
     from medtools.core.inputs import check_output_arg
 
     record = report.RunRecord()
     record.add_checkpoint(model)
-    total = {"payload_bytes": 0, "file_bytes": 0}
-
-    def on_result(item: dict) -> None:
-        total["payload_bytes"] += item["payload_bytes"]
-        total["file_bytes"] += item["file_bytes"]
-        report.emit_jsonl(item) if json_output else report.emit_path(item["output"])
-
-    outcome = encode_images(inputs, model, key, check_output_arg(output, 2), fp16=fp16, batch_size=batch_size or 16, device=device, precision=precision, overwrite=overwrite, shard=shard, on_result=on_result)
-    return _finish(outcome, json_output, record, total)
+    outcome = encode_images(inputs, model, key, check_output_arg(output, 2), fp16=fp16, batch_size=batch_size or 16, device=device, precision=precision, overwrite=overwrite, shard=shard)
+    return finish(outcome, record)
 
 
 @command
@@ -186,13 +157,14 @@ def umn_map(
     quiet: Quiet = False,
 ) -> int:
     """Server: protected image latents → protected mask latents (invert → map → re-apply)."""
+    from medtools.collab.latents import finish
     from medtools.collab.umn import map_latents
     from medtools.core.inputs import check_output_arg
 
     record = report.RunRecord()
     record.add_checkpoint(model)
     outcome = map_latents(inputs, model, key, check_output_arg(output, 2), batch_size=batch_size or 16, device=device, precision=precision, overwrite=overwrite, shard=shard)
-    return _finish(outcome, json_output, record)
+    return finish(outcome, record)
 
 
 @command
@@ -210,13 +182,13 @@ def klt_decode(
     quiet: Quiet = False,
 ) -> int:
     """Client: remove the transform and decode: masks (ae-mask, 0/255) or images (ae-image) in the input's size and format."""
-    from medtools.collab.latents import decode_latents
+    from medtools.collab.latents import decode_latents, finish
     from medtools.core.inputs import check_output_arg
 
     record = report.RunRecord()
     record.add_checkpoint(model)
     outcome = decode_latents(inputs, model, key, check_output_arg(output, 2), batch_size=batch_size or 16, device=device, precision=precision, overwrite=overwrite, shard=shard)
-    return _finish(outcome, json_output, record)
+    return finish(outcome, record)
 
 
 @command
@@ -232,21 +204,9 @@ def collab_eval(
     quiet: Quiet = False,
 ) -> int:
     """Dice/IoU of decoded masks (with empty and all-foreground baselines) and autoencoder quality."""
-    from medtools.collab.evaluate import evaluate
+    from medtools.collab.evaluate import eval_job
 
-    record = report.RunRecord()
-    for path in (ae_image, ae_mask):
-        if path is not None:
-            record.add_checkpoint(path)
-    result = evaluate(pred, truth, images=images, ae_image=ae_image, ae_mask=ae_mask, batch_size=batch_size or 16, device=device)
-    if json_output:
-        report.emit_json({**result, "run": record.as_dict()})
-    else:
-        print(f"dice {result['dice']:.4f}  iou {result['iou']:.4f}  cases {result['cases']}  (empty {result['baseline_empty_dice']:.4f}, all-foreground {result['baseline_full_dice']:.4f}, mean-mask prior {result['baseline_prior_dice']:.4f})")
-        for name in ("image_ae", "mask_ae"):
-            if name in result:
-                print(f"{name}: psnr {result[name]['psnr']:.2f} dB  ssim {result[name]['ssim']:.4f}")
-    return 0
+    return eval_job(pred, truth, images=images, ae_image=ae_image, ae_mask=ae_mask, batch_size=batch_size or 16, device=device)
 
 
 @command
@@ -270,37 +230,9 @@ def collab_attack(
     quiet: Quiet = False,
 ) -> int:
     """Attack protected latents: no key, wrong key, known-plaintext key recovery (--known-pairs); MIA on the UMN (--umn)."""
-    from medtools.collab import attacks
-    from medtools.core.errors import UsageError
+    from medtools.collab.attacks import attack_job
 
-    record = report.RunRecord(seed=seed)
-    result: dict = {}
-    if latents:
-        if images is None or model is None:
-            raise UsageError("the latent attacks need --images (the victim's clean images) and -m (the attacker's ae-image)")
-        record.add_checkpoint(model)
-        result["latent_attacks"] = attacks.attack_latents(latents, images, model, known=known, known_pairs=_ints(known_pairs, "--known-pairs"), key=true_key, seed=seed, batch_size=batch_size or 16, device=device)
-        if public is not None:
-            result["learned_inversion"] = attacks.learned_inversion(latents, images, model, public, epochs=inversion_epochs, seed=seed, device=device)
-    if umn is not None:
-        if not members or not nonmembers:
-            raise UsageError("--umn needs --members and --nonmembers latent folders")
-        record.add_checkpoint(umn)
-        result["membership"] = attacks.membership(members, nonmembers, umn, keys=keys, batch_size=batch_size or 16, device=device)
-    if not result:
-        raise UsageError("nothing to attack: give protected LATENTS (with --images, -m) and/or --umn with --members/--nonmembers")
-    if json_output:
-        report.emit_json({**result, "run": record.as_dict()})
-    else:
-        la = result.get("latent_attacks")
-        if la:
-            print(f"no key {la['no_key_psnr']:.2f} dB  wrong key {la['wrong_key_psnr']:.2f} dB  mean image {la['mean_image_psnr']:.2f} dB" + (f"  with key {la['with_key_psnr']:.2f} dB" if "with_key_psnr" in la else ""))
-            for row in la["known_plaintext"]:
-                print(f"known-plaintext pairs {row['pairs']:>6}: psnr {row['psnr']:.2f} dB" + (f"  key error {row['key_error']:.2e}" if "key_error" in row else ""))
-            print(f"protection falls at {la['falls_at_pairs']} pairs per scale ({la['pairs_per_known_image']} pairs per known image)")
-        if "learned_inversion" in result:
-            li = result["learned_inversion"]
-            print(f"learned inversion (random keys): psnr {li['psnr']:.2f} dB  ssim {li['ssim']:.4f}  (its decoder on plain latents: {li['plain_psnr']:.2f} dB)")
-        if "membership" in result:
-            print(f"MIA AUC {result['membership']['auc']:.4f} (0.5 = chance)")
-    return 0
+    return attack_job(
+        latents, images=images, model=model, known=known, known_pairs=_ints(known_pairs, "--known-pairs"), true_key=true_key, public=public,
+        inversion_epochs=inversion_epochs, umn=umn, members=members, nonmembers=nonmembers, keys=keys, seed=seed, batch_size=batch_size or 16, device=device,
+    )

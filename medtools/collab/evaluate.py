@@ -136,3 +136,23 @@ def reconstruction(paths: Sequence[Path], model: Path, *, mask: bool, batch_size
     if mask:
         result["dice"] = float(np.mean(dices))
     return result
+
+
+def render(result: dict[str, Any]) -> list[str]:
+    """collab-eval's summary for people."""
+    lines = [f"dice {result['dice']:.4f}  iou {result['iou']:.4f}  cases {result['cases']}  (empty {result['baseline_empty_dice']:.4f}, all-foreground {result['baseline_full_dice']:.4f}, mean-mask prior {result['baseline_prior_dice']:.4f})"]
+    lines += [f"{name}: psnr {result[name]['psnr']:.2f} dB  ssim {result[name]['ssim']:.4f}" for name in ("image_ae", "mask_ae") if name in result]
+    return lines
+
+
+def eval_job(pred: Path, truth: Path, *, ae_image: Path | None, ae_mask: Path | None, **options: Any) -> int:
+    """``collab-eval``: Dice of decoded masks and autoencoder quality on stdout."""
+    from medtools.core import report
+
+    record = report.RunRecord()
+    for path in (ae_image, ae_mask):
+        if path is not None:
+            record.add_checkpoint(path)
+    result = evaluate(pred, truth, ae_image=ae_image, ae_mask=ae_mask, **options)
+    report.emit_result(result, render, record=record)
+    return 0

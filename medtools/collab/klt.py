@@ -138,3 +138,20 @@ def invert(key: Key, latents: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Protected [(N, C_k, H_k, W_k)] → plain, z = Q(z' − b) (float64)."""
     check_fits(key, latents)
     return [np.einsum("cd,ndhw->nchw", q, z.astype(np.float64) - b[None, :, None, None]) for q, b, z in zip(key.q, key.b, latents)]
+
+
+def keygen_job(output: Path, *, model: Path | None, latent_channels: Sequence[int], bias_scale: float, seed: int | None, overwrite: bool) -> int:
+    """``klt-keygen``: a key fitted to ``model``'s latent channels (else ``latent_channels``) → ``output``."""
+    from medtools.core import ckpt, report
+    from medtools.core.errors import UsageError
+
+    if output.exists() and not overwrite:
+        raise UsageError(f"{output} exists; a key is not replaced unless --overwrite (latents protected with it would become undecodable)")
+    channels = list(ckpt.load(model, kind=("ae-image", "ae-mask"), tensors=False).config["latent_channels"]) if model is not None else list(latent_channels)
+    if seed is not None:
+        report.warn("--seed makes a reproducible key: anyone with the seed has the key (tests and examples only)")
+    key = save_key(generate(channels, seed=seed, bias_scale=bias_scale), output)
+    info = load_key(key)
+    result = {"output": str(output), "key_id": info.key_id, "latent_channels": info.latent_channels, "seeded": info.seeded}
+    report.emit_result(result, lambda r: r["output"], record=report.RunRecord(seed=None))
+    return 0

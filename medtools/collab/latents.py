@@ -9,7 +9,7 @@ masks come back in the input's geometry). It never holds key material.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +100,6 @@ def encode_images(
     precision: str | None = None,
     overwrite: bool = False,
     shard: str | None = None,
-    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> batch_driver.Outcome:
     """klt-encode: images (or masks, with an ``ae-mask`` model) → protected latent files."""
     from medtools.collab import klt
@@ -133,7 +132,26 @@ def encode_images(
             sizes = write_latent(target, [z[index] for z in protected], config, fp16=fp16)
             yield item, {"input": str(item.path), "output": str(target), **sizes}
 
-    return batch_driver.run_batches(items, load, work, batch_size=batch_size, emit=on_result or batch_driver.emitter(), description="klt-encode")
+    totals = {"payload_bytes": 0, "file_bytes": 0}
+    emit = batch_driver.emitter()
+
+    def emit_and_count(result: dict[str, Any]) -> None:
+        totals["payload_bytes"] += result["payload_bytes"]
+        totals["file_bytes"] += result["file_bytes"]
+        emit(result)
+
+    outcome = batch_driver.run_batches(items, load, work, batch_size=batch_size, emit=emit_and_count, description="klt-encode")
+    outcome.totals.update(totals)
+    return outcome
+
+
+def finish(outcome: batch_driver.Outcome, record: report.RunRecord) -> int:
+    """The closing line of klt-encode/umn-map/klt-decode under --json (counts, totals, run record); the exit code."""
+    from medtools.core.context import current
+
+    if current().json:
+        report.emit_jsonl({"summary": outcome.summary(), "run": record.as_dict()})
+    return outcome.exit_code
 
 
 def decode_latents(

@@ -217,11 +217,12 @@ def map_latents(
     precision: str | None = None,
     overwrite: bool = False,
     shard: str | None = None,
-) -> report.ItemOutcome:
+) -> Any:
     """umn-map: protected image latents → protected mask latents (invert → map → re-apply)."""
     from medtools.collab import klt
     from medtools.collab.autoencoder import pack, unpack
-    from medtools.collab.latents import LATENT_EXTS, batched, read_latent, stack, write_latent
+    from medtools.collab.latents import LATENT_EXTS, read_latent, stack, write_latent
+    from medtools.core import batch as batch_driver
     from medtools.core.inputs import check_output_arg, expand_inputs, output_for, parse_shard, shard_items
     from medtools.core.predict import Predictor
 
@@ -256,7 +257,6 @@ def map_latents(
         for index, (item, (target, latent)) in enumerate(batch):
             config = {**{k: v for k, v in latent.config.items() if k not in ("shapes", "dtype", "model_sha256")}, "source": "umn", "state": "mapped"}
             write_latent(target, [m[index] for m in mapped], config, fp16=latent.config.get("dtype") == "float16")
-            report.emit_path(target)
-            yield item, None
+            yield item, {"input": str(item.path), "output": str(target)}
 
-    return batched(items, batch_size, load, work, description="umn-map")
+    return batch_driver.run_batches(items, load, work, batch_size=batch_size, emit=batch_driver.emitter(), description="umn-map")

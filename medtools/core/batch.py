@@ -72,6 +72,11 @@ class Outcome:
     failures: list[tuple[str, str]] = field(default_factory=list)
     codes: list[int] = field(default_factory=list)  # exit code of each failure
     strict: bool = True  # False: a caught Exception of any type is an item error (run_pairs)
+    totals: dict[str, Any] = field(default_factory=dict)  # a command's sums over the items (bytes written, ...)
+
+    def summary(self) -> dict[str, Any]:
+        """The closing JSON line's counts: ok, failed, skipped and the command's totals."""
+        return {"ok": self.ok, "failed": self.failed, "skipped": self.skipped, **self.totals}
 
     @property
     def exit_code(self) -> int:

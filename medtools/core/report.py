@@ -79,6 +79,26 @@ def emit_jsonl(obj: Any) -> None:
     print(to_json(obj, indent=None), flush=True)
 
 
+def emit_paths(paths: Iterable[Path | str]) -> None:
+    """Written files' paths on stdout, one per line (NUL-terminated with --print0)."""
+    for path in paths:
+        emit_path(path)
+
+
+def emit_result(result: dict[str, Any], render: Any = None, *, record: "RunRecord | None" = None) -> None:
+    """A command's one result on stdout: with --json (the run context) one JSON document carrying
+    the ``run`` record; otherwise ``render(result)`` (a string or lines) for people, if given."""
+    from medtools.core.context import current
+
+    if current().json:
+        emit_json({**result, "run": record.as_dict()} if record is not None else result)
+    elif render is not None:
+        text = render(result)
+        lines = [text] if isinstance(text, str) else list(text)
+        for line in lines:
+            print(line, flush=True)
+
+
 def progress(iterable: Iterable[T], *, total: int | None = None, description: str = "") -> Iterator[T]:
     """Iterate with a rich progress bar on stderr when stderr is a TTY and not quiet."""
     if _quiet() or not sys.stderr.isatty():

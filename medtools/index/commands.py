@@ -121,14 +121,10 @@ def query(
     """Encrypted top-k: the query is encrypted here, scored under encryption, decrypted here; hits come with Merkle proofs."""
     from medtools.index.store import query as run
 
-    record = report.RunRecord()
+    from medtools.index.store import render_hits
+
     result = run(image, index_folder=index, secret=secret, k=k, model=model, plain_query=plain_query, root=root, device=device)
-    record.device = result["model"]["device"]
-    if json_output:
-        report.emit_json({**result, "run": record.as_dict()})
-    else:
-        for hit in result["hits"]:
-            print(f"{hit['id']}\t{hit['score']:.6f}")
+    report.emit_result(result, render_hits, record=report.RunRecord(device=result["model"]["device"]))
     return 0
 
 
@@ -185,12 +181,9 @@ def rank(
     """Client, step 3 of 3: decrypt the scores, print the top-k and check their Merkle proofs."""
     from medtools.index.store import rank_file
 
-    result = rank_file(scores, index_folder=index, secret=secret, k=k, root=root)
-    if json_output:
-        report.emit_json({**result, "run": report.RunRecord().as_dict()})
-    else:
-        for hit in result["hits"]:
-            print(f"{hit['id']}\t{hit['score']:.6f}")
+    from medtools.index.store import render_hits
+
+    report.emit_result(rank_file(scores, index_folder=index, secret=secret, k=k, root=root), render_hits, record=report.RunRecord())
     return 0
 
 
@@ -204,37 +197,6 @@ def verify(
     quiet: Quiet = False,
 ) -> int:
     """Recompute block digests and the Merkle tree: any changed, missing or extra entry exits 4 naming it."""
-    import json
+    from medtools.index.store import verify_job
 
-    from medtools.core.errors import EXIT_INTEGRITY, InputError, IntegrityError, UsageError
-    from medtools.index import store
-
-    if proof is not None:
-        if index is not None:
-            raise UsageError("--proof is checked on its own: give no INDEX")
-        try:
-            data = json.loads(proof.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"no proof at {proof}") from None
-        except ValueError as exc:
-            raise IntegrityError(f"{proof} is not JSON: {exc}") from None
-        proofs = [h["proof"] for h in data.get("hits", [])] if isinstance(data, dict) and "hits" in data else [data]
-        results = [store.check_proof(p, root=root) for p in proofs]
-        if json_output:
-            report.emit_json({"ok": True, "proofs": results})
-        report.log(f"{len(results)} proof(s) OK")
-        return 0
-    if index is None:
-        raise UsageError("give INDEX (or --proof PROOF.json)")
-    checked = store.verify(store.Index.load(index), root=root)
-    if json_output:
-        report.emit_json({**checked.to_json(), "root": store.Index.load(index).root})
-    else:
-        for kind in ("changed", "missing", "extra"):
-            for name in getattr(checked, kind):
-                print(f"{kind}\t{name}")
-    if checked.ok:
-        report.log(f"OK: {index} matches its root" + (f" ({checked.trusted_root})" if root else " (pass --root to check it against a root you trust)"))
-        return 0
-    report.error(f"{index} does not verify: {checked.summary()}")
-    return EXIT_INTEGRITY
+    return verify_job(index, root=root, proof=proof)

@@ -494,3 +494,42 @@ def query(image: Any, *, index_folder: Path, secret: Path, k: int = 5, model: Pa
         "timing": timing,
         "model": predictor.record(),
     }
+
+
+def render_hits(result: dict[str, Any]) -> list[str]:
+    """query/rank for people: one line per hit, id and score."""
+    return [f"{hit['id']}\t{hit['score']:.6f}" for hit in result["hits"]]
+
+
+def verify_job(index: Path | None, *, root: str | None, proof: Path | None) -> int:
+    """``index verify``: the whole index against its root (changed/missing/extra entries: exit 4),
+    or inclusion proofs on their own (``proof``: a proof JSON or a ``query --json`` output)."""
+    import json
+
+    from medtools.core import report
+    from medtools.core.errors import EXIT_INTEGRITY, EXIT_OK, InputError
+
+    if proof is not None:
+        if index is not None:
+            raise UsageError("--proof is checked on its own: give no INDEX")
+        try:
+            data = json.loads(proof.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InputError(f"no proof at {proof}") from None
+        except ValueError as exc:
+            raise IntegrityError(f"{proof} is not JSON: {exc}") from None
+        proofs = [h["proof"] for h in data.get("hits", [])] if isinstance(data, dict) and "hits" in data else [data]
+        results = [check_proof(p, root=root) for p in proofs]
+        report.emit_result({"ok": True, "proofs": results})
+        report.log(f"{len(results)} proof(s) OK")
+        return EXIT_OK
+    if index is None:
+        raise UsageError("give INDEX (or --proof PROOF.json)")
+    loaded = Index.load(index)
+    checked = verify(loaded, root=root)
+    report.emit_result({**checked.to_json(), "root": loaded.root}, lambda _: [f"{kind}\t{name}" for kind in ("changed", "missing", "extra") for name in getattr(checked, kind)])
+    if checked.ok:
+        report.log(f"OK: {index} matches its root" + (f" ({checked.trusted_root})" if root else " (pass --root to check it against a root you trust)"))
+        return EXIT_OK
+    report.error(f"{index} does not verify: {checked.summary()}")
+    return EXIT_INTEGRITY

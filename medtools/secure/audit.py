@@ -286,3 +286,15 @@ def render_audit(result: dict[str, Any]) -> str:
     for path in result.get("plots", []):
         lines.append(f"plot {path}")
     return "\n".join(lines)
+
+
+def audit_job(plain: Path, cipher: Path | None, *, method: str, key_file: Path | None, **options: Any) -> dict[str, Any]:
+    """``cipher-audit``: the audit on stdout (text or JSON), a warning when CIPHER is not PLAIN under this key."""
+    from medtools.core import report
+    from medtools.core.secrets import read_key_file
+
+    result = run_audit(plain, cipher, method=method, key=read_key_file(key_file) if key_file is not None else None, **options)
+    report.emit_result(result, render_audit)
+    if result.get("cipher_matches_key") is False:
+        report.warn(f"{cipher} is not {plain} encrypted with this method and key; statistics use the given cipher image")
+    return result

@@ -6,7 +6,6 @@ come from --password-file, MEDTOOLS_PASSWORD or a terminal prompt.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -86,14 +85,10 @@ def keys_remove(store: StoreArg, name: NameArg, insecure_permissions: InsecurePe
 @command
 def keys_list(store: StoreArg, json_output: Json = False, insecure_permissions: InsecurePermissions = False, quiet: Quiet = False) -> int:
     """User names, one per line (--json: name, created, key fingerprint, scrypt work factor)."""
-    from medtools.secure.keystore import KeyStore
+    from medtools.secure.keystore import KeyStore, render_users
 
     users = KeyStore.load(store).describe()
-    if json_output:
-        report.emit_json(users)
-    else:
-        for user in users:
-            print(user["user"])
+    report.emit_result(users, render_users)
     return 0
 
 
@@ -129,13 +124,9 @@ def keys_gen_key(
     quiet: Quiet = False,
 ) -> int:
     """A random 256-bit key (64 hex digits) for --key, --hmac-key and deid --key; or an Ed25519 pair."""
-    from medtools.secure.keystore import generate_key_file, generate_signing_key
+    from medtools.secure.keystore import generate_keys
 
-    if ed25519:
-        for written in generate_signing_key(path, overwrite=overwrite):
-            report.emit_path(written)
-    else:
-        report.emit_path(generate_key_file(path, overwrite=overwrite))
+    report.emit_paths(generate_keys(path, ed25519=ed25519, overwrite=overwrite))
     return 0
 
 
@@ -234,17 +225,9 @@ def cipher_audit(
     quiet: Quiet = False,
 ) -> int:
     """NPCR/UACI, entropy, adjacent correlation, χ² uniformity, key sensitivity of an image cipher."""
-    from medtools.secure.audit import render_audit, run_audit
-    from medtools.secure.keystore import read_key_file
+    from medtools.secure.audit import audit_job
 
-    secret = read_key_file(key) if key is not None else None
-    result = run_audit(plain, cipher, method=method, key=secret, block_size=block_size, window=window, trials=trials, seed=seed, plots=plots, known_plaintext=known_plaintext)
-    if json_output:
-        report.emit_json(result)
-    else:
-        print(render_audit(result))
-    if result.get("cipher_matches_key") is False:
-        report.warn(f"{cipher} is not {plain} encrypted with this method and key; statistics use the given cipher image")
+    audit_job(plain, cipher, method=method, key_file=key, block_size=block_size, window=window, trials=trials, seed=seed, plots=plots, known_plaintext=known_plaintext)
     return 0
 
 
@@ -262,28 +245,9 @@ def seal(
     quiet: Quiet = False,
 ) -> int:
     """SHA-256 Merkle manifest of every file below a folder, optionally signed; or one file's proof."""
-    from medtools.core.errors import UsageError
-    from medtools.secure import seal as sealing
-    from medtools.secure.keystore import read_key_file
+    from medtools.secure.seal import seal_job
 
-    def emit(data: dict, out: Optional[Path]) -> None:
-        if out is None:
-            print(json.dumps(data, indent=2))
-        else:
-            report.emit_path(sealing.write_json(data, out, overwrite=overwrite))
-
-    if proof is not None:
-        if target.is_dir():
-            raise UsageError("with --proof, give the manifest (not the folder): medtools seal manifest.json --proof a/b.png")
-        emit(sealing.make_proof(sealing.Seal.load(target), proof), output)
-        return 0
-    if output is None:
-        raise UsageError("missing -o/--output: the manifest file to write (e.g. -o manifest.json)")
-    key = read_key_file(hmac_key) if hmac_key is not None else None
-    result = sealing.seal_folder(target, exclude=[output], hmac_key=key, signing_key=sign)
-    report.log(f"sealed {len(result.files)} files under {target}: root {result.root}" + (f" ({result.signature['type']} signed)" if result.signature else ""))
-    emit(result.to_json(), output)
-    return 0
+    return seal_job(target, output, hmac_key=hmac_key, sign=sign, proof=proof, overwrite=overwrite)
 
 
 @command
@@ -298,37 +262,9 @@ def verify(
     quiet: Quiet = False,
 ) -> int:
     """Check a folder against its seal (changed, missing, extra files) or one proof: exit 4 on any mismatch."""
-    from medtools.core.errors import EXIT_INTEGRITY, UsageError
-    from medtools.secure import seal as sealing
-    from medtools.secure.keystore import read_key_file
+    from medtools.secure.seal import verify_job
 
-    key = read_key_file(hmac_key) if hmac_key is not None else None
-    if proof is not None:
-        if manifest is not None or folder is not None:
-            raise UsageError("--proof is checked on its own: give no manifest or folder (use --file FILE to check content)")
-        result = sealing.check_proof(sealing.read_json(proof, "proof"), file=file, hmac_key=key, public_key=public_key)
-        if json_output:
-            report.emit_json(result)
-        report.log(f"proof OK: {result['path']} is in the seal with root {result['root']} (signature: {result['signature']})")
-        return 0
-    if manifest is None or folder is None:
-        raise UsageError("give MANIFEST and FOLDER (or --proof PROOF.json)")
-    checked = sealing.verify_folder(sealing.Seal.load(manifest), folder, exclude=[manifest], hmac_key=key, public_key=public_key)
-    if json_output:
-        report.emit_json(checked.to_json())
-    else:
-        for kind in ("changed", "missing", "extra"):
-            for rel in getattr(checked, kind):
-                print(f"{kind}\t{rel}")
-    if not checked.root_ok:
-        report.error("the manifest's root does not match its own file list: the manifest was modified")
-    if checked.ok:
-        report.log(f"OK: {folder} matches {manifest} (signature: {checked.signature})")
-        if checked.signature == "not checked":
-            report.warn("the seal is signed but no --hmac-key/--public-key was given: the root's origin is not checked")
-        return 0
-    report.error(f"{folder} does not match {manifest}: {len(checked.changed)} changed, {len(checked.missing)} missing, {len(checked.extra)} extra")
-    return EXIT_INTEGRITY
+    return verify_job(manifest, folder, proof=proof, file=file, hmac_key=hmac_key, public_key=public_key)
 
 
 # ---------------------------------------------------------------- deid
@@ -350,8 +286,6 @@ def deid(
     quiet: Quiet = False,
 ) -> int:
     """De-identify DICOM (PS3.15 Annex E basic profile, pixel data untouched) and NIfTI headers."""
-    from medtools.secure.deid import deid_files, make_deidentifier
-    from medtools.secure.keystore import read_key_file
+    from medtools.secure.deid import deid_files
 
-    run = make_deidentifier(read_key_file(key) if key is not None else None, date_shift=date_shift, pseudonymize=pseudonymize)
-    return deid_files(inputs, output, run=run, mapping=mapping, shard=shard, overwrite=overwrite, workers=workers)
+    return deid_files(inputs, output, key_file=key, date_shift=date_shift, pseudonymize=pseudonymize, mapping=mapping, shard=shard, overwrite=overwrite, workers=workers)

@@ -299,7 +299,9 @@ def deid_files(
     inputs: Sequence[str | Path],
     output: Path | None,
     *,
-    run: Deidentifier,
+    key_file: Path | None = None,
+    date_shift: int | None = None,
+    pseudonymize: bool = False,
     mapping: Path | None = None,
     shard: str | None = None,
     overwrite: bool = False,
@@ -307,8 +309,12 @@ def deid_files(
 ) -> int:
     """De-identify DICOM/NIfTI files into ``output`` (mirroring the inputs) on the batch driver;
     each result is emitted as written (path, or a JSON line under --json); the mapping table
-    goes to ``mapping`` at the end. Returns the exit code."""
+    goes to ``mapping`` at the end. ``key_file``: the UID/pseudonym key (default: random per run).
+    Returns the exit code."""
     from medtools.core import batch, report
+    from medtools.core.secrets import read_key_file
+
+    run = make_deidentifier(read_key_file(key_file) if key_file is not None else None, date_shift=date_shift, pseudonymize=pseudonymize)
     from medtools.core.inputs import check_output_arg, expand_inputs, output_for, select_shard, skip_existing
     from medtools.core.io import DICOM_EXTS, NIFTI_EXTS
 

@@ -357,3 +357,15 @@ class KeyStore:
             }
             for u in self.users()
         ]
+
+
+def generate_keys(path: Path, *, ed25519: bool = False, overwrite: bool = False) -> list[Path]:
+    """``keys gen-key``: a 256-bit key file, or an Ed25519 signing key and PATH.pub; the paths written."""
+    if ed25519:
+        return list(generate_signing_key(path, overwrite=overwrite))
+    return [generate_key_file(path, overwrite=overwrite)]
+
+
+def render_users(users: list[dict[str, Any]]) -> list[str]:
+    """keys list for people: one user name per line."""
+    return [user["user"] for user in users]

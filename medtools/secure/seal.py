@@ -220,3 +220,60 @@ def write_json(data: dict[str, Any], output: Path, *, overwrite: bool) -> Path:
     with atomic_path(output) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return output
+
+
+def seal_job(target: Path, output: Path | None, *, hmac_key: Path | None, sign: Path | None, proof: str | None, overwrite: bool) -> int:
+    """``seal``: the Merkle manifest of a folder → ``output`` (or, with ``proof``, one file's
+    inclusion proof from the manifest ``target``); JSON on stdout when no ``output``."""
+    import json
+
+    from medtools.core import report
+    from medtools.core.secrets import read_key_file
+
+    def emit(data: dict, out: Path | None) -> None:
+        if out is None:
+            print(json.dumps(data, indent=2))
+        else:
+            report.emit_path(write_json(data, out, overwrite=overwrite))
+
+    if proof is not None:
+        if target.is_dir():
+            raise UsageError("with --proof, give the manifest (not the folder): medtools seal manifest.json --proof a/b.png")
+        emit(make_proof(Seal.load(target), proof), output)
+        return 0
+    if output is None:
+        raise UsageError("missing -o/--output: the manifest file to write (e.g. -o manifest.json)")
+    key = read_key_file(hmac_key) if hmac_key is not None else None
+    result = seal_folder(target, exclude=[output], hmac_key=key, signing_key=sign)
+    report.log(f"sealed {len(result.files)} files under {target}: root {result.root}" + (f" ({result.signature['type']} signed)" if result.signature else ""))
+    emit(result.to_json(), output)
+    return 0
+
+
+def verify_job(manifest: Path | None, folder: Path | None, *, proof: Path | None, file: Path | None, hmac_key: Path | None, public_key: Path | None) -> int:
+    """``verify``: a folder against its seal (changed, missing, extra: exit 4) or one proof on its own."""
+    from medtools.core import report
+    from medtools.core.errors import EXIT_INTEGRITY, EXIT_OK
+    from medtools.core.secrets import read_key_file
+
+    key = read_key_file(hmac_key) if hmac_key is not None else None
+    if proof is not None:
+        if manifest is not None or folder is not None:
+            raise UsageError("--proof is checked on its own: give no manifest or folder (use --file FILE to check content)")
+        result = check_proof(read_json(proof, "proof"), file=file, hmac_key=key, public_key=public_key)
+        report.emit_result(result)
+        report.log(f"proof OK: {result['path']} is in the seal with root {result['root']} (signature: {result['signature']})")
+        return EXIT_OK
+    if manifest is None or folder is None:
+        raise UsageError("give MANIFEST and FOLDER (or --proof PROOF.json)")
+    checked = verify_folder(Seal.load(manifest), folder, exclude=[manifest], hmac_key=key, public_key=public_key)
+    report.emit_result(checked.to_json(), lambda _: [f"{kind}\t{rel}" for kind in ("changed", "missing", "extra") for rel in getattr(checked, kind)])
+    if not checked.root_ok:
+        report.error("the manifest's root does not match its own file list: the manifest was modified")
+    if checked.ok:
+        report.log(f"OK: {folder} matches {manifest} (signature: {checked.signature})")
+        if checked.signature == "not checked":
+            report.warn("the seal is signed but no --hmac-key/--public-key was given: the root's origin is not checked")
+        return EXIT_OK
+    report.error(f"{folder} does not match {manifest}: {len(checked.changed)} changed, {len(checked.missing)} missing, {len(checked.extra)} extra")
+    return EXIT_INTEGRITY

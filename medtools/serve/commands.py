@@ -35,13 +35,6 @@ def serve(
 
     Stops cleanly on SIGTERM or Ctrl-C (exit 0). Needs the serve extra: pip install 'medtools\\[serve]'.
     """
-    from medtools.core.errors import UsageError
-
-    try:
-        import fastapi  # noqa: F401
-        import uvicorn  # noqa: F401
-    except ModuleNotFoundError as exc:
-        raise UsageError(f"medtools serve needs {exc.name}: pip install 'medtools[serve]'") from None
     from medtools.serve.server import serve as run
 
     return run(models=models, store=store, host=host, port=port, index=index, public=public, audit_log=audit_log, token_ttl=token_ttl, max_failures=max_failures, max_upload_mb=max_upload_mb, trusted_proxies=forwarded_allow_ips, device=device, precision=precision)

@@ -94,6 +94,13 @@ def serve(
     precision: str | None = None,
 ) -> int:
     """Load the models and the key store, then serve until SIGTERM/Ctrl-C; returns 0."""
+    from medtools.core.errors import UsageError
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"medtools serve needs {exc.name}: pip install 'medtools[serve]'") from None
     import uvicorn
 
     from medtools.serve.app import build

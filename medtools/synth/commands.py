@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from medtools.core import report
-from medtools.cliutil import BatchSize, Compile, Device, Inputs, Json, Model, Overwrite, Precision, Quiet, Seed, Shard, Workers, command, training_options
+from medtools.cliutil import BatchSize, Compile, Device, Json, Model, Overwrite, Precision, Quiet, Seed, Shard, Workers, command, emit_training_result, training_options
 
 PatientRegex = Annotated[Optional[str], typer.Option("--patient-regex", help="Regex on file names giving the patient id (group 'patient' or 1); default: manifest rules.")]
 
@@ -22,9 +22,17 @@ def register(app: typer.Typer) -> None:
     app.command("nearest")(nearest)
 
 
-def _ints(text: str, flag: str) -> list[int]:
+def _names(text: str) -> list[str]:
+    """Comma-separated names: 'loss, pia' → ['loss', 'pia']."""
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str | None, flag: str) -> list[int] | None:
+    """'16,32' → [16, 32]; an unset option (None) stays None."""
     from medtools.core.errors import UsageError
 
+    if text is None:
+        return None
     try:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError:
@@ -65,16 +73,12 @@ def synth_train(
     record = report.RunRecord(seed=options.seed)
     result = train_ddpm(
         inputs=inputs or [str(classes_from)], output=output, size=size, channels=channels, widths=_ints(widths, "--widths"),
-        attention=None if attention is None else _ints(attention, "--attention"), layers_per_block=layers_per_block, norm_groups=norm_groups,
+        attention=_ints(attention, "--attention"), layers_per_block=layers_per_block, norm_groups=norm_groups,
         timesteps=timesteps, beta_schedule=schedule, options=options,
         ema_decay=ema_decay, patient_regex=patient_regex, dp_epsilon=dp_epsilon,
         dp_delta=dp_delta, max_grad_norm=max_grad_norm, label=label, classes_from=classes_from, label_dropout=label_dropout,
     )
-    if json_output:
-        record.device = result.get("device")
-        report.emit_json({**result, "run": record.as_dict()})
-    else:
-        report.emit_path(result["output"])
+    emit_training_result(result, json_output, record)
     return 0
 
 
@@ -100,22 +104,12 @@ def synth(
     quiet: Quiet = False,
 ) -> int:
     """Sample N images from a DDPM checkpoint; same seed → same images; paths on stdout."""
-    from medtools.core.inputs import parse_shard
-    from medtools.synth.sample import synthesize
+    from medtools.synth.sample import synth_job
 
-    record = report.RunRecord(seed=seed)
-    written: list[str] = []
-    result = synthesize(
-        model=model, n=n, output=output, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size or 16,
-        bits=bits, eta=eta, device=device, precision=precision, compile=compile, shard=parse_shard(shard),
-        overwrite=overwrite, on_written=(lambda p: written.append(str(p))) if json_output else report.emit_path,
-        class_name=class_name, guidance=guidance,
+    return synth_job(
+        model=model, n=n, output=output, sampler=sampler, steps=steps, seed=seed, batch_size=batch_size or 16, bits=bits, eta=eta,
+        device=device, precision=precision, compile=compile, shard=shard, overwrite=overwrite, class_name=class_name, guidance=guidance,
     )
-    if json_output:
-        record.device = result["device"]
-        record.add_checkpoint(model)
-        report.emit_json({**result, "files": written, "run": record.as_dict()})
-    return 0
 
 
 @command
@@ -136,28 +130,12 @@ def fid(
     quiet: Quiet = False,
 ) -> int:
     """Fréchet distance between two image sets (torch-fidelity): Inception FID, or --features for a medical one."""
-    from medtools.synth.fid import compute_fid
+    from medtools.synth.fid import fid_job
 
-    record = report.RunRecord(seed=seed)
-    result = compute_fid(
+    return fid_job(
         real=real, fake=fake, features=features, inception_weights=inception_weights, size=size, kid=kid, prc=prc,
         save_stats=save_stats, batch_size=batch_size or 32, workers=workers, seed=seed, device=device,
     )
-    if json_output:
-        record.device = result.pop("device", None)
-        if features is not None:
-            record.add_checkpoint(features)
-        report.emit_json({**result, "run": record.as_dict()})
-        return 0
-    result.pop("device", None)
-    if fake is None:
-        report.emit_path(result["saved_stats"])
-        return 0
-    for key, value in result["metrics"].items():
-        print(f"{key}\t{value:.6g}")
-    if save_stats is not None:
-        report.log(f"wrote {save_stats}")
-    return 0
 
 
 @command
@@ -179,25 +157,12 @@ def mia(
     quiet: Quiet = False,
 ) -> int:
     """Membership inference on a DDPM: AUC, balanced accuracy, TPR at 1% and 0.1% FPR per attack."""
-    from medtools.synth.mia import ATTACKS_HEADER, run_mia
+    from medtools.synth.mia import mia_job
 
-    record = report.RunRecord(seed=seed)
-    result = run_mia(
-        model=model, members=members, nonmembers=nonmembers, attacks=[a.strip() for a in attacks.split(",") if a.strip()],
-        timesteps=_ints(timesteps, "--timesteps"), repeats=repeats, roc=roc, patient_regex=patient_regex, limit=limit,
-        batch_size=batch_size or 32, seed=seed, device=device, precision=precision,
+    return mia_job(
+        model=model, members=members, nonmembers=nonmembers, attacks=_names(attacks), timesteps=_ints(timesteps, "--timesteps"), repeats=repeats,
+        roc=roc, patient_regex=patient_regex, limit=limit, batch_size=batch_size or 32, seed=seed, device=device, precision=precision,
     )
-    if json_output:
-        record.device = result.pop("device", None)
-        record.add_checkpoint(model)
-        report.emit_json({**result, "run": record.as_dict()})
-        return 0
-    print("\t".join(ATTACKS_HEADER))
-    for name, values in result["attacks"].items():
-        print("\t".join([name] + [f"{values[k]:.4f}" for k in ATTACKS_HEADER[1:]]))
-    for path in result.get("files", []):
-        report.log(f"wrote {path}")
-    return 0
 
 
 @command
@@ -222,23 +187,12 @@ def tstr(
     quiet: Quiet = False,
 ) -> int:
     """Train-on-synthetic test-on-real: the same classifier trained on synthetic, real, and both; AUC on held-out patients."""
-    from medtools.synth.tstr import run_tstr
+    from medtools.synth.tstr import tstr_job
 
-    record = report.RunRecord(seed=seed)
-    result = run_tstr(
+    return tstr_job(
         synthetic=synthetic, real_train=real_train, real_test=real_test, arch=arch, size=size, epochs=epochs, steps=steps,
-        batch_size=batch_size or 32, lr=lr, label=label, runs=[r.strip() for r in runs.split(",") if r.strip()],
-        bootstrap=bootstrap, patient_regex=patient_regex, keep=keep, seed=seed, device=device,
+        batch_size=batch_size or 32, lr=lr, label=label, runs=_names(runs), bootstrap=bootstrap, patient_regex=patient_regex, keep=keep, seed=seed, device=device,
     )
-    if json_output:
-        record.device = result.pop("device", None)
-        report.emit_json({**result, "run": record.as_dict()})
-        return 0
-    print("run\ttrain_images\taccuracy\tbalanced_accuracy\tauc\tauc_ci95")
-    for name, values in result["runs"].items():
-        ci = (values.get("ci95") or {}).get("auc") or [float("nan")] * 2
-        print(f"{name}\t{values['train_images']}\t{values['accuracy']:.4f}\t{values['balanced_accuracy']:.4f}\t{values['auc']:.4f}\t{ci[0]:.4f}-{ci[1]:.4f}")
-    return 0
 
 
 @command
@@ -257,23 +211,9 @@ def nearest(
     quiet: Quiet = False,
 ) -> int:
     """Nearest training image per synthetic image (pixels, features); copy-detection rate against held-out patients."""
-    from medtools.synth.nearest import run_nearest
+    from medtools.synth.nearest import nearest_job
 
-    record = report.RunRecord(seed=0)
-    result = run_nearest(
+    return nearest_job(
         synthetic=synthetic, train=train, held_out=held_out or None, model=model, size=size, grid=grid, top=top,
         patient_regex=patient_regex, batch_size=batch_size or 64, device=device,
     )
-    if json_output:
-        if model is not None:
-            record.add_checkpoint(model)
-        report.emit_json({**result, "run": record.as_dict()})
-        return 0
-    for space in ("pixel", "features"):
-        if space in result:
-            values = result[space]
-            print(f"{space}\tcopy_rate\t{values['copy_rate']:.4f}\tmedian_synthetic_to_train\t{values['synthetic_to_train'].get('p50', float('nan')):.4g}" + (f"\tmedian_held_out_to_train\t{values['held_out_to_train']['p50']:.4g}" if "held_out_to_train" in values else ""))
-    for key in ("grid", "grid_features"):
-        if key in result:
-            report.log(f"wrote {result[key]}")
-    return 0

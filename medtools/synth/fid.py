@@ -325,3 +325,21 @@ def compute_fid(
         metrics.update({"precision": float(values["precision"]), "recall": float(values["recall"]), "f_score": float(values["f_score"])})
     result["metrics"] = metrics
     return result
+
+
+def fid_job(*, fake: str | None, features: Path | None, save_stats: Path | None, seed: int, **options: Any) -> int:
+    """``fid``: the metrics on stdout (name TAB value, or JSON); only REAL's statistics with no FAKE."""
+    from medtools.core import report
+    from medtools.core.context import current
+
+    result = compute_fid(fake=fake, features=features, save_stats=save_stats, seed=seed, **options)
+    record = report.RunRecord(seed=seed, device=result.pop("device", None))
+    if features is not None:
+        record.add_checkpoint(features)
+    if fake is None and not current().json:
+        report.emit_path(result["saved_stats"])
+        return 0
+    report.emit_result(result, lambda r: [f"{key}\t{value:.6g}" for key, value in r["metrics"].items()], record=record)
+    if save_stats is not None:
+        report.log(f"wrote {save_stats}")
+    return 0

@@ -268,3 +268,23 @@ def run_mia(
         title = f"MIA on {Path(model).name}: {len(refs_members)} members vs {len(refs_nonmembers)} non-members"
         out["files"] = [str(p) for p in write_roc(roc, curves, results, title)]
     return out
+
+
+def render(result: dict[str, Any]) -> list[str]:
+    """mia's table for people: one row per attack."""
+    rows = ["\t".join(ATTACKS_HEADER)]
+    rows += ["\t".join([name] + [f"{values[k]:.4f}" for k in ATTACKS_HEADER[1:]]) for name, values in result["attacks"].items()]
+    return rows
+
+
+def mia_job(*, model: Path, seed: int, **options: Any) -> int:
+    """``mia``: the attacks' AUC and TPR at low FPR on stdout (table or JSON with the run record)."""
+    from medtools.core import report
+
+    result = run_mia(model=model, seed=seed, **options)
+    record = report.RunRecord(seed=seed, device=result.pop("device", None))
+    record.add_checkpoint(model)
+    report.emit_result(result, render, record=record)
+    for path in result.get("files", []):
+        report.log(f"wrote {path}")
+    return 0

@@ -173,3 +173,28 @@ def run_nearest(
             order = np.argsort(spaces["features"]["distance"], kind="stable")[:top]
             result["grid_features"] = str(write_grid(feature_grid, images["synthetic"], images["train"], order, spaces["features"]["nearest"]))
     return result
+
+
+def render(result: dict[str, Any]) -> list[str]:
+    """nearest's summary for people: copy rate and median distances per space."""
+    rows = []
+    for space in ("pixel", "features"):
+        if space in result:
+            values = result[space]
+            rows.append(f"{space}\tcopy_rate\t{values['copy_rate']:.4f}\tmedian_synthetic_to_train\t{values['synthetic_to_train'].get('p50', float('nan')):.4g}" + (f"\tmedian_held_out_to_train\t{values['held_out_to_train']['p50']:.4g}" if "held_out_to_train" in values else ""))
+    return rows
+
+
+def nearest_job(*, model: Path | None, **options: Any) -> int:
+    """``nearest``: copy detection on stdout (summary or JSON with the run record)."""
+    from medtools.core import report
+
+    result = run_nearest(model=model, **options)
+    record = report.RunRecord(seed=0)
+    if model is not None:
+        record.add_checkpoint(model)
+    report.emit_result(result, render, record=record)
+    for key in ("grid", "grid_features"):
+        if key in result:
+            report.log(f"wrote {result[key]}")
+    return 0

@@ -134,3 +134,18 @@ def sample_arrays(model: Path | str, n: int, *, seed: int = 0, class_name: str |
     out: dict[int, np.ndarray] = {}
     synthesize(model=Path(model), n=n, output=None, seed=seed, class_name=class_name, on_pixels=lambda _c, i, pixels: out.__setitem__(i, pixels), **options)
     return np.stack([out[i] for i in range(n)])
+
+
+def synth_job(*, model: Path, shard: str | None, **options: Any) -> int:
+    """``synth``: images written under the output folder, each path on stdout as it lands, or
+    with --json one document listing them (with the run record)."""
+    from medtools.core.context import current
+    from medtools.core.inputs import parse_shard
+
+    written: list[str] = []
+    json_output = current().json
+    result = synthesize(model=model, shard=parse_shard(shard), on_written=(lambda p: written.append(str(p))) if json_output else report.emit_path, **options)
+    record = report.RunRecord(seed=options.get("seed"), device=result["device"])
+    record.add_checkpoint(model)
+    report.emit_result({**result, "files": written}, record=record)
+    return 0

@@ -203,3 +203,21 @@ def run_tstr(
         gap = paired_auc_difference(y_true, scores["trtr"], scores["tstr"], patients=patients, bootstrap=bootstrap, seed=seed)
         out["auc_gap_trtr_minus_tstr"] = gap
     return out
+
+
+def render(result: dict[str, Any]) -> list[str]:
+    """tstr's table for people: one row per run with the AUC's patient-bootstrap interval."""
+    rows = ["run\ttrain_images\taccuracy\tbalanced_accuracy\tauc\tauc_ci95"]
+    for name, values in result["runs"].items():
+        ci = (values.get("ci95") or {}).get("auc") or [float("nan")] * 2
+        rows.append(f"{name}\t{values['train_images']}\t{values['accuracy']:.4f}\t{values['balanced_accuracy']:.4f}\t{values['auc']:.4f}\t{ci[0]:.4f}-{ci[1]:.4f}")
+    return rows
+
+
+def tstr_job(*, seed: int, **options: Any) -> int:
+    """``tstr``: the three runs' metrics on stdout (table or JSON with the run record)."""
+    from medtools.core import report
+
+    result = run_tstr(seed=seed, **options)
+    report.emit_result(result, render, record=report.RunRecord(seed=seed, device=result.pop("device", None)))
+    return 0

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from medtools.core import report
 from medtools.cliutil import Inputs, ItemWorkers, Json, NanPolicy, Output, Overwrite, Quiet, Shard, command
 
 
@@ -30,44 +29,9 @@ def manifest(
     Columns: patient, case, visit, flair, t1, t1ce, t2, image, label, class. The CSV goes
     to stdout unless -o is given (then the path is printed).
     """
-    import os
+    from medtools.utility.manifest import manifest_job
 
-    from medtools.core.io import atomic_path
-    from medtools.core.manifest import COLUMNS, MODALITIES, apply_aliases, discover, to_csv
-
-    if output_arg is not None and (Path(output_arg).is_dir() or output_arg.endswith(("/", os.sep))):
-        from medtools.core.errors import UsageError
-
-        # an existing folder, or a path written as one (`-o dir/`): never a file named like the folder
-        raise UsageError(f"-o {output_arg} is a folder; manifest writes one CSV file (e.g. -o {Path(output_arg) / 'cases.csv'})")
-    output = Path(output_arg) if output_arg is not None else None
-    rows = discover(folders)
-    if alias:
-        rows = apply_aliases(rows, alias)
-    if relative:
-        if output is None:
-            from medtools.core.errors import UsageError
-
-            raise UsageError("--relative needs -o FILE")
-        base = output.resolve().parent
-        for row in rows:
-            for key in (*MODALITIES, "image", "label"):
-                if row.get(key):
-                    row[key] = os.path.relpath(Path(row[key]).resolve(), base)
-    else:
-        for row in rows:
-            for key in (*MODALITIES, "image", "label"):
-                if row.get(key):
-                    row[key] = str(Path(row[key]).resolve())
-    text = to_csv(rows)
-    patients = len({r["patient"] for r in rows})
-    report.log(f"{len(rows)} cases, {patients} patients ({', '.join(c for c in COLUMNS if any(r.get(c) for r in rows))})")
-    if output is None:
-        print(text, end="")
-    else:
-        with atomic_path(output) as tmp:
-            tmp.write_text(text)
-        report.emit_path(output)
+    manifest_job(folders, output_arg, relative=relative, alias=alias)
     return 0
 
 
@@ -110,33 +74,6 @@ def info(
     quiet: Quiet = False,
 ) -> int:
     """Shape, dtype, spacing/affine, intensity range, DICOM key tags, or checkpoint metadata."""
-    if kinds:
-        from medtools.core.registry import describe as describe_kinds
+    from medtools.utility.info import info_job
 
-        table = describe_kinds()
-        if json_output:
-            report.emit_json(table)
-        else:
-            for row in table:
-                print(f"{row['kind']}\t{row['family']}\t{row['task']}\t{', '.join(row['archs']) or '-'}\t{row['description']}")
-        return 0
-    if not inputs:
-        from medtools.core.errors import UsageError
-
-        raise UsageError("info needs files or folders (or --kinds)")
-    from medtools.core.inputs import expand_inputs
-    from medtools.core.io import IMAGE_EXTS
-    from medtools.utility.info import describe, render
-
-    items = expand_inputs(inputs, exts=IMAGE_EXTS + (".safetensors",), series=True)
-
-    def work(item):
-        data = describe(item.path, kind=kind)
-        if json_output:
-            report.emit_jsonl(data)
-        else:
-            print(render(data))
-
-    from medtools.core import batch
-
-    return batch.run_items(items, work).exit_code
+    return info_job(inputs, kind=kind, kinds=kinds)

@@ -113,3 +113,24 @@ def render(info: dict[str, Any]) -> str:
                 value = value[:157] + "..."
         lines.append(f"  {key}: {value}")
     return "\n".join(lines)
+
+
+def info_job(inputs: list[str] | None, *, kind: str | None = None, kinds: bool = False) -> int:
+    """``info``: what each file or checkpoint holds (text or JSON Lines), or the model kinds."""
+    from medtools.core import batch, report
+    from medtools.core.errors import UsageError
+
+    if kinds:
+        from medtools.core.registry import describe as describe_kinds
+
+        report.emit_result(describe_kinds(), lambda table: [f"{row['kind']}\t{row['family']}\t{row['task']}\t{', '.join(row['archs']) or '-'}\t{row['description']}" for row in table])
+        return 0
+    if not inputs:
+        raise UsageError("info needs files or folders (or --kinds)")
+    from medtools.core.context import current
+    from medtools.core.inputs import expand_inputs
+    from medtools.core.io import IMAGE_EXTS
+
+    items = expand_inputs(inputs, exts=IMAGE_EXTS + (".safetensors",), series=True)
+    emit = report.emit_jsonl if current().json else (lambda data: print(render(data)))
+    return batch.run_items(items, lambda item: describe(item.path, kind=kind), emit=emit).exit_code
