@@ -3,7 +3,8 @@
 The test copies the package, makes the two toy additions a newcomer would make to the
 collab family (a command in commands.py, a model kind in models.py), and checks that the
 copy's CLI runs the command, that `info --kinds` lists the kind, and
-that no other file changed (`git diff --no-index` of the two trees names only those two).
+that no other file changed (`git diff --no-index` of the two trees names only those two and
+the new job module beside them).
 """
 
 from __future__ import annotations
