@@ -103,7 +103,7 @@ def emit_training_result(result: dict[str, Any], json_output: bool, record: repo
     """A training command's stdout: the checkpoint path, or the summary JSON with its run record."""
     if json_output:
         record.device = result.get("device")
-        report.emit_json({**result, "run": record.as_dict()})
+        report.emit_json({**result, "run": {**record.as_dict(), "deterministic": bool(result.get("deterministic", False))}})
     else:
         report.emit_path(result["output"])
 
