@@ -51,6 +51,16 @@ def test_round_trip_sizes(size):
     assert result.name == "scan.dcm" and result.extra["chunks"] == chunks
 
 
+@pytest.mark.parametrize("size", [0, CHUNK - 1, CHUNK, 9 * CHUNK + 5])
+def test_threaded_sealing_writes_the_same_bytes(size):
+    """Sealing chunks on threads changes nothing in the file, only how fast it is made."""
+    data = bytes((i * 13 + 1) % 251 for i in range(size))
+    one = seal(data, [container.KeyRecipient(KEY)], chunk_size=CHUNK, random_bytes=deterministic_random(b"t"))
+    three = seal(data, [container.KeyRecipient(KEY)], chunk_size=CHUNK, random_bytes=deterministic_random(b"t"), threads=3)
+    assert three == one
+    assert unseal(three, [container.KeyRecipient(KEY)]) == data
+
+
 def test_flipped_bytes_and_truncations_fail():
     """Every header byte and every 7th payload byte flipped, every header cut and many payload cuts."""
     data = bytes(range(256)) * 9  # 2304 bytes: 3 chunks, the last one short

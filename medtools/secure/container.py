@@ -249,10 +249,13 @@ def encrypt_stream(
     chunk_size: int = DEFAULT_CHUNK,
     random_bytes: RandomBytes | None = None,
     digest: bool = True,
+    threads: int = 1,
 ) -> Result:
     """Encrypt ``source`` into ``target`` for every recipient; constant memory.
 
     ``digest`` keeps the SHA-256 of the written ciphertext (for audit logs and --json).
+    ``threads`` > 1 seals that many chunks at once (the STREAM chunks are independent: each has
+    its own nonce); the bytes written are the same, at most 2 × threads chunks are held.
     """
     if random_bytes is None:
         from Crypto.Random import get_random_bytes as random_bytes  # type: ignore[no-redef]
@@ -277,6 +280,9 @@ def encrypt_stream(
     write(prefix + body + mac)
     payload_key = _hkdf(file_key, payload_salt, "payload")
     reader = HashingReader(source, hashing=False)
+    if threads > 1:
+        chunks = _seal_chunks_threaded(reader, payload_key, chunk_size, threads, write)
+        return Result(name, header.users(), plaintext_bytes=reader.count, ciphertext_sha256=out_digest.hexdigest() if digest else "", extra={"chunks": chunks})
     # three reused buffers (this chunk, the look-ahead one, the sealed output): no per-chunk
     # allocation or copy; one write per chunk (ciphertext ‖ tag)
     current, following, sealed = bytearray(chunk_size), bytearray(chunk_size), bytearray(chunk_size + TAG_BYTES)
@@ -293,6 +299,35 @@ def encrypt_stream(
             break
         counter, size, current, following = counter + 1, next_size, following, current
     return Result(name, header.users(), plaintext_bytes=reader.count, ciphertext_sha256=out_digest.hexdigest() if digest else "", extra={"chunks": counter + 1})
+
+
+def _seal_chunk(payload_key: bytes, counter: int, last: bool, data: bytes) -> bytes:
+    cipher = _gcm(payload_key, _nonce(counter, last))
+    return cipher.encrypt(data) + cipher.digest()
+
+
+def _seal_chunks_threaded(reader: "HashingReader", payload_key: bytes, chunk_size: int, threads: int, write: Callable[[bytes], None]) -> int:
+    """The payload of encrypt_stream, ``threads`` chunks sealed at once (AES-GCM releases the
+    GIL), written in order; returns the number of chunks."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    pending: deque = deque()
+    counter = 0
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="medtools-seal") as pool:
+        current = reader.read(chunk_size)
+        while True:
+            following = reader.read(chunk_size) if len(current) == chunk_size else b""
+            last = not following
+            pending.append(pool.submit(_seal_chunk, payload_key, counter, last, current))
+            if len(pending) >= 2 * threads:
+                write(pending.popleft().result())
+            if last:
+                break
+            counter, current = counter + 1, following
+        while pending:
+            write(pending.popleft().result())
+    return counter + 1
 
 
 def read_header(reader: HashingReader) -> tuple[Header, bytes]:

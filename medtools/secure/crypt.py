@@ -141,6 +141,7 @@ class Options:
     hash_output: bool = False  # the ciphertext SHA-256 in each result (else only with an audit log)
     on_result: Callable[[dict[str, Any]], None] | None = None  # called per written file, in input order (the CLI prints it)
     workers: int | None = None  # threads (None: the run context's --workers, else the cores)
+    chunk_threads: int = 1  # threads sealing the chunks of one file (set by _run: the workers the files leave idle)
 
 
 def _items(inputs: Sequence[str], method: str, decrypting: bool, output: Path | None):
@@ -190,7 +191,9 @@ def _run(inputs: Sequence[str], options: Options, work, decrypting: bool) -> int
             return batch.SKIPPED
         return work(item, target)
 
-    outcome = batch.run_items(items, one, emit=options.on_result, total=len(items), description="decrypt" if decrypting else "encrypt", workers=batch.resolve_workers(options.workers))
+    workers = batch.resolve_workers(options.workers)
+    options.chunk_threads = max(1, workers // len(items))  # one big file: its chunks on the idle workers
+    outcome = batch.run_items(items, one, emit=options.on_result, total=len(items), description="decrypt" if decrypting else "encrypt", workers=workers)
     return outcome.exit_code
 
 
@@ -234,7 +237,7 @@ def _encrypt_file(item, target: Path, targets, options: Options) -> dict[str, An
     from medtools.core.io import atomic_open
 
     with open(item.path, "rb") as source, atomic_open(target) as sink:
-        result = container.encrypt_stream(source, sink, targets, name=item.path.name, chunk_size=options.chunk_size, digest=_digest(options))
+        result = container.encrypt_stream(source, sink, targets, name=item.path.name, chunk_size=options.chunk_size, digest=_digest(options), threads=options.chunk_threads)
     record = {"input": str(item.path), "output": str(target), "method": AES_GCM, "recipients": result.recipients, "bytes": result.plaintext_bytes, "sha256": result.ciphertext_sha256}
     audit(options.audit_log, action="encrypt", input=str(item.path), output=str(target), recipients=result.recipients, sha256=result.ciphertext_sha256, result="ok")
     return record
@@ -249,6 +252,8 @@ def _check_terminals(*, binary_out: bool) -> None:
 
 
 def _encrypt_stdio(targets, options: Options) -> int:
+    from medtools.core import batch
+
     _check_terminals(binary_out=options.output is None)
     source = sys.stdin.buffer
     if options.output is not None:
@@ -257,10 +262,10 @@ def _encrypt_stdio(targets, options: Options) -> int:
         if options.output.exists() and not options.overwrite:
             raise UsageError(f"{options.output} exists; pass --overwrite to replace it")
         with atomic_path(options.output) as tmp, open(tmp, "wb") as sink:
-            result = container.encrypt_stream(source, sink, targets, chunk_size=options.chunk_size, digest=_digest(options))
+            result = container.encrypt_stream(source, sink, targets, chunk_size=options.chunk_size, digest=_digest(options), threads=batch.resolve_workers(options.workers))
         _emit({"input": STDIO, "output": str(options.output), "method": AES_GCM, "recipients": result.recipients, "bytes": result.plaintext_bytes, "sha256": result.ciphertext_sha256}, options)
     else:
-        result = container.encrypt_stream(source, sys.stdout.buffer, targets, chunk_size=options.chunk_size, digest=_digest(options))
+        result = container.encrypt_stream(source, sys.stdout.buffer, targets, chunk_size=options.chunk_size, digest=_digest(options), threads=batch.resolve_workers(options.workers))
         sys.stdout.buffer.flush()
     audit(options.audit_log, action="encrypt", input=STDIO, output=str(options.output or STDIO), recipients=result.recipients, sha256=result.ciphertext_sha256, result="ok")
     return 0
