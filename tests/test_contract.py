@@ -123,6 +123,12 @@ def test_an_output_inside_an_input_folder_that_the_walk_reads_is_exit_2(data, tm
         assert proc.returncode == 2 and "would overwrite the input" in proc.stderr, proc.stderr
     assert image.read_bytes() == before
     assert run_cli("manifest", folder, "-o", folder / "manifest.csv").returncode == 0  # a new file there is fine
+    # seal reads every file below its folder: any of them, not only images
+    (folder / "notes.txt").write_text("notes")
+    proc = run_cli("seal", folder, "-o", folder / "notes.txt", "--overwrite")
+    assert proc.returncode == 2 and (folder / "notes.txt").read_text() == "notes", proc.stderr
+    run_cli("seal", folder, "-o", folder / "seal.json", check=True)
+    run_cli("seal", folder, "-o", folder / "seal.json", "--overwrite", check=True)  # an earlier manifest is replaced
 
 
 # ------------------------------------------------------------------ 2. temporary files are ours

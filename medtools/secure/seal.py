@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medtools.core.errors import InputError, IntegrityError, UsageError
+from medtools.core.errors import InputError, IntegrityError, MedtoolsError, UsageError
 from medtools.core.merkle import audit_path, hash_leaf, root_from_path, tree_root
 from medtools.secure.signature import check_signature, sign
 
@@ -243,6 +243,11 @@ def seal_job(target: Path, output: Path | None, *, hmac_key: Path | None, sign: 
         return 0
     if output is None:
         raise UsageError("missing -o/--output: the manifest file to write (e.g. -o manifest.json)")
+    if target.is_dir() and output.is_file() and output.resolve().is_relative_to(target.resolve()):
+        try:  # every file below the folder is an input: only an earlier manifest may be replaced
+            Seal.load(output)
+        except MedtoolsError:
+            raise UsageError(f"output {output} would overwrite the input {output} (a file of the sealed folder {target}); choose another -o") from None
     key = read_key_file(hmac_key) if hmac_key is not None else None
     result = seal_folder(target, exclude=[output], hmac_key=key, signing_key=sign)
     report.log(f"sealed {len(result.files)} files under {target}: root {result.root}" + (f" ({result.signature['type']} signed)" if result.signature else ""))
