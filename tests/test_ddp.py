@@ -1,4 +1,7 @@
-"""DDP smoke test: `torchrun` with 2 CPU processes (gloo) trains through core.train.fit."""
+"""DDP smoke test: `torchrun` with 2 CPU processes (gloo) trains through core.train.fit, and
+every rank has torn down its process group when fit returns (a group or a DDP reducer left to
+the interpreter's exit made rank 1 abort there now and then: "terminate called without an
+active exception", SIGABRT, torchrun exit 1)."""
 
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ SCRIPT = textwrap.dedent(
     spec = TrainSpec(output=out / "model.safetensors", kind="test", config={"in_features": 4, "out_features": 2},
                      epochs=2, batch_size=8, lr=0.05, seed=0)
     result = fit(torch.nn.Linear(4, 2), data, step, spec)
+    result["group_left"] = torch.distributed.is_initialized()
     (out / f"rank{os.environ['RANK']}.json").write_text(json.dumps(result))
     """
 )
@@ -52,9 +56,11 @@ def test_torchrun_two_cpu_processes_write_one_checkpoint(tmp_path: Path) -> None
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr
     results = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     for result in results:
         assert result["world_size"] == 2 and result["device"] == "cpu"
+        assert result["group_left"] is False  # torn down by fit, not left to the interpreter's exit
         assert [h["epoch"] for h in result["history"]] == [1, 2]
     # one checkpoint (+ its training state), written by rank 0 only, with no leftovers
     assert sorted(p.name for p in out.iterdir() if not p.name.endswith(".json")) == ["model.safetensors", "model.train-state.safetensors"]
