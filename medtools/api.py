@@ -29,7 +29,7 @@ __all__ = [
     "Image", "RunContext", "read_image", "write_image", "load_model",
     "segment", "protect", "reid_scores", "classify",
     "encrypt_bytes", "decrypt_bytes", "encrypt_stream", "decrypt_stream",
-    "klt_encode", "umn_map", "klt_decode", "synth", "index_query", "deid_dataset",
+    "klt_encode", "umn_map", "klt_decode", "synth", "index_query", "index_score", "index_manifest", "deid_dataset",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -332,3 +332,26 @@ def index_query(image: Image | str | Path, *, index: str | Path, secret: str | P
     from medtools.index.store import query
 
     return query(image, index_folder=Path(index), secret=Path(secret), k=k, model=Path(model) if model else None, root=root, device=_device(device))
+
+
+@_in_context
+def index_score(query: bytes, *, index: str | Path, public: Any) -> bytes:
+    """Server half of ``index_query``: an encrypted query (``index encrypt-query``'s bytes) →
+    every block's encrypted scores, the bytes ``index score`` writes and ``index rank``
+    decrypts. ``public``: the index's public CKKS context, a path or a loaded
+    ``medtools.index.he.Context``; a context holding the secret key is refused. The index
+    manifest is read per call (``index add`` may grow it meanwhile)."""
+    from medtools.index import he
+    from medtools.index.store import Index, server_score
+
+    context = public if isinstance(public, he.Context) else he.load_context(Path(public), secret=False)
+    return server_score(Index.load(Path(index)), context, query=query)
+
+
+@_in_context
+def index_manifest(index: str | Path) -> dict[str, Any]:
+    """The index manifest (entries, block SHA-256s, Merkle root, model): what a client checks
+    its hits against."""
+    from medtools.index.store import Index
+
+    return Index.load(Path(index)).data

@@ -605,3 +605,187 @@ def test_login_attempts_are_counted_before_the_password_is_tried():
         limiter.begin("user:c", "client:x")
     limiter.succeeded(third, "user:a", "client:x")
     limiter.begin("user:c", "client:x")
+
+
+# ---------------------------------------------------------------- serve as a thin adapter over medtools.api
+
+
+def test_version_endpoints_are_read_from_the_routes(served):
+    """/v1/version lists exactly the /v1 paths the app routes (protect included), no hand-kept list."""
+    client, _ = served
+    endpoints = client.get("/v1/version").json()["endpoints"]
+    paths = {p[len("/v1/"):] for p in client.get("/openapi.json").json()["paths"] if p.startswith("/v1/")}
+    assert set(endpoints) == paths and len(endpoints) == len(paths)
+    assert {"health", "version", "login", "logout", "me", "segment", "protect", "encrypt", "decrypt"} <= paths
+    assert "index" not in paths  # no --index: its router is left out, and so is its name
+
+
+@needs_segment_images
+def test_segment_jpeg_gives_a_lossless_png_label_map_as_the_cli(served, world, tmp_path):
+    """A JPEG upload's label map is a PNG (never a JPEG: label values stay exact), the same labels
+    the CLI's `medtools segment` writes for that file."""
+    client, _ = served
+    headers = _login(client)
+    rng = np.random.default_rng(1)
+    picture = (rng.random((48, 40)) * 120).astype(np.uint8)
+    picture[10:30, 8:24] += 120
+    jpeg = write_image(Image(picture, format="jpeg"), tmp_path / "scan.jpg")
+    response = client.post("/v1/segment", files={"file": ("scan.jpg", jpeg.read_bytes())}, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png" and 'filename="scan_seg.png"' in response.headers["content-disposition"]
+    assert response.content.startswith(b"\x89PNG\r\n\x1a\n")
+    (tmp_path / "served_seg.png").write_bytes(response.content)
+    label = read_image(tmp_path / "served_seg.png")
+    assert label.array.shape == (48, 40) and label.array.dtype == np.uint8 and set(np.unique(label.array)) <= {0, 1}
+    from medtools.brain.cases import resolve_cases
+    from medtools.brain.segment import segment_cases
+
+    [(_, written)] = list(segment_cases(resolve_cases([str(jpeg)]), world / "models" / "tiny-seg.safetensors", tmp_path / "cli", device="cpu", workers=0))
+    assert written[0].suffix == ".png" and np.array_equal(read_image(written[0]).array, label.array)
+    page = client.post("/v1/segment?response=json", files={"file": ("scan.jpeg", jpeg.read_bytes())}, headers=headers).json()
+    assert page["filename"] == "scan_seg.png" and page["format"] == "png"
+    assert base64.b64decode(page["label_map"]) == response.content
+
+
+@needs_segment_images
+def test_each_request_runs_in_its_own_context_from_the_service_settings(served, world):
+    """Two services in one process, one with nan_policy=zero: concurrent requests each follow
+    their service's settings (the ctx built per request), and nothing leaks into the caller."""
+    import io as _io
+
+    from fastapi.testclient import TestClient
+
+    from medtools.core import context
+    from medtools.core.context import RunContext
+    from medtools.serve.app import ServeState, create_app
+
+    _, state = served
+    strict = TestClient(create_app(ServeState(models=state.models, auth=state.auth, tmp_root=state.tmp_root, settings=RunContext(device="cpu"))))
+    lenient = TestClient(create_app(ServeState(models=state.models, auth=state.auth, tmp_root=state.tmp_root, settings=RunContext(device="cpu", nan_policy="zero"))))
+    headers = _login(strict)
+    volume = np.random.default_rng(2).random((48, 40)).astype(np.float32)
+    volume[3, 4] = np.nan
+    buffer = _io.BytesIO()
+    np.save(buffer, volume)
+    upload = buffer.getvalue()
+
+    def ask(client) -> tuple[int, str]:
+        reply = client.post("/v1/segment", files={"file": ("scan.npy", upload)}, headers=headers)
+        return reply.status_code, reply.text if reply.status_code != 200 else reply.headers["content-disposition"]
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, [strict, lenient] * 3))
+    for code, text in answers[0::2]:
+        assert code == 422 and "scan.npy: 1 non-finite voxels" in text
+    for code, text in answers[1::2]:
+        assert code == 200 and 'filename="scan_seg.npy"' in text
+    assert context.current() == RunContext()  # the test's own context is untouched
+    assert not any(state.tmp_root.iterdir())
+
+
+def test_uploads_are_decoded_in_memory_where_the_reader_can(tmp_path, world):
+    """PNG/JPEG/NPY/NPZ uploads never touch the disk; NIfTI (a path-only reader) goes through a
+    private per-request folder that is removed afterwards; errors name the upload."""
+    import io as _io
+
+    from medtools.core.errors import InputError
+    from medtools.serve.uploads import RequestFiles
+
+    missing = tmp_path / "no-such-root"  # any temporary folder would fail to be made here
+    files = RequestFiles(missing)
+    png = files.decode("a.png", (world / "slice0.png").read_bytes())
+    assert png.format == "png" and png.array.shape == (48, 40) and png.meta["path"] == "a.png"
+    buffer = _io.BytesIO()
+    np.save(buffer, np.arange(12, dtype=np.int16).reshape(3, 4))
+    assert files.decode("x.npy", buffer.getvalue()).array.tolist() == np.arange(12).reshape(3, 4).tolist()
+    buffer = _io.BytesIO()
+    np.savez(buffer, array=np.ones((2, 2)), affine=np.eye(4))
+    assert files.decode("x.npz", buffer.getvalue()).affine.tolist() == np.eye(4).tolist()
+    with pytest.raises(InputError, match=r"^cannot read b\.png: .*b\.png"):
+        files.decode("b.png", b"not a png")
+    assert files.encode(Image(np.eye(4, dtype=np.uint8), format="png"), "png", "l.png").startswith(b"\x89PNG")
+    assert not missing.exists()
+    root = tmp_path / "root"
+    root.mkdir()
+    files = RequestFiles(root)
+    volume = files.decode("case.nii.gz", (world / "case.nii.gz").read_bytes())
+    assert volume.array.shape == (40, 36, 6) and volume.meta["source"] == "case.nii.gz"
+    [folder] = list(root.iterdir())
+    assert (folder.stat().st_mode & 0o777) == 0o700
+    with pytest.raises(InputError) as caught:
+        files.decode("broken.nii.gz", b"not a nifti")
+    assert "broken.nii.gz" in str(caught.value) and str(root) not in str(caught.value)
+    files.close()
+    assert not any(root.iterdir())
+
+
+def test_encrypt_and_decrypt_are_the_cli_container(served, world):
+    """What /v1/encrypt writes, the API (and so `medtools decrypt --store`) opens, and the other way round."""
+    from medtools import api
+
+    client, _ = served
+    headers = _login(client)
+    plain = b"findings: none\n" * 300
+    sealed = client.post("/v1/encrypt", files={"file": ("note.txt", plain)}, data={"user": ["alice"]}, headers=headers)
+    assert sealed.status_code == 200 and sealed.headers["x-medtools-recipients"] == "alice"
+    assert api.decrypt_bytes(sealed.content, store=world / "store.json", user="alice", password=PASSWORD) == plain
+    from_cli = api.encrypt_bytes(plain, store=world / "store.json", users=["alice"], name="cli.txt")
+    opened = client.post("/v1/decrypt", files={"file": ("cli.txt.mte", from_cli)}, headers=headers)
+    assert opened.status_code == 200 and opened.content == plain and 'filename="cli.txt"' in opened.headers["content-disposition"]
+
+
+def test_routers_are_adapters_over_medtools_api():
+    """Every router reaches the families only through medtools.api (core and serve aside)."""
+    import ast
+
+    routers = Path(__file__).resolve().parents[1] / "medtools" / "serve" / "routers"
+    families = {"brain", "synth", "secure", "cls", "collab", "index", "phantom", "utility", "nets"}
+    found = sorted(p.name for p in routers.glob("*.py"))
+    assert {"service.py", "auth.py", "brain.py", "secure.py", "cls.py", "index.py"} <= set(found)
+    bad = []
+    for path in routers.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "medtools" and len(n.split(".")) > 1 and n.split(".")[1] in families]
+    assert not bad, bad
+
+
+def test_index_score_reply_is_the_cli_wire_format(served, world, tmp_path):
+    """/v1/index/score?response=file answers the bytes `medtools index score` writes: the CLI's
+    `index rank` turns them into the hits of a local `index query`; the JSON form is the same reply."""
+    pytest.importorskip("tenseal")
+    pytest.importorskip("medtools.index.store")
+    from fastapi.testclient import TestClient
+
+    from medtools.core.inputs import expand_inputs
+    from medtools.index import he
+    from medtools.index.store import build as build_index
+    from medtools.index.store import encrypt_query_file, rank_file, score_file
+    from medtools.serve.app import ServeState, create_app
+    from medtools.serve.backends import IndexService
+
+    _, state = served
+    he.keygen(tmp_path / "ctx", preset="n4096")
+    model = world / "models" / "tiny-seg.safetensors"
+    images = [world / f"slice{i}.png" for i in range(4)]
+    build_index(expand_inputs([str(p) for p in images]), model=model, public=tmp_path / "ctx" / "public", output=tmp_path / "idx", device="cpu")
+    client = TestClient(create_app(ServeState(models=state.models, auth=state.auth, index=IndexService.open(tmp_path / "idx", tmp_path / "ctx" / "public"), tmp_root=state.tmp_root)))
+    headers = _login(client)
+    assert {"index", "index/score"} <= set(client.get("/v1/version").json()["endpoints"])
+    encrypt_query_file(images[1], index_folder=tmp_path / "idx", secret=tmp_path / "ctx" / "secret", output=tmp_path / "q.bin", device="cpu")
+    query = (tmp_path / "q.bin").read_bytes()
+    reply = client.post("/v1/index/score?response=file", files={"query": ("q.bin", query)}, headers=headers)
+    assert reply.status_code == 200 and reply.headers["content-type"] == "application/octet-stream"
+    (tmp_path / "s.bin").write_bytes(reply.content)
+    served_hits = rank_file(tmp_path / "s.bin", index_folder=tmp_path / "idx", secret=tmp_path / "ctx" / "secret", k=4)["hits"]
+    score_file(tmp_path / "q.bin", index_folder=tmp_path / "idx", public=tmp_path / "ctx" / "public", output=tmp_path / "cli.bin")
+    cli_hits = rank_file(tmp_path / "cli.bin", index_folder=tmp_path / "idx", secret=tmp_path / "ctx" / "secret", k=4)["hits"]
+    assert [h["id"] for h in served_hits] == [h["id"] for h in cli_hits]
+    assert all(abs(a["score"] - b["score"]) < 1e-3 for a, b in zip(served_hits, cli_hits))
+    as_json = client.post("/v1/index/score", files={"query": ("q.bin", query)}, headers=headers).json()
+    from_file = IndexService.reply_json(reply.content)
+    assert {k: as_json[k] for k in ("root", "key_id", "entries")} == {k: from_file[k] for k in ("root", "key_id", "entries")}
+    assert [(b["block"], b["count"]) for b in as_json["blocks"]] == [(b["block"], b["count"]) for b in from_file["blocks"]]
+    assert as_json["entries"] == 4 and sum(b["count"] for b in as_json["blocks"]) == 4
+    wrong = client.post("/v1/index/score", files={"query": ("q.bin", b"not a query")}, headers=headers)
+    assert wrong.status_code == 422

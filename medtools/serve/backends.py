@@ -1,50 +1,34 @@
-"""What the service runs: the checkpoints of --models DIR, loaded once, and the families' functions.
+"""What the service runs: the checkpoints of --models DIR, loaded once, and the encrypted index.
 
-Models: every ``*.safetensors`` in the folder becomes one :class:`medtools.core.predict.Predictor`
-(its kind read from the checkpoint metadata), named by the file stem, with its SHA-256.
-Anything wrong with the folder or a checkpoint stops start-up with a CheckpointError (exit 3).
+Models: every ``*.safetensors`` in the folder is loaded once with :func:`medtools.api.load_model`
+(its kind read from the checkpoint metadata: a ``Predictor``, or the cls family's
+``Classifier``), named by the file stem, with its SHA-256. Anything wrong with the folder or a
+checkpoint stops start-up with a CheckpointError (exit 3). The routers hand these loaded
+objects to the :mod:`medtools.api` functions, so no request loads a model.
 
-Functions: serve is the front end over every family, so it is the one package allowed to
-call other families' public functions. It finds them through :func:`family_function` so
-that a family that is not installed (cls, index) simply leaves its endpoints out.
+A family that is not installed (cls, index) leaves its endpoints out: :func:`has_family`.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from medtools.core.errors import CheckpointError
 
-# endpoint → (module, public function) of the family that implements it; looked up lazily
-FAMILY_FUNCTIONS: dict[str, tuple[str, str]] = {
-    "segment": ("medtools.brain.segment", "segment_images"),
-    "protect": ("medtools.brain.protect", "protect_images"),
-    "protect-models": ("medtools.brain.protect", "load_protect_models"),
-    "classify": ("medtools.cls.classify", "Classifier"),  # a loaded cls model: .run(paths) as `classify`
-    "index": ("medtools.index.store", "Index"),  # the index manifest (Index.load)
-    "index-context": ("medtools.index.he", "load_context"),  # the server's public CKKS context
-    "index-score": ("medtools.index.he", "score_block"),  # the server half of `index query`
-}
-
 # which model kinds each endpoint serves
 ENDPOINT_KINDS: dict[str, tuple[str, ...]] = {"segment": ("seg",), "classify": ("cls",), "protect": ("reid", "cls"), "utility": ("seg",)}
 
 
-def family_function(endpoint: str) -> Callable[..., Any] | None:
-    """The family's public function behind ``endpoint``, or None when that family is absent."""
-    module_name, name = FAMILY_FUNCTIONS[endpoint]
+def has_family(module: str) -> bool:
+    """True when the family module (e.g. ``medtools.cls.classify``) is installed."""
     try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):  # the family itself is missing
-            return None
-        raise
-    return getattr(module, name, None)
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
 
 
 @dataclass
@@ -60,6 +44,11 @@ class LoadedModel:
     runner: Any = None  # the family's loaded-model object when it has one (cls: Classifier)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    @property
+    def model(self) -> Any:
+        """What the :mod:`medtools.api` functions take as a loaded model."""
+        return self.runner if self.runner is not None else self.predictor
+
     def describe(self) -> dict[str, Any]:
         info = {"name": self.name, "kind": self.kind, "file": self.path.name, "sha256": self.sha256}
         for key in ("arch", "encoder", "modalities", "image_size", "label_values", "class_names"):
@@ -70,10 +59,10 @@ class LoadedModel:
 
 
 def load_models(folder: Path | str, *, device: str | None = None, precision: str | None = None) -> dict[str, LoadedModel]:
-    """Every checkpoint in ``folder`` as a Predictor (kind from its metadata), by file stem."""
+    """Every checkpoint in ``folder``, loaded once (kind from its metadata), by file stem."""
+    from medtools import api
     from medtools.core import registry, report
     from medtools.core.ckpt import read_metadata
-    from medtools.core.predict import Predictor
     from medtools.core.report import sha256_file
 
     folder = Path(folder)
@@ -90,15 +79,10 @@ def load_models(folder: Path | str, *, device: str | None = None, precision: str
         if kind == "train-state" or registry.get(kind).builder is None:
             report.log(f"serve: {path.name} is a {kind} file, not a model: skipped")
             continue  # keys, training state
-        runner = None
-        classifier = family_function("classify") if kind in ENDPOINT_KINDS["classify"] else None
-        if classifier is not None:  # the cls family's own wrapper around its Predictor
-            runner = classifier(path, device=device, precision=precision)
-            predictor = runner.predictor
-        else:
-            predictor = Predictor(path, kind=kind, device=device, precision=precision)
+        loaded = api.load_model(path, kind=kind, device=device, precision=precision)
+        predictor = getattr(loaded, "predictor", loaded)
         name = path.name[: -len(".safetensors")]
-        models[name] = LoadedModel(name=name, path=path, kind=kind, sha256=sha256_file(path), predictor=predictor, config=dict(predictor.config), runner=runner)
+        models[name] = LoadedModel(name=name, path=path, kind=kind, sha256=sha256_file(path), predictor=predictor, config=dict(predictor.config), runner=loaded if loaded is not predictor else None)
     return models
 
 
@@ -125,7 +109,8 @@ class IndexService:
 
     The manifest is re-read per request (``index add`` may grow it while serving); the
     public context is loaded once. The secret context never reaches the server: a context
-    holding the secret key is refused at start-up (exit 2), as by ``index build``.
+    holding the secret key is refused at start-up (exit 2), as by ``index build``. Scoring is
+    :func:`medtools.api.index_score` (what ``index score`` runs), one request at a time.
     """
 
     folder: Path
@@ -134,34 +119,34 @@ class IndexService:
 
     @classmethod
     def open(cls, folder: Path | str, public: Path | str) -> "IndexService":
-        from medtools.core.errors import UsageError
+        from medtools.core.errors import IntegrityError, UsageError
 
-        index_cls, load_context = family_function("index"), family_function("index-context")
-        if index_cls is None or load_context is None:
+        if not has_family("medtools.index.store"):
             raise UsageError("--index needs the index family (medtools.index) and TenSEAL: pip install 'medtools[he]'")
+        from medtools import api
+        from medtools.index.he import load_context
+
         context = load_context(Path(public), secret=False)
         service = cls(Path(folder), context)
-        index = service.index()
-        if index.data["key_id"] != context.key_id:
-            from medtools.core.errors import IntegrityError
-
-            raise IntegrityError(f"--public {public} is key {context.key_id}, the index {folder} is encrypted for key {index.data['key_id']}")
+        key_id = api.index_manifest(service.folder)["key_id"]
+        if key_id != context.key_id:
+            raise IntegrityError(f"--public {public} is key {context.key_id}, the index {folder} is encrypted for key {key_id}")
         return service
 
-    def index(self):
-        return family_function("index").load(self.folder)
-
-    def score(self, query: bytes) -> dict[str, Any]:
-        """Encrypted scores of every block against an encrypted query (what `index query` sends)."""
+    @staticmethod
+    def reply_json(reply: bytes) -> dict[str, Any]:
+        """``index score``'s reply bytes as JSON: its root and key id, and each block's encrypted
+        scores (base64, what ``medtools.index.he.decrypt_scores`` takes) with its entry count."""
         import base64
 
-        score_block = family_function("index-score")
-        index = self.index()
-        with self.lock:
-            replies = [score_block(self.context, index.block_path(b).read_bytes(), query=query) for b in range(len(index.blocks))]
+        from medtools.index import he
+        from medtools.index.store import REPLY_MAGIC
+
+        header, parts = he.unpack(reply, REPLY_MAGIC, "encrypted score reply")
+        counts = [int(he.unpack(part, he.SCORES_MAGIC, "encrypted score block")[0]["count"]) for part in parts]
         return {
-            "root": index.root,
-            "key_id": index.data["key_id"],
-            "entries": len(index.entries),
-            "blocks": [{"block": b, "count": int(index.blocks[b]["count"]), "scores": base64.b64encode(r).decode()} for b, r in enumerate(replies)],
+            "root": header["root"],
+            "key_id": header["key_id"],
+            "entries": sum(counts),
+            "blocks": [{"block": b, "count": count, "scores": base64.b64encode(part).decode()} for b, (count, part) in enumerate(zip(counts, parts))],
         }

@@ -1,0 +1,48 @@
+"""The /v1 endpoints, one router per family; each endpoint is a thin adapter over one
+:mod:`medtools.api` function (HTTP in, the function's keyword call with the request's run
+context, HTTP out).
+
+| router | endpoints | medtools.api |
+|---|---|---|
+| service | health, version | (the loaded models, the app's own routes) |
+| auth | login, logout, me | (medtools.serve.auth: the key store's log-in) |
+| brain | segment, protect | segment, protect |
+| secure | encrypt, decrypt | encrypt_stream, decrypt_stream |
+| cls | classify (a cls model loaded) | classify |
+| index | index, index/score (``--index``) | index_manifest, index_score |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+API = "/v1"
+
+
+def include(app: Any, state: Any) -> None:
+    """Add the routers whose family and models are there (an absent one leaves its endpoints out)."""
+    from medtools.serve.routers import auth, brain, secure, service
+
+    for module in (service, auth, brain, secure):
+        app.include_router(module.router, prefix=API)
+    if any(m.runner is not None and m.kind == "cls" for m in state.models.values()):
+        from medtools.serve.routers import cls
+
+        app.include_router(cls.router, prefix=API)
+    if state.index is not None:
+        from medtools.serve.routers import index
+
+        app.include_router(index.router, prefix=API)
+
+
+def endpoints(app: Any) -> list[str]:
+    """The /v1 endpoints this app offers (``segment``, ``index/score``...), read from its routes
+    through the OpenAPI schema FastAPI builds from them (the public view of the routes, the same
+    on every FastAPI version, and built once per app)."""
+    names: list[str] = []
+    for path in app.openapi().get("paths", {}):
+        if path.startswith(API + "/"):
+            name = path[len(API) + 1 :]
+            if name not in names:
+                names.append(name)
+    return names
