@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -58,7 +59,7 @@ def test_q_is_orthogonal_and_round_trip_is_exact():
 
 def test_keys_are_random_unless_seeded_and_files_are_private(tmp_path):
     from medtools.collab import klt
-    from medtools.core.errors import CheckpointError
+    from medtools.core.errors import CheckpointError, UsageError
 
     assert klt.generate([4], seed=1).key_id == klt.generate([4], seed=1).key_id
     a, b = klt.generate([4, 8]), klt.generate([4, 8])
@@ -73,6 +74,10 @@ def test_keys_are_random_unless_seeded_and_files_are_private(tmp_path):
     saved = ckpt.load(path, kind="klt-key")
     saved.tensors["b.0"] = saved.tensors["b.0"] + 1
     ckpt.save(tmp_path / "bad.key", saved.tensors, kind="klt-key", config=saved.config)
+    os.chmod(tmp_path / "bad.key", 0o644)
+    with pytest.raises(UsageError, match="chmod 600"):  # private key material open to others
+        klt.load_key(tmp_path / "bad.key")
+    os.chmod(tmp_path / "bad.key", 0o600)
     with pytest.raises(CheckpointError, match="do not match"):
         klt.load_key(tmp_path / "bad.key")
 
