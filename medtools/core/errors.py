@@ -11,6 +11,7 @@ EXIT_USAGE = 2  # bad flag, missing argument, impossible request
 EXIT_CHECKPOINT = 3  # model/checkpoint missing, corrupt, wrong kind, incompatible
 EXIT_INTEGRITY = 4  # wrong password, tampered ciphertext, Merkle mismatch
 EXIT_NO_INPUT = 5  # nothing found, unreadable or invalid data
+EXIT_REMOTE = 6  # a remote service (a PACS) did not answer, or failed, after bounded retries
 EXIT_SIGNAL_BASE = 128  # killed by signal n: 128 + n (core/signals.py)
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
 EXIT_HANGUP = 129  # SIGHUP
@@ -23,6 +24,7 @@ EXIT_TABLE = {
     EXIT_CHECKPOINT: "model/checkpoint problem: missing, corrupt, wrong kind, incompatible config",
     EXIT_INTEGRITY: "authentication or integrity failure: wrong password, tampered ciphertext, Merkle mismatch",
     EXIT_NO_INPUT: "no usable input: nothing found, unreadable or invalid data",
+    EXIT_REMOTE: "remote unavailable: a PACS or other service did not answer or failed (after bounded retries)",
     EXIT_HANGUP: "hung up (SIGHUP); partial outputs are removed",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGINT); partial outputs are removed",
     EXIT_TERMINATED: "terminated (SIGTERM); partial outputs are removed",
@@ -45,6 +47,12 @@ class CheckpointError(MedtoolsError):
 
 class IntegrityError(MedtoolsError):
     exit_code = EXIT_INTEGRITY
+
+
+class RemoteError(MedtoolsError):
+    """A remote service did not answer (refused, timed out) or failed (HTTP 5xx) after retries."""
+
+    exit_code = EXIT_REMOTE
 
 
 class InputError(MedtoolsError):
