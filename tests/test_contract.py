@@ -85,11 +85,15 @@ def _output_cases():
     cases = []
     for path, cmd in COMMANDS:
         names = [p.name for p in cmd.params]
-        inputs = [p.name for p in cmd.params if p.param_type_name == "argument"]
-        for out in (n for n in names if n in OUTPUT_OPTIONS):
-            if inputs:
-                cases.append((path, cmd, out))
+        if _first_input(cmd) is not None:
+            cases.extend((path, cmd, out) for out in names if out in OUTPUT_OPTIONS)
     return cases
+
+
+def _first_input(cmd) -> str | None:
+    """The parameter that names what the command reads: its first argument, else its model."""
+    arguments = [p.name for p in cmd.params if p.param_type_name == "argument"]
+    return arguments[0] if arguments else next((p.name for p in cmd.params if p.name == "model"), None)
 
 
 OUTPUT_CASES = _output_cases()
@@ -103,7 +107,7 @@ def test_an_output_that_resolves_to_an_input_is_exit_2(data, tmp_path, path, cmd
     before = victim.read_bytes()
     (tmp_path / "link.png").symlink_to(victim)
     os.link(victim, tmp_path / "hard.png")
-    first_input = next(p.name for p in cmd.params if p.param_type_name == "argument")
+    first_input = _first_input(cmd)
     for target in ("victim.png", "link.png", "hard.png"):
         argv = _argv(cmd, {first_input: "victim.png", out: target})
         if any(p.name == "overwrite" for p in cmd.params):
