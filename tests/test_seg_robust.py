@@ -62,11 +62,11 @@ def test_attack_curve_cli_eps0_is_clean_dice_and_attacks_lower_it(seg, tmp_path)
     assert wt[1] < wt[0] - 0.05
     assert set(result["cases"]) == {c.case for c in cases} and result["run"]["checkpoints"]
     # a usage error without the model (in-process: one CLI start is enough)
-    from medtools.brain.commands import _seg_eval_attack
+    from medtools.brain.jobs import seg_eval_attack
     from medtools.core.errors import UsageError
 
     with pytest.raises(UsageError):
-        _seg_eval_attack(seg / "test.csv", None, attack="fgsm", model=None, eps="0", steps=None, step_size=None, batch_size=None, device="cpu", seed=0, json_output=True)
+        seg_eval_attack(seg / "test.csv", None, attack="fgsm", model=None, eps="0", steps=None, step_size=None, batch_size=None, device="cpu", seed=0)
 
 
 def test_perturbations_respect_budget_and_pgd_beats_fgsm(seg):

@@ -147,7 +147,15 @@ def _attempt(work: Callable[[T], Any], item: T, name: Callable[[T], str] = str) 
         return exc
 
 
-def _threaded(items: Iterable[T], work: Callable[[T], Any], workers: int, name: Callable[[T], str]) -> Iterator[tuple[T, Any]]:
+def _attempt_any(work: Callable[[T], Any], item: T) -> Any:
+    """``work(item)`` or whatever Exception it raised (the caller settles it per item)."""
+    try:
+        return work(item)
+    except Exception as exc:  # noqa: BLE001 - reported per item by run_pairs
+        return exc
+
+
+def _threaded(items: Iterable[T], work: Callable[[T], Any], workers: int, name: Callable[[T], str], attempt: Callable[..., Any] | None = None) -> Iterator[tuple[T, Any]]:
     """(item, result | item error) in input order, ``work`` on ``workers`` threads, each in a
     copy of the caller's run context; at most 2 × workers items in flight."""
     from concurrent.futures import ThreadPoolExecutor
@@ -156,15 +164,30 @@ def _threaded(items: Iterable[T], work: Callable[[T], Any], workers: int, name: 
     pending: deque = deque()
     try:
         for item in items:
-            pending.append((item, pool.submit(contextvars.copy_context().run, _attempt, work, item, name)))
+            args = (_attempt, work, item, name) if attempt is None else (attempt, work, item)
+            pending.append((item, pool.submit(contextvars.copy_context().run, *args)))
             if len(pending) >= 2 * workers:
                 done, future = pending.popleft()
                 yield done, future.result()
         while pending:
             done, future = pending.popleft()
             yield done, future.result()
+    except BaseException:  # interrupted (or the consumer stopped): workers publish nothing more
+        from medtools.core.context import current
+
+        current().cancel.set()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def prefetch(items: Iterable[T], work: Callable[[T], Any], workers: int) -> Iterator[tuple[T, Any]]:
+    """(item, work(item) or the Exception it raised), in input order, computed ahead on
+    ``workers`` threads in the caller's run context (0: in this thread, one at a time).
+    For loaders whose results a model then consumes in batches; settle them with run_pairs."""
+    if workers <= 0:
+        return ((item, _attempt_any(work, item)) for item in items)
+    return _threaded(items, work, workers, str, attempt=_attempt_any)
 
 
 def run_items(

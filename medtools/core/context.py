@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -37,11 +38,19 @@ class RunContext:
     seed: int | None = None  # --seed
     workers: int | None = None  # --workers of the batch driver (None: the command's default)
     devices: list[str] = field(default_factory=list, compare=False)  # devices models ran on in this run
+    cancel: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)  # set when the run is interrupted
 
     def derive(self, **changes: Any) -> RunContext:
-        """A copy with ``changes``; the copy records devices of its own."""
+        """A copy with ``changes``; the copy records devices and cancellation of its own."""
         changes.setdefault("devices", [])
+        changes.setdefault("cancel", threading.Event())
         return replace(self, **changes)
+
+    def check_cancelled(self) -> None:
+        """Raise Cancelled when the run was interrupted (a worker thread must not publish a file
+        after Ctrl-C/SIGTERM reached the main thread)."""
+        if self.cancel.is_set():
+            raise Cancelled("the run was interrupted")
 
     def note_device(self, device: Any) -> None:
         name = str(device)
@@ -55,7 +64,7 @@ class RunContext:
         CLI names map onto fields: ``json_output`` → json, ``insecure_permissions``,
         ``nan_policy``, ``quiet``, ``device``, ``precision``, ``seed``, ``workers``, ``print0``.
         """
-        names = {f.name for f in fields(cls)} - {"devices"}
+        names = {f.name for f in fields(cls)} - {"devices", "cancel"}
         aliases = {"json_output": "json"}
         values: dict[str, Any] = {}
         for key, value in options.items():
@@ -65,6 +74,10 @@ class RunContext:
         if "nan_policy" in values:
             values["nan_policy"] = check_nan_policy(values["nan_policy"])
         return cls(**values)
+
+
+class Cancelled(KeyboardInterrupt):
+    """Raised in a worker thread whose run was interrupted: its output is discarded."""
 
 
 def check_nan_policy(policy: str) -> str:

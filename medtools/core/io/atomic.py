@@ -137,6 +137,8 @@ def atomic_path(target: Path | str, *, private: bool = False) -> Iterator[Path]:
     temporary file is removed and the target is left untouched. ``private`` gives the
     result mode 0600 (secrets); otherwise the usual umask mode.
     """
+    from medtools.core.context import current
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(target.parent)
@@ -147,6 +149,7 @@ def atomic_path(target: Path | str, *, private: bool = False) -> Iterator[Path]:
         fcntl.flock(fd, fcntl.LOCK_EX)  # live: clean_stale of another process leaves it
         yield tmp
         os.chmod(tmp, _mode(private))
+        current().check_cancelled()  # interrupted meanwhile: never publish
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -191,6 +194,8 @@ def atomic_open(target: Path | str, *, private: bool = False) -> Iterator[Binary
             yield handle
         return
     handle = os.fdopen(fd, "w+b")
+    from medtools.core.context import current
+
     tmp: Path | None = None
     try:
         yield handle
@@ -203,6 +208,7 @@ def atomic_open(target: Path | str, *, private: bool = False) -> Iterator[Binary
             with open(tmp, "xb") as named:
                 shutil.copyfileobj(handle, named, 1 << 20)
             os.chmod(tmp, _mode(private))
+        current().check_cancelled()  # interrupted meanwhile: never publish
         os.replace(tmp, target)
     except BaseException:
         if tmp is not None:
