@@ -91,7 +91,7 @@ def seg_train(
     result = train_segmenter(
         _data(data), output, options=options, modalities=_split(modalities), binary=binary, arch=arch, encoder=encoder, size=size,
         val_fraction=val_fraction, val_patients=_split(val_patients), context=context, patch=patch, foreground_share=foreground_share, augment=augment,
-        schedule=None if schedule == "constant" else schedule, keep_best=keep_best, resize=resize,
+        schedule=schedule, keep_best=keep_best, resize=resize,
         strip_background=strip_background, equalize=equalize, adv_train=adv_train, adv_eps=adv_eps, adv_steps=adv_steps,
     )
     emit_training_result(result, json_output, record)

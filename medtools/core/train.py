@@ -278,13 +278,13 @@ def sibling_path(output: Path, tag: str) -> Path:
     return output.with_name(f"{stem}.{tag}.safetensors")
 
 
-SCHEDULES = ("poly", "cosine")
+SCHEDULES = ("poly", "cosine", "constant")
 
 
 def lr_factor(schedule: str | None, step: int, total: int) -> float:
     """Multiplier of the base learning rate at optimizer step ``step`` of ``total``:
     poly ``(1 − t)^0.9`` (nnU-Net, Isensee et al. 2021) or cosine ``(1 + cos πt) / 2``."""
-    if not schedule:
+    if not schedule or schedule == "constant":
         return 1.0
     t = min(max(step / max(total, 1), 0.0), 1.0)
     if schedule == "poly":
