@@ -30,7 +30,6 @@ class RunContext:
 
     quiet: bool = False  # no logs or progress on stderr
     json: bool = False  # machine output is JSON
-    print0: bool = False  # written paths end in NUL instead of newline (xargs -0)
     nan_policy: str = "error"  # non-finite voxels: error | zero | clip (core/io/finite.py)
     insecure_permissions: bool = False  # accept private key material open to group/others
     device: str | None = None  # --device (None: MEDTOOLS_DEVICE, then auto)
@@ -62,7 +61,7 @@ class RunContext:
         """The context of a command from its keyword options (unknown keys are ignored).
 
         CLI names map onto fields: ``json_output`` → json, ``insecure_permissions``,
-        ``nan_policy``, ``quiet``, ``device``, ``precision``, ``seed``, ``workers``, ``print0``.
+        ``nan_policy``, ``quiet``, ``device``, ``precision``, ``seed``, ``workers``.
         """
         names = {f.name for f in fields(cls)} - {"devices", "cancel"}
         aliases = {"json_output": "json"}

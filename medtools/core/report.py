@@ -40,14 +40,8 @@ def error(message: str) -> None:
 
 
 def emit_path(path: Path | str) -> None:
-    """A written file's path on stdout (for xargs and pipes; NUL-terminated with --print0)."""
-    from medtools.core.context import current
-
-    if current().print0:
-        sys.stdout.write(f"{path}\0")
-        sys.stdout.flush()
-    else:
-        print(str(path), flush=True)
+    """A written file's path on stdout (for xargs and pipes)."""
+    print(str(path), flush=True)
 
 
 def _default(obj: Any) -> Any:
@@ -80,7 +74,7 @@ def emit_jsonl(obj: Any) -> None:
 
 
 def emit_paths(paths: Iterable[Path | str]) -> None:
-    """Written files' paths on stdout, one per line (NUL-terminated with --print0)."""
+    """Written files' paths on stdout, one per line."""
     for path in paths:
         emit_path(path)
 
