@@ -22,6 +22,7 @@ complete -c medtools -n '__fish_use_subcommand' -a klt-keygen
 complete -c medtools -n '__fish_use_subcommand' -a manifest
 complete -c medtools -n '__fish_use_subcommand' -a mia
 complete -c medtools -n '__fish_use_subcommand' -a nearest
+complete -c medtools -n '__fish_use_subcommand' -a pacs
 complete -c medtools -n '__fish_use_subcommand' -a phantom
 complete -c medtools -n '__fish_use_subcommand' -a protect
 complete -c medtools -n '__fish_use_subcommand' -a reid-eval
@@ -50,6 +51,7 @@ complete -c medtools -n '__fish_seen_subcommand_from convert' -l overwrite
 complete -c medtools -n '__fish_seen_subcommand_from convert' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from convert' -l shard
 complete -c medtools -n '__fish_seen_subcommand_from convert' -l to
+complete -c medtools -n '__fish_seen_subcommand_from convert' -l workers
 complete -c medtools -n '__fish_seen_subcommand_from convert' -l help
 complete -c medtools -n '__fish_seen_subcommand_from info' -l json
 complete -c medtools -n '__fish_seen_subcommand_from info' -l kind
@@ -65,6 +67,7 @@ complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l binary
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l compile
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l context
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l deterministic
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l device
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l encoder
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l epochs
@@ -125,6 +128,7 @@ complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l arch
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l compile
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l defence
+complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l deterministic
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l device
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l epochs
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l json
@@ -185,6 +189,7 @@ complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l channels
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l classes-from
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l compile
+complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l deterministic
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l device
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l dp-delta
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l dp-epsilon
@@ -306,6 +311,7 @@ complete -c medtools -n '__fish_seen_subcommand_from encrypt' -l store
 complete -c medtools -n '__fish_seen_subcommand_from encrypt' -l to
 complete -c medtools -n '__fish_seen_subcommand_from encrypt' -l user
 complete -c medtools -n '__fish_seen_subcommand_from encrypt' -l window
+complete -c medtools -n '__fish_seen_subcommand_from encrypt' -l workers
 complete -c medtools -n '__fish_seen_subcommand_from encrypt' -l help
 complete -c medtools -n '__fish_seen_subcommand_from decrypt' -l audit-log
 complete -c medtools -n '__fish_seen_subcommand_from decrypt' -l block-size
@@ -323,6 +329,7 @@ complete -c medtools -n '__fish_seen_subcommand_from decrypt' -l store
 complete -c medtools -n '__fish_seen_subcommand_from decrypt' -l to
 complete -c medtools -n '__fish_seen_subcommand_from decrypt' -l user
 complete -c medtools -n '__fish_seen_subcommand_from decrypt' -l window
+complete -c medtools -n '__fish_seen_subcommand_from decrypt' -l workers
 complete -c medtools -n '__fish_seen_subcommand_from decrypt' -l help
 complete -c medtools -n '__fish_seen_subcommand_from cipher-audit' -l block-size
 complete -c medtools -n '__fish_seen_subcommand_from cipher-audit' -l insecure-permissions
@@ -361,6 +368,7 @@ complete -c medtools -n '__fish_seen_subcommand_from deid' -l overwrite
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l pseudonymize
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l shard
+complete -c medtools -n '__fish_seen_subcommand_from deid' -l workers
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l help
 complete -c medtools -n '__fish_seen_subcommand_from slices' -l every
 complete -c medtools -n '__fish_seen_subcommand_from slices' -l json
@@ -379,6 +387,7 @@ complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l augment
 complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l block-size
 complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l compile
+complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l deterministic
 complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l device
 complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l encryption
 complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l epochs
@@ -430,6 +439,7 @@ complete -c medtools -n '__fish_seen_subcommand_from cipher-attack' -l seed
 complete -c medtools -n '__fish_seen_subcommand_from cipher-attack' -l help
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l compile
+complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l deterministic
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l device
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l epochs
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l json
@@ -470,6 +480,7 @@ complete -c medtools -n '__fish_seen_subcommand_from klt-encode' -l shard
 complete -c medtools -n '__fish_seen_subcommand_from klt-encode' -l help
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l compile
+complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l deterministic
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l device
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l epochs
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l json
@@ -666,4 +677,51 @@ complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subc
 complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from verify' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from verify' -l root
 complete -c medtools -n '__fish_seen_subcommand_from index; and __fish_seen_subcommand_from verify' -l help
+complete -c medtools -n '__fish_seen_subcommand_from pacs' -a pull
+complete -c medtools -n '__fish_seen_subcommand_from pacs' -a push
+complete -c medtools -n '__fish_seen_subcommand_from pacs' -a query
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l ca-file
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l date
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l insecure-permissions
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l json
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l limit
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l modality
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l output
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l password-file
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l patient
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l retries
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l study-uid
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l timeout
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l token-file
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l user
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from query' -l help
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l ca-file
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l insecure-permissions
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l json
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l output
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l overwrite
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l password-file
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l retries
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l series-uid
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l shard
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l study-uid
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l timeout
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l token-file
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l user
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l workers
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from pull' -l help
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from push' -l batch-size
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from push' -l ca-file
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from push' -l insecure-permissions
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from push' -l json
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from push' -l password-file
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from push' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from push' -l retries
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from push' -l shard
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from push' -l timeout
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from push' -l token-file
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from push' -l user
+complete -c medtools -n '__fish_seen_subcommand_from pacs; and __fish_seen_subcommand_from push' -l help
 complete -c medtools -F

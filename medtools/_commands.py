@@ -43,4 +43,5 @@ COMMANDS = {
     'phantom': ('medtools.phantom.commands', 'Synthetic data with real layouts (brain MRI in BraTS layout, chest X-rays).', None),
     'keys': ('medtools.secure.commands', 'Key stores of doctors (password-protected X25519 keys) and key files.', None),
     'index': ('medtools.index.commands', 'Homomorphically encrypted (CKKS), Merkle-verified feature index: encrypted top-k queries.', None),
+    'pacs': ('medtools.pacs.commands', 'DICOMweb: query, pull and push studies of a PACS (Orthanc, dcm4chee, cloud endpoints).', None),
 }

@@ -30,6 +30,7 @@ __all__ = [
     "segment", "protect", "reid_scores", "classify",
     "encrypt_bytes", "decrypt_bytes", "encrypt_stream", "decrypt_stream",
     "klt_encode", "umn_map", "klt_decode", "synth", "index_query", "index_score", "index_manifest", "deid_dataset",
+    "pacs_query", "pacs_pull", "pacs_push",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -355,3 +356,57 @@ def index_manifest(index: str | Path) -> dict[str, Any]:
     from medtools.index.store import Index
 
     return Index.load(Path(index)).data
+
+
+# ---------------------------------------------------------------- PACS (DICOMweb)
+
+
+def _pacs(url: str, token: str | None, token_file: str | Path | None, user: str | None, password: str | None, password_file: str | Path | None, ca_file: str | Path | None, timeout: float) -> Any:
+    """A connected DICOMweb client for the pacs_* functions (credentials in memory or from files)."""
+    from medtools.pacs.client import Connection, connect
+
+    path = lambda value: Path(value) if value is not None else None  # noqa: E731
+    return connect(Connection(url=url, token=token, token_file=path(token_file), user=user, password=password, password_file=path(password_file), ca_file=path(ca_file), timeout=timeout))
+
+
+@_in_context
+def pacs_query(url: str, *, patient_id: str | None = None, study_uid: str | None = None, modality: str | None = None, date: str | None = None, limit: int | None = None, token: str | None = None, token_file: str | Path | None = None, user: str | None = None, password: str | None = None, password_file: str | Path | None = None, ca_file: str | Path | None = None, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The series of a DICOMweb PACS matching the filters (QIDO-RS), one dict each: study_uid,
+    series_uid, patient_id, modality, date, description, instances (what ``pacs query --json``
+    prints). ``date``: YYYYMMDD or YYYYMMDD-YYYYMMDD."""
+    from medtools.pacs.query import query_series
+
+    client = _pacs(url, token, token_file, user, password, password_file, ca_file, timeout)
+    return query_series(client, url, patient_id=patient_id, study_uid=study_uid, modality=modality, date=date, limit=limit)
+
+
+@_in_context
+def pacs_pull(url: str, study_uid: str, *, series_uid: str | Sequence[str] | None = None, token: str | None = None, token_file: str | Path | None = None, user: str | None = None, password: str | None = None, password_file: str | Path | None = None, ca_file: str | Path | None = None, timeout: float = 30.0) -> list[Any]:
+    """The instances of a study (or of the given series) as pydicom Datasets, in the transfer
+    syntax the PACS holds (WADO-RS). All in memory: for a large study use ``pacs pull``, which
+    streams each instance to disk."""
+    from medtools.pacs.client import check_uid
+    from medtools.pacs.pull import Request, iter_instances
+
+    series = [series_uid] if isinstance(series_uid, str) else list(series_uid or [])
+    request = Request(check_uid(study_uid, "study_uid"), tuple(check_uid(s, "series_uid") for s in series))
+    client = _pacs(url, token, token_file, user, password, password_file, ca_file, timeout)
+    return list(iter_instances(client, url, request))
+
+
+@_in_context
+def pacs_push(url: str, datasets: Sequence[Any], *, batch_size: int = 16, token: str | None = None, token_file: str | Path | None = None, user: str | None = None, password: str | None = None, password_file: str | Path | None = None, ca_file: str | Path | None = None, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Store pydicom Datasets in a PACS (STOW-RS, ``batch_size`` per request) → one dict per
+    dataset: sop_uid, status ("stored": also when the PACS held it already, or "failed") and
+    reason. Authentication failure raises IntegrityError; a PACS that does not answer, RemoteError."""
+    from medtools.pacs.push import prepare, store
+
+    client = _pacs(url, token, token_file, user, password, password_file, ca_file, timeout)
+    results = []
+    for start in range(0, len(datasets), batch_size):
+        chunk = [prepare(ds) for ds in datasets[start : start + batch_size]]
+        fates = store(client, url, chunk)
+        for ds in chunk:
+            status, reason = fates.get(str(ds.SOPInstanceUID), ("failed", "not named in the PACS's answer"))
+            results.append({"sop_uid": str(ds.SOPInstanceUID), "status": status, "reason": reason})
+    return results

@@ -35,6 +35,7 @@ FAMILIES = (
     "medtools.index.commands",
     "medtools.collab.commands",
     "medtools.serve.commands",
+    "medtools.pacs.commands",
 )
 PHANTOM = "medtools.phantom.commands"  # a Typer group of its own (`medtools phantom brain|cxr`)
 MODULES = (PHANTOM, *FAMILIES)

@@ -1,0 +1,1 @@
+"""PACS family: DICOMweb query (QIDO-RS), pull (WADO-RS) and push (STOW-RS) with dicomweb-client."""
