@@ -99,14 +99,16 @@ def _predictor(model: ModelArg, kind: str | Sequence[str], **kwargs: Any) -> Any
 
 
 @_in_context
-def segment(images: Sequence[Image] | Image, model: ModelArg, *, tta: bool = False, keep_largest: bool = False, batch_size: int | None = None, device: str | None = None, precision: str | None = None) -> Image:
+def segment(images: Sequence[Image] | Image, model: ModelArg, *, tta: bool = False, keep_largest: bool = False, resample: bool = True, volume: int | None = None, batch_size: int | None = None, device: str | None = None, precision: str | None = None) -> Image:
     """The modality images of one case (the model's modality order) → the label image in the
-    first image's geometry and metadata (what ``medtools segment`` writes)."""
+    first image's geometry and metadata (what ``medtools segment`` writes): mapped into the
+    model's training geometry (``resample``: in-plane spacing too) and back; ``volume`` picks
+    one volume of a 4-D series."""
     from medtools.brain.segment import segment_images
 
     images = _images(images)
     predictor = _predictor(model, "seg", device=device, precision=precision)
-    return segment_images(images, predictor, batch_size=batch_size, tta=tta, keep_largest=keep_largest)
+    return segment_images(images, predictor, batch_size=batch_size, tta=tta, keep_largest=keep_largest, resample=resample, volume=volume)
 
 
 @_in_context

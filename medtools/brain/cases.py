@@ -127,20 +127,30 @@ class LoadedCase:
     windows: list[dict[str, float]]  # per channel normalisation window
     slices: np.ndarray  # (Z, C, H, W) float32
     label: np.ndarray | None  # raw label volume (x, y, z) if the case has one
+    grid: Any = None  # core.io.geometry.GridMap into the training geometry (None: slices as stored)
 
 
-def load_case(case: Case, modalities: Sequence[str], norm: dict[str, Any], *, with_label: bool = False) -> LoadedCase:
-    """One case in model space through the shared preprocessing (``core.preprocess``)."""
+def load_case(case: Case, modalities: Sequence[str], norm: dict[str, Any], *, with_label: bool = False, geometry: bool = False, resample: bool = True, volume: int | None = None) -> LoadedCase:
+    """One case in model space through the shared preprocessing (``core.preprocess``).
+
+    ``geometry``: map the volumes into the training geometry the norm records (reorient,
+    in-plane resampling unless ``resample`` is False; ``preprocess.model_grid``), kept as
+    ``grid`` to map predictions back. ``volume``: which volume of a 4-D series."""
+    from medtools.core.preprocess import model_grid
+
     images, volumes = [], []
     for path in case.files_for(modalities):
         image = read_image(path)
-        volume = image_volume(image)
-        if volumes and volume.shape != volumes[0].shape:
-            raise InputError(f"case {case.case}: {path.name} has shape {volume.shape}, other modalities {volumes[0].shape}")
+        array = image_volume(image, volume=volume)
+        if volumes and array.shape != volumes[0].shape:
+            raise InputError(f"case {case.case}: {path.name} has shape {array.shape}, other modalities {volumes[0].shape}")
         images.append(image)
-        volumes.append(volume)
+        volumes.append(array)
+    grid = model_grid(images[0], volumes[0].shape, norm, resample=resample) if geometry else None
+    if grid is not None:
+        volumes = [grid.to_model(v) for v in volumes]
     slices, windows = volumes_to_slices(volumes, norm)
     label = None
     if with_label and case.label is not None:
-        label = np.rint(image_volume(read_image(case.label))).astype(np.int64)
-    return LoadedCase(case, images, windows, slices, label)
+        label = np.rint(image_volume(read_image(case.label), volume=volume)).astype(np.int64)
+    return LoadedCase(case, images, windows, slices, label, grid)

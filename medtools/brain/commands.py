@@ -107,6 +107,8 @@ def segment(
     out_format: Annotated[str, typer.Option("--format", help="nifti | dicom-seg (DICOM series input); PNG/JPEG inputs give PNG label images.")] = "nifti",
     tta: Annotated[bool, typer.Option("--tta", help="Test-time mirroring: mean of the softmax over x, y and xy flips (4× the compute).")] = False,
     largest_component: Annotated[bool, typer.Option("--largest-component", help="Keep only the largest connected foreground component.")] = False,
+    resample: Annotated[bool, typer.Option("--resample/--no-resample", help="Resample each volume in-plane to the model's training spacing (and back); it is always reoriented to the training orientation.")] = True,
+    volume: Annotated[Optional[int], typer.Option("--volume", help="4-D series (DWI, perfusion, fMRI): segment the N-th 3-D volume (from 0); without it a 4-D input is an item error.")] = None,
     batch_size: BatchSize = None,
     workers: Workers = 2,
     shard: Shard = None,
@@ -121,7 +123,7 @@ def segment(
     """Segment volumes (NIfTI, DICOM series, case folders, manifest) into label maps in the input geometry."""
     from medtools.brain.jobs import segment_job
 
-    return segment_job(inputs, model, output, probabilities=probabilities, out_format=out_format, tta=tta, largest_component=largest_component, batch_size=batch_size, workers=workers, shard=shard, device=device, precision=precision, compile=compile, overwrite=overwrite)
+    return segment_job(inputs, model, output, probabilities=probabilities, out_format=out_format, tta=tta, largest_component=largest_component, batch_size=batch_size, workers=workers, shard=shard, device=device, precision=precision, compile=compile, overwrite=overwrite, resample=resample, volume=volume)
 
 
 @command

@@ -78,7 +78,7 @@ def report_cases(results, record: report.RunRecord, *, skipped: int = 0) -> int:
     return outcome.exit_code
 
 
-def segment_job(inputs: list[str], model: Path, output: Path | None, *, probabilities: bool, out_format: str, tta: bool, largest_component: bool, batch_size: int | None, workers: int, shard: str | None, device: str | None, precision: str | None, compile: bool, overwrite: bool) -> int:
+def segment_job(inputs: list[str], model: Path, output: Path | None, *, probabilities: bool, out_format: str, tta: bool, largest_component: bool, batch_size: int | None, workers: int, shard: str | None, device: str | None, precision: str | None, compile: bool, overwrite: bool, resample: bool = True, volume: int | None = None) -> int:
     """``segment``: label maps (and probabilities) of every case under -o; exit code."""
     from medtools.brain.segment import output_ext, segment_cases
     from medtools.core.inputs import check_output_arg, skip_existing
@@ -91,12 +91,12 @@ def segment_job(inputs: list[str], model: Path, output: Path | None, *, probabil
 
     targets = case_outputs(output, names)
     cases = cases_for(inputs, shard, output, targets)
-    record = report.RunRecord(options={"tta": tta, "largest_component": largest_component})
+    record = report.RunRecord(options={"tta": tta, "largest_component": largest_component, "resample": resample, **({"volume": volume} if volume is not None else {})})
     record.add_checkpoint(model)
     # skip-existing here, for either format (segment_cases only knows the .nii.gz name)
     todo = [case for case in cases if not skip_existing(targets(case)[0], overwrite)]
     skipped = len(cases) - len(todo)
-    results = segment_cases(todo, model, output, device=device, precision=precision, compile=compile, batch_size=batch_size or 32, workers=workers, probabilities=probabilities, overwrite=True, out_format=out_format, tta=tta, keep_largest=largest_component) if todo else iter(())
+    results = segment_cases(todo, model, output, device=device, precision=precision, compile=compile, batch_size=batch_size or 32, workers=workers, probabilities=probabilities, overwrite=True, out_format=out_format, tta=tta, keep_largest=largest_component, resample=resample, volume=volume) if todo else iter(())
     return report_cases(results, record, skipped=skipped)
 
 

@@ -45,6 +45,11 @@ class ProtectModels:
     device: Any
 
 
+def _intensity(norm: dict[str, Any]) -> dict[str, Any]:
+    """A norm without its geometry: what two models must share to read the same intensities."""
+    return {k: v for k, v in norm.items() if k != "geometry"}
+
+
 def load_protect_models(attackers: Sequence[Path | str | Predictor], utility: Path | str | Predictor | None = None, *, device: Any = None) -> ProtectModels:
     """The attacker checkpoints (``reid``/``cls``) and the optional ``seg`` utility model, loaded
     once (paths), or Predictors already loaded (``serve``: they must sit on one device)."""
@@ -59,7 +64,8 @@ def load_protect_models(attackers: Sequence[Path | str | Predictor], utility: Pa
     modalities = _union([a.modalities for a in loaded] + ([seg.modalities] if seg else [])) or [SINGLE]
     channel_of = {m: i for i, m in enumerate(modalities)}
     # every model reads the same intensities: the one normalisation the checkpoints recorded
-    norms = {str(a.norm) for a in loaded} | ({str(seg.norm)} if seg else set())
+    # (a recorded training geometry aside: protect perturbs the voxels as stored)
+    norms = {str(_intensity(a.norm)) for a in loaded} | ({str(_intensity(seg.norm))} if seg else set())
     if len(norms) > 1:
         raise UsageError(f"the attackers and the utility model were trained with different normalisations ({'; '.join(sorted(norms))}); protect needs one")
     return ProtectModels(

@@ -2,9 +2,12 @@
 
 Training: Dice + cross-entropy, random flips and intensity jitter, patient-wise validation
 split with per-epoch Dice (and BraTS WT/TC/ET when the labels are BraTS-style), on the
-shared loop (core.train.fit). Inference: slices of several volumes are batched together,
-resized to the training size, and the logits are resized back before the argmax, so the
-label map has the input's exact shape and affine.
+shared loop (core.train.fit). Training records its geometry (the cases' most common
+orientation, their median spacing, the slicing axis) in ``medtools.norm`` and maps every case
+into it. Inference maps each volume into that geometry (reorient, in-plane resampling), batches
+slices of several volumes together, resizes them to the training size, and maps the
+probabilities back (training size, spacing, orientation) before the argmax, so the label map
+has the input's exact shape and affine whatever the input's storage order.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from medtools.brain.cases import SINGLE, Case, LoadedCase, load_case
 from medtools.brain.metrics import BRATS_REGIONS, dice, is_brats
 from medtools.brain.models import BRATS_LABEL_MAP
 from medtools.core import ckpt, report
-from medtools.core.data import build_slice_set, image_volume, map_labels, split_by_patient
+from medtools.core.data import build_slice_set, data_provenance, dataset_geometry, image_volume, map_labels, split_by_patient
 from medtools.core.errors import InputError, UsageError
 from medtools.core.inputs import skip_existing
 from medtools.core.io import RASTER_EXTS, RASTER_FORMATS, Image, write_image
 from medtools.core.predict import Predictor
-from medtools.core.preprocess import DEFAULT_NORM, slices_to_volume, stack_context, volumes_to_slices
+from medtools.core.preprocess import DEFAULT_NORM, model_grid, slices_to_volume, stack_context, volumes_to_slices
 from medtools.core.manifest import MODALITIES, load_rows
 from medtools.core.train import TrainOptions, fit, initial_weights, train_options
 
@@ -156,6 +159,12 @@ def train_segmenter(
     if not train_rows:
         raise InputError("no training cases left after the validation split")
     report.log(f"seg-train: {len(train_rows)} training cases, {len(val_rows)} validation cases ({len({r['patient'] for r in val_rows})} patients), modalities {','.join(modalities)}")
+    geometry = dataset_geometry(train_rows, modalities[0])  # orientation, spacing, slicing axis: every case is mapped into it
+    if geometry is not None:
+        from medtools.core.io.geometry import describe
+
+        norm = {**norm, "geometry": geometry}
+        report.log(f"seg-train: training geometry {describe(geometry)}")
     load = dict(modalities=modalities, size=image_size, need_label=True, norm=norm, context=context)
     train_set = build_slice_set(train_rows, **load)
     val_set = build_slice_set(val_rows, **load) if val_rows else None
@@ -222,7 +231,7 @@ def train_segmenter(
         kind="seg",
         config=config,
         norm=norm,
-        provenance={"data": str(data), "train_cases": [r["case"] for r in train_rows], "val_cases": [r["case"] for r in val_rows], "val_patients": sorted({r["patient"] for r in val_rows}), "label_map": {str(k): v for k, v in mapping.items()}, "recipe": recipe},
+        provenance={**data_provenance(rows, train_rows, val_rows), "label_map": {str(k): v for k, v in mapping.items()}, "recipe": recipe},
         monitor="val_dice_mean",
         keep_best=keep_best and val_set is not None,
         schedule=schedule,
@@ -268,24 +277,49 @@ def largest_component(labels: np.ndarray) -> np.ndarray:
     return np.where(largest_component_mask(labels > 0), labels, 0).astype(labels.dtype)
 
 
-def label_volume(predictor: Predictor, probs: np.ndarray, *, keep_largest: bool = False) -> np.ndarray:
-    """(Z, classes, H, W) probabilities → raw label volume (x, y, z) uint8 (the training labels' values)."""
+def probability_volume(probs: np.ndarray, grid: Any = None) -> np.ndarray:
+    """(Z, classes, H, W) slice probabilities → (x, y, z, classes) float32 on the input's grid
+    (``grid``: mapped back from the training geometry, linear in-plane, exact reorientation)."""
+    volume = np.moveaxis(np.moveaxis(probs, 1, -1), 0, 2).astype(np.float32)  # (H, W, Z, classes) = (x, y, z, c)
+    return grid.from_model(volume) if grid is not None else volume
+
+
+def label_volume(predictor: Predictor, probs: np.ndarray, *, keep_largest: bool = False, grid: Any = None) -> np.ndarray:
+    """(Z, classes, H, W) probabilities → raw label volume (x, y, z) uint8 (the training labels'
+    values) on the input's grid: with a ``grid`` the probabilities are mapped back (linear)
+    before the argmax."""
     values = np.asarray(predictor.config["label_values"])
-    labels = slices_to_volume(values[probs.argmax(1)].astype(np.uint8))
+    if grid is not None:
+        labels = values[probability_volume(probs, grid).argmax(-1)].astype(np.uint8)
+    else:
+        labels = slices_to_volume(values[probs.argmax(1)].astype(np.uint8))
     return largest_component(labels) if keep_largest else labels
 
 
-def segment_images(images: Sequence[Image], predictor: Predictor, *, batch_size: int | None = None, tta: bool = False, keep_largest: bool = False) -> Image:
+def note_geometry(predictor: Predictor) -> None:
+    """Say once per run that a checkpoint records no training geometry (slices as stored)."""
+    if not predictor.norm.get("geometry"):
+        report.log(f"{Path(str(predictor.path)).name if predictor.path else 'the model'}: no training geometry recorded (a checkpoint from before it): volumes are sliced along their last array axis as stored, without reorienting or resampling")
+
+
+def segment_images(images: Sequence[Image], predictor: Predictor, *, batch_size: int | None = None, tta: bool = False, keep_largest: bool = False, resample: bool = True, volume: int | None = None) -> Image:
     """In-memory entry point: the modality images of one case (in ``predictor.modalities``
-    order) → the label image in the first image's geometry (NIfTI header/affine kept)."""
+    order) → the label image in the first image's geometry (NIfTI header/affine kept).
+
+    Volumes are mapped into the checkpoint's training geometry (orientation, in-plane spacing
+    unless ``resample`` is False) and the labels back onto the input's grid; ``volume`` picks
+    one volume of a 4-D series."""
     if len(images) != max(len(predictor.modalities), 1):
         raise InputError(f"the model expects {len(predictor.modalities)} modalities ({', '.join(predictor.modalities)}), got {len(images)} images")
-    volumes = [image_volume(image) for image in images]  # a colour picture → one gray slice
+    volumes = [image_volume(image, volume=volume) for image in images]  # a colour picture → one gray slice
     if any(v.shape != volumes[0].shape for v in volumes):
         raise InputError(f"modality shapes differ: {', '.join(str(v.shape) for v in volumes)}")
+    grid = model_grid(images[0], volumes[0].shape, predictor.norm, resample=resample)
+    if grid is not None:
+        volumes = [grid.to_model(v) for v in volumes]
     slices, _ = volumes_to_slices(volumes, predictor.norm)
     probs = predict_probs(predictor, model_input(predictor, slices), tta=tta, batch_size=batch_size)
-    return _label_image(images[0], label_volume(predictor, probs, keep_largest=keep_largest))
+    return _label_image(images[0], label_volume(predictor, probs, keep_largest=keep_largest, grid=grid))
 
 
 def _label_image(reference: Image, labels: np.ndarray) -> Image:
@@ -334,11 +368,17 @@ def segment_cases(
     out_format: str = "nifti",
     tta: bool = False,
     keep_largest: bool = False,
+    resample: bool = True,
+    volume: int | None = None,
 ):
     """Segment cases; yields (case, written paths or 'skipped' or an exception) in input order.
 
     ``tta``: mean of the mirrored predictions (:func:`predict_probs`); ``keep_largest``: only
     the largest connected foreground component is kept (:func:`largest_component`).
+    Each case is mapped into the checkpoint's training geometry (reoriented; resampled
+    in-plane to its spacing unless ``resample`` is False) and its outputs back onto the
+    input's grid. ``volume``: which volume of 4-D series (without it a 4-D series is an item
+    error naming its shape).
 
     Slices of consecutive cases are gathered until a batch is full so small volumes still
     fill the device.
@@ -346,6 +386,7 @@ def segment_cases(
     if out_format not in ("nifti", "dicom-seg"):
         raise UsageError("--format must be nifti or dicom-seg")
     segmenter = load_segmenter(model_path, device=device, precision=precision, compile=compile, batch_size=batch_size)
+    note_geometry(segmenter)
     targets = {case.case: segmentation_target(case, output, suffix, out_format) for case in cases}
     todo = [c for c in cases if not skip_existing(targets[c.case], overwrite)]
     for case in cases:
@@ -369,10 +410,12 @@ def segment_cases(
                 yield loaded.case, exc
         group.clear()
 
-    for case, loaded in prefetch(todo, lambda c: load_case(c, segmenter.modalities or [SINGLE], segmenter.norm), workers):
+    for case, loaded in prefetch(todo, lambda c: load_case(c, segmenter.modalities or [SINGLE], segmenter.norm, geometry=True, resample=resample, volume=volume), workers):
         if isinstance(loaded, Exception):
             yield case, loaded
             continue
+        if group and loaded.slices.shape[-2:] != group[0].slices.shape[-2:]:
+            yield from flush()  # one batch holds slices of one size
         group.append(loaded)
         if sum(len(g.slices) for g in group) >= batch_size:
             yield from flush()
@@ -381,7 +424,7 @@ def segment_cases(
 
 def _write_outputs(loaded: LoadedCase, probs: np.ndarray, segmenter: Predictor, target: Path, probabilities: bool, out_format: str, keep_largest: bool = False) -> list[Path]:
     reference = loaded.images[0]
-    labels = label_volume(segmenter, probs, keep_largest=keep_largest)
+    labels = label_volume(segmenter, probs, keep_largest=keep_largest, grid=loaded.grid)
     written = []
     if out_format == "dicom-seg":
         from medtools.brain.dicomseg import write_dicom_seg
@@ -391,8 +434,7 @@ def _write_outputs(loaded: LoadedCase, probs: np.ndarray, segmenter: Predictor, 
         label_image = _label_image(reference, labels)
         written.append(write_image(label_image, target, format=label_image.format))
     if probabilities:
-        volume = np.moveaxis(probs, 1, -1)  # (Z, H, W, classes)
-        volume = np.moveaxis(volume, 0, 2).astype(np.float32)  # (H, W, Z, classes) = (x, y, z, c)
+        volume = probability_volume(probs, loaded.grid)  # (x, y, z, classes) on the input's grid
         prob_path = target.with_name(target.name.replace(".nii.gz", "_prob.nii.gz").replace(".dcm", "_prob.nii.gz").replace(".png", "_prob.nii.gz"))
         written.append(write_image(Image(volume, affine=reference.affine, format="nifti"), prob_path, format="nifti"))
     return written

@@ -21,20 +21,78 @@ from medtools.core.io import as_volume, read_image
 from medtools.core.preprocess import DEFAULT_NORM, UNIT_NORM, load_image, resize, stack_context, volume_to_slices, volumes_to_slices
 
 
-def read_volume(path: Path | str) -> np.ndarray:
+def read_volume(path: Path | str, *, volume: int | None = None) -> np.ndarray:
     """A volume (x, y, z) from any image file; an RGB(A) 2-D picture becomes one gray slice
     (mean of the colour channels), not three slices."""
-    return image_volume(read_image(path))
+    return image_volume(read_image(path), volume=volume)
 
 
-def image_volume(image: Any) -> np.ndarray:
-    """A read image (core.io.Image) as a volume (x, y, z); a colour picture is averaged to gray."""
+def image_volume(image: Any, *, volume: int | None = None) -> np.ndarray:
+    """A read image (core.io.Image) as a volume (x, y, z); a colour picture is averaged to gray.
+
+    A 4-D series (x, y, z, t: DWI, perfusion, fMRI, multi-echo) gives its ``volume``-th 3-D
+    volume; without ``volume`` (or out of range) it is an InputError naming the shape and the
+    fix (``--volume N``), as is any array that is not 2-D, 3-D or 4-D. A single-volume 4-D file
+    (t = 1) is a volume.
+    """
     from medtools.core.io import RASTER_FORMATS
 
     array = image.array
     if image.format in RASTER_FORMATS and array.ndim == 3 and array.shape[-1] in (3, 4):
         return array[..., :3].astype(np.float32).mean(axis=-1)[:, :, None]
+    shape = "×".join(str(n) for n in array.shape)
+    if array.ndim == 4 and array.shape[-1] > 1:
+        count = array.shape[-1]
+        if volume is None:
+            raise InputError(f"a 4-D series ({shape}: {count} volumes of {'×'.join(str(n) for n in array.shape[:3])}); pick one with --volume N (0 to {count - 1})")
+        if not -count <= volume < count:
+            raise InputError(f"--volume {volume} is out of range for a 4-D series of {count} volumes ({shape}); use 0 to {count - 1}")
+        return array[..., volume]
+    if array.ndim > 4 or array.ndim < 2 or (array.ndim == 4 and array.shape[-1] < 1):
+        raise InputError(f"an array of shape {shape or '()'} is not an image or volume (expected 2-D, 3-D, or 4-D with --volume N)")
     return as_volume(image)
+
+
+def dataset_geometry(rows: Sequence[dict[str, str]], modality: str) -> dict[str, Any] | None:
+    """The training geometry of manifest rows (``core.io.geometry.training_geometry`` over the
+    ``modality`` files' headers): most common orientation, median spacing in it, slicing axis.
+    None when the files have no affine (pictures)."""
+    from medtools.core.io.geometry import file_geometry, training_geometry
+
+    records = []
+    for row in rows:
+        path = row.get(modality)
+        if not path:
+            continue
+        try:
+            found = file_geometry(path)
+        except (OSError, ValueError) as exc:
+            raise InputError(f"case {row.get('case')}: cannot read {modality} ({exc})") from None
+        if found is not None:
+            records.append(found)
+    return training_geometry(records) if len(records) == len([r for r in rows if r.get(modality)]) else None
+
+
+def data_provenance(rows: Sequence[dict[str, str]], train_rows: Sequence[dict[str, str]], val_rows: Sequence[dict[str, str]]) -> dict[str, Any]:
+    """What a checkpoint records of its training data without naming anyone: the SHA-256 of
+    the manifest's content (patient, case, visit and file names, sorted; no folders, so the
+    same data elsewhere gives the same hash) and counts of cases and patients per part. Never a
+    path, a case id or a patient id: ids are often hospital identifiers, and a shared model would
+    tell who it was trained on."""
+    import hashlib
+    import json
+
+    def entry(row: dict[str, str]) -> list[str]:
+        return [f"{key}={Path(value).name if key not in ('patient', 'case', 'visit', 'class') else value}" for key, value in sorted(row.items()) if value]
+
+    digest = hashlib.sha256(json.dumps(sorted(entry(r) for r in rows)).encode()).hexdigest()
+    return {
+        "data_sha256": digest,
+        "train_cases": len(train_rows),
+        "val_cases": len(val_rows),
+        "train_patients": len({r.get("patient", "") for r in train_rows}),
+        "val_patients": len({r.get("patient", "") for r in val_rows}),
+    }
 
 
 class ForegroundBatchSampler:
@@ -174,22 +232,33 @@ def load_case_slices(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One case → (slices (Z, C, H, W) float32, labels (Z, H, W) int64 or None); ``context``
     K stacks K neighbouring slices on each side as channels (C·(2K+1), 2.5-D input)."""
+    from medtools.core.preprocess import model_grid
+
     volumes = []
+    grid = None
     for modality in modalities:
         if modality not in row:
             raise InputError(f"case {row.get('case')} has no {modality} (has: {', '.join(k for k in row if k not in ('patient', 'case', 'visit', 'label', 'class'))})")
-        volume = read_volume(row[modality])
+        image = read_image(row[modality])
+        volume = image_volume(image)
         if volumes and volume.shape != volumes[0].shape:
             raise InputError(f"case {row.get('case')}: {modality} shape {volume.shape} differs from {volumes[0].shape}")
+        if not volumes:
+            grid = model_grid(image, volume.shape, norm)  # into the training geometry, when the norm records one
         volumes.append(volume)
     shape = volumes[0].shape
+    if grid is not None:
+        volumes = [grid.to_model(v) for v in volumes]
     images, _ = volumes_to_slices(volumes, norm, axis=axis)
     labels = None
     if "label" in row:
         label = read_volume(row["label"])
         if label.shape != shape:
             raise InputError(f"case {row.get('case')}: label shape {label.shape} differs from image {shape}")
-        labels = volume_to_slices(map_labels(label, label_map), axis)
+        label = map_labels(label, label_map)
+        if grid is not None:
+            label = grid.to_model(label, labels=True)
+        labels = volume_to_slices(label, axis)
     elif need_label:
         raise InputError(f"case {row.get('case')} has no label")
     images = stack_context(images, context)

@@ -14,6 +14,10 @@ back through :func:`canonical_norm`, so both sides run these same functions:
 3. **model range** (:func:`to_model_range`): [0, 1] mapped to ``model_range`` (the DDPM
    works in [−1, 1]) and then ``(x − mean) / std`` when the norm has them.
 
+Before all of these, volumes are mapped into the training geometry when the norm records one
+(``geometry``: orientation codes, spacing, slicing axis; :func:`model_grid` and
+``core.io.geometry``), and predictions are mapped back to the input's grid.
+
 Optional steps after the intensity step, per volume or image (recorded as keys of the norm,
 so every reader applies them identically): ``strip_background`` (:func:`strip_background`:
 threshold, largest connected component, holes filled; outside set to 0) and ``equalize``
@@ -65,6 +69,10 @@ def canonical_norm(norm: dict[str, Any] | None, default: dict[str, Any] | None =
         if norm["equalize"] not in EQUALIZE:
             raise CheckpointError(f"unknown equalize {norm['equalize']!r} in medtools.norm (known: {', '.join(EQUALIZE)})")
         out["equalize"] = norm["equalize"]
+    if norm.get("geometry"):
+        from medtools.core.io.geometry import check_geometry
+
+        out["geometry"] = check_geometry(norm["geometry"])
     return out
 
 
@@ -282,6 +290,21 @@ def load_image(path: Any, size: int | None = None, channels: int = 1, norm: dict
             raise InputError(f"{path}: cannot read image ({exc})") from None
     out = image_channels(image, channels, norm or UNIT_NORM)
     return resize(out[None], size)[0].astype(np.float32)
+
+
+def model_grid(image: Any, shape: tuple[int, ...], norm: dict[str, Any], *, resample: bool = True) -> Any:
+    """Step 0 for volumes: the :class:`medtools.core.io.geometry.GridMap` of an image (its
+    ``(x, y, z)`` array ``shape``) into the training geometry the norm records (orientation,
+    in-plane spacing, slicing axis), or None when the norm records none (checkpoints from
+    before it: slices along the array's last axis as stored), the image has no affine (pictures,
+    arrays) or it already lies in that geometry."""
+    geometry = norm.get("geometry")
+    if not geometry or getattr(image, "affine", None) is None or image.format not in ("nifti", "dicom-series", "dicom"):
+        return None
+    from medtools.core.io.geometry import GridMap
+
+    grid = GridMap.build(shape[:3], image.affine, geometry, resample=resample)
+    return None if grid.identity else grid
 
 
 def volumes_to_slices(volumes: list[np.ndarray], norm: dict[str, Any], *, axis: int = 2) -> tuple[np.ndarray, list[dict[str, float]]]:

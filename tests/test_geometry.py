@@ -1,0 +1,230 @@
+"""The same anatomy gets the same answer whatever its storage order, spacing or dimensionality,
+and a shared checkpoint names no patient.
+
+A tiny segmenter is trained once (32² phantoms, 6 epochs of 8 steps, about 10 s); one phantom scan is
+then stored again with permuted and flipped array axes (a consistent affine: identical world
+geometry) and resampled in-plane ×2, and every copy is segmented by the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+nib = pytest.importorskip("nibabel")
+
+
+def _reordered(array: np.ndarray, affine: np.ndarray, perm: tuple[int, int, int], flips: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The same voxels stored in another array order: axes ``perm`` of the original, then the
+    axes ``flips`` of the result reversed; the affine follows, so world positions are unchanged."""
+    out = np.transpose(array, perm)
+    aff = affine[:, [*perm, 3]].copy()
+    for axis in flips:
+        out = np.flip(out, axis)
+        aff[:3, 3] += aff[:3, axis] * (out.shape[axis] - 1)
+        aff[:3, axis] *= -1
+    return np.ascontiguousarray(out), aff
+
+
+def _back(array: np.ndarray, perm: tuple[int, int, int], flips: tuple[int, ...]) -> np.ndarray:
+    """Undo :func:`_reordered` on an output stored like its input (extra trailing axes kept)."""
+    for axis in reversed(flips):
+        array = np.flip(array, axis)
+    inverse = np.argsort(perm)
+    return np.transpose(array, (*inverse, *range(3, array.ndim)))
+
+
+def _upsampled(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """In-plane ×2 with half the spacing over the same field of view (voxel centres moved by a
+    quarter of an old voxel so the grids cover the same world box)."""
+    from skimage.transform import resize
+
+    up = resize(array.astype(np.float32), (array.shape[0] * 2, array.shape[1] * 2, array.shape[2]), order=1, mode="edge", preserve_range=True)
+    aff = affine.copy()
+    aff[:3, 3] -= 0.25 * (aff[:3, 0] + aff[:3, 1])
+    aff[:3, :2] /= 2
+    return up.astype(np.float32), aff
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a > 0, b > 0
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * (a & b).sum() / total)
+
+
+def _save(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return path
+
+
+PERMS = {"permuted": ((2, 0, 1), ()), "flipped": ((0, 1, 2), (0, 2)), "permuted-flipped": ((1, 2, 0), (1,))}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 3-patient phantom, a one-modality segmenter trained by seg-train, and the scan copies."""
+    from medtools.phantom.generate import write_brain_phantoms
+
+    work = tmp_path_factory.mktemp("geometry")
+    data = work / "data"
+    write_brain_phantoms(data, patients=3, visits=1, size=32, slices=6, seed=0)
+    run_cli("manifest", data, "-o", work / "cases.csv", check=True)
+    model = work / "seg.safetensors"
+    run_cli("seg-train", work / "cases.csv", "-o", model, "--encoder", "tu-test_resnet", "--size", "32", "--epochs", "6", "--steps-per-epoch", "8", "-b", "8", "--modalities", "flair", "--binary", "-q", check=True)
+    scan = nib.load(str(next(data.rglob("*_flair.nii.gz"))))
+    array, affine = np.asarray(scan.dataobj).astype(np.float32), scan.affine
+    inputs = work / "inputs"
+    _save(array, affine, inputs / "original.nii.gz")
+    for name, (perm, flips) in PERMS.items():
+        _save(*_reordered(array, affine, perm, flips), inputs / f"{name}.nii.gz")
+    _save(*_upsampled(array, affine), inputs / "resampled.nii.gz")
+    out = work / "out"
+    proc = run_cli("segment", inputs, "-m", model, "-o", out, "--probabilities", "-b", "64")
+    assert proc.returncode == 0, proc.stderr
+    return {"work": work, "data": data, "model": model, "inputs": inputs, "out": out, "array": array, "affine": affine}
+
+
+def _outputs(trained, name: str) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
+    labels = nib.load(str(trained["out"] / f"{name}_seg.nii.gz"))
+    probs = np.asarray(nib.load(str(trained["out"] / f"{name}_seg_prob.nii.gz")).dataobj)
+    return np.asarray(labels.dataobj), probs, labels
+
+
+def test_the_checkpoint_records_its_training_geometry(trained) -> None:
+    from medtools.core import ckpt
+
+    norm = json.loads(ckpt.read_metadata(trained["model"])["medtools.norm"])
+    assert norm["geometry"] == {"orientation": "".join(nib.aff2axcodes(trained["affine"])), "spacing": [1.5, 1.5, 4.0], "axis": 2}
+    info = run_cli("info", trained["model"], check=True)
+    assert "geometry" in info.stdout and "LPS" in info.stdout
+
+
+@pytest.mark.parametrize("name", sorted(PERMS))
+def test_permuted_and_flipped_storage_gives_the_same_labels(trained, name) -> None:
+    """Same voxels and world geometry, another array order: the same label map once mapped
+    back (the model sees identical slices), on the input's own shape and affine."""
+    perm, flips = PERMS[name]
+    reference, reference_probs, _ = _outputs(trained, "original")
+    labels, probs, image = _outputs(trained, name)
+    source = nib.load(str(trained["inputs"] / f"{name}.nii.gz"))
+    assert labels.shape == source.shape and np.allclose(image.affine, source.affine)
+    back = _back(labels, perm, flips)
+    assert back.shape == reference.shape
+    assert reference.any() and _dice(back, reference) >= 0.99 and (back == reference).mean() >= 0.99
+    np.testing.assert_allclose(_back(probs, perm, flips), reference_probs, atol=1e-4)
+
+
+def test_an_in_plane_resampled_copy_gives_nearly_the_same_labels(trained) -> None:
+    from skimage.transform import resize
+
+    reference, reference_probs, _ = _outputs(trained, "original")
+    labels, probs, image = _outputs(trained, "resampled")
+    source = nib.load(str(trained["inputs"] / "resampled.nii.gz"))
+    assert labels.shape == source.shape and np.allclose(image.affine, source.affine)
+    down = resize(labels, reference.shape, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+    assert reference.any() and (down == reference).mean() >= 0.97 and _dice(down, reference) >= 0.9
+    down_probs = resize(probs, reference_probs.shape, order=1, preserve_range=True, anti_aliasing=True)
+    assert np.abs(down_probs - reference_probs).mean() < 0.05
+
+
+def test_grid_map_is_exact_both_ways() -> None:
+    """nibabel's orientation tools: a reordered array maps onto the original grid exactly and
+    back onto its own; a ×2 in-plane copy maps onto the training grid's shape."""
+    from medtools.core.io.geometry import GridMap, axcodes, training_geometry, voxel_sizes
+
+    rng = np.random.default_rng(0)
+    array = rng.random((10, 8, 5)).astype(np.float32)
+    affine = np.diag([-1.5, -1.5, 4.0, 1.0])
+    geometry = training_geometry([(axcodes(affine), voxel_sizes(affine))])
+    assert geometry == {"orientation": "LPS", "spacing": [1.5, 1.5, 4.0], "axis": 2}
+    for perm, flips in PERMS.values():
+        stored, aff = _reordered(array, affine, perm, flips)
+        grid = GridMap.build(stored.shape, aff, geometry)
+        np.testing.assert_array_equal(grid.to_model(stored), array)
+        np.testing.assert_array_equal(grid.from_model(array), stored)
+        extra = np.stack([array, 2 * array], axis=-1)  # trailing class axis
+        np.testing.assert_array_equal(grid.from_model(extra), np.stack([stored, 2 * stored], axis=-1))
+    up, aff = _upsampled(array, affine)
+    grid = GridMap.build(up.shape, aff, geometry)
+    assert grid.model == array.shape and grid.from_model(array).shape == up.shape
+    assert GridMap.build(up.shape, aff, geometry, resample=False).model == up.shape
+
+
+def test_a_bad_recorded_geometry_is_a_checkpoint_error() -> None:
+    from medtools.core.errors import CheckpointError
+    from medtools.core.preprocess import canonical_norm
+
+    assert "geometry" not in canonical_norm({})  # old checkpoints: nothing added
+    with pytest.raises(CheckpointError, match="axis codes"):
+        canonical_norm({"geometry": {"orientation": "LLS", "spacing": [1, 1, 1], "axis": 2}})
+    with pytest.raises(CheckpointError, match="spacing"):
+        canonical_norm({"geometry": {"orientation": "RAS", "spacing": [1, 0, 1], "axis": 2}})
+
+
+def test_a_4d_series_is_an_item_error_or_one_chosen_volume(trained, tmp_path) -> None:
+    array = np.stack([trained["array"], trained["array"][::-1]], axis=-1)  # 32×32×6×2
+    series = _save(array, trained["affine"], tmp_path / "in" / "series.nii.gz")
+    _save(trained["array"], trained["affine"], tmp_path / "in" / "plain.nii.gz")
+    proc = run_cli("segment", tmp_path / "in", "-m", trained["model"], "-o", tmp_path / "out")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "series" in proc.stderr and "32×32×6×2" in proc.stderr and "--volume N" in proc.stderr
+    assert (tmp_path / "out" / "plain_seg.nii.gz").is_file()  # the batch went on
+    proc = run_cli("segment", series, "-m", trained["model"], "-o", tmp_path / "one", "--volume", "0")
+    assert proc.returncode == 0, proc.stderr
+    out = nib.load(str(tmp_path / "one" / "series_seg.nii.gz"))
+    assert out.shape == (32, 32, 6) and np.allclose(out.affine, trained["affine"])
+    reference = np.asarray(nib.load(str(trained["out"] / "original_seg.nii.gz")).dataobj)
+    np.testing.assert_array_equal(np.asarray(out.dataobj), reference)
+    proc = run_cli("segment", series, "-m", trained["model"], "-o", tmp_path / "bad", "--volume", "5")
+    assert proc.returncode == 5 and "out of range" in proc.stderr and "Traceback" not in proc.stderr  # every item failed: no usable input
+    # the other readers of volumes: a 4-D prediction or truth is an input error, not a traceback
+    proc = run_cli("seg-eval", tmp_path / "in", tmp_path / "in")
+    assert "Traceback" not in proc.stderr and proc.returncode != 0 and "--volume" in proc.stderr
+    proc = run_cli("info", series)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr
+
+
+def test_a_checkpoint_without_geometry_keeps_slicing_as_stored_and_says_so(trained, tmp_path) -> None:
+    """An old checkpoint (no geometry in medtools.norm): the array's last axis, as before."""
+    from safetensors.torch import load_file, save_file
+
+    from medtools.core import ckpt
+
+    meta = ckpt.read_metadata(trained["model"])
+    norm = json.loads(meta["medtools.norm"])
+    del norm["geometry"]
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(str(trained["model"])), str(old), metadata={**meta, "medtools.norm": json.dumps(norm)})
+    proc = run_cli("segment", trained["inputs"] / "permuted.nii.gz", trained["inputs"] / "original.nii.gz", "-m", old, "-o", tmp_path / "out", "--probabilities")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("no training geometry recorded") == 1
+    original = np.asarray(nib.load(str(tmp_path / "out" / "original_seg_prob.nii.gz")).dataobj)
+    np.testing.assert_allclose(original, _outputs(trained, "original")[1], atol=1e-5)  # the training orientation: unchanged
+
+
+def test_a_trained_checkpoint_names_no_patient_case_or_path(trained) -> None:
+    """Scan every checkpoint seg-train wrote (header bytes and metadata) for the manifest's
+    patient and case ids and any path: only counts and the manifest's hash are there."""
+    from medtools.core import ckpt
+    from medtools.core.manifest import read_csv
+
+    rows = read_csv(trained["work"] / "cases.csv")
+    ids = {r["patient"] for r in rows} | {r["case"] for r in rows}
+    assert ids
+    written = sorted(trained["model"].parent.glob("*.safetensors"))
+    assert trained["model"] in written
+    for path in written:
+        raw = path.read_bytes()
+        header = raw[8 : 8 + int.from_bytes(raw[:8], "little")].decode()
+        for secret in ids | {str(trained["work"]), str(trained["data"]), "/tmp", str(Path.home())}:
+            assert secret not in header, f"{path.name} holds {secret!r}"
+    meta = ckpt.load(trained["model"], tensors=False).provenance
+    assert meta["train_cases"] + meta["val_cases"] == len(rows) and len(meta["data_sha256"]) == 64
+    info = run_cli("info", trained["model"], check=True).stdout
+    assert "data_sha256" in info and not any(i in info for i in ids)
