@@ -8,12 +8,12 @@ _medtools() {
   [[ ${#COMPREPLY[@]} -eq 0 ]] && COMPREPLY=( $(compgen -f -- "$cur") )
 }
 declare -gA _medtools_words=(
-  ["_"]="ae-train cipher-attack cipher-audit classify cls-eval cls-train collab-attack collab-eval convert decrypt deid encrypt fid index info keys klt-decode klt-encode klt-keygen manifest mia nearest pacs phantom protect reid-eval reid-train seal seg-eval seg-train segment serve slices synth synth-train tstr umn-map umn-train verify"
+  ["_"]="ae-train cipher-attack cipher-audit classify cls-eval cls-train collab-attack collab-eval convert decrypt deid encrypt fid index info keys klt-decode klt-encode klt-keygen manifest mia nearest pacs phantom phi-scan protect reid-eval reid-train seal seg-eval seg-train segment serve slices synth synth-train tstr umn-map umn-train verify"
   ["manifest"]="--alias --output --quiet --relative --help"
   ["convert"]="--axis --nan-policy --output --overwrite --quiet --shard --to --workers --help"
   ["info"]="--json --kind --kinds --quiet --help"
   ["seg-train"]="--adv-eps --adv-steps --adv-train --arch --augment --batch-size --binary --compile --context --deterministic --device --encoder --epochs --equalize --foreground-share --json --keep-best --keep-last --lr --modalities --nan-policy --output --patch --precision --quiet --resize --resume --schedule --seed --size --steps-per-epoch --strip-background --val-fraction --val-patients --workers --help"
-  ["segment"]="--batch-size --compile --device --format --json --largest-component --model --nan-policy --output --overwrite --precision --probabilities --quiet --shard --tta --workers --help"
+  ["segment"]="--batch-size --compile --device --format --json --largest-component --model --nan-policy --no-resample --output --overwrite --precision --probabilities --quiet --resample --shard --tta --volume --workers --help"
   ["seg-eval"]="--attack --batch-size --device --eps --hd95 --json --model --no-hd95 --quiet --seed --step-size --steps --help"
   ["reid-train"]="--arch --batch-size --compile --defence --deterministic --device --epochs --json --label --lr --modalities --nan-policy --output --precision --quiet --resume --seed --size --steps-per-epoch --train-visits --val-fraction --val-visits --workers --help"
   ["reid-eval"]="--batch-size --device --json --model --nan-policy --quiet --verify --help"
@@ -29,7 +29,8 @@ declare -gA _medtools_words=(
   ["cipher-audit"]="--block-size --insecure-permissions --json --key --key-file --known-plaintext --method --plots --quiet --seed --trials --window --help"
   ["seal"]="--hmac-key --output --overwrite --proof --quiet --sign --help"
   ["verify"]="--file --hmac-key --json --proof --public-key --quiet --help"
-  ["deid"]="--date-shift --insecure-permissions --json --key --mapping --output --overwrite --pseudonymize --quiet --shard --workers --help"
+  ["deid"]="--allow-burned-in --audit-csv --clean-descriptors --clean-pixels --date-shift --insecure-permissions --json --key --mapping --output --overwrite --pixel-regions --pseudonymize --quiet --shard --workers --help"
+  ["phi-scan"]="--json --no-pixels --quiet --shard --workers --help"
   ["slices"]="--every --json --labels-from-mask --min-area --min-brain --modality --no-labels-from-mask --output --overwrite --quiet --size --help"
   ["cls-train"]="--arch --augment --batch-size --block-size --compile --deterministic --device --encryption --epochs --json --key --key-file --lr --no-augment --output --precision --quiet --resume --seed --size --steps-per-epoch --val-fraction --workers --help"
   ["classify"]="--batch-size --csv --device --key --key-file --model --output --precision --quiet --help"

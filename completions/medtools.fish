@@ -24,6 +24,7 @@ complete -c medtools -n '__fish_use_subcommand' -a mia
 complete -c medtools -n '__fish_use_subcommand' -a nearest
 complete -c medtools -n '__fish_use_subcommand' -a pacs
 complete -c medtools -n '__fish_use_subcommand' -a phantom
+complete -c medtools -n '__fish_use_subcommand' -a phi-scan
 complete -c medtools -n '__fish_use_subcommand' -a protect
 complete -c medtools -n '__fish_use_subcommand' -a reid-eval
 complete -c medtools -n '__fish_use_subcommand' -a reid-train
@@ -102,13 +103,16 @@ complete -c medtools -n '__fish_seen_subcommand_from segment' -l json
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l largest-component
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l model
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l nan-policy
+complete -c medtools -n '__fish_seen_subcommand_from segment' -l no-resample
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l output
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l overwrite
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l precision
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l probabilities
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from segment' -l resample
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l shard
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l tta
+complete -c medtools -n '__fish_seen_subcommand_from segment' -l volume
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l workers
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l help
 complete -c medtools -n '__fish_seen_subcommand_from seg-eval' -l attack
@@ -358,6 +362,10 @@ complete -c medtools -n '__fish_seen_subcommand_from verify' -l proof
 complete -c medtools -n '__fish_seen_subcommand_from verify' -l public-key
 complete -c medtools -n '__fish_seen_subcommand_from verify' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from verify' -l help
+complete -c medtools -n '__fish_seen_subcommand_from deid' -l allow-burned-in
+complete -c medtools -n '__fish_seen_subcommand_from deid' -l audit-csv
+complete -c medtools -n '__fish_seen_subcommand_from deid' -l clean-descriptors
+complete -c medtools -n '__fish_seen_subcommand_from deid' -l clean-pixels
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l date-shift
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l insecure-permissions
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l json
@@ -365,11 +373,18 @@ complete -c medtools -n '__fish_seen_subcommand_from deid' -l key
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l mapping
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l output
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l overwrite
+complete -c medtools -n '__fish_seen_subcommand_from deid' -l pixel-regions
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l pseudonymize
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l shard
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l workers
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l help
+complete -c medtools -n '__fish_seen_subcommand_from phi-scan' -l json
+complete -c medtools -n '__fish_seen_subcommand_from phi-scan' -l no-pixels
+complete -c medtools -n '__fish_seen_subcommand_from phi-scan' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from phi-scan' -l shard
+complete -c medtools -n '__fish_seen_subcommand_from phi-scan' -l workers
+complete -c medtools -n '__fish_seen_subcommand_from phi-scan' -l help
 complete -c medtools -n '__fish_seen_subcommand_from slices' -l every
 complete -c medtools -n '__fish_seen_subcommand_from slices' -l json
 complete -c medtools -n '__fish_seen_subcommand_from slices' -l labels-from-mask

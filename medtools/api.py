@@ -29,7 +29,7 @@ __all__ = [
     "Image", "RunContext", "read_image", "write_image", "load_model",
     "segment", "protect", "reid_scores", "classify",
     "encrypt_bytes", "decrypt_bytes", "encrypt_stream", "decrypt_stream",
-    "klt_encode", "umn_map", "klt_decode", "synth", "index_query", "index_score", "index_manifest", "deid_dataset",
+    "klt_encode", "umn_map", "klt_decode", "synth", "index_query", "index_score", "index_manifest", "deid_dataset", "clean_pixels", "phi_findings",
     "pacs_query", "pacs_pull", "pacs_push",
 ]
 
@@ -223,15 +223,43 @@ def decrypt_bytes(data: bytes, **options: Any) -> bytes:
 
 
 @_in_context
-def deid_dataset(dataset: Any, *, key: bytes | None = None, date_shift: int | None = None, pseudonymize: bool = False, deidentifier: Any = None) -> tuple[Any, list[str]]:
-    """De-identify a pydicom Dataset in place (PS3.15 basic profile; pixels untouched) →
-    (dataset, warnings). Pass one ``deidentifier`` (``medtools.secure.deid.make_deidentifier``)
+def deid_dataset(dataset: Any, *, key: bytes | None = None, date_shift: int | None = None, pseudonymize: bool = False, clean_pixels: bool = False, clean_descriptors: bool = False, allow_burned_in: bool = False, audit: dict[str, Any] | None = None, deidentifier: Any = None) -> tuple[Any, list[str]]:
+    """De-identify a pydicom Dataset in place (PS3.15 basic profile; pixels untouched unless
+    ``clean_pixels``: OCR'd text filled in every frame) → (dataset, warnings). ``audit`` (a dict)
+    receives what changed. Pass one ``deidentifier`` (``medtools.secure.deid.make_deidentifier``)
     to many calls so that UIDs and pseudonyms stay consistent across a study."""
     from medtools.secure.deid import make_deidentifier
 
-    run = deidentifier or make_deidentifier(key, date_shift=date_shift, pseudonymize=pseudonymize)
-    warnings = run.dicom(dataset)
+    run = deidentifier or make_deidentifier(key, date_shift=date_shift, pseudonymize=pseudonymize, clean_descriptors=clean_descriptors, allow_burned_in=allow_burned_in)
+    pixels = None
+    if clean_pixels:
+        from medtools.secure.pixels import PixelCleaner
+
+        pixels = PixelCleaner.create()
+    warnings = run.dicom(dataset, pixels=pixels, audit=audit)
     return dataset, warnings
+
+
+@_in_context
+def clean_pixels(array: Any, *, regions: str | Path | None = None) -> tuple[Any, list[dict[str, Any]]]:
+    """Burned-in text of one 2-D image (H×W or H×W×C array) filled with its background value →
+    (cleaned copy, boxes with masked text). Needs the tesseract executable."""
+    from medtools.secure.pixels import PixelCleaner, clean_image
+
+    return clean_image(array, cleaner=PixelCleaner.create(regions=regions))
+
+
+@_in_context
+def phi_findings(dataset: Any, *, pixels: bool = False) -> list[dict[str, Any]]:
+    """What ``phi-scan`` reports for a pydicom Dataset (values masked); empty when clean."""
+    from medtools.secure.phi import scan_dicom_tags, scan_pixels
+
+    findings = scan_dicom_tags(dataset)
+    if pixels and "PixelData" in dataset:
+        from medtools.secure.pixels import PixelCleaner, dicom_frames
+
+        findings += scan_pixels(dicom_frames(dataset)[0], PixelCleaner.create())
+    return findings
 
 
 # ---------------------------------------------------------------- collaborative segmentation

@@ -11,7 +11,7 @@ from medtools.core.errors import EXIT_TABLE, CheckpointError, InputError, Integr
 
 
 def test_exit_table_matches_design() -> None:
-    assert sorted(EXIT_TABLE) == [0, 1, 2, 3, 4, 5, 6, 129, 130, 143]  # 128+n: SIGHUP, SIGINT, SIGTERM (core/signals.py)
+    assert sorted(EXIT_TABLE) == [0, 1, 2, 3, 4, 5, 6, 7, 129, 130, 143]  # 128+n: SIGHUP, SIGINT, SIGTERM (core/signals.py)
     assert (UsageError.exit_code, CheckpointError.exit_code, IntegrityError.exit_code, InputError.exit_code) == (2, 3, 4, 5)
 
 

@@ -12,6 +12,7 @@ EXIT_CHECKPOINT = 3  # model/checkpoint missing, corrupt, wrong kind, incompatib
 EXIT_INTEGRITY = 4  # wrong password, tampered ciphertext, Merkle mismatch
 EXIT_NO_INPUT = 5  # nothing found, unreadable or invalid data
 EXIT_REMOTE = 6  # a remote service (a PACS) did not answer, or failed, after bounded retries
+EXIT_PHI_FOUND = 7  # a release check (phi-scan) found identifying data
 EXIT_SIGNAL_BASE = 128  # killed by signal n: 128 + n (core/signals.py)
 EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
 EXIT_HANGUP = 129  # SIGHUP
@@ -25,6 +26,7 @@ EXIT_TABLE = {
     EXIT_INTEGRITY: "authentication or integrity failure: wrong password, tampered ciphertext, Merkle mismatch",
     EXIT_NO_INPUT: "no usable input: nothing found, unreadable or invalid data",
     EXIT_REMOTE: "remote unavailable: a PACS or other service did not answer or failed (after bounded retries)",
+    EXIT_PHI_FOUND: "identifying data found: phi-scan flagged a tag, descriptor or burned-in text (the release is not clean)",
     EXIT_HANGUP: "hung up (SIGHUP); partial outputs are removed",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C, SIGINT); partial outputs are removed",
     EXIT_TERMINATED: "terminated (SIGTERM); partial outputs are removed",

@@ -33,6 +33,7 @@ OUTPUT_OPTIONS = frozenset(
         "output",  # -o/--output
         "output_arg",  # manifest -o (a file or '-')
         "mapping",  # deid --mapping
+        "audit_csv",  # deid --audit-csv
         "audit_log",  # decrypt/encrypt/serve --audit-log
         "plots",  # cipher-audit --plots
         "save_stats",  # fid --save-stats

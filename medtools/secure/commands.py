@@ -1,4 +1,4 @@
-"""Secure sharing commands: keys, encrypt, decrypt, cipher-audit, seal, verify, deid.
+"""Secure sharing commands: keys, encrypt, decrypt, cipher-audit, seal, verify, deid, phi-scan.
 
 Thin layer: parse flags, call one plain function. Passwords are never flag values: they
 come from --password-file, MEDTOOLS_PASSWORD or a terminal prompt.
@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
     app.command("seal")(seal)
     app.command("verify")(verify)
     app.command("deid")(deid)
+    app.command("phi-scan")(phi_scan)
 
 
 # ---------------------------------------------------------------- keys
@@ -278,6 +279,11 @@ def deid(
     date_shift: Annotated[Optional[int], typer.Option("--date-shift", help="Keep dates, shifted by this many days (Modified Dates option).")] = None,
     pseudonymize: Annotated[bool, typer.Option("--pseudonymize", help="Replace PatientID/PatientName by a keyed pseudonym instead of emptying them.")] = False,
     mapping: Annotated[Optional[Path], typer.Option("--mapping", help="Write the original→new UID/ID table here (secret, 0600).")] = None,
+    clean_pixels: Annotated[bool, typer.Option("--clean-pixels", help="Clean Pixel Data option: fill burned-in text found by OCR (Tesseract) with the background value; DICOM (all frames), NIfTI slices, PNG/JPG/TIFF.")] = False,
+    pixel_regions: Annotated[Optional[Path], typer.Option("--pixel-regions", help="CSV of known text boxes (x,y,width,height[,Manufacturer,ManufacturerModelName,Rows,Columns]) filled as well; needs --clean-pixels.")] = None,
+    clean_descriptors: Annotated[bool, typer.Option("--clean-descriptors", help="Clean Descriptors option: keep StudyDescription, SeriesDescription, ImageComments... with names, IDs and dates replaced.")] = False,
+    allow_burned_in: Annotated[bool, typer.Option("--allow-burned-in", help="Accept files whose BurnedInAnnotation is YES without --clean-pixels (else an item error).")] = False,
+    audit_csv: Annotated[Optional[Path], typer.Option("--audit-csv", help="Write what changed per file (tags per action, pixel boxes) as CSV.")] = None,
     shard: Shard = None,
     workers: ItemWorkers = None,
     overwrite: Overwrite = False,
@@ -285,7 +291,25 @@ def deid(
     insecure_permissions: InsecurePermissions = False,
     quiet: Quiet = False,
 ) -> int:
-    """De-identify DICOM (PS3.15 Annex E basic profile, pixel data untouched) and NIfTI headers."""
+    """De-identify DICOM (PS3.15 Annex E basic profile; options: clean pixels, clean descriptors, dates) and NIfTI headers."""
     from medtools.secure.deid import deid_files
 
-    return deid_files(inputs, output, key_file=key, date_shift=date_shift, pseudonymize=pseudonymize, mapping=mapping, shard=shard, overwrite=overwrite, workers=workers)
+    return deid_files(
+        inputs, output, key_file=key, date_shift=date_shift, pseudonymize=pseudonymize, mapping=mapping, clean_pixels=clean_pixels, pixel_regions=pixel_regions,
+        clean_descriptors=clean_descriptors, allow_burned_in=allow_burned_in, audit_csv=audit_csv, shard=shard, overwrite=overwrite, workers=workers,
+    )
+
+
+@command
+def phi_scan(
+    inputs: Inputs,
+    no_pixels: Annotated[bool, typer.Option("--no-pixels", help="Check tags and headers only (no OCR of the pixels).")] = False,
+    shard: Shard = None,
+    workers: ItemWorkers = None,
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Check a release before it leaves (read-only): residual PHI tags, private tags, descriptors with names/IDs/dates, text in the pixels; exit 0 clean, 7 not clean."""
+    from medtools.secure.deid import phi_scan_files
+
+    return phi_scan_files(inputs, pixels=not no_pixels, shard=shard, workers=workers)

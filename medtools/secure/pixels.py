@@ -1,0 +1,335 @@
+"""Burned-in text in pixel data: find it with OCR, replace each text box by the background value.
+
+The PS3.15 Clean Pixel Data option. Detection runs Tesseract (Debian ``tesseract-ocr``,
+called as a subprocess with TSV output: no Python binding, works offline) on a frame that is
+prepared for it, because Tesseract alone reads almost nothing of the text on a medical image
+(it expects dark print on a light page, and its page binarisation is confused by anatomy):
+
+1. the frame is scaled to 8 bits (min..max; RGB: the brightest channel);
+2. a white top-hat (grey opening of size ``TOPHAT`` subtracted) keeps thin bright strokes —
+   letters — and removes everything wider: anatomy, the black border, gradients;
+3. the strokes' height above their surroundings, ×``GAIN``, becomes dark print on white
+   (grey, not thresholded: Tesseract's own binarisation keeps faint grey letters better than a
+   fixed threshold), upscaled ×``UPSCALE`` so that 8-px text reaches Tesseract's working size;
+4. Tesseract in sparse-text mode (``--psm 11``, LSTM engine) returns word boxes; a word counts as
+   text when it holds a letter or digit and its confidence is at least ``MIN_CONFIDENCE``.
+
+Each box grows by a margin (``MARGIN`` × its height, at least ``MIN_MARGIN`` pixels) and is
+filled with the frame's background value: its most frequent value (per channel), which is the
+black of the border on ultrasound and X-ray exports. Known text regions of a device (a CSV of
+boxes, optionally restricted to a Manufacturer/model/size) are filled whatever OCR finds.
+
+Recall is what redaction needs; the recognised string only feeds the report (masked there).
+The engine sees bright text (white, grey, coloured); dark text on a bright background is not
+searched. Measured recall, precision and speed: docs/results.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medtools.core.errors import InputError, UsageError
+
+TOPHAT = 15  # px: strokes narrower than about half of this survive the top-hat
+GAIN = 2.0  # a stroke 128 grey levels above its surroundings becomes black
+UPSCALE = 2
+MIN_CONFIDENCE = 10.0
+MARGIN = 0.3  # of the box height
+MIN_MARGIN = 2  # px
+TESSERACT_ARGS = ("--psm", "11", "--oem", "1")
+INSTALL_HINT = "install the Tesseract OCR engine (Debian/Ubuntu: apt-get install tesseract-ocr tesseract-ocr-eng)"
+REGION_COLUMNS = ("x", "y", "width", "height")
+REGION_MATCH = ("Manufacturer", "ManufacturerModelName", "Rows", "Columns")
+
+
+@dataclass(frozen=True)
+class Box:
+    """A text box in pixel coordinates of its frame: [x0, x1) × [y0, y1)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    text: str = ""
+    confidence: float = -1.0
+    source: str = "ocr"  # ocr | region
+
+    def grown(self, margin: int, shape: tuple[int, int]) -> Box:
+        h, w = shape
+        return Box(max(0, self.x0 - margin), max(0, self.y0 - margin), min(w, self.x1 + margin), min(h, self.y1 + margin), self.text, self.confidence, self.source)
+
+    def record(self, frame: int | None = None) -> dict[str, Any]:
+        """The box for a report: coordinates and the masked string (never the string itself)."""
+        out: dict[str, Any] = {"box": [self.x0, self.y0, self.x1, self.y1], "source": self.source}
+        if frame is not None:
+            out["frame"] = frame
+        if self.source == "ocr":
+            out["text"] = mask(self.text)
+            out["confidence"] = round(self.confidence, 1)
+        return out
+
+
+def mask(text: str) -> str:
+    """``DOE^JOHN`` → ``D*******``: the length and first character, nothing that identifies."""
+    return text[:1] + "*" * max(0, len(text) - 1)
+
+
+# ---------------------------------------------------------------- the OCR engine
+
+
+def tesseract_binary() -> str | None:
+    """``MEDTOOLS_TESSERACT`` (an executable path) or ``tesseract`` on PATH; None when absent."""
+    named = os.environ.get("MEDTOOLS_TESSERACT")
+    if named:
+        return named if os.path.isfile(named) and os.access(named, os.X_OK) else None
+    return shutil.which("tesseract")
+
+
+def check_engine() -> str:
+    """The tesseract executable, or UsageError (exit 2) naming the package to install."""
+    binary = tesseract_binary()
+    if binary is None:
+        raise UsageError(f"--clean-pixels and phi-scan need OCR: tesseract not found; {INSTALL_HINT}")
+    return binary
+
+
+def _tesseract_words(gray: np.ndarray, binary: str) -> list[tuple[str, float, int, int, int, int]]:
+    """(text, confidence, left, top, width, height) of each word Tesseract reads in a uint8 image."""
+    from PIL import Image as PILImage
+
+    buffer = io.BytesIO()
+    PILImage.fromarray(gray).save(buffer, format="PNG", compress_level=1)
+    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}  # one core per call: the batch driver runs files in parallel
+    try:
+        proc = subprocess.run([binary, "stdin", "stdout", *TESSERACT_ARGS, "tsv"], input=buffer.getvalue(), capture_output=True, env=env, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise InputError(f"tesseract failed: {exc}") from None
+    if proc.returncode != 0:
+        raise InputError(f"tesseract failed (exit {proc.returncode}): {proc.stderr.decode('utf-8', 'replace').strip()[-200:]}")
+    words = []
+    reader = csv.DictReader(io.StringIO(proc.stdout.decode("utf-8", "replace")), delimiter="\t", quoting=csv.QUOTE_NONE)
+    for row in reader:
+        text = (row.get("text") or "").strip()
+        if row.get("level") != "5" or not text:
+            continue
+        try:
+            words.append((text, float(row["conf"]), int(row["left"]), int(row["top"]), int(row["width"]), int(row["height"])))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return words
+
+
+# ---------------------------------------------------------------- detection
+
+
+def to_gray8(frame: np.ndarray) -> np.ndarray:
+    """A 2-D (or H×W×C) frame as uint8 gray, min..max; colour: the brightest channel."""
+    array = np.asarray(frame)
+    if array.ndim == 3:
+        array = array.max(axis=-1)
+    array = array.astype(np.float32)
+    lo, hi = float(array.min(initial=0)), float(array.max(initial=0))
+    if hi <= lo:
+        return np.zeros(array.shape, np.uint8)
+    return np.round((array - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def prepare(gray: np.ndarray) -> np.ndarray:
+    """Dark print on white: the bright thin strokes of ``gray`` (white top-hat), upscaled."""
+    from scipy import ndimage as ndi
+
+    strokes = ndi.white_tophat(gray, size=(TOPHAT, TOPHAT)).astype(np.float32)
+    page = (255.0 - np.clip(strokes * GAIN, 0.0, 255.0)).astype(np.uint8)
+    if UPSCALE != 1:
+        page = np.repeat(np.repeat(page, UPSCALE, axis=0), UPSCALE, axis=1)
+    return page
+
+
+def find_text(frame: np.ndarray, *, binary: str | None = None) -> list[Box]:
+    """Word boxes of bright burned-in text in one frame (2-D, or H×W×C colour)."""
+    binary = binary or check_engine()
+    gray = to_gray8(frame)
+    if gray.size == 0 or gray.max() == 0:
+        return []
+    boxes = []
+    for text, conf, left, top, width, height in _tesseract_words(prepare(gray), binary):
+        if conf < MIN_CONFIDENCE or not any(c.isalnum() for c in text):
+            continue
+        x0, y0 = left // UPSCALE, top // UPSCALE
+        x1, y1 = -(-(left + width) // UPSCALE), -(-(top + height) // UPSCALE)
+        boxes.append(Box(x0, y0, x1, y1, text, conf))
+    return boxes
+
+
+# ---------------------------------------------------------------- known regions
+
+
+@dataclass(frozen=True)
+class Region:
+    box: Box
+    match: dict[str, str] = field(default_factory=dict)
+
+    def applies(self, attributes: dict[str, str]) -> bool:
+        return all(str(attributes.get(key, "")).strip() == value for key, value in self.match.items())
+
+
+def read_regions(path: Path | str) -> list[Region]:
+    """Known text regions of devices: CSV with x,y,width,height and optional Manufacturer,
+    ManufacturerModelName, Rows, Columns (a region applies to a file whose values equal every
+    non-empty one)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot read --pixel-regions {path}: {exc}") from None
+    rows = list(csv.DictReader(io.StringIO(text)))
+    if not rows or any(column not in rows[0] for column in REGION_COLUMNS):
+        raise UsageError(f"--pixel-regions {path}: a CSV with columns {','.join(REGION_COLUMNS)} (and optionally {','.join(REGION_MATCH)}) is expected")
+    regions = []
+    for number, row in enumerate(rows, start=2):
+        try:
+            x, y, w, h = (int(row[c]) for c in REGION_COLUMNS)
+        except (TypeError, ValueError):
+            raise UsageError(f"--pixel-regions {path} line {number}: x, y, width, height must be integers") from None
+        if w <= 0 or h <= 0 or x < 0 or y < 0:
+            raise UsageError(f"--pixel-regions {path} line {number}: a box needs x, y >= 0 and width, height > 0")
+        match = {key: str(row[key]).strip() for key in REGION_MATCH if row.get(key) not in (None, "")}
+        regions.append(Region(Box(x, y, x + w, y + h, source="region"), match))
+    return regions
+
+
+# ---------------------------------------------------------------- cleaning
+
+
+def background_value(frame: np.ndarray) -> np.ndarray:
+    """The most frequent value of a frame (per channel for colour)."""
+    array = np.asarray(frame)
+    flat = array.reshape(-1, array.shape[-1]) if array.ndim == 3 else array.reshape(-1, 1)
+    out = []
+    for channel in flat.T:
+        values, counts = np.unique(channel, return_counts=True)
+        out.append(values[np.argmax(counts)])
+    return np.asarray(out, dtype=array.dtype) if array.ndim == 3 else np.asarray(out[0], dtype=array.dtype)
+
+
+def margin_of(box: Box) -> int:
+    return max(MIN_MARGIN, int(round(MARGIN * (box.y1 - box.y0))))
+
+
+@dataclass
+class PixelCleaner:
+    """Clean Pixel Data settings of one run: OCR on or off, known regions, the engine."""
+
+    ocr: bool = True
+    regions: Sequence[Region] = ()
+    binary: str | None = None
+
+    @classmethod
+    def create(cls, *, regions: Path | str | None = None, ocr: bool = True) -> PixelCleaner:
+        return cls(ocr=ocr, regions=read_regions(regions) if regions is not None else (), binary=check_engine() if ocr else None)
+
+    def boxes(self, frames: Iterable[np.ndarray], attributes: dict[str, str] | None = None) -> list[tuple[int, Box]]:
+        """(frame index, grown box) of every text box found (OCR) or known (regions)."""
+        found: list[tuple[int, Box]] = []
+        attributes = attributes or {}
+        for index, frame in enumerate(frames):
+            shape = frame.shape[:2]
+            if self.ocr:
+                found.extend((index, box.grown(margin_of(box), shape)) for box in find_text(frame, binary=self.binary))
+            found.extend((index, region.box.grown(0, shape)) for region in self.regions if region.applies({"Rows": str(shape[0]), "Columns": str(shape[1]), **attributes}))
+        return found
+
+    def clean_frames(self, frames: np.ndarray, attributes: dict[str, str] | None = None, *, union: bool = True) -> tuple[np.ndarray, list[dict[str, Any]]]:
+        """Clean a stack of frames (N×H×W or N×H×W×C), returning a copy and the box records.
+
+        ``union``: a box found in one frame is filled in every frame (burned-in text stays put
+        while the anatomy moves, and OCR may miss it in some frames)."""
+        frames = np.asarray(frames)
+        found = self.boxes(frames, attributes)
+        out = frames.copy()
+        targets = sorted({(box.x0, box.y0, box.x1, box.y1) for _, box in found}) if union else None
+        for index in range(out.shape[0]):
+            fill = background_value(out[index])
+            boxes = targets if union else [(b.x0, b.y0, b.x1, b.y1) for i, b in found if i == index]
+            for x0, y0, x1, y1 in boxes or ():
+                out[index, y0:y1, x0:x1] = fill
+        return out, [box.record(index) for index, box in found]
+
+
+def clean_image(array: np.ndarray, *, cleaner: PixelCleaner | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Clean one 2-D image (H×W or H×W×C): (cleaned copy, box records)."""
+    cleaner = cleaner or PixelCleaner.create()
+    array = np.asarray(array)
+    cleaned, records = cleaner.clean_frames(array[None], union=False)
+    for record in records:
+        record.pop("frame", None)
+    return cleaned[0], records
+
+
+# ---------------------------------------------------------------- per format
+
+
+def dicom_frames(ds: Any) -> tuple[np.ndarray, bool]:
+    """The pixel data of a Dataset as N×H×W(×C) and whether it has colour samples; the
+    dataset is decompressed in place (written back as Explicit VR Little Endian)."""
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        try:
+            ds.decompress()
+        except Exception as exc:  # noqa: BLE001 - no handler for this syntax
+            raise InputError(f"cannot decode the compressed pixel data ({ds.file_meta.TransferSyntaxUID.name}): {exc}") from None
+    array = ds.pixel_array
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames == 1:
+        array = array[None]
+    colour = samples > 1
+    if colour and str(ds.get("PhotometricInterpretation", "")).startswith("YBR"):
+        from pydicom.pixels import convert_color_space
+
+        array = np.stack([convert_color_space(f, str(ds.PhotometricInterpretation), "RGB") for f in array])
+        ds.PhotometricInterpretation = "RGB"
+    return array, colour
+
+
+def clean_dicom_pixels(ds: Any, cleaner: PixelCleaner) -> list[dict[str, Any]]:
+    """Clean the pixel data of a pydicom Dataset in place; BurnedInAnnotation becomes NO."""
+    if "PixelData" not in ds:
+        return []
+    frames, colour = dicom_frames(ds)
+    attributes = {key: str(ds.get(key, "") or "") for key in REGION_MATCH}
+    cleaned, records = cleaner.clean_frames(frames, attributes)
+    if colour:
+        ds.PlanarConfiguration = 0  # pixel_array is H×W×C: samples interleaved
+    data = cleaned.astype(frames.dtype, copy=False).tobytes()
+    ds.PixelData = data + (b"\x00" if len(data) % 2 else b"")
+    ds["PixelData"].VR = "OW" if int(ds.get("BitsAllocated", 8)) > 8 else "OB"
+    ds.BurnedInAnnotation = "NO"
+    return records
+
+
+def volume_slices(array: np.ndarray) -> np.ndarray:
+    """NIfTI (x, y, z, ...) as slices in display order: N × rows (y, top first) × columns (x)."""
+    if array.ndim < 2:
+        raise InputError(f"a volume of shape {array.shape} has no slices")
+    flat = array.reshape(array.shape[0], array.shape[1], -1)
+    return np.flip(np.transpose(flat, (2, 1, 0)), axis=1)  # RAS: y grows upward on screen
+
+
+def volume_from_slices(slices: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return np.transpose(np.flip(slices, axis=1), (2, 1, 0)).reshape(shape)
+
+
+def clean_volume(array: np.ndarray, cleaner: PixelCleaner) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Clean each 2-D slice of a NIfTI volume (boxes per slice; the frame index is the slice)."""
+    slices = volume_slices(np.asarray(array))
+    cleaned, records = cleaner.clean_frames(slices, union=False)
+    return volume_from_slices(cleaned, array.shape), records

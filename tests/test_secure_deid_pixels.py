@@ -1,0 +1,208 @@
+"""deid --clean-pixels / --clean-descriptors and phi-scan on synthetic images with burned-in PHI.
+
+Text is drawn with Pillow's own font at known places (on a dark border and on the "anatomy"),
+in a PNG, a single-frame DICOM, a multi-frame DICOM and a NIfTI volume. After cleaning, OCR reads
+none of the strings, every pixel outside the reported boxes is unchanged, and phi-scan passes
+what it failed before (exit 7).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+pydicom = pytest.importorskip("pydicom")
+needs_ocr = pytest.mark.skipif(shutil.which("tesseract") is None, reason="tesseract not installed (Debian: apt-get install tesseract-ocr; .ci/run installs it)")
+
+STRINGS = (("DOE^JOHN", (12, 10), 22), ("ID 4839201", (150, 214), 18), ("1970-01-01", (120, 112), 20))
+NAME_PARTS = ("DOE", "JOHN", "4839201", "1970")
+
+
+def phantom(seed: int = 0) -> np.ndarray:
+    """256² uint8: black border, a smooth bright ellipse with noise (the anatomy)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:256, :256]
+    body = np.exp(-(((yy - 140) / 90.0) ** 2 + ((xx - 128) / 100.0) ** 2) * 2.0) * 150 + 20
+    image = body + rng.normal(0, 4, body.shape)
+    image[:40] = 0
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def burn(image: np.ndarray, value: int = 255) -> tuple[np.ndarray, np.ndarray]:
+    """The image with STRINGS drawn in, and the mask of their ink."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    pil = Image.fromarray(image)
+    ink = Image.new("L", pil.size)
+    for text, xy, size in STRINGS:
+        font = ImageFont.load_default(size=size)
+        ImageDraw.Draw(pil).text(xy, text, fill=value, font=font)
+        ImageDraw.Draw(ink).text(xy, text, fill=255, font=font)
+    return np.asarray(pil), np.asarray(ink) > 0
+
+
+def read(frame: np.ndarray) -> set[str]:
+    """The parts of the PHI strings that OCR reads anywhere in the frame."""
+    from medtools.secure.pixels import find_text
+
+    text = " ".join(box.text for box in find_text(frame)).upper()
+    return {part for part in NAME_PARTS if part in text}
+
+
+def boxes_mask(records, shape, frame=None) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    for record in records:
+        if frame is None or record.get("frame", 0) == frame:
+            x0, y0, x1, y1 = record["box"]
+            mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def write_dicom(path, frames: np.ndarray, *, burned_in: str = "YES") -> None:
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = "DOE^JOHN", "4839201", "19700101"
+    ds.Modality, ds.Manufacturer = "OT", "Phantom"
+    ds.StudyDescription = "US follow-up Doe^John 1970-01-01"
+    ds.SeriesDescription = "Series of JOHN DOE"
+    ds.ImageComments = "call 555-123-4567 about patient 4839201"
+    ds.BurnedInAnnotation = burned_in
+    frames = np.asarray(frames, np.uint16) * 16  # 12-bit data in 16-bit words
+    n = frames.shape[0]
+    ds.Rows, ds.Columns = frames.shape[1:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if n > 1:
+        ds.NumberOfFrames = n
+    ds.PixelData = frames.tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+@pytest.fixture(scope="module")
+def burned():
+    return burn(phantom())
+
+
+@needs_ocr
+def test_png_text_gone_and_pixels_outside_boxes_unchanged(tmp_path, burned):
+    from PIL import Image
+
+    image, ink = burned
+    assert read(image) == set(NAME_PARTS)  # the engine reads them before
+    Image.fromarray(image).save(tmp_path / "scan.png")
+    original = (tmp_path / "scan.png").read_bytes()
+    proc = run_cli("deid", tmp_path / "scan.png", "-o", tmp_path / "out", "--clean-pixels", "--json", "--audit-csv", tmp_path / "audit.csv", check=True)
+    record = json.loads(proc.stdout)
+    boxes = record["changes"]["pixel_boxes"]
+    assert boxes and all("DOE" not in json.dumps(b) for b in boxes)  # the report masks the text
+    cleaned = np.asarray(Image.open(record["output"]))
+    assert not read(cleaned)
+    inside = boxes_mask(boxes, image.shape)
+    assert np.array_equal(cleaned[~inside], image[~inside])  # anatomy untouched outside the boxes
+    assert inside[ink].mean() > 0.98  # the ink is under the boxes
+    rows = list(csv.DictReader(open(tmp_path / "audit.csv")))
+    assert len(rows) == len(boxes) and {r["what"] for r in rows} == {"pixels"}
+    assert (tmp_path / "scan.png").read_bytes() == original  # the input is never rewritten
+
+
+@needs_ocr
+def test_dicom_single_and_multi_frame_cleaned_descriptors_kept_clean(tmp_path, burned):
+    image, ink = burned
+    plain = phantom(1)
+    (tmp_path / "in").mkdir()
+    write_dicom(tmp_path / "in" / "one.dcm", image[None])
+    write_dicom(tmp_path / "in" / "cine.dcm", np.stack([plain, image, plain]))  # the text in one frame of three
+    proc = run_cli("deid", tmp_path / "in", "-o", tmp_path / "out", "--clean-pixels", "--clean-descriptors", "--json", check=True)
+    records = {json.loads(line)["input"].split("/")[-1]: json.loads(line) for line in proc.stdout.splitlines()}
+    for name, frames_in in (("one.dcm", image[None]), ("cine.dcm", np.stack([plain, image, plain]))):
+        ds = pydicom.dcmread(tmp_path / "out" / name)
+        frames = ds.pixel_array.reshape(frames_in.shape) // 16
+        assert ds.BurnedInAnnotation == "NO"
+        codes = {item.CodeValue for item in ds.DeidentificationMethodCodeSequence}
+        assert {"113100", "113101", "113105"} <= codes
+        boxes = records[name]["changes"]["pixel_boxes"]
+        inside = boxes_mask(boxes, image.shape)
+        for k in range(frames.shape[0]):
+            assert np.array_equal(frames[k][~inside], frames_in[k][~inside])  # every frame: same boxes, nothing else
+        text_frame = frames[1] if name == "cine.dcm" else frames[0]
+        assert inside[ink].mean() > 0.98
+        assert not read(text_frame.astype(np.uint8))
+        # Clean Descriptors: kept, without the patient's name, ID, birth date, phone number
+        for keyword in ("StudyDescription", "SeriesDescription", "ImageComments"):
+            value = str(ds.get(keyword, ""))
+            assert value, keyword
+            assert not re.search(r"(?i)doe|john|4839201|1970|555", value), (keyword, value)
+        assert "US follow-up" in ds.StudyDescription
+        assert not ds.get("PatientName") and not ds.get("PatientBirthDate")
+
+    # phi-scan: the originals fail (exit 7, findings masked), the cleaned files pass
+    dirty = run_cli("phi-scan", tmp_path / "in", "--json")
+    assert dirty.returncode == 7, dirty.stderr
+    findings = [json.loads(line) for line in dirty.stdout.splitlines()]
+    kinds = {f["kind"] for f in findings}
+    assert {"phi tag", "pixel text", "burned-in annotation", "not de-identified"} <= kinds
+    assert "DOE^JOHN" not in dirty.stdout and "4839201" not in dirty.stdout
+    clean = run_cli("phi-scan", tmp_path / "out", "--json")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert clean.stdout == ""
+
+
+@needs_ocr
+def test_nifti_slices_cleaned(tmp_path, burned):
+    import nibabel as nib
+
+    from medtools.secure.pixels import volume_from_slices
+
+    image, ink = burned
+    slices = np.stack([phantom(2), image]).astype(np.int16)
+    volume = volume_from_slices(slices, (256, 256, 2))
+    nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "vol.nii.gz")
+    proc = run_cli("deid", tmp_path / "vol.nii.gz", "-o", tmp_path / "out", "--clean-pixels", "--json", check=True)
+    record = json.loads(proc.stdout)
+    from medtools.secure.pixels import volume_slices
+
+    after = volume_slices(np.asarray(nib.load(record["output"]).dataobj))
+    for k in range(2):  # each slice: its own boxes, nothing outside them changed
+        inside = boxes_mask(record["changes"]["pixel_boxes"], image.shape, frame=k)
+        assert np.array_equal(after[k][~inside], slices[k][~inside])
+    assert inside[ink].mean() > 0.98
+    assert not read(after[1].astype(np.uint8))
+
+
+def test_burned_in_flag_needs_cleaning_and_descriptors_without_ocr(tmp_path):
+    write_dicom(tmp_path / "flagged.dcm", phantom()[None], burned_in="YES")
+    refused = run_cli("deid", tmp_path / "flagged.dcm", "-o", tmp_path / "a.dcm")
+    assert refused.returncode == 5 and "BurnedInAnnotation" in refused.stderr and not (tmp_path / "a.dcm").exists()
+    run_cli("deid", tmp_path / "flagged.dcm", "-o", tmp_path / "b.dcm", "--allow-burned-in", "--clean-descriptors", check=True)
+    ds = pydicom.dcmread(tmp_path / "b.dcm")
+    assert ds.BurnedInAnnotation == "YES"  # not cleaned: the flag stays
+    assert ds.StudyDescription == "US follow-up * *" and "4839201" not in ds.ImageComments
+    run_cli("deid", tmp_path / "flagged.dcm", "-o", tmp_path / "c.dcm", "--allow-burned-in", check=True)
+    assert not pydicom.dcmread(tmp_path / "c.dcm").get("StudyDescription")  # basic profile: removed
+    scan = run_cli("phi-scan", tmp_path / "b.dcm", tmp_path / "c.dcm", "--no-pixels")
+    assert scan.returncode == 7 and scan.stdout.split() == [str(tmp_path / "b.dcm"), str(tmp_path / "c.dcm")]  # YES still flagged
+
+
+def test_without_the_engine_exit_2_with_the_package_to_install(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(phantom()).save(tmp_path / "x.png")
+    proc = run_cli("deid", tmp_path / "x.png", "-o", tmp_path / "out", "--clean-pixels", env={"MEDTOOLS_TESSERACT": str(tmp_path / "missing")})
+    assert proc.returncode == 2 and "tesseract-ocr" in proc.stderr and not (tmp_path / "out").exists()
+    png = run_cli("deid", tmp_path / "x.png", "-o", tmp_path / "out")
+    assert png.returncode == 5  # a PNG is only de-identified by cleaning its pixels
