@@ -228,3 +228,17 @@ def test_a_trained_checkpoint_names_no_patient_case_or_path(trained) -> None:
     assert meta["train_cases"] + meta["val_cases"] == len(rows) and len(meta["data_sha256"]) == 64
     info = run_cli("info", trained["model"], check=True).stdout
     assert "data_sha256" in info and not any(i in info for i in ids)
+
+
+def test_a_reid_checkpoint_holds_no_path_or_case_id(trained, tmp_path) -> None:
+    """The attacker names the identities it outputs (class_names: its job), nothing else:
+    no manifest path, no case ids, no data folder."""
+    from medtools.core.manifest import read_csv
+
+    model = tmp_path / "reid.safetensors"
+    run_cli("reid-train", trained["work"] / "cases.csv", "-o", model, "--arch", "test_resnet", "--size", "32", "--epochs", "1", "--steps-per-epoch", "2", "-b", "4", "--modalities", "flair", "-q", check=True)
+    raw = model.read_bytes()
+    header = raw[8 : 8 + int.from_bytes(raw[:8], "little")].decode()
+    for secret in {r["case"] for r in read_csv(trained["work"] / "cases.csv")} | {str(trained["work"]), str(tmp_path), "/tmp"}:
+        assert secret not in header, secret
+    assert "data_sha256" in header

@@ -208,7 +208,10 @@ def protect_images(images: Sequence[Image], models: ProtectModels, *, case_id: s
 
     if len(images) != len(models.modalities):
         raise UsageError(f"the models read {len(models.modalities)} modalities ({', '.join(models.modalities)}), got {len(images)} images")
-    slices, windows = volumes_to_slices([as_volume(i) for i in images], models.norm)
+    from medtools.core.data import image_volume
+
+    # a 4-D series is an input error naming its shape (image_volume), not a traceback
+    slices, windows = volumes_to_slices([image_volume(i) if i.array.ndim > 3 else as_volume(i) for i in images], models.norm)
     case = Case(case=case_id, patient=patient, visit="", files={}, label=None, rel_dir=Path("."))
     loaded = LoadedCase(case, list(images), windows, slices, None)
     return protect_loaded(loaded, models, ProtectOptions(**options).check(), key=key if key is not None else os.urandom(32), generator=torch.Generator().manual_seed(seed))

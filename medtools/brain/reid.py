@@ -18,7 +18,7 @@ import numpy as np
 
 from medtools.brain.segment import common_modalities
 from medtools.core import ckpt, report
-from medtools.core.data import SliceSet, build_image_set, build_slice_set
+from medtools.core.data import SliceSet, build_image_set, build_slice_set, data_provenance
 from medtools.core.errors import InputError, UsageError
 from medtools.core.manifest import MODALITIES, load_rows
 from medtools.core.predict import Predictor
@@ -176,7 +176,7 @@ def train_reid(
         kind="reid",
         config=config,
         norm=norm,
-        provenance={"data": str(data), "split": how, "train_cases": [r.get("case", "") for r in train_rows][:2000]},
+        provenance={**data_provenance(rows, train_rows, val_rows), "split": how},  # no paths or case ids
         monitor="val_top1",
     )
     result = fit(model, dataset, step, spec, validate=validate, streams=streams)
@@ -311,7 +311,9 @@ def case_identities(images: Sequence[Any], attacker: Predictor, *, top: int = 5)
     modalities = list(config.get("modalities") or [])
     if modalities and len(images) != len(modalities):
         raise InputError(f"the attacker reads {len(modalities)} modalities ({', '.join(modalities)}), got {len(images)} images")
-    volumes = [as_volume(image) for image in images]
+    from medtools.core.data import image_volume
+
+    volumes = [image_volume(image) if image.array.ndim > 3 else as_volume(image) for image in images]  # 4-D: an input error naming the shape
     if any(v.shape != volumes[0].shape for v in volumes):
         raise InputError(f"modality shapes differ: {', '.join(str(v.shape) for v in volumes)}")
     slices, _ = volumes_to_slices(volumes, attacker.norm)
