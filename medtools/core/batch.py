@@ -172,7 +172,7 @@ def _threaded(items: Iterable[T], work: Callable[[T], Any], workers: int, name: 
         while pending:
             done, future = pending.popleft()
             yield done, future.result()
-    except BaseException:  # interrupted (or the consumer stopped): workers publish nothing more
+    except KeyboardInterrupt:  # SIGINT, SIGTERM, SIGHUP: workers publish nothing more
         from medtools.core.context import current
 
         current().cancel.set()

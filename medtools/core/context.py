@@ -91,9 +91,13 @@ _CURRENT: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar("me
 
 
 def current() -> RunContext:
-    """The context of the running call (a default one outside any call)."""
+    """The context of the running call; outside any call, a default one made on first use in
+    this thread's (or task's) own context, so what it records (devices) persists there."""
     ctx = _CURRENT.get()
-    return ctx if ctx is not None else RunContext()
+    if ctx is None:
+        ctx = RunContext()
+        _CURRENT.set(ctx)
+    return ctx
 
 
 @contextlib.contextmanager
