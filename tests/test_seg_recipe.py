@@ -212,7 +212,7 @@ def test_2d_pipeline_learns_above_an_empty_mask(tmp_path: Path) -> None:
     held_out = _ellipse_phantom(tmp_path / "test", n=6, size=64, seed=1)  # pictures the model never saw
     proc = run_cli("segment", held_out / "images", "-m", model, "-o", tmp_path / "pred", "--tta", "--largest-component", "--json", check=True)
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert summary["summary"]["ok"] == 6 and summary["run"]["options"] == {"tta": True, "largest_component": True}
+    assert summary["summary"]["ok"] == 6 and summary["run"]["options"] == {"tta": True, "largest_component": True, "resample": True}
     assert len(list((tmp_path / "pred").glob("*_seg.png"))) == 6
     scores = json.loads(run_cli("seg-eval", tmp_path / "pred", held_out, "--no-hd95", "--json", check=True).stdout)
     dice = scores["mean"]["label_255"]["dice"]  # the 0/255 masks are written back as 0/255

@@ -60,7 +60,7 @@ class TrainOptions:
 
     def spec(self, **loop: Any) -> "TrainSpec":
         """The loop's :class:`TrainSpec`: these settings plus the trainer's (output, kind, config, ...)."""
-        return TrainSpec(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **loop)
+        return TrainSpec(**{name: getattr(self, name) for name in OPTION_NAMES}, **loop)
 
 
 OPTION_NAMES = tuple(f.name for f in dataclasses.fields(TrainOptions))
@@ -233,33 +233,23 @@ def deterministic_kernels(enabled: bool) -> Iterator[None]:
             os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
 
 
-@dataclass
-class TrainSpec:
+@dataclass(frozen=True, kw_only=True)
+class TrainSpec(TrainOptions):
     """Everything the loop needs besides model, data and step: the shared
-    :class:`TrainOptions` settings plus the trainer's (``TrainOptions.spec`` builds one)."""
+    :class:`TrainOptions` settings (inherited, so their defaults stay in one place) plus the
+    trainer's (``TrainOptions.spec`` builds one)."""
 
     output: Path
     kind: str
     config: dict[str, Any]
     norm: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
     weight_decay: float = 1e-4
-    seed: int = 0
-    device: str | None = None
-    precision: str | None = None
-    compile: bool = False
-    workers: int = 0
-    resume: bool = False
     ema_decay: float | None = None
-    steps_per_epoch: int | None = None  # cap (None = one pass over the data)
-    deterministic: bool = False
     grad_clip: float | None = None
     monitor: str | None = None  # validation metric logged as "best"
     keep_best: bool = False  # with monitor: -o ends as the best-monitor epoch's weights, the last epoch at <stem>.last.safetensors
-    schedule: str | None = None  # learning rate per step: None (constant) | "poly" (nnU-Net, power 0.9) | "cosine"
+    schedule: str | None = None  # learning rate per step: None (constant) | "poly" (nnU-Net, power 0.9) | "cosine" | "constant"
     precise_bn_batches: int = 50  # recompute BatchNorm statistics before each save (0 = off)
     drop_last: bool = False
 
