@@ -3,6 +3,7 @@ complete -c medtools -f
 complete -c medtools -n '__fish_use_subcommand' -a ae-train
 complete -c medtools -n '__fish_use_subcommand' -a cipher-attack
 complete -c medtools -n '__fish_use_subcommand' -a cipher-audit
+complete -c medtools -n '__fish_use_subcommand' -a ckpt
 complete -c medtools -n '__fish_use_subcommand' -a classify
 complete -c medtools -n '__fish_use_subcommand' -a cls-eval
 complete -c medtools -n '__fish_use_subcommand' -a cls-train
@@ -74,8 +75,10 @@ complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l encoder
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l epochs
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l equalize
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l foreground-share
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l id-key
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l json
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l keep-best
+complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l keep-ids
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l keep-last
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l lr
 complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l modalities
@@ -135,7 +138,9 @@ complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l defence
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l deterministic
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l device
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l epochs
+complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l id-key
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l json
+complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l keep-ids
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l label
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l lr
 complete -c medtools -n '__fish_seen_subcommand_from reid-train' -l modalities
@@ -199,7 +204,9 @@ complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l dp-delta
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l dp-epsilon
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l ema-decay
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l epochs
+complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l id-key
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l json
+complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l keep-ids
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l label
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l label-dropout
 complete -c medtools -n '__fish_seen_subcommand_from synth-train' -l layers-per-block
@@ -406,7 +413,9 @@ complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l deterministic
 complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l device
 complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l encryption
 complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l epochs
+complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l id-key
 complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l json
+complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l keep-ids
 complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l key
 complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l key-file
 complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l lr
@@ -457,7 +466,9 @@ complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l compile
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l deterministic
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l device
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l epochs
+complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l id-key
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l json
+complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l keep-ids
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l kind
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l latent-channels
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l latent-noise
@@ -498,7 +509,9 @@ complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l compile
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l deterministic
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l device
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l epochs
+complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l id-key
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l json
+complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l keep-ids
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l keys
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l lr
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l output
@@ -558,6 +571,7 @@ complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l seed
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l true-key
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l umn
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l help
+complete -c medtools -n '__fish_seen_subcommand_from serve' -l allow-identifying-checkpoints
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l audit-log
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l device
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l forwarded-allow-ips
@@ -592,6 +606,11 @@ complete -c medtools -n '__fish_seen_subcommand_from phantom; and __fish_seen_su
 complete -c medtools -n '__fish_seen_subcommand_from phantom; and __fish_seen_subcommand_from cxr' -l seed
 complete -c medtools -n '__fish_seen_subcommand_from phantom; and __fish_seen_subcommand_from cxr' -l size
 complete -c medtools -n '__fish_seen_subcommand_from phantom; and __fish_seen_subcommand_from cxr' -l help
+complete -c medtools -n '__fish_seen_subcommand_from ckpt' -a strip
+complete -c medtools -n '__fish_seen_subcommand_from ckpt; and __fish_seen_subcommand_from strip' -l json
+complete -c medtools -n '__fish_seen_subcommand_from ckpt; and __fish_seen_subcommand_from strip' -l output
+complete -c medtools -n '__fish_seen_subcommand_from ckpt; and __fish_seen_subcommand_from strip' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from ckpt; and __fish_seen_subcommand_from strip' -l help
 complete -c medtools -n '__fish_seen_subcommand_from keys' -a add-user
 complete -c medtools -n '__fish_seen_subcommand_from keys' -a gen-key
 complete -c medtools -n '__fish_seen_subcommand_from keys' -a init

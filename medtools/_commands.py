@@ -42,6 +42,7 @@ COMMANDS = {
     'collab-attack': ('medtools.collab.commands', 'Attack protected latents: no key, wrong key, known-plaintext key recovery (--known-pairs); MIA on the UMN (--umn).', None),
     'serve': ('medtools.serve.commands', "A local REST API (/v1, OpenAPI at /docs) and the doctor's web page over the same functions.", None),
     'phantom': ('medtools.phantom.commands', 'Synthetic data with real layouts (brain MRI in BraTS layout, chest X-rays).', None),
+    'ckpt': ('medtools.utility.commands', 'Checkpoint housekeeping: strip identifying metadata before sharing a model.', None),
     'keys': ('medtools.secure.commands', 'Key stores of doctors (password-protected X25519 keys) and key files.', None),
     'index': ('medtools.index.commands', 'Homomorphically encrypted (CKKS), Merkle-verified feature index: encrypted top-k queries.', None),
     'pacs': ('medtools.pacs.commands', 'DICOMweb: query, pull and push studies of a PACS (Orthanc, dcm4chee, cloud endpoints).', None),

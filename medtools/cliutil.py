@@ -44,6 +44,8 @@ StepsPerEpoch = Annotated[Optional[int], typer.Option("--steps-per-epoch", min=1
 Resume = Annotated[bool, typer.Option("--resume", help="Continue from OUTPUT's .train-state.safetensors.")]
 Deterministic = Annotated[bool, typer.Option("--deterministic", help="CUDA: deterministic kernels (torch.use_deterministic_algorithms, CUBLAS_WORKSPACE_CONFIG), recorded in the checkpoint; slower. On CPU a --seed already gives bit-identical runs.")]
 TrainSeed = Annotated[int, typer.Option("--seed", help="Seed of every random stream of the run (initial weights, batches, augmentation, workers): the same seed gives the same model.")]
+KeepIds = Annotated[bool, typer.Option("--keep-ids", help="Store the training case and patient ids in the checkpoint (medtools.ids), only as HMACs under --id-key, for the hospital's own audit; by default a checkpoint holds counts and the manifest's SHA-256, never an id.")]
+IdKey = Annotated[Optional[Path], typer.Option("--id-key", help="256-bit key file of --keep-ids (`medtools keys gen-key FILE`, mode 0600): its holder recomputes an id's HMAC; nobody else can.")]
 TRAINING_FLAGS = (  # (parameter, Typer annotation, default when the command names none)
     ("epochs", Epochs, None),
     ("batch_size", Annotated[int, typer.Option("--batch-size", "-b", help="Items (slices/images) per batch.", min=1)], None),
@@ -56,6 +58,8 @@ TRAINING_FLAGS = (  # (parameter, Typer annotation, default when the command nam
     ("workers", Workers, 0),
     ("resume", Resume, False),
     ("deterministic", Deterministic, False),
+    ("keep_ids", KeepIds, False),
+    ("id_key", IdKey, None),
 )
 
 

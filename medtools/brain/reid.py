@@ -18,7 +18,7 @@ import numpy as np
 
 from medtools.brain.segment import common_modalities
 from medtools.core import ckpt, report
-from medtools.core.data import SliceSet, build_image_set, build_slice_set, data_provenance
+from medtools.core.data import SliceSet, build_image_set, build_slice_set, data_ids, data_provenance
 from medtools.core.errors import InputError, UsageError
 from medtools.core.manifest import MODALITIES, load_rows
 from medtools.core.predict import Predictor
@@ -176,7 +176,7 @@ def train_reid(
         kind="reid",
         config=config,
         norm=norm,
-        provenance={**data_provenance(rows, train_rows, val_rows), "split": how},  # no paths or case ids
+        provenance={**data_provenance(rows, train_rows, val_rows), **options.id_provenance(**data_ids(train_rows, val_rows)), "split": how},  # no paths; ids only as HMACs
         monitor="val_top1",
     )
     result = fit(model, dataset, step, spec, validate=validate, streams=streams)

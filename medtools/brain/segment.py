@@ -22,7 +22,7 @@ from medtools.brain.cases import SINGLE, Case, LoadedCase, load_case
 from medtools.brain.metrics import BRATS_REGIONS, dice, is_brats
 from medtools.brain.models import BRATS_LABEL_MAP
 from medtools.core import ckpt, report
-from medtools.core.data import build_slice_set, data_provenance, dataset_geometry, image_volume, map_labels, split_by_patient
+from medtools.core.data import build_slice_set, data_ids, data_provenance, dataset_geometry, image_volume, map_labels, split_by_patient
 from medtools.core.errors import InputError, UsageError
 from medtools.core.inputs import skip_existing
 from medtools.core.io import RASTER_EXTS, RASTER_FORMATS, Image, write_image
@@ -231,7 +231,7 @@ def train_segmenter(
         kind="seg",
         config=config,
         norm=norm,
-        provenance={**data_provenance(rows, train_rows, val_rows), "label_map": {str(k): v for k, v in mapping.items()}, "recipe": recipe},
+        provenance={**data_provenance(rows, train_rows, val_rows), **options.id_provenance(**data_ids(train_rows, val_rows)), "label_map": {str(k): v for k, v in mapping.items()}, "recipe": recipe},
         monitor="val_dice_mean",
         keep_best=keep_best and val_set is not None,
         schedule=schedule,

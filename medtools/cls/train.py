@@ -156,6 +156,10 @@ def train_classifier(
         "val_images": len(val_rows),
         "class_counts": {c: int(n) for c, n in zip(classes, counts)},
         "augment": "block-aligned shift ±1 block + block-grid mirror" if augment_images else "none",
+        **options.id_provenance(
+            train_patients=[r["patient"] for r in train_rows], val_patients=[r["patient"] for r in val_rows],
+            train_images=[Path(r["image"]).name for r in train_rows], val_images=[Path(r["image"]).name for r in val_rows],
+        ),
     }
     spec = options.spec(
         output=Path(output), kind="cls", config=config, norm=norm, provenance=provenance, monitor="val_balanced_accuracy" if val_rows else None,

@@ -159,6 +159,15 @@ def case_name(path: Path | str) -> str:
     return stem
 
 
+def files_sha256(paths: Sequence[Path | str]) -> str:
+    """SHA-256 of the sorted file names (no folders: the same data elsewhere gives the same
+    hash): what a checkpoint records of its training files instead of their paths."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(sorted(Path(p).name for p in paths)).encode()).hexdigest()
+
+
 def load_batch(paths: Sequence[Path], size: int, *, mask: bool) -> np.ndarray:
     """Files → (N, 1, size, size) float32 in [0, 1] (masks: {0, 1}) via core.preprocess."""
     from medtools.core import preprocess
@@ -234,6 +243,6 @@ def train_autoencoder(
 
     spec = options.replace(batch_size=min(options.batch_size, len(paths))).spec(
         output=Path(output), kind=f"ae-{target}", config=config, norm=preprocess.UNIT_NORM,
-        provenance={"items": len(paths), "data": sorted(str(p) for p in paths)[:200]}, precise_bn_batches=0,
+        provenance={"items": len(paths), "data_sha256": files_sha256(paths), **options.id_provenance(train_cases=[case_name(p) for p in paths])}, precise_bn_batches=0,
     )
     return fit(model, torch.utils.data.TensorDataset(data), step, spec)

@@ -200,7 +200,7 @@ def train_umn(
 
     report.log(f"umn-train: {len(x)} pairs from {len({lat.config.get('key_id') for lat in images})} clients, space {config['space']}")
     spec = options.replace(batch_size=min(options.batch_size, len(x))).spec(
-        output=Path(output), kind="umn", config=config, provenance={"pairs": len(x), "clients": sorted({str(lat.config.get("key_id")) for lat in images})},
+        output=Path(output), kind="umn", config=config, provenance={"pairs": len(x), "clients": sorted({str(lat.config.get("key_id")) for lat in images}), **options.id_provenance(train_cases=[lat.case for lat in images])},
         precise_bn_batches=0,
     )
     return fit(model, torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), step, spec)

@@ -95,6 +95,17 @@ def data_provenance(rows: Sequence[dict[str, str]], train_rows: Sequence[dict[st
     }
 
 
+def data_ids(train_rows: Sequence[dict[str, str]], val_rows: Sequence[dict[str, str]]) -> dict[str, list[str]]:
+    """The case and patient ids of each part, for ``TrainOptions.id_provenance`` (which stores
+    them only as keyed HMACs, and only with ``--keep-ids``)."""
+    return {
+        "train_cases": [r.get("case", "") for r in train_rows],
+        "val_cases": [r.get("case", "") for r in val_rows],
+        "train_patients": [r.get("patient", "") for r in train_rows],
+        "val_patients": [r.get("patient", "") for r in val_rows],
+    }
+
+
 class ForegroundBatchSampler:
     """Batches of indices where a fixed share comes from items that contain the target
     (nnU-Net's foreground oversampling, Isensee et al. 2021: 1/3 by default).

@@ -54,9 +54,28 @@ class TrainOptions:
     resume: bool = False
     steps_per_epoch: int | None = None  # cap (None = one pass over the data)
     deterministic: bool = False  # CUDA: deterministic kernels (torch.use_deterministic_algorithms + cuBLAS workspace)
+    keep_ids: bool = False  # store the training case/patient ids, as keyed HMACs only (core.ids)
+    id_key: Path | None = None  # the 256-bit key of those HMACs (a `keys gen-key` file)
+
+    def __post_init__(self) -> None:
+        if self.keep_ids and self.id_key is None:
+            raise UsageError("--keep-ids stores ids only as keyed HMACs: give --id-key FILE too (make one with `medtools keys gen-key FILE`)")
+        if self.id_key is not None and not self.keep_ids:
+            raise UsageError("--id-key is the key of --keep-ids: add --keep-ids, or drop --id-key (checkpoints hold no ids by default)")
 
     def replace(self, **changes: Any) -> "TrainOptions":
         return dataclasses.replace(self, **changes)
+
+    def id_provenance(self, **groups: Any) -> dict[str, Any]:
+        """``{"ids": ...}`` (``medtools.ids``) with each group of ids (``train_cases=[...]``,
+        ``val_patients=[...]``) as HMACs under ``id_key`` when ``keep_ids``; else ``{}``:
+        a checkpoint never holds an id in the clear."""
+        if not self.keep_ids:
+            return {}
+        from medtools.core.ids import keyed_ids
+        from medtools.core.secrets import read_key_file
+
+        return {"ids": keyed_ids(read_key_file(self.id_key), groups)}
 
     def spec(self, **loop: Any) -> "TrainSpec":
         """The loop's :class:`TrainSpec`: these settings plus the trainer's (output, kind, config, ...)."""

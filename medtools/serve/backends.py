@@ -58,11 +58,16 @@ class LoadedModel:
         return info
 
 
-def load_models(folder: Path | str, *, device: str | None = None, precision: str | None = None) -> dict[str, LoadedModel]:
-    """Every checkpoint in ``folder``, loaded once (kind from its metadata), by file stem."""
+def load_models(folder: Path | str, *, device: str | None = None, precision: str | None = None, allow_identifying: bool = False) -> dict[str, LoadedModel]:
+    """Every checkpoint in ``folder``, loaded once (kind from its metadata), by file stem.
+
+    A model whose metadata names its training data (case/patient ids in the clear, file paths:
+    ``core.ids.reveals``) is refused (CheckpointError, exit 3) unless ``allow_identifying``: a
+    served model would tell every user who it was trained on."""
     from medtools import api
     from medtools.core import registry, report
     from medtools.core.ckpt import read_metadata
+    from medtools.core.ids import reveals, summary
     from medtools.core.report import sha256_file
 
     folder = Path(folder)
@@ -73,12 +78,16 @@ def load_models(folder: Path | str, *, device: str | None = None, precision: str
         raise CheckpointError(f"--models {folder}: no .safetensors checkpoints in it")
     models: dict[str, LoadedModel] = {}
     for path in paths:
-        kind = read_metadata(path).get("medtools.kind")
+        metadata = read_metadata(path)
+        kind = metadata.get("medtools.kind")
         if not kind:
             raise CheckpointError(f"{path} is not a medtools checkpoint (no medtools.kind in its metadata)")
         if kind == "train-state" or registry.get(kind).builder is None:
             report.log(f"serve: {path.name} is a {kind} file, not a model: skipped")
             continue  # keys, training state
+        found = reveals(metadata)
+        if found["identifying"] and not allow_identifying:
+            raise CheckpointError(f"{path} names its training data ({summary(found)}): serve a copy made by `medtools ckpt strip {path} -o STRIPPED`, or pass --allow-identifying-checkpoints")
         loaded = api.load_model(path, kind=kind, device=device, precision=precision)
         predictor = getattr(loaded, "predictor", loaded)
         name = path.name[: -len(".safetensors")]

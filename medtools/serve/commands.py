@@ -27,6 +27,7 @@ def serve(
     max_failures: Annotated[Optional[int], typer.Option("--max-failures", help="Failed log-ins per user and per client in 5 minutes before 429 (default 5).", min=1)] = None,
     max_upload_mb: Annotated[Optional[float], typer.Option("--max-upload-mb", help="Largest request body in MiB (default 512); larger → 413.", min=0.001)] = None,
     forwarded_allow_ips: Annotated[Optional[str], typer.Option("--forwarded-allow-ips", help="Proxies (IPs or networks, comma-separated, or *) whose X-Forwarded-For gives the client address; default none: headers ignored, even from loopback.")] = None,
+    allow_identifying_checkpoints: Annotated[bool, typer.Option("--allow-identifying-checkpoints", help="Load checkpoints whose metadata names their training data (clear case/patient ids, paths); refused by default (exit 3): serve a `medtools ckpt strip` copy instead.")] = False,
     device: Device = None,
     precision: Precision = None,
     quiet: Quiet = False,
@@ -37,4 +38,4 @@ def serve(
     """
     from medtools.serve.server import serve as run
 
-    return run(models=models, store=store, host=host, port=port, index=index, public=public, audit_log=audit_log, token_ttl=token_ttl, max_failures=max_failures, max_upload_mb=max_upload_mb, trusted_proxies=forwarded_allow_ips, device=device, precision=precision)
+    return run(models=models, store=store, host=host, port=port, index=index, public=public, audit_log=audit_log, token_ttl=token_ttl, max_failures=max_failures, max_upload_mb=max_upload_mb, trusted_proxies=forwarded_allow_ips, device=device, precision=precision, allow_identifying=allow_identifying_checkpoints)

@@ -92,8 +92,10 @@ def serve(
     trusted_proxies: str | None = None,
     device: str | None = None,
     precision: str | None = None,
+    allow_identifying: bool = False,
 ) -> int:
-    """Load the models and the key store, then serve until SIGTERM/Ctrl-C; returns 0."""
+    """Load the models and the key store, then serve until SIGTERM/Ctrl-C; returns 0.
+    ``allow_identifying``: load checkpoints that name their training data (refused otherwise)."""
     from medtools.core.errors import UsageError
 
     try:
@@ -111,6 +113,7 @@ def serve(
     app, state = build(
         models, store, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"] if _is_loopback(host) else None, index=index, public=public, audit_log=audit_log, ttl=token_ttl, max_failures=max_failures,
         max_upload=int(max_upload_mb * 1024 * 1024) if max_upload_mb else None, device=device, precision=precision,
+        allow_identifying=allow_identifying,
     )
     try:
         sock = bind(host, port)

@@ -207,6 +207,7 @@ def train_ddpm(
         "train_images": len(refs),
         "train_patients": len(patients),
         "data_sha256": data_fingerprint(refs),
+        **options.id_provenance(train_patients=patients, train_images=[r.path.name for r in refs]),
         **({"label_dropout": label_dropout, "class_counts": {c: sum(r.label == c for r in refs) for c in class_names}} if class_names else {}),
     }
     spec = options.replace(precision=precision).spec(

@@ -1,4 +1,4 @@
-"""Helpers every user needs: manifest, convert, info."""
+"""Helpers every user needs: manifest, convert, info, ckpt strip."""
 
 from __future__ import annotations
 
@@ -9,11 +9,14 @@ import typer
 
 from medtools.cliutil import Inputs, ItemWorkers, Json, NanPolicy, Output, Overwrite, Quiet, Shard, command
 
+ckpt_app = typer.Typer(help="Checkpoint housekeeping: strip identifying metadata before sharing a model.", no_args_is_help=True)
+
 
 def register(app: typer.Typer) -> None:
     app.command("manifest")(manifest)
     app.command("convert")(convert)
     app.command("info")(info)
+    app.add_typer(ckpt_app, name="ckpt")
 
 
 @command
@@ -77,3 +80,22 @@ def info(
     from medtools.utility.info import info_job
 
     return info_job(inputs, kind=kind, kinds=kinds)
+
+
+@ckpt_app.command("strip")
+@command
+def ckpt_strip(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint (.safetensors) to copy without identifying metadata.", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The stripped copy (written atomically; not the input).")],
+    json_output: Json = False,
+    quiet: Quiet = False,
+) -> int:
+    """Copy a checkpoint without paths, clear case/patient ids and keyed ids; tensors bit-identical; prints OUTPUT.
+
+    What is left shows under `reveals` in `medtools info`. A patient re-identification model's
+    class names are its output and stay.
+    """
+    from medtools.utility.ckpt import strip_job
+
+    strip_job(checkpoint, output)
+    return 0

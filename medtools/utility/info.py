@@ -97,6 +97,10 @@ def describe_checkpoint(path: Path) -> dict[str, Any]:
     from medtools.core.report import sha256_file
 
     out["sha256"] = sha256_file(path)
+    if "kind" in out:
+        from medtools.core.ids import reveals
+
+        out["reveals"] = reveals(metadata)  # clear ids, paths, keyed ids: what sharing it discloses
     out.pop("history", None) if isinstance(out.get("history"), list) and len(out["history"]) > 50 else None
     return out
 
@@ -107,6 +111,10 @@ def render(info: dict[str, Any]) -> str:
     for key, value in info.items():
         if key == "path":
             continue
+        if key == "reveals" and isinstance(value, dict):
+            from medtools.core.ids import summary
+
+            value = summary(value)
         if isinstance(value, (dict, list)):
             value = json.dumps(value)
             if len(value) > 160:
