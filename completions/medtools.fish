@@ -378,6 +378,7 @@ complete -c medtools -n '__fish_seen_subcommand_from deid' -l insecure-permissio
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l json
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l key
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l mapping
+complete -c medtools -n '__fish_seen_subcommand_from deid' -l ocr
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l output
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l overwrite
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l pixel-regions
@@ -388,6 +389,7 @@ complete -c medtools -n '__fish_seen_subcommand_from deid' -l workers
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l help
 complete -c medtools -n '__fish_seen_subcommand_from phi-scan' -l json
 complete -c medtools -n '__fish_seen_subcommand_from phi-scan' -l no-pixels
+complete -c medtools -n '__fish_seen_subcommand_from phi-scan' -l ocr
 complete -c medtools -n '__fish_seen_subcommand_from phi-scan' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from phi-scan' -l shard
 complete -c medtools -n '__fish_seen_subcommand_from phi-scan' -l workers

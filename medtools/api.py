@@ -223,7 +223,7 @@ def decrypt_bytes(data: bytes, **options: Any) -> bytes:
 
 
 @_in_context
-def deid_dataset(dataset: Any, *, key: bytes | None = None, date_shift: int | None = None, pseudonymize: bool = False, clean_pixels: bool = False, clean_descriptors: bool = False, allow_burned_in: bool = False, audit: dict[str, Any] | None = None, deidentifier: Any = None) -> tuple[Any, list[str]]:
+def deid_dataset(dataset: Any, *, key: bytes | None = None, date_shift: int | None = None, pseudonymize: bool = False, clean_pixels: bool = False, ocr: str | None = None, clean_descriptors: bool = False, allow_burned_in: bool = False, audit: dict[str, Any] | None = None, deidentifier: Any = None) -> tuple[Any, list[str]]:
     """De-identify a pydicom Dataset in place (PS3.15 basic profile; pixels untouched unless
     ``clean_pixels``: OCR'd text filled in every frame) → (dataset, warnings). ``audit`` (a dict)
     receives what changed. Pass one ``deidentifier`` (``medtools.secure.deid.make_deidentifier``)
@@ -235,22 +235,23 @@ def deid_dataset(dataset: Any, *, key: bytes | None = None, date_shift: int | No
     if clean_pixels:
         from medtools.secure.pixels import PixelCleaner
 
-        pixels = PixelCleaner.create()
+        pixels = PixelCleaner.create(ocr=ocr)
     warnings = run.dicom(dataset, pixels=pixels, audit=audit)
     return dataset, warnings
 
 
 @_in_context
-def clean_pixels(array: Any, *, regions: str | Path | None = None) -> tuple[Any, list[dict[str, Any]]]:
+def clean_pixels(array: Any, *, regions: str | Path | None = None, ocr: str | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """Burned-in text of one 2-D image (H×W or H×W×C array) filled with its background value →
-    (cleaned copy, boxes with masked text). Needs the tesseract executable."""
+    (cleaned copy, boxes with masked text). ``ocr``: rapidocr (default; the deid extra) or
+    tesseract (the executable)."""
     from medtools.secure.pixels import PixelCleaner, clean_image
 
-    return clean_image(array, cleaner=PixelCleaner.create(regions=regions))
+    return clean_image(array, cleaner=PixelCleaner.create(regions=regions, ocr=ocr))
 
 
 @_in_context
-def phi_findings(dataset: Any, *, pixels: bool = False) -> list[dict[str, Any]]:
+def phi_findings(dataset: Any, *, pixels: bool = False, ocr: str | None = None) -> list[dict[str, Any]]:
     """What ``phi-scan`` reports for a pydicom Dataset (values masked); empty when clean."""
     from medtools.secure.phi import scan_dicom_tags, scan_pixels
 
@@ -258,7 +259,7 @@ def phi_findings(dataset: Any, *, pixels: bool = False) -> list[dict[str, Any]]:
     if pixels and "PixelData" in dataset:
         from medtools.secure.pixels import PixelCleaner, dicom_frames
 
-        findings += scan_pixels(dicom_frames(dataset)[0], PixelCleaner.create())
+        findings += scan_pixels(dicom_frames(dataset)[0], PixelCleaner.create(ocr=ocr, read=True))
     return findings
 
 

@@ -279,7 +279,8 @@ def deid(
     date_shift: Annotated[Optional[int], typer.Option("--date-shift", help="Keep dates, shifted by this many days (Modified Dates option).")] = None,
     pseudonymize: Annotated[bool, typer.Option("--pseudonymize", help="Replace PatientID/PatientName by a keyed pseudonym instead of emptying them.")] = False,
     mapping: Annotated[Optional[Path], typer.Option("--mapping", help="Write the original→new UID/ID table here (secret, 0600).")] = None,
-    clean_pixels: Annotated[bool, typer.Option("--clean-pixels", help="Clean Pixel Data option: fill burned-in text found by OCR (Tesseract) with the background value; DICOM (all frames), NIfTI slices, PNG/JPG/TIFF.")] = False,
+    clean_pixels: Annotated[bool, typer.Option("--clean-pixels", help="Clean Pixel Data option: fill burned-in text found by OCR with the background value; DICOM (all frames), NIfTI slices, PNG/JPG/TIFF.")] = False,
+    ocr: Annotated[Optional[str], typer.Option("--ocr", help="OCR engine of --clean-pixels: rapidocr (default; the deid extra) | tesseract (apt-get install tesseract-ocr).")] = None,
     pixel_regions: Annotated[Optional[Path], typer.Option("--pixel-regions", help="CSV of known text boxes (x,y,width,height[,Manufacturer,ManufacturerModelName,Rows,Columns]) filled as well; needs --clean-pixels.")] = None,
     clean_descriptors: Annotated[bool, typer.Option("--clean-descriptors", help="Clean Descriptors option: keep StudyDescription, SeriesDescription, ImageComments... with names, IDs and dates replaced.")] = False,
     allow_burned_in: Annotated[bool, typer.Option("--allow-burned-in", help="Accept files whose BurnedInAnnotation is YES without --clean-pixels (else an item error).")] = False,
@@ -295,7 +296,7 @@ def deid(
     from medtools.secure.deid import deid_files
 
     return deid_files(
-        inputs, output, key_file=key, date_shift=date_shift, pseudonymize=pseudonymize, mapping=mapping, clean_pixels=clean_pixels, pixel_regions=pixel_regions,
+        inputs, output, key_file=key, date_shift=date_shift, pseudonymize=pseudonymize, mapping=mapping, clean_pixels=clean_pixels, ocr=ocr, pixel_regions=pixel_regions,
         clean_descriptors=clean_descriptors, allow_burned_in=allow_burned_in, audit_csv=audit_csv, shard=shard, overwrite=overwrite, workers=workers,
     )
 
@@ -304,6 +305,7 @@ def deid(
 def phi_scan(
     inputs: Inputs,
     no_pixels: Annotated[bool, typer.Option("--no-pixels", help="Check tags and headers only (no OCR of the pixels).")] = False,
+    ocr: Annotated[Optional[str], typer.Option("--ocr", help="OCR engine for text in the pixels: rapidocr (default; the deid extra) | tesseract.")] = None,
     shard: Shard = None,
     workers: ItemWorkers = None,
     json_output: Json = False,
@@ -312,4 +314,4 @@ def phi_scan(
     """Check a release before it leaves (read-only): residual PHI tags, private tags, descriptors with names/IDs/dates, text in the pixels; exit 0 clean, 7 not clean."""
     from medtools.secure.deid import phi_scan_files
 
-    return phi_scan_files(inputs, pixels=not no_pixels, shard=shard, workers=workers)
+    return phi_scan_files(inputs, pixels=not no_pixels, ocr=ocr, shard=shard, workers=workers)

@@ -425,6 +425,7 @@ def deid_files(
     pseudonymize: bool = False,
     mapping: Path | None = None,
     clean_pixels: bool = False,
+    ocr: str | None = None,
     pixel_regions: Path | None = None,
     clean_descriptors: bool = False,
     allow_burned_in: bool = False,
@@ -444,17 +445,20 @@ def deid_files(
 
     if pixel_regions is not None and not clean_pixels:
         raise UsageError("--pixel-regions is part of --clean-pixels: add --clean-pixels")
-    pixels = None
-    if clean_pixels:
-        from medtools.secure.pixels import PixelCleaner
-
-        pixels = PixelCleaner.create(regions=pixel_regions)
+    if ocr is not None and not clean_pixels:
+        raise UsageError("--ocr is part of --clean-pixels: add --clean-pixels")
     run = make_deidentifier(read_key_file(key_file) if key_file is not None else None, date_shift=date_shift, pseudonymize=pseudonymize, clean_descriptors=clean_descriptors, allow_burned_in=allow_burned_in)
     from medtools.core.inputs import check_output_arg, expand_inputs, output_for, select_shard, skip_existing
     from medtools.core.io import DICOM_EXTS, NIFTI_EXTS, RASTER_EXTS
 
     exts = DICOM_EXTS + NIFTI_EXTS + (RASTER_EXTS if clean_pixels else ())
     items = select_shard(expand_inputs(inputs, exts=exts, output=output), shard)
+    n_workers = batch.resolve_workers(workers)
+    pixels = None
+    if clean_pixels:
+        from medtools.secure.pixels import PixelCleaner
+
+        pixels = PixelCleaner.create(regions=pixel_regions, ocr=ocr, threads=ocr_threads(n_workers, len(items)))
     output = check_output_arg(output, len(items))
     records: list[dict[str, Any]] = []
 
@@ -475,7 +479,7 @@ def deid_files(
             records.append(result)
         emit(result)
 
-    outcome = batch.run_items(items, work, emit=emit_and_keep, total=len(items), description="deid", workers=batch.resolve_workers(workers))
+    outcome = batch.run_items(items, work, emit=emit_and_keep, total=len(items), description="deid", workers=n_workers)
     if mapping is not None:
         run.write_mapping(mapping)
         report.log(f"mapping written to {mapping} (keep it secret: it re-identifies)")
@@ -485,24 +489,34 @@ def deid_files(
     return outcome.exit_code
 
 
-def phi_scan_files(inputs: Sequence[str | Path], *, pixels: bool = True, shard: str | None = None, workers: int | None = None) -> int:
+def ocr_threads(workers: int, items: int) -> int:
+    """Threads of one OCR call when ``workers`` threads run ``items`` files: the cores shared out."""
+    from medtools.core.batch import default_workers
+
+    return max(1, default_workers() // max(1, min(workers, items)))
+
+
+def phi_scan_files(inputs: Sequence[str | Path], *, pixels: bool = True, ocr: str | None = None, shard: str | None = None, workers: int | None = None) -> int:
     """Read-only release check: one finding per residual PHI tag, private tag, burned-in text box
     or descriptor holding a name/ID/date (values masked). stdout: a JSON line per finding under
     --json, else the path of each file with findings. Exit 0 when every file is clean,
     EXIT_PHI_FOUND when any is not (unreadable files: the batch driver's codes)."""
     from medtools.core import batch, report
     from medtools.core.context import current
-    from medtools.core.errors import EXIT_PHI_FOUND
+    from medtools.core.errors import EXIT_PHI_FOUND, UsageError
     from medtools.core.inputs import expand_inputs, select_shard
     from medtools.core.io import DICOM_EXTS, NIFTI_EXTS, RASTER_EXTS
     from medtools.secure.phi import scan_file
 
+    if ocr is not None and not pixels:
+        raise UsageError("--ocr reads the pixels: drop --no-pixels")
+    items = select_shard(expand_inputs(inputs, exts=DICOM_EXTS + NIFTI_EXTS + RASTER_EXTS), shard)
+    n_workers = batch.resolve_workers(workers)
     cleaner = None
     if pixels:
         from medtools.secure.pixels import PixelCleaner
 
-        cleaner = PixelCleaner.create()
-    items = select_shard(expand_inputs(inputs, exts=DICOM_EXTS + NIFTI_EXTS + RASTER_EXTS), shard)
+        cleaner = PixelCleaner.create(ocr=ocr, threads=ocr_threads(n_workers, len(items)), read=True)
     dirty: list[str] = []
 
     def work(item):
@@ -519,6 +533,6 @@ def phi_scan_files(inputs: Sequence[str | Path], *, pixels: bool = True, shard: 
         if not current().json:
             report.emit_path(result["input"])
 
-    outcome = batch.run_items(items, work, emit=emit, total=len(items), description="phi-scan", workers=batch.resolve_workers(workers))
+    outcome = batch.run_items(items, work, emit=emit, total=len(items), description="phi-scan", workers=n_workers)
     report.log(f"phi-scan: {len(dirty)} of {outcome.ok} file(s) with findings")
     return EXIT_PHI_FOUND if dirty else outcome.exit_code

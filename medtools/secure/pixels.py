@@ -1,36 +1,22 @@
 """Burned-in text in pixel data: find it with OCR, replace each text box by the background value.
 
-The PS3.15 Clean Pixel Data option. Detection runs Tesseract (Debian ``tesseract-ocr``,
-called as a subprocess with TSV output: no Python binding, works offline) on a frame that is
-prepared for it, because Tesseract alone reads almost nothing of the text on a medical image
-(it expects dark print on a light page, and its page binarisation is confused by anatomy):
-
-1. the frame is scaled to 8 bits (min..max; RGB: the brightest channel);
-2. a white top-hat (grey opening of size ``TOPHAT`` subtracted) keeps thin bright strokes —
-   letters — and removes everything wider: anatomy, the black border, gradients;
-3. the strokes' height above their surroundings, ×``GAIN``, becomes dark print on white
-   (grey, not thresholded: Tesseract's own binarisation keeps faint grey letters better than a
-   fixed threshold), upscaled ×``UPSCALE`` so that 8-px text reaches Tesseract's working size;
-4. Tesseract in sparse-text mode (``--psm 11``, LSTM engine) returns word boxes; a word counts as
-   text when it holds a letter or digit and its confidence is at least ``MIN_CONFIDENCE``.
-
-Each box grows by a margin (``MARGIN`` × its height, at least ``MIN_MARGIN`` pixels) and is
-filled with the frame's background value: its most frequent value (per channel), which is the
-black of the border on ultrasound and X-ray exports. Known text regions of a device (a CSV of
-boxes, optionally restricted to a Manufacturer/model/size) are filled whatever OCR finds.
+The PS3.15 Clean Pixel Data option. Each frame is scaled to 8 bits (min..max; RGB: the
+brightest channel) and handed to an OCR engine (``secure/ocr.py``: RapidOCR by default,
+Tesseract as an option), which finds words in its white top-hat. Each box grows by the engine's
+margin and is filled with the frame's background value: its most frequent value (per channel),
+which is the black of the border on ultrasound and X-ray exports. Known text regions of a
+device (a CSV of boxes, optionally restricted to a Manufacturer/model/size) are filled whatever
+OCR finds.
 
 Recall is what redaction needs; the recognised string only feeds the report (masked there).
-The engine sees bright text (white, grey, coloured); dark text on a bright background is not
-searched. Measured recall, precision and speed: docs/results.md.
+Bright text (white, grey, coloured) is searched; dark text on a bright background is not.
+Measured recall, precision and speed of both engines: docs/results.md.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
-import shutil
-import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,14 +26,6 @@ import numpy as np
 
 from medtools.core.errors import InputError, UsageError
 
-TOPHAT = 15  # px: strokes narrower than about half of this survive the top-hat
-GAIN = 2.0  # a stroke 128 grey levels above its surroundings becomes black
-UPSCALE = 2
-MIN_CONFIDENCE = 10.0
-MARGIN = 0.3  # of the box height
-MIN_MARGIN = 2  # px
-TESSERACT_ARGS = ("--psm", "11", "--oem", "1")
-INSTALL_HINT = "install the Tesseract OCR engine (Debian/Ubuntu: apt-get install tesseract-ocr tesseract-ocr-eng)"
 REGION_COLUMNS = ("x", "y", "width", "height")
 REGION_MATCH = ("Manufacturer", "ManufacturerModelName", "Rows", "Columns")
 
@@ -64,16 +42,18 @@ class Box:
     confidence: float = -1.0
     source: str = "ocr"  # ocr | region
 
-    def grown(self, margin: int, shape: tuple[int, int]) -> Box:
+    def grown(self, margin: int, shape: tuple[int, int], margin_y: int | None = None) -> Box:
+        """The box with ``margin`` px left and right, ``margin_y`` (default: the same) up and down, within the frame."""
         h, w = shape
-        return Box(max(0, self.x0 - margin), max(0, self.y0 - margin), min(w, self.x1 + margin), min(h, self.y1 + margin), self.text, self.confidence, self.source)
+        my = margin if margin_y is None else margin_y
+        return Box(max(0, self.x0 - margin), max(0, self.y0 - my), min(w, self.x1 + margin), min(h, self.y1 + my), self.text, self.confidence, self.source)
 
     def record(self, frame: int | None = None) -> dict[str, Any]:
         """The box for a report: coordinates and the masked string (never the string itself)."""
         out: dict[str, Any] = {"box": [self.x0, self.y0, self.x1, self.y1], "source": self.source}
         if frame is not None:
             out["frame"] = frame
-        if self.source == "ocr":
+        if self.source == "ocr" and self.confidence >= 0:  # detection alone has neither
             out["text"] = mask(self.text)
             out["confidence"] = round(self.confidence, 1)
         return out
@@ -82,51 +62,6 @@ class Box:
 def mask(text: str) -> str:
     """``DOE^JOHN`` → ``D*******``: the length and first character, nothing that identifies."""
     return text[:1] + "*" * max(0, len(text) - 1)
-
-
-# ---------------------------------------------------------------- the OCR engine
-
-
-def tesseract_binary() -> str | None:
-    """``MEDTOOLS_TESSERACT`` (an executable path) or ``tesseract`` on PATH; None when absent."""
-    named = os.environ.get("MEDTOOLS_TESSERACT")
-    if named:
-        return named if os.path.isfile(named) and os.access(named, os.X_OK) else None
-    return shutil.which("tesseract")
-
-
-def check_engine() -> str:
-    """The tesseract executable, or UsageError (exit 2) naming the package to install."""
-    binary = tesseract_binary()
-    if binary is None:
-        raise UsageError(f"--clean-pixels and phi-scan need OCR: tesseract not found; {INSTALL_HINT}")
-    return binary
-
-
-def _tesseract_words(gray: np.ndarray, binary: str) -> list[tuple[str, float, int, int, int, int]]:
-    """(text, confidence, left, top, width, height) of each word Tesseract reads in a uint8 image."""
-    from PIL import Image as PILImage
-
-    buffer = io.BytesIO()
-    PILImage.fromarray(gray).save(buffer, format="PNG", compress_level=1)
-    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}  # one core per call: the batch driver runs files in parallel
-    try:
-        proc = subprocess.run([binary, "stdin", "stdout", *TESSERACT_ARGS, "tsv"], input=buffer.getvalue(), capture_output=True, env=env, timeout=120, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise InputError(f"tesseract failed: {exc}") from None
-    if proc.returncode != 0:
-        raise InputError(f"tesseract failed (exit {proc.returncode}): {proc.stderr.decode('utf-8', 'replace').strip()[-200:]}")
-    words = []
-    reader = csv.DictReader(io.StringIO(proc.stdout.decode("utf-8", "replace")), delimiter="\t", quoting=csv.QUOTE_NONE)
-    for row in reader:
-        text = (row.get("text") or "").strip()
-        if row.get("level") != "5" or not text:
-            continue
-        try:
-            words.append((text, float(row["conf"]), int(row["left"]), int(row["top"]), int(row["width"]), int(row["height"])))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return words
 
 
 # ---------------------------------------------------------------- detection
@@ -144,31 +79,16 @@ def to_gray8(frame: np.ndarray) -> np.ndarray:
     return np.round((array - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def prepare(gray: np.ndarray) -> np.ndarray:
-    """Dark print on white: the bright thin strokes of ``gray`` (white top-hat), upscaled."""
-    from scipy import ndimage as ndi
+def find_text(frame: np.ndarray, *, engine: Any = None, read: bool = True) -> list[Box]:
+    """Word boxes (not grown) of bright burned-in text in one frame (2-D, or H×W×C colour);
+    ``read``: with the recognised text (RapidOCR detects without reading when False)."""
+    from medtools.secure import ocr
 
-    strokes = ndi.white_tophat(gray, size=(TOPHAT, TOPHAT)).astype(np.float32)
-    page = (255.0 - np.clip(strokes * GAIN, 0.0, 255.0)).astype(np.uint8)
-    if UPSCALE != 1:
-        page = np.repeat(np.repeat(page, UPSCALE, axis=0), UPSCALE, axis=1)
-    return page
-
-
-def find_text(frame: np.ndarray, *, binary: str | None = None) -> list[Box]:
-    """Word boxes of bright burned-in text in one frame (2-D, or H×W×C colour)."""
-    binary = binary or check_engine()
+    engine = engine or ocr.create()
     gray = to_gray8(frame)
     if gray.size == 0 or gray.max() == 0:
         return []
-    boxes = []
-    for text, conf, left, top, width, height in _tesseract_words(prepare(gray), binary):
-        if conf < MIN_CONFIDENCE or not any(c.isalnum() for c in text):
-            continue
-        x0, y0 = left // UPSCALE, top // UPSCALE
-        x1, y1 = -(-(left + width) // UPSCALE), -(-(top + height) // UPSCALE)
-        boxes.append(Box(x0, y0, x1, y1, text, conf))
-    return boxes
+    return [Box(x0, y0, x1, y1, text, conf) for text, conf, x0, y0, x1, y1 in engine.words(gray, read=read) if x1 > x0 and y1 > y0]
 
 
 # ---------------------------------------------------------------- known regions
@@ -221,21 +141,23 @@ def background_value(frame: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=array.dtype) if array.ndim == 3 else np.asarray(out[0], dtype=array.dtype)
 
 
-def margin_of(box: Box) -> int:
-    return max(MIN_MARGIN, int(round(MARGIN * (box.y1 - box.y0))))
-
-
 @dataclass
 class PixelCleaner:
-    """Clean Pixel Data settings of one run: OCR on or off, known regions, the engine."""
+    """Clean Pixel Data settings of one run: the OCR engine (None: known regions only), known regions."""
 
-    ocr: bool = True
+    engine: Any = None
     regions: Sequence[Region] = ()
-    binary: str | None = None
+    read: bool = False
 
     @classmethod
-    def create(cls, *, regions: Path | str | None = None, ocr: bool = True) -> PixelCleaner:
-        return cls(ocr=ocr, regions=read_regions(regions) if regions is not None else (), binary=check_engine() if ocr else None)
+    def create(cls, *, regions: Path | str | None = None, ocr: str | None = None, use_ocr: bool = True, threads: int | None = None, read: bool = False) -> PixelCleaner:
+        """``ocr``: the engine name (``ocr.ENGINES``; default RapidOCR); an engine that is not
+        installed is a UsageError naming what to install. ``threads``: per OCR call (RapidOCR).
+        ``read``: recognise the text in each box as well (phi-scan's report needs it; cleaning
+        only needs the boxes)."""
+        from medtools.secure import ocr as engines
+
+        return cls(engine=engines.create(ocr, threads=threads) if use_ocr else None, regions=read_regions(regions) if regions is not None else (), read=read)
 
     def boxes(self, frames: Iterable[np.ndarray], attributes: dict[str, str] | None = None) -> list[tuple[int, Box]]:
         """(frame index, grown box) of every text box found (OCR) or known (regions)."""
@@ -243,8 +165,10 @@ class PixelCleaner:
         attributes = attributes or {}
         for index, frame in enumerate(frames):
             shape = frame.shape[:2]
-            if self.ocr:
-                found.extend((index, box.grown(margin_of(box), shape)) for box in find_text(frame, binary=self.binary))
+            if self.engine is not None:
+                for box in find_text(frame, engine=self.engine, read=self.read):
+                    margin_x, margin_y = self.engine.margins(box.y1 - box.y0)
+                    found.append((index, box.grown(margin_x, shape, margin_y)))
             found.extend((index, region.box.grown(0, shape)) for region in self.regions if region.applies({"Rows": str(shape[0]), "Columns": str(shape[1]), **attributes}))
         return found
 
