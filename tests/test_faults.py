@@ -37,6 +37,15 @@ def _popen(*args, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([*MEDTOOLS, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**ENV, **kwargs.pop("env", {})}, preexec_fn=default_signals, **kwargs)
 
 
+def _interrupt(proc: subprocess.Popen, signum: int) -> None:
+    """Send ``signum`` while the child is stopped, so it lands mid-write however long this
+    (possibly starved) test process took since it saw the write start: SIGSTOP, the signal,
+    SIGCONT; the pending signal is handled as soon as the child runs again."""
+    proc.send_signal(signal.SIGSTOP)
+    proc.send_signal(signum)
+    proc.send_signal(signal.SIGCONT)
+
+
 def _writing_into(pid: int, folder: Path, timeout: float = 120.0) -> bool:
     """Wait until process ``pid`` holds a file open below ``folder`` (a write is under way)."""
     folder = str(folder.resolve())
@@ -135,7 +144,7 @@ def test_row4_sigterm_during_decrypt_leaves_no_plaintext(big, tmp_path):
     out.mkdir()
     proc = _popen("decrypt", big / "scan.raw.mte", "-o", out / "scan.raw", "--key", big / "k.key")
     assert _writing_into(proc.pid, out), "decrypt never started writing"
-    proc.send_signal(signal.SIGTERM)
+    _interrupt(proc, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert list(out.iterdir()) == []  # not a byte of plaintext under any name
@@ -146,7 +155,7 @@ def test_row5_sigterm_during_encrypt_leaves_nothing_and_a_rerun_cleans_stale_par
     out.mkdir()
     proc = _popen("encrypt", big / "plain", "-o", out, "--key", big / "k.key", "--chunk-size", "4096")
     assert _writing_into(proc.pid, out), "encrypt never started writing"
-    proc.send_signal(signal.SIGTERM)
+    _interrupt(proc, signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode == 143 and _parts(out) == []
     # a run killed without a chance to clean (SIGKILL) leaves its temp file; the next run removes it
@@ -177,7 +186,7 @@ def test_rows6_8_signals_in_a_segment_batch_leave_no_temp_files(models, tmp_path
     proc = _popen("segment", cases, "-m", models / "seg.safetensors", "-o", out, "--workers", "0", "-b", "1")
     first = proc.stdout.readline()  # the first case is in place: the batch is running
     assert first, proc.stderr.read().decode()
-    proc.send_signal(signum)
+    _interrupt(proc, signum)
     rest, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum
     assert _parts(out) == []  # neither this run's temp file nor the stale one of the earlier run

@@ -160,7 +160,9 @@ def _threaded(items: Iterable[T], work: Callable[[T], Any], workers: int, name: 
     copy of the caller's run context; at most 2 × workers items in flight."""
     from concurrent.futures import ThreadPoolExecutor
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medtools-item")
+    from medtools.core.signals import block_in_this_thread
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="medtools-item", initializer=block_in_this_thread)
     pending: deque = deque()
     try:
         for item in items:

@@ -41,6 +41,18 @@ def _raise(signum: int, frame: Any) -> None:
     raise Interrupted(signum)
 
 
+def block_in_this_thread() -> None:
+    """Keep SIGINT, SIGTERM and SIGHUP away from a worker thread (a ThreadPoolExecutor
+    ``initializer``): the kernel then delivers them to the main thread, whose blocking wait is
+    interrupted at once, so it can cancel the run before a worker publishes another file.
+    (Delivered to a worker, a signal would wait until the main thread next ran bytecode.)"""
+    mask = {getattr(signal, name) for name in HANDLED if hasattr(signal, name)}
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, mask)
+    except (AttributeError, OSError, ValueError):  # pragma: no cover (no POSIX threads)
+        pass
+
+
 def install() -> None:
     """Handle SIGINT, SIGTERM and SIGHUP by raising Interrupted (main thread only; idempotent)."""
     if threading.current_thread() is not threading.main_thread():

@@ -314,7 +314,9 @@ def _seal_chunks_threaded(reader: "HashingReader", payload_key: bytes, chunk_siz
 
     pending: deque = deque()
     counter = 0
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="medtools-seal") as pool:
+    from medtools.core.signals import block_in_this_thread
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="medtools-seal", initializer=block_in_this_thread) as pool:
         current = reader.read(chunk_size)
         while True:
             following = reader.read(chunk_size) if len(current) == chunk_size else b""
