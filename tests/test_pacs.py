@@ -75,6 +75,14 @@ class Orthanc:
         with urllib.request.urlopen(request, timeout=10) as answer:
             return answer.read()
 
+    def clear(self) -> None:
+        """Delete every study (Orthanc's REST API), so a test that counts what the PACS holds
+        does not depend on which tests ran before it."""
+        for study in json.loads(self.get("/studies")):
+            request = urllib.request.Request(f"http://127.0.0.1:{self.port}/studies/{study}", method="DELETE", headers={"Authorization": "Basic " + b64encode(f"{self.user}:{self.password}".encode()).decode()})
+            with urllib.request.urlopen(request, timeout=10):
+                pass
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -250,6 +258,8 @@ def test_pipeline_push_query_pull_deid_push_research(pacs, tmp_path: Path) -> No
     """The CLI end to end: push to the clinical PACS, query, pull what the query found, de-identify,
     push to the research PACS; pixels and UIDs survive the round trip, PHI does not."""
     clinical, research = pacs["clinical"], pacs["research"]
+    clinical.clear()
+    research.clear()
     first = write_series(tmp_path / "src" / "a", slices=6)
     second = write_series(tmp_path / "src" / "b", slices=4, phi={**PHI, "PatientID": "P002", "PatientName": "Roe^Rick"}, seed=1)
     sources = by_sop(first + second)
