@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.medtools-installed
-EXTRAS ?= dev,dp,dicomseg,serve,he,pacs,deid
+EXTRAS ?= dev,dp,dicomseg,serve,he,pacs,deid,explain
 JOBS   ?= 2
 
 .PHONY: install demo test test-fast bench completions clean

@@ -41,6 +41,7 @@ COMMANDS = {
     'collab-eval': ('medtools.collab.commands', 'Dice/IoU of decoded masks (with empty and all-foreground baselines) and autoencoder quality.', None),
     'collab-attack': ('medtools.collab.commands', 'Attack protected latents: no key, wrong key, known-plaintext key recovery (--known-pairs); MIA on the UMN (--umn).', None),
     'serve': ('medtools.serve.commands', "A local REST API (/v1, OpenAPI at /docs) and the doctor's web page over the same functions.", None),
+    'explain': ('medtools.explain.commands', "Saliency maps of seg, cls and reid models, in the input's geometry, with their sanity checks.", None),
     'phantom': ('medtools.phantom.commands', 'Synthetic data with real layouts (brain MRI in BraTS layout, chest X-rays).', None),
     'ckpt': ('medtools.utility.commands', 'Checkpoint housekeeping: strip identifying metadata before sharing a model.', None),
     'keys': ('medtools.secure.commands', 'Key stores of doctors (password-protected X25519 keys) and key files.', None),

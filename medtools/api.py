@@ -27,7 +27,7 @@ from medtools.core.io import Image, read_image, write_image
 
 __all__ = [
     "Image", "RunContext", "read_image", "write_image", "load_model",
-    "segment", "protect", "reid_scores", "classify",
+    "segment", "protect", "reid_scores", "classify", "explain",
     "encrypt_bytes", "decrypt_bytes", "encrypt_stream", "decrypt_stream",
     "klt_encode", "umn_map", "klt_decode", "synth", "index_query", "index_score", "index_manifest", "deid_dataset", "clean_pixels", "phi_findings",
     "pacs_query", "pacs_pull", "pacs_push",
@@ -159,6 +159,28 @@ def classify(images: Sequence[Image | str | Path] | Image, model: ModelArg, *, k
         else:
             records.append(result)
     return records
+
+
+# ---------------------------------------------------------------- explain
+
+
+@_in_context
+def explain(images: Sequence[Image] | Image, model: ModelArg, *, method: str = "gradcam", target: str = "pred", layer: str | None = None, mask: Image | None = None, check: bool = False, key: bytes | None = None, seed: int | None = None, batch_size: int = 16, volume: int | None = None, device: str | None = None) -> tuple[Image, dict[str, Any]]:
+    """The saliency map of a seg, cls or reid model for one image or case (a segmenter's modality
+    images) → (a float Image on the input's grid, one trailing axis per target when there are
+    several; the numbers: per target its localisation, and with ``check`` the model-randomisation
+    and faithfulness checks and their flags). ``method``: gradcam | gradcam++ | occlusion | ig;
+    ``target``: pred or a class; ``layer``: a module name (default the last conv block);
+    ``mask``: a ground-truth label image for localisation; ``key``: a cls model's cipher key."""
+    from medtools.explain.explain import explain_images
+
+    images = _images(images)
+    if _is_loaded(model):
+        loaded = model
+    else:
+        loaded = load_model(model, kind=("seg", "cls", "reid"), key=key, device=device)
+    seed = seed if seed is not None else (_context.current().seed or 0)
+    return explain_images(images, loaded, method=method, target=target, layer=layer, mask=mask, check=check, seed=seed, batch_size=batch_size, volume=volume)
 
 
 # ---------------------------------------------------------------- secure sharing
@@ -367,17 +389,19 @@ def index_query(image: Image | str | Path, *, index: str | Path, secret: str | P
 
 
 @_in_context
-def index_score(query: bytes, *, index: str | Path, public: Any) -> bytes:
+def index_score(query: bytes, *, index: str | Path, public: Any, resident: Any = None) -> bytes:
     """Server half of ``index_query``: an encrypted query (``index encrypt-query``'s bytes) →
     every block's encrypted scores, the bytes ``index score`` writes and ``index rank``
     decrypts. ``public``: the index's public CKKS context, a path or a loaded
     ``medtools.index.he.Context``; a context holding the secret key is refused. The index
-    manifest is read per call (``index add`` may grow it meanwhile)."""
+    manifest is read per call (``index add`` may grow it meanwhile). ``resident``: a
+    ``medtools.index.store.Resident`` a long-running server keeps, so blocks are
+    deserialised once, not per call."""
     from medtools.index import he
     from medtools.index.store import Index, server_score
 
     context = public if isinstance(public, he.Context) else he.load_context(Path(public), secret=False)
-    return server_score(Index.load(Path(index)), context, query=query)
+    return server_score(Index.load(Path(index)), context, query=query, resident=resident)
 
 
 @_in_context

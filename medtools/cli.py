@@ -36,6 +36,7 @@ FAMILIES = (
     "medtools.collab.commands",
     "medtools.serve.commands",
     "medtools.pacs.commands",
+    "medtools.explain.commands",
 )
 PHANTOM = "medtools.phantom.commands"  # a Typer group of its own (`medtools phantom brain|cxr`)
 MODULES = (PHANTOM, *FAMILIES)

@@ -113,3 +113,15 @@ def apply_recovered(cipher: np.ndarray, source: np.ndarray, negated: np.ndarray,
     plain = np.zeros_like(flat)
     plain[:, source] = flat
     return _from_blocks(plain.astype(cipher.dtype).reshape(c.shape), cipher.shape, block)
+
+
+def unshuffle(array: np.ndarray, key: bytes, block: int = 16) -> np.ndarray:
+    """Positions only: an (H, W) array in the cipher image's frame (a saliency map) → the plain
+    image's frame, undoing the pixel shuffle of a grey image's blocks (the negative-positive
+    transformation moves no pixel)."""
+    _check(array, block)
+    pixels, _, _ = transform(key, block, 1)
+    blocks = _to_blocks(array, block)
+    plain = np.empty_like(blocks)
+    plain[:, pixels] = blocks
+    return _from_blocks(plain, array.shape, block)
