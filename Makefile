@@ -22,8 +22,14 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(MAKE) -C examples/brain-privacy MEDTOOLS=$(abspath $(BIN))/medtools PYTHON=$(abspath $(BIN))/python demo
 
+# Tests run in a shuffled order (pytest-randomly); SEED repeats one: make test SEED=1234
+ifndef SEED
+SEED := $(shell date +%s)
+endif
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile -q
+	@echo "test order: --randomly-seed=$(SEED)"
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadfile -q -p randomly --randomly-seed=$(SEED)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -x -m "not slow"
