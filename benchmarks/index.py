@@ -1,12 +1,16 @@
 """Encrypted index: CKKS costs at scale and retrieval quality on real images; prints one JSON document.
 
-    python benchmarks/index.py synthetic [--dim 512] [--sizes 1000,10000] [--preset n8192] [--paillier]
-    python benchmarks/index.py images MANIFEST.csv -m MODEL [--queries 40] [-k 5]
+    python benchmarks/index.py synthetic [--dim 512] [--sizes 1000,10000,100000]
+        [--packings diagonal:n8192-1p,column:n8192-1p,column:n8192] [--column-max 10000] [--paillier]
+    python benchmarks/index.py images MANIFEST.csv -m MODEL [--packing diagonal] [--queries 40] [-k 5]
 
-``synthetic``: random unit vectors; keygen, encryption per vector (packed, amortised) and per
-block, encrypted- and plain-query scoring of N entries, decryption, proof size and check
-time, ciphertext/context bytes; ``--paillier`` encrypts the same vectors with python-paillier
-(2048-bit) and scores one encrypted·plain dot product. ``images``: a manifest with ``image``
+``synthetic``: random unit vectors (D = 512 by default), per packing:preset and index size:
+build time, index bytes, the server's resident blocks (load time, memory), and per query
+(median of ``--queries``) upload bytes, reply bytes, client CPU (encrypt + decrypt, rank,
+proofs), server CPU, wall (the three steps, no network), recall@k and order against
+plaintext cosine top-k, the largest score error over all entries. Column packing stops at
+``--column-max`` entries. ``--paillier`` encrypts one vector with python-paillier (2048-bit)
+and scores one encrypted·plain dot product. ``images``: a manifest with ``image``
 and ``patient`` columns (``medtools manifest``); builds an index through the library
 functions of ``index build`` and runs ``index query`` on the first ``--queries`` images
 whose patient has another image in the index, encrypted and plain; compares each top-k with
@@ -21,7 +25,9 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,82 +46,82 @@ class Clock:
         self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
+def _rss_mb() -> dict:
+    """Resident and peak memory of this process (the server's blocks live here)."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "peak_mb": int(fields["VmHWM"].split()[0]) / 1024}
+
+
 def synthetic(args: argparse.Namespace) -> dict:
-    from medtools.core import merkle
+    """Per packing (and preset) and index size: a real index folder (``store._append``, what
+    ``index build`` runs after embedding), the server's resident blocks (``store.Resident``,
+    what ``serve --index`` keeps), then ``--queries`` queries through encrypt → score → rank."""
     from medtools.index import he, store
 
-    out: dict = {"dim": args.dim, "preset": args.preset}
-    folder = Path(tempfile.mkdtemp())
-    t = time.perf_counter()
-    keys = he.keygen(folder, preset=args.preset)
-    out["keygen_s"] = time.perf_counter() - t
-    out["context_bytes"] = keys["bytes"]
-    secret = he.load_context(folder / "secret", secret=True)
-    public = he.load_context(folder / "public", secret=False)
-    slots = public.params.slots
+    out: dict = {"dim": args.dim, "k": args.k, "queries": args.queries, "runs": []}
     rng = np.random.default_rng(0)
-    runs = []
-    for n in args.sizes:
-        x = rng.normal(size=(n, args.dim))
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-        q = x[n // 2] + 0.1 * rng.normal(size=args.dim)
-        q /= np.linalg.norm(q)
-        with Clock() as c_enc:
-            blocks = [he.encrypt_block(public, x[s : s + slots]) for s in range(0, n, slots)]
-        with Clock() as c_q:
-            query = he.encrypt_query(secret, q)
-        with Clock() as c_score:
-            replies = he.score_blocks(public, blocks, query=query)
-        with Clock() as c_dec:
-            scores = np.concatenate([he.decrypt_scores(secret, r) for r in replies])
-        with Clock() as c_plain:
-            plain_replies = he.score_blocks(public, blocks, plain_query=q)
-        # a resident server: blocks (and the query) already deserialised
-        with Clock() as c_load:
-            loaded = [he.load_block(public, b) for b in blocks]
-            qvectors = he.load_query(public, query)
-        with Clock() as c_resident:
-            for lb in loaded:
-                he.score_loaded(public, lb, query=qvectors)
-        with Clock() as c_resident_plain:
-            for lb in loaded:
-                he.score_loaded(public, lb, plain_query=q)
-        del loaded, qvectors
-        enc_s, enc_q, score_s, dec_s, plain_s = c_enc.wall, c_q.wall, c_score.wall, c_dec.wall, c_plain.wall
-        plain_scores = np.concatenate([he.decrypt_scores(secret, r) for r in plain_replies])
-        truth = x @ q
-        k = args.k
-        top_true = set(np.argsort(-truth)[:k])
-        leaves = [merkle.hash_leaf(b"%d" % i) for i in range(n)]
-        root = merkle.tree_root(leaves)
-        path = merkle.audit_path(leaves, n // 3)
+    for spec in args.packings:
+        packing, preset = spec.split(":")
+        folder = Path(tempfile.mkdtemp(prefix="medtools-index-bench-"))
         t = time.perf_counter()
-        reps = 2000
-        for _ in range(reps):
-            merkle.verify_inclusion(leaves[n // 3], n // 3, n, path, root)
-        verify_us = 1e6 * (time.perf_counter() - t) / reps
-        runs.append(
-            {
-                "entries": n,
-                "blocks": len(blocks),
-                "encrypt_s": enc_s,
-                "encrypt_ms_per_vector": 1000 * enc_s / n,
-                "encrypt_cpu_ms_per_vector": 1000 * c_enc.cpu / n,
-                "storage_bytes_per_entry": sum(map(len, blocks)) / n,
-                "block_bytes": len(blocks[0]),
-                "encrypted_query": {"encrypt_s": enc_q, "upload_bytes": len(query), "server_s": score_s, "decrypt_s": dec_s, "total_s": enc_q + score_s + dec_s, "cpu_s": {"encrypt": c_q.cpu, "server": c_score.cpu, "decrypt": c_dec.cpu}},
-                "plain_query": {"server_s": plain_s, "server_cpu_s": c_plain.cpu},
-                "resident_server": {"deserialise_s": c_load.wall, "deserialise_cpu_s": c_load.cpu, "encrypted_query_s": c_resident.wall, "encrypted_query_cpu_s": c_resident.cpu, "plain_query_s": c_resident_plain.wall, "plain_query_cpu_s": c_resident_plain.cpu},
-                "max_abs_score_error": float(np.abs(scores - truth).max()),
-                "max_abs_score_error_plain_query": float(np.abs(plain_scores - truth).max()),
-                f"recall_at_{k}": len(top_true & set(np.argsort(-scores)[:k])) / k,
-                "proof_hashes": len(path),
-                "proof_bytes_binary": 32 * len(path) + 8,
-                "proof_verify_us": verify_us,
-            }
-        )
-        del blocks, replies, plain_replies
-    out["runs"] = runs
+        keys = he.keygen(folder / "ctx", preset=preset)
+        keygen_s = time.perf_counter() - t
+        secret = he.load_context(folder / "ctx" / "secret", secret=True)
+        public = he.load_context(folder / "ctx" / "public", secret=False)
+        for n in args.sizes:
+            if n > args.column_max and packing == "column":
+                continue
+            x = rng.normal(size=(n, args.dim))
+            x /= np.linalg.norm(x, axis=1, keepdims=True)
+            ids = [f"e{i:07d}" for i in range(n)]
+            index = store.Index(folder / f"idx{n}", {"format": store.FORMAT, "version": store.VERSION, "key_id": public.key_id, "params": public.params.to_json(), "dim": args.dim, "packing": packing, "model": {}, "blocks": [], "entries": [], "root": "", "history": []})
+            (index.folder / "blocks").mkdir(parents=True)
+            with Clock() as c_build:
+                store._append(index, public, ids, [f"{i:064x}" for i in range(n)], x)
+            before = _rss_mb()
+            resident = store.Resident()
+            with Clock() as c_load:
+                resident.blocks(index, public)
+            after = _rss_mb()
+            queries = []
+            for qi in rng.choice(n, size=args.queries, replace=False):
+                q = x[qi] + 0.1 * rng.normal(size=args.dim)
+                q /= np.linalg.norm(q)
+                truth = x @ q
+                with Clock() as c_enc:
+                    upload = he.encrypt_query(secret, q, packing=packing)
+                with Clock() as c_server:
+                    reply = store.server_score(index, public, query=upload, resident=resident)
+                with Clock() as c_dec:
+                    hits = store.client_rank(index, secret, reply, k=args.k, root=None)
+                scores = np.concatenate([he.decrypt_scores(secret, r) for r in he.unpack(reply, store.REPLY_MAGIC, "reply")[1]])
+                top_true = [ids[i] for i in np.argsort(-truth, kind="stable")[: args.k]]
+                got = [h["id"] for h in hits]
+                queries.append({
+                    "upload_bytes": len(upload), "reply_bytes": len(reply),
+                    "client_cpu_s": c_enc.cpu + c_dec.cpu, "server_cpu_s": c_server.cpu,
+                    "encrypt_s": c_enc.wall, "server_s": c_server.wall, "decrypt_rank_prove_s": c_dec.wall,
+                    "wall_s": c_enc.wall + c_server.wall + c_dec.wall,
+                    "recall": len(set(got) & set(top_true)) / args.k, "same_order": got == top_true,
+                    "max_abs_score_error": float(np.abs(scores - truth).max()),
+                })
+            med = {key: statistics.median(q[key] for q in queries) for key in ("client_cpu_s", "server_cpu_s", "encrypt_s", "server_s", "decrypt_rank_prove_s", "wall_s")}
+            out["runs"].append({
+                "packing": packing, "preset": preset, "params": public.params.to_json(), "entries": n, "blocks": len(index.blocks),
+                "public_context_bytes": keys["bytes"]["public"], "keygen_s": keygen_s,
+                "build_encrypt_s": c_build.wall, "build_encrypt_cpu_ms_per_entry": 1000 * c_build.cpu / n,
+                "index_bytes": sum(int(b["bytes"]) for b in index.blocks),
+                "server_load_s": c_load.wall, "server_resident_mb": after["rss_mb"] - before["rss_mb"], "server_peak_mb": _rss_mb()["peak_mb"],
+                "upload_bytes": queries[0]["upload_bytes"], "reply_bytes": queries[0]["reply_bytes"],
+                **{f"median_{key}": value for key, value in med.items()},
+                f"recall_at_{args.k}": statistics.mean(q["recall"] for q in queries),
+                "identical_top_k_order_share": statistics.mean(q["same_order"] for q in queries),
+                "max_abs_score_error": max(q["max_abs_score_error"] for q in queries),
+            })
+            print(json.dumps(out["runs"][-1], default=float), file=sys.stderr, flush=True)
+            del resident, index, x
+            shutil.rmtree(folder / f"idx{n}")
+        shutil.rmtree(folder)
     if args.paillier:
         try:
             from phe import paillier
@@ -148,7 +154,7 @@ def images(args: argparse.Namespace) -> dict:
     he.keygen(root / "ctx", preset=args.preset)
     keygen_s = time.perf_counter() - t
     t = time.perf_counter()
-    built = store.build(items, model=args.model, public=root / "ctx" / "public", output=root / "idx")
+    built = store.build(items, model=args.model, public=root / "ctx" / "public", output=root / "idx", packing=args.packing)
     build_s = time.perf_counter() - t
     index = store.Index.load(root / "idx")
     ids = [e["id"] for e in index.entries]
@@ -203,6 +209,7 @@ def images(args: argparse.Namespace) -> dict:
         "manifest": str(args.manifest),
         "model": str(args.model),
         "preset": args.preset,
+        "packing": args.packing,
         "entries": len(ids),
         "patients": len(counts),
         "dim": int(x.shape[1]),
@@ -225,13 +232,16 @@ def main() -> None:
     s = sub.add_parser("synthetic")
     s.add_argument("--dim", type=int, default=512)
     s.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], default=[1000, 10000])
-    s.add_argument("--preset", default="n8192")
+    s.add_argument("--packings", type=lambda v: v.split(","), default=["diagonal:n8192-1p", "column:n8192-1p", "column:n8192"])
+    s.add_argument("--column-max", type=int, default=10000)
+    s.add_argument("--queries", type=int, default=3)
     s.add_argument("-k", type=int, default=5)
     s.add_argument("--paillier", action="store_true")
     i = sub.add_parser("images")
     i.add_argument("manifest", type=Path)
     i.add_argument("-m", "--model", type=Path, required=True)
-    i.add_argument("--preset", default="n8192")
+    i.add_argument("--preset", default="n8192-1p")
+    i.add_argument("--packing", default="diagonal")
     i.add_argument("--queries", type=int, default=40)
     i.add_argument("--queries-from", type=Path, default=None, help="manifest whose images may be queries (default: any)")
     i.add_argument("-k", type=int, default=5)
@@ -240,7 +250,7 @@ def main() -> None:
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     result = synthetic(args) if args.mode == "synthetic" else images(args)
-    result["machine"] = {"cpus": os.cpu_count(), "tenseal": __import__("tenseal").__version__}
+    result["machine"] = {"cpus": os.cpu_count(), "tenseal": __import__("tenseal").__version__, "load_average_after": os.getloadavg()}
     print(json.dumps(result, indent=2, default=float))
 
 

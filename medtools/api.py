@@ -389,17 +389,19 @@ def index_query(image: Image | str | Path, *, index: str | Path, secret: str | P
 
 
 @_in_context
-def index_score(query: bytes, *, index: str | Path, public: Any) -> bytes:
+def index_score(query: bytes, *, index: str | Path, public: Any, resident: Any = None) -> bytes:
     """Server half of ``index_query``: an encrypted query (``index encrypt-query``'s bytes) →
     every block's encrypted scores, the bytes ``index score`` writes and ``index rank``
     decrypts. ``public``: the index's public CKKS context, a path or a loaded
     ``medtools.index.he.Context``; a context holding the secret key is refused. The index
-    manifest is read per call (``index add`` may grow it meanwhile)."""
+    manifest is read per call (``index add`` may grow it meanwhile). ``resident``: a
+    ``medtools.index.store.Resident`` a long-running server keeps, so blocks are
+    deserialised once, not per call."""
     from medtools.index import he
     from medtools.index.store import Index, server_score
 
     context = public if isinstance(public, he.Context) else he.load_context(Path(public), secret=False)
-    return server_score(Index.load(Path(index)), context, query=query)
+    return server_score(Index.load(Path(index)), context, query=query, resident=resident)
 
 
 @_in_context

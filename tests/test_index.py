@@ -28,11 +28,92 @@ def small_keys(tmp_path_factory):
 
 
 def test_presets_are_128_bit_and_insecure_parameters_are_refused():
+    import tenseal.sealapi as sealapi
+
+    for n, bits in he.MAX_COEFF_BITS_128.items():  # our table is SEAL's 128-bit table (HE standard)
+        assert sealapi.CoeffModulus.MaxBitCount(n, sealapi.SEC_LEVEL_TYPE.TC128) == bits
     for params in he.PRESETS.values():
         assert params.check().coeff_bits <= he.MAX_COEFF_BITS_128[params.poly_modulus_degree]
+        assert params.scale_bits + params.query_bits + 2 <= sum(params.coeff_mod_bit_sizes[:-1])
     with pytest.raises(UsageError):
         he.Params(4096, (60, 40, 40), 40).check()  # 140 bits > 109 at N = 4096
-    assert he.DEFAULT_PRESET == "n8192"
+    with pytest.raises(UsageError, match="does not fit"):
+        he.Params(8192, (60, 60), 30, 30).check()  # a score at 2^60 overflows the 60-bit prime
+    assert he.DEFAULT_PRESET == "n8192-1p" and he.PRESETS["n8192-1p"].coeff_bits == 120
+    assert he.DEFAULT_PACKING == "diagonal"
+
+
+@pytest.fixture(scope="module")
+def default_keys(tmp_path_factory):
+    """The default preset (N = 8192, [60, 60]) with its Galois keys in the public context."""
+    folder = tmp_path_factory.mktemp("ctx1p")
+    he.keygen(folder)
+    return he.load_context(folder / "secret", secret=True), he.load_context(folder / "public", secret=False), folder
+
+
+def test_diagonal_packing_stores_rotated_generalised_diagonals():
+    x = np.arange(1, 25, dtype=float).reshape(4, 6)  # D = 6 → W = 8, B = 8: no giant-step rotation
+    diags = he.diagonals(x, 16)
+    assert len(diags) == 8 and he.width(6, "diagonal") == 8 and he.width(6, "column") == 6
+    assert [diags[1][i] for i in range(4)] == [x[0, 1], x[1, 2], x[2, 3], x[3, 4]]
+    assert diags[3][3] == 0.0 and diags[2][4:].tolist() == [0.0] * 12  # padding columns and rows
+    assert he.tiled(np.ones(6), 16).tolist() == ([1.0] * 6 + [0.0] * 2) * 2
+    wide = he.diagonals(np.eye(32)[:3], 64)  # W = 32, B = 8: diagonal 8·g + b rotated right by 8·g
+    table = np.eye(32)[:3]
+    assert np.array_equal(np.roll(wide[9], -8)[:3], [table[i, (i + 9) % 32] for i in range(3)])
+
+
+@pytest.mark.parametrize("packing", he.PACKINGS)
+def test_each_packing_gives_the_plaintext_top_k_and_a_small_query(packing, default_keys):
+    secret, public, _ = default_keys
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(700, 40))  # W = 64 for the diagonal packing: 8 giant steps
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[123] + 0.3 * rng.normal(size=40)
+    q /= np.linalg.norm(q)
+    plain = x @ q
+    block = he.encrypt_block(public, x, packing=packing)
+    query = he.encrypt_query(secret, q, packing=packing)
+    enc = he.decrypt_scores(secret, he.score_block(public, block, query=query))
+    clear_query = he.decrypt_scores(secret, he.score_block(public, block, plain_query=q))
+    assert np.abs(enc - plain).max() < 1e-3 and np.abs(clear_query - plain).max() < 1e-3
+    top = np.argsort(-plain)[:8]
+    assert np.diff(plain[top]).max() < -1e-3  # the plaintext top 8 are apart ...
+    assert np.array_equal(np.argsort(-enc)[:8], top) and np.array_equal(np.argsort(-clear_query)[:8], top)
+    cipher = 140_000  # one ciphertext at N = 8192, one data prime
+    assert len(query) < (8 if packing == "diagonal" else 40) * cipher
+    if packing == "diagonal":  # the upload does not grow with D: 8 ciphertexts at D = 512 too
+        assert len(he.encrypt_query(secret, np.ones(512) / np.sqrt(512), packing="diagonal")) < 8 * cipher
+    with pytest.raises(UsageError, match="packed"):  # a query made for the other packing
+        other = "column" if packing == "diagonal" else "diagonal"
+        he.score_block(public, block, query=he.encrypt_query(secret, q, packing=other))
+
+
+def test_resident_blocks_load_once_and_add_grows_them_without_a_rebuild(default_keys, tmp_path):
+    secret, public, _ = default_keys
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4200, 16))  # two blocks of 4096 slots
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"e{i}" for i in range(len(x))]
+    index = store.Index(tmp_path / "idx", {"format": store.FORMAT, "version": store.VERSION, "key_id": public.key_id, "params": public.params.to_json(), "dim": 16, "packing": "diagonal", "model": {}, "blocks": [], "entries": [], "root": "", "history": []})
+    (index.folder / "blocks").mkdir(parents=True)
+    store._append(index, public, ids[:4100], [f"{i:064x}" for i in range(4100)], x[:4100])
+    resident = store.Resident()
+    first = resident.blocks(store.Index.load(index.folder), public)
+    assert len(first) == 2
+    store._append(index, public, ids[4100:], [f"{i:064x}" for i in range(4100, 4200)], x[4100:])  # what `index add` runs
+    grown = store.Index.load(index.folder)
+    again = resident.blocks(grown, public)
+    assert len(again) == 3 and again[0] is first[0] and again[1] is first[1]  # only the new block was read
+    reply = store.server_score(grown, public, query=he.encrypt_query(secret, x[4150], packing="diagonal"), resident=resident)
+    hits = store.client_rank(grown, secret, reply, k=3, root=None)
+    assert hits[0]["id"] == "e4150" and [h["id"] for h in hits] == [ids[i] for i in np.argsort(-(x @ x[4150]))[:3]]
+    path = grown.block_path(2)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="changed"):  # a tampered block is refused when it is first loaded
+        store.server_score(grown, public, query=he.encrypt_query(secret, x[0], packing="diagonal"), resident=store.Resident())
 
 
 def test_column_packing_puts_one_entry_per_slot():
@@ -51,11 +132,11 @@ def test_one_ciphertext_per_dimension_scores_every_entry_of_a_block(small_keys):
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     q = x[11] + 0.05 * rng.normal(size=16)
     q /= np.linalg.norm(q)
-    block = he.encrypt_block(public, x)  # the server side can encrypt (public key) ...
+    block = he.encrypt_block(public, x, packing="column")  # the server side can encrypt (public key) ...
     header, parts = he.unpack(block, he.BLOCK_MAGIC, "block")
     assert header["count"] == 300 and len(parts) == 16  # 16 ciphertexts for 300 entries
     plain = x @ q
-    enc = he.decrypt_scores(secret, he.score_block(public, block, query=he.encrypt_query(secret, q)))
+    enc = he.decrypt_scores(secret, he.score_block(public, block, query=he.encrypt_query(secret, q, packing="column")))
     clear_query = he.decrypt_scores(secret, he.score_block(public, block, plain_query=q))
     assert np.abs(enc - plain).max() < 1e-4 and np.abs(clear_query - plain).max() < 1e-4
     assert np.diff(np.sort(plain)[::-1][:11]).max() < -1e-3  # the plaintext top 10 are well apart ...
@@ -146,7 +227,8 @@ def test_cli_pipeline_encrypted_top_k_equals_plaintext_and_tampering_exits_4(pip
     order = np.argsort(-plain)[:4]
     assert [h["id"] for h in result["hits"]] == [ids[i] for i in order]
     assert result["hits"][0]["id"] == ids[3]
-    assert max(abs(h["score"] - plain[ids.index(h["id"])]) for h in result["hits"]) < 1e-6
+    assert max(abs(h["score"] - plain[ids.index(h["id"])]) for h in result["hits"]) < 1e-4
+    assert result["packing"] == "diagonal" and result["query_bytes"] < 2_000_000 and result["reply_bytes"] < 2_000_000
     (root / "hits.json").write_text(out.stdout)
     # the same query split over the wire: client encrypts, server scores (public context), client ranks
     encq = run_cli("index", "encrypt-query", query, "-i", root / "idx", "--secret", root / "ctx" / "secret", "-o", root / "q.bin", check=True)

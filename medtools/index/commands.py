@@ -40,7 +40,7 @@ def _emit(result: dict, json_output: bool, record: report.RunRecord, paths: list
 @command
 def keygen(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for `secret` (client, 0600) and `public` (server).")],
-    preset: Annotated[str, typer.Option("--preset", help="n8192 (default: N=8192, 160-bit modulus, scale 2^40) | n4096 (N=4096, 109 bits, scale 2^30, smaller and less precise); both 128-bit secure.")] = "n8192",
+    preset: Annotated[str, typer.Option("--preset", help="n8192-1p (default: N=8192, 120-bit modulus, one data prime; scores to ~5e-5) | n8192 (160 bits, two data primes: twice the work, scores to ~1e-8) | n4096 (109 bits); all 128-bit secure.")] = "n8192-1p",
     overwrite: Overwrite = False,
     json_output: Json = False,
     quiet: Quiet = False,
@@ -61,6 +61,7 @@ def build(
     model: Model,
     public: PublicCtx,
     output: Annotated[Path, typer.Option("-o", "--output", help="Index folder to create.")],
+    packing: Annotated[str, typer.Option("--packing", help="diagonal (default: the query is 8 ciphertexts, 1 MB) | column (one query ciphertext per feature dimension, 67 MB at D = 512; kept for comparison). `add` keeps the index's packing.")] = "diagonal",
     device: Device = None,
     batch_size: BatchSize = None,
     overwrite: Overwrite = False,
@@ -73,7 +74,7 @@ def build(
 
     record = report.RunRecord()
     record.add_checkpoint(model)
-    result = run(expand_inputs(inputs, output=output), model=model, public=public, output=output, device=device, batch_size=batch_size or 32, overwrite=overwrite)
+    result = run(expand_inputs(inputs, output=output), model=model, public=public, output=output, packing=packing, device=device, batch_size=batch_size or 32, overwrite=overwrite)
     outcome = result.pop("outcome")
     report.log(f"index of {result['entries']} entries, root {result['root']}")
     _emit({**result, "failed": outcome.failed}, json_output, record, [result["index"], *result["blocks"]])

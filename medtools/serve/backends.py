@@ -117,7 +117,8 @@ class IndexService:
     """The server half of ``medtools index query``: the index folder and its public context.
 
     The manifest is re-read per request (``index add`` may grow it while serving); the
-    public context is loaded once. The secret context never reaches the server: a context
+    public context and the blocks are loaded once (``resident``; a block ``add`` writes is
+    loaded by the first request that sees it). The secret context never reaches the server: a context
     holding the secret key is refused at start-up (exit 2), as by ``index build``. Scoring is
     :func:`medtools.api.index_score` (what ``index score`` runs), one request at a time.
     """
@@ -125,6 +126,7 @@ class IndexService:
     folder: Path
     context: Any
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    resident: Any = None  # medtools.index.store.Resident: blocks deserialised once, kept
 
     @classmethod
     def open(cls, folder: Path | str, public: Path | str) -> "IndexService":
@@ -135,11 +137,14 @@ class IndexService:
         from medtools import api
         from medtools.index.he import load_context
 
+        from medtools.index.store import Index, Resident
+
         context = load_context(Path(public), secret=False)
-        service = cls(Path(folder), context)
+        service = cls(Path(folder), context, resident=Resident())
         key_id = api.index_manifest(service.folder)["key_id"]
         if key_id != context.key_id:
             raise IntegrityError(f"--public {public} is key {context.key_id}, the index {folder} is encrypted for key {key_id}")
+        service.resident.blocks(Index.load(service.folder), context)  # loaded at start, not by the first query
         return service
 
     @staticmethod

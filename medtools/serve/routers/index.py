@@ -27,7 +27,7 @@ def index_score(
 ) -> Any:
     """The server half of `medtools index query`: every block's encrypted scores; only the client can decrypt them."""
     with state.index.lock:
-        reply = api.index_score(query.file.read(), index=state.index.folder, public=state.index.context, ctx=call.ctx)
+        reply = api.index_score(query.file.read(), index=state.index.folder, public=state.index.context, resident=state.index.resident, ctx=call.ctx)
     if response == "file":
         return Response(reply, media_type="application/octet-stream", headers={"Content-Disposition": 'attachment; filename="scores.bin"'})
     return state.index.reply_json(reply)
