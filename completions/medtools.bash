@@ -8,7 +8,7 @@ _medtools() {
   [[ ${#COMPREPLY[@]} -eq 0 ]] && COMPREPLY=( $(compgen -f -- "$cur") )
 }
 declare -gA _medtools_words=(
-  ["_"]="ae-train cipher-attack cipher-audit ckpt classify cls-eval cls-train collab-attack collab-eval convert decrypt deid encrypt fid index info keys klt-decode klt-encode klt-keygen manifest mia nearest pacs phantom phi-scan protect reid-eval reid-train seal seg-eval seg-train segment serve slices synth synth-train tstr umn-map umn-train verify"
+  ["_"]="ae-train cipher-attack cipher-audit ckpt classify cls-eval cls-train collab-attack collab-eval convert decrypt deid encrypt explain fid index info keys klt-decode klt-encode klt-keygen manifest mia nearest pacs phantom phi-scan protect reid-eval reid-train seal seg-eval seg-train segment serve slices synth synth-train tstr umn-map umn-train verify"
   ["manifest"]="--alias --output --quiet --relative --help"
   ["convert"]="--axis --nan-policy --output --overwrite --quiet --shard --to --workers --help"
   ["info"]="--json --kind --kinds --quiet --help"
@@ -45,6 +45,7 @@ declare -gA _medtools_words=(
   ["collab-eval"]="--ae-image --ae-mask --batch-size --device --images --json --quiet --truth --help"
   ["collab-attack"]="--batch-size --device --images --inversion-epochs --json --keys --known --known-pairs --members --model --nonmembers --public --quiet --seed --true-key --umn --help"
   ["serve"]="--allow-identifying-checkpoints --audit-log --device --forwarded-allow-ips --host --index --max-failures --max-upload-mb --models --port --precision --public --quiet --store --token-ttl --help"
+  ["explain"]="--batch-size --check --device --json --key --key-file --layer --mask --method --model --output --overwrite --quiet --seed --shard --target --volume --help"
   ["phantom"]="brain cxr"
   ["phantom brain"]="--output --overwrite --patients --quiet --seed --size --slices --visits --help"
   ["phantom cxr"]="--images --output --overwrite --patients --quiet --seed --size --help"

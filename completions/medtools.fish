@@ -13,6 +13,7 @@ complete -c medtools -n '__fish_use_subcommand' -a convert
 complete -c medtools -n '__fish_use_subcommand' -a decrypt
 complete -c medtools -n '__fish_use_subcommand' -a deid
 complete -c medtools -n '__fish_use_subcommand' -a encrypt
+complete -c medtools -n '__fish_use_subcommand' -a explain
 complete -c medtools -n '__fish_use_subcommand' -a fid
 complete -c medtools -n '__fish_use_subcommand' -a index
 complete -c medtools -n '__fish_use_subcommand' -a info
@@ -589,6 +590,24 @@ complete -c medtools -n '__fish_seen_subcommand_from serve' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l store
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l token-ttl
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l help
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l batch-size
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l check
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l device
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l json
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l key
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l key-file
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l layer
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l mask
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l method
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l model
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l output
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l overwrite
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l seed
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l shard
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l target
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l volume
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l help
 complete -c medtools -n '__fish_seen_subcommand_from phantom' -a brain
 complete -c medtools -n '__fish_seen_subcommand_from phantom' -a cxr
 complete -c medtools -n '__fish_seen_subcommand_from phantom; and __fish_seen_subcommand_from brain' -l output
