@@ -224,8 +224,10 @@ def test_cli_pipeline_encrypted_top_k_equals_plaintext_and_tampering_exits_4(pip
     ids = [p.relative_to(root / "img").as_posix() for p in images]
     x = features.embed_arrays(predictor, np.stack([features.load(predictor, p) for p in images]))
     plain = x @ x[3]
-    order = np.argsort(-plain)[:4]
-    assert [h["id"] for h in result["hits"]] == [ids[i] for i in order]
+    # the encrypted top-4 is a plaintext top-4: its entries' plaintext scores are the 4 best (an
+    # untrained model's features can tie to within the CKKS noise, so equal scores may swap places)
+    assert np.allclose([plain[ids.index(h["id"])] for h in result["hits"]], np.sort(plain)[::-1][:4], atol=1e-4)
+    assert len({h["id"] for h in result["hits"]}) == 4
     assert result["hits"][0]["id"] == ids[3]
     assert max(abs(h["score"] - plain[ids.index(h["id"])]) for h in result["hits"]) < 1e-4
     assert result["packing"] == "diagonal" and result["query_bytes"] < 2_000_000 and result["reply_bytes"] < 2_000_000
