@@ -230,15 +230,91 @@ def test_a_trained_checkpoint_names_no_patient_case_or_path(trained) -> None:
     assert "data_sha256" in info and not any(i in info for i in ids)
 
 
-def test_a_reid_checkpoint_holds_no_path_or_case_id(trained, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def attacker(trained):
+    """A tiny re-identification attacker trained by reid-train on the same phantom cases."""
+    model = trained["work"] / "reid.safetensors"
+    run_cli("reid-train", trained["work"] / "cases.csv", "-o", model, "--arch", "test_resnet", "--size", "32", "--epochs", "1", "--steps-per-epoch", "2", "-b", "4", "--modalities", "flair", "-q", check=True)
+    return model
+
+
+def test_a_reid_checkpoint_holds_no_path_or_case_id(trained, attacker) -> None:
     """The attacker names the identities it outputs (class_names: its job), nothing else:
     no manifest path, no case ids, no data folder."""
     from medtools.core.manifest import read_csv
 
-    model = tmp_path / "reid.safetensors"
-    run_cli("reid-train", trained["work"] / "cases.csv", "-o", model, "--arch", "test_resnet", "--size", "32", "--epochs", "1", "--steps-per-epoch", "2", "-b", "4", "--modalities", "flair", "-q", check=True)
-    raw = model.read_bytes()
+    raw = attacker.read_bytes()
     header = raw[8 : 8 + int.from_bytes(raw[:8], "little")].decode()
-    for secret in {r["case"] for r in read_csv(trained["work"] / "cases.csv")} | {str(trained["work"]), str(tmp_path), "/tmp"}:
+    for secret in {r["case"] for r in read_csv(trained["work"] / "cases.csv")} | {str(trained["work"]), "/tmp"}:
         assert secret not in header, secret
     assert "data_sha256" in header
+
+
+def test_the_attacker_records_its_geometry_and_reads_any_storage_order_alike(trained, attacker) -> None:
+    """reid-train records the training geometry; the attacker's scores of a scan do not depend
+    on the order its axes are stored in (api.reid_scores, the path serve takes)."""
+    from medtools import api
+    from medtools.core import ckpt
+    from medtools.core.io import read_image
+
+    norm = json.loads(ckpt.read_metadata(attacker)["medtools.norm"])
+    assert norm["geometry"] == {"orientation": "".join(nib.aff2axcodes(trained["affine"])), "spacing": [1.5, 1.5, 4.0], "axis": 2}
+    reference = api.reid_scores(read_image(trained["inputs"] / "original.nii.gz"), attacker, top=3)
+    for name in PERMS:
+        scores = api.reid_scores(read_image(trained["inputs"] / f"{name}.nii.gz"), attacker, top=3)
+        assert [t["identity"] for t in scores["top"]] == [t["identity"] for t in reference["top"]] and scores["slices"] == reference["slices"]
+        np.testing.assert_allclose([t["probability"] for t in scores["top"]], [t["probability"] for t in reference["top"]], atol=1e-5)
+
+
+def test_reid_eval_maps_stored_orders_into_the_training_geometry(trained, attacker, tmp_path) -> None:
+    """The same cases stored with permuted axes: reid-eval scores them exactly as the originals."""
+    import csv
+
+    from medtools.core.manifest import read_csv
+
+    rows = read_csv(trained["work"] / "cases.csv")
+    perm, flips = PERMS["permuted-flipped"]
+    moved = []
+    for row in rows:
+        scan = nib.load(row["flair"])
+        path = _save(*_reordered(np.asarray(scan.dataobj).astype(np.float32), scan.affine, perm, flips), tmp_path / f"{row['case']}_flair.nii.gz")
+        moved.append({**{k: v for k, v in row.items() if k not in ("label", "t1", "t1ce", "t2")}, "flair": str(path)})
+    with open(tmp_path / "moved.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(moved[0]))
+        writer.writeheader()
+        writer.writerows(moved)
+    plain = json.loads(run_cli("reid-eval", trained["work"] / "cases.csv", "-m", attacker, "--json", check=True).stdout)
+    permuted = json.loads(run_cli("reid-eval", tmp_path / "moved.csv", "-m", attacker, "--json", check=True).stdout)
+    assert permuted["items"] == plain["items"] and permuted["top1"] == pytest.approx(plain["top1"])
+
+
+def test_protect_gives_the_same_voxels_whatever_the_storage_order(trained, attacker, tmp_path) -> None:
+    """The noise is computed in the training geometry and mapped back exactly: a permuted and
+    flipped copy, protected with the same seed, holds the original's protected voxels in its own
+    order, on its own shape, affine and header."""
+    outputs = {}
+    for name in ("original", "permuted-flipped"):
+        source = trained["inputs"] / f"{name}.nii.gz"
+        run_cli("protect", source, "-a", attacker, "-o", tmp_path / name, "--steps", "2", "--seed", "0", "-q", check=True)
+        out = nib.load(str(tmp_path / name / f"{name}.nii.gz"))
+        given = nib.load(str(source))
+        assert out.shape == given.shape and np.allclose(out.affine, given.affine) and out.get_data_dtype() == given.get_data_dtype()
+        outputs[name] = np.asarray(out.dataobj)
+    perm, flips = PERMS["permuted-flipped"]
+    noise = outputs["original"] - trained["array"]
+    assert np.abs(noise).max() > 0
+    np.testing.assert_allclose(_back(outputs["permuted-flipped"], perm, flips), outputs["original"], atol=1e-5)
+
+
+def test_protect_maps_noise_back_onto_a_resampled_grid(trained, attacker, tmp_path) -> None:
+    """An in-plane ×2 copy: protected on the training spacing, written on its own grid, the noise
+    within the budget and the voxels otherwise the input's."""
+    source = trained["inputs"] / "resampled.nii.gz"
+    first = run_cli("protect", source, "-a", attacker, "-o", tmp_path, "--steps", "2", "--json", check=True).stdout.splitlines()[0]
+    assert json.loads(first)["case"] == "resampled"
+    given = nib.load(str(source))
+    out = nib.load(str(tmp_path / "resampled.nii.gz"))
+    assert out.shape == given.shape and np.allclose(out.affine, given.affine)
+    raw = np.asarray(given.dataobj)
+    noise = np.asarray(out.dataobj) - raw
+    assert 0 < np.abs(noise).max() <= 0.05 * (raw.max() - raw.min()) + 1e-4

@@ -232,12 +232,17 @@ def signature_pattern(key: bytes, case_id: str, channels: int, height: int, widt
 
 def quantise_delta(loaded: LoadedCase, delta: np.ndarray, eps: float) -> tuple[list[Image], np.ndarray]:
     """Write-ready protected images (same dtype and geometry) and the perturbation they really hold
-    (normalised units, (Z, C, H, W)) after rounding and clipping to the budget."""
+    (normalised units, (Z, C, H, W)) after rounding and clipping to the budget. With a
+    ``loaded.grid`` the noise (on the training geometry's slices) is mapped back onto the input's
+    grid before it is added, and the applied noise into that geometry again for the metrics."""
     out_images, real = [], []
     for channel, (image, window) in enumerate(zip(loaded.images, loaded.windows)):
         scale = window["high"] - window["low"]
         raw = image.array
-        volume_delta = slices_to_volume(delta[:, channel]).reshape(raw.shape) * scale
+        volume_delta = slices_to_volume(delta[:, channel])
+        if loaded.grid is not None:  # computed in the training geometry: back onto the input's grid
+            volume_delta = loaded.grid.from_model(volume_delta)
+        volume_delta = volume_delta.reshape(raw.shape) * scale
         if raw.dtype.kind in "iu":
             budget = np.floor(eps * scale + 1e-9)
             step = np.clip(np.rint(volume_delta), -budget, budget)
@@ -246,8 +251,10 @@ def quantise_delta(loaded: LoadedCase, delta: np.ndarray, eps: float) -> tuple[l
         else:
             protected = (raw.astype(np.float64) + np.clip(volume_delta, -eps * scale, eps * scale)).astype(raw.dtype)
         out_images.append(image.with_array(protected))
-        applied = (protected.astype(np.float64) - raw.astype(np.float64)) / scale
-        real.append(np.moveaxis(applied.reshape(raw.shape if raw.ndim == 3 else (*raw.shape, 1)), 2, 0))
+        applied = ((protected.astype(np.float64) - raw.astype(np.float64)) / scale).reshape(raw.shape if raw.ndim == 3 else (*raw.shape, 1))
+        if loaded.grid is not None:  # what the models see of it: in the training geometry again
+            applied = loaded.grid.to_model(applied.astype(np.float32))
+        real.append(np.moveaxis(applied, 2, 0))
     return out_images, np.stack(real, axis=1).astype(np.float32)
 
 

@@ -1,8 +1,16 @@
 """`protect` driver: load each case once, run PGD over its slices in batches, write the protected
-volumes with the input's format, dtype and geometry, and report what the noise costs and buys."""
+volumes with the input's format, dtype and geometry, and report what the noise costs and buys.
+
+The models see each case as they were trained (the one geometry step, ``core.preprocess.model_grid``):
+reoriented to the training orientation and resampled in-plane to its spacing. The noise is
+computed there and mapped back onto the input's exact grid (exact reorientation; linear in-plane
+only where the input was resampled) and added to the input's own voxels, so the protected file
+has the input's shape, dtype, affine and header, and its voxels differ from the input's only by
+the (rounded, clipped) noise. Attackers and utility model must share one recorded geometry."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -15,12 +23,13 @@ from medtools.brain.cases import SINGLE, Case, LoadedCase, load_case
 from medtools.brain.minmin import MINMIN_OBJECTIVES
 from medtools.brain.pgd import OBJECTIVES, case_decoy, default_step_size, image_quality, load_attackers, pgd_delta, quantise_delta, quantisation_steps, signature_pattern
 from medtools.brain.defences import with_defences
-from medtools.brain.segment import prefetch
+from medtools.brain.segment import note_geometry, prefetch
 from medtools.core.predict import Predictor
 from medtools.core.device import resolve_device, seed_everything
 from medtools.core.errors import UsageError
 from medtools.core.inputs import skip_existing
 from medtools.core.io import Image, write_image
+from medtools.core.io.geometry import describe
 
 
 def _union(lists: Sequence[Sequence[str]]) -> list[str]:
@@ -64,17 +73,25 @@ def load_protect_models(attackers: Sequence[Path | str | Predictor], utility: Pa
     modalities = _union([a.modalities for a in loaded] + ([seg.modalities] if seg else [])) or [SINGLE]
     channel_of = {m: i for i, m in enumerate(modalities)}
     # every model reads the same intensities: the one normalisation the checkpoints recorded
-    # (a recorded training geometry aside: protect perturbs the voxels as stored)
-    norms = {str(_intensity(a.norm)) for a in loaded} | ({str(_intensity(seg.norm))} if seg else set())
+    models = [*loaded, *([seg] if seg else [])]
+    norms = {str(_intensity(m.norm)) for m in models}
     if len(norms) > 1:
         raise UsageError(f"the attackers and the utility model were trained with different normalisations ({'; '.join(sorted(norms))}); protect needs one")
+    # and the same slices: the one training geometry those that record one share (see module docstring)
+    geometries = {json.dumps(m.norm["geometry"], sort_keys=True): m.norm["geometry"] for m in models if m.norm.get("geometry")}
+    if len(geometries) > 1:
+        raise UsageError(f"the attackers and the utility model were trained in different geometries ({'; '.join(describe(g) for g in geometries.values())}); protect needs one: retrain on one set of scans")
+    for model in models:
+        if not model.norm.get("geometry"):
+            note_geometry(model)
+    norm = {**_intensity((seg or loaded[0]).norm), **({"geometry": next(iter(geometries.values()))} if geometries else {})}
     return ProtectModels(
         attackers=loaded,
         utility=seg,
         modalities=modalities,
         attacker_channels=[[channel_of[m] for m in (a.modalities or modalities)] for a in loaded],
         utility_channels=[channel_of[m] for m in seg.modalities] if seg else None,
-        norm=(seg or loaded[0]).norm,
+        norm=norm,
         device=dev,
     )
 
@@ -210,10 +227,18 @@ def protect_images(images: Sequence[Image], models: ProtectModels, *, case_id: s
         raise UsageError(f"the models read {len(models.modalities)} modalities ({', '.join(models.modalities)}), got {len(images)} images")
     from medtools.core.data import image_volume
 
+    from medtools.core.preprocess import model_grid
+
     # a 4-D series is an input error naming its shape (image_volume), not a traceback
-    slices, windows = volumes_to_slices([image_volume(i) if i.array.ndim > 3 else as_volume(i) for i in images], models.norm)
+    volumes = [image_volume(i) if i.array.ndim > 3 else as_volume(i) for i in images]
+    if any(v.shape != volumes[0].shape for v in volumes):
+        raise UsageError(f"modality shapes differ: {', '.join(str(v.shape) for v in volumes)}")
+    grid = model_grid(images[0], volumes[0].shape, models.norm)  # into the training geometry, when the models record one
+    if grid is not None:
+        volumes = [grid.to_model(v) for v in volumes]
+    slices, windows = volumes_to_slices(volumes, models.norm)
     case = Case(case=case_id, patient=patient, visit="", files={}, label=None, rel_dir=Path("."))
-    loaded = LoadedCase(case, list(images), windows, slices, None)
+    loaded = LoadedCase(case, list(images), windows, slices, None, grid)
     return protect_loaded(loaded, models, ProtectOptions(**options).check(), key=key if key is not None else os.urandom(32), generator=torch.Generator().manual_seed(seed))
 
 
@@ -272,7 +297,7 @@ def protect_cases(
     if options.objective in MINMIN_OBJECTIVES:
         yield from _protect_release(todo, models, options, key=key, generator=generator, targets_of=targets_of, workers=workers)
         return
-    for case, loaded in prefetch(todo, lambda c: load_case(c, modalities, models.norm), workers):
+    for case, loaded in prefetch(todo, lambda c: load_case(c, modalities, models.norm, geometry=True), workers):
         yield case, loaded if isinstance(loaded, Exception) else _protect_and_write(case, loaded, models, options, key=key, generator=generator, targets_of=targets_of)
 
 
@@ -290,7 +315,7 @@ def _protect_release(todo: Sequence[Case], models: ProtectModels, options: Prote
     """``minmin``/``minminmax``: load the whole release (every case of this run), compute its
     noise jointly, then write and report case by case. Memory: the release's slices."""
     loaded, failed = [], []
-    for case, item in prefetch(list(todo), lambda c: load_case(c, models.modalities, models.norm), workers):
+    for case, item in prefetch(list(todo), lambda c: load_case(c, models.modalities, models.norm, geometry=True), workers):
         (failed if isinstance(item, Exception) else loaded).append((case, item))
     yield from failed
     if not loaded:

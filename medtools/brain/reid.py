@@ -6,6 +6,11 @@ across visits: train on one exam of each patient, test on the patient's other ex
 random split of slices from the same scan flatters the attacker. With ``--train-visits``
 unset and patients with several visits, the first visit (sorted) trains and the others
 validate.
+
+Volumes go through the one geometry step (``core.preprocess.model_grid``): ``reid-train``
+records its cases' geometry (most common orientation, median spacing, slicing axis) in
+``medtools.norm`` and maps every case into it; ``reid-eval`` and ``case_identities`` map each
+input into it, so a scan stored in another array order gives the attacker the same slices.
 """
 
 from __future__ import annotations
@@ -16,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from medtools.brain.segment import common_modalities
+from medtools.brain.segment import common_modalities, note_geometry
 from medtools.core import ckpt, report
-from medtools.core.data import SliceSet, build_image_set, build_slice_set, data_ids, data_provenance
+from medtools.core.data import SliceSet, build_image_set, build_slice_set, data_ids, data_provenance, dataset_geometry
 from medtools.core.errors import InputError, UsageError
 from medtools.core.manifest import MODALITIES, load_rows
 from medtools.core.predict import Predictor
@@ -134,13 +139,21 @@ def train_reid(
         raise UsageError("the split leaves no training cases (check --train-visits)")
     class_names = sorted({r[label] for r in train_rows})
     report.log(f"reid-train: {len(class_names)} {label} classes; split: {how}; {len(train_rows)} training, {len(val_rows)} validation cases")
-    train_set, train_y, _ = load_items(train_rows, modalities=modalities, size=size, label=label, class_names=class_names)
+    norm = dict(DEFAULT_NORM) if modalities else dict(UNIT_NORM)
+    if modalities:
+        geometry = dataset_geometry(train_rows, modalities[0])  # orientation, spacing, slicing axis: every case is mapped into it
+        if geometry is not None:
+            from medtools.core.io.geometry import describe
+
+            norm["geometry"] = geometry
+            report.log(f"reid-train: training geometry {describe(geometry)}")
+    train_set, train_y, _ = load_items(train_rows, modalities=modalities, size=size, label=label, class_names=class_names, norm=norm)
     if defences:
         report.log(f"reid-train: defences {', '.join(defences)}")
         train_set.images = apply_defences(train_set.images, defences, groups=train_set.case_index)
     val = None
     if val_rows:
-        val_set, val_y, _ = load_items(val_rows, modalities=modalities, size=size, label=label, class_names=class_names)
+        val_set, val_y, _ = load_items(val_rows, modalities=modalities, size=size, label=label, class_names=class_names, norm=norm)
         keep = val_y >= 0
         if keep.any():
             val = (apply_defences(val_set.images[keep], defences, groups=val_set.case_index[keep]), val_y[keep])
@@ -153,7 +166,6 @@ def train_reid(
     eps = adv_eps(defences)
     with initial_weights(seed):
         model = ckpt.new_model("reid", config)
-    norm = dict(DEFAULT_NORM) if modalities else dict(UNIT_NORM)
     dataset = torch.utils.data.TensorDataset(torch.from_numpy(train_set.images), torch.from_numpy(train_y.astype(np.int64)))
 
     streams = RandomStreams(seed)
@@ -216,6 +228,8 @@ def eval_reid(data: Path | str | Sequence[Path | str], model_path: Path, *, batc
     rows = [r for r in load_rows(data) if r.get(label)]
     if not rows:
         raise InputError(f"no cases with a {label!r} column in {data}")
+    if _is_volume_rows(rows):
+        note_geometry(attacker)
     items, targets, _ = load_items(rows, modalities=config.get("modalities") or None, size=int(config["image_size"]), label=label, class_names=names, norm=attacker.norm)
     images = apply_defences(items.images, defences, groups=items.case_index) if defences else items.images
     known = targets >= 0
@@ -316,6 +330,11 @@ def case_identities(images: Sequence[Any], attacker: Predictor, *, top: int = 5)
     volumes = [image_volume(image) if image.array.ndim > 3 else as_volume(image) for image in images]  # 4-D: an input error naming the shape
     if any(v.shape != volumes[0].shape for v in volumes):
         raise InputError(f"modality shapes differ: {', '.join(str(v.shape) for v in volumes)}")
+    from medtools.core.preprocess import model_grid
+
+    grid = model_grid(images[0], volumes[0].shape, attacker.norm)  # into the training geometry, when the attacker records one
+    if grid is not None:
+        volumes = [grid.to_model(v) for v in volumes]
     slices, _ = volumes_to_slices(volumes, attacker.norm)
     flat = slices.reshape(len(slices), -1)
     keep = flat.max(axis=1) - flat.min(axis=1) > 1e-3  # as training: constant slices carry no identity
