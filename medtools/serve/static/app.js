@@ -40,11 +40,11 @@ function saveBlob(blob, name) {
 
 async function showApp() {
   const me = await (await api("/v1/me")).json();
+  const version = await (await api("/v1/version")).json();
   $("who").textContent = "logged in as " + me.user;
   $("login-section").hidden = true;
   $("app").hidden = false;
   $("logout").hidden = false;
-  const version = await (await api("/v1/version")).json();
   const select = $("model");
   select.innerHTML = "";
   for (const m of version.models.filter((m) => m.kind === "seg")) {

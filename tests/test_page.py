@@ -1,0 +1,194 @@
+"""The doctor's page in a real browser: headless Chromium, driven over the DevTools protocol,
+against a real `medtools serve` on 127.0.0.1.
+
+The client is a few lines over `websocket-client` (the dev extra): Debian's `chromium` is the
+browser (Playwright's and Selenium's own browser downloads are not reachable offline, and the
+protocol is all the test needs). Set MEDTOOLS_PAGE_SCREENSHOTS=1 to refresh docs/img/page.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+websocket = pytest.importorskip("websocket", reason="websocket-client (the dev extra) drives Chromium")
+
+from test_serve import PASSWORD, _Server, world  # noqa: E402,F401  (world: the tiny seg model, key store, case.nii.gz)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-extensions", "--window-size=1100,1300", "--remote-debugging-port=0"]
+
+
+class Browser:
+    """Headless Chromium on one page: `call` sends a DevTools command and waits for its answer,
+    `js` evaluates an expression (awaiting promises) and returns its value."""
+
+    def __init__(self, url: str, tmp: Path):
+        self.profile = tempfile.mkdtemp(dir=tmp, prefix="chromium-")
+        self.log = tmp / "chromium-stderr.txt"
+        with open(self.log, "wb") as err:
+            self.proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", url], stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 60
+        port = None
+        while port is None and time.time() < deadline and self.proc.poll() is None:
+            match = re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", self.log.read_text(errors="replace"))
+            port = match.group(1) if match else time.sleep(0.1)
+        if port is None:
+            self.close()
+            raise AssertionError("chromium did not start: " + self.log.read_text(errors="replace")[-2000:])
+        import httpx
+
+        pages = []
+        while not pages and time.time() < deadline:
+            pages = [t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json() if t["type"] == "page"]
+            time.sleep(0.1)
+        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=30, suppress_origin=True)
+        self.next_id = 0
+
+    def call(self, method: str, **params):
+        self.next_id += 1
+        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self.next_id:
+                if "error" in message:
+                    raise AssertionError(f"{method}: {message['error']}")
+                return message["result"]
+
+    def js(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise AssertionError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait(self, expression: str, timeout: float = 60) -> None:
+        deadline = time.time() + timeout
+        while True:
+            try:
+                if self.js(expression):
+                    return
+            except AssertionError:  # the page is navigating: its context is gone for a moment
+                pass
+            if time.time() > deadline:
+                shown = self.js("[...document.querySelectorAll('[role=status],[role=alert]')].map((e) => e.id + ': ' + e.textContent).join('; ')")
+                raise AssertionError(f"timed out waiting for {expression} ({shown})")
+            time.sleep(0.05)
+
+    def upload(self, selector: str, *paths: Path) -> None:
+        root = self.call("DOM.getDocument")["root"]["nodeId"]
+        node = self.call("DOM.querySelector", nodeId=root, selector=selector)["nodeId"]
+        self.call("DOM.setFileInputFiles", nodeId=node, files=[str(p) for p in paths])
+
+    def pixels(self, canvas: str) -> np.ndarray:
+        """The canvas's RGBA pixels as (rows, cols, 4) uint8."""
+        width, height, data = self.js(
+            f"(() => {{ const c = document.getElementById('{canvas}'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+            " let s = ''; for (let i = 0; i < d.length; i++) s += String.fromCharCode(d[i]); return [c.width, c.height, btoa(s)]; })()")
+        return np.frombuffer(base64.b64decode(data), np.uint8).reshape(height, width, 4)
+
+    def screenshot(self, path: Path) -> None:
+        path.write_bytes(base64.b64decode(self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]))
+
+    def close(self) -> None:
+        try:
+            if getattr(self, "ws", None):
+                self.ws.close()
+        finally:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            shutil.rmtree(self.profile, ignore_errors=True)
+
+
+def _set(browser: Browser, element: str, value) -> None:
+    """Sets an input's value and fires `input` as a user's change does."""
+    browser.js(f"(() => {{ const e = document.getElementById('{element}'); e.value = {json.dumps(str(value))}; e.dispatchEvent(new Event('input', {{bubbles: true}})); }})()")
+
+
+def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, tmp_path):  # noqa: F811
+    import httpx
+
+    started = time.time()
+    with _Server(world, tmp_path) as address:
+        print(f"server up after {time.time() - started:.1f} s")
+        browser = Browser(address + "/", tmp_path)
+        try:
+            browser.wait("document.readyState === 'complete' && !!document.getElementById('login-form')")
+            print(f"page loaded after {time.time() - started:.1f} s")
+            # a wrong password: the message shows, the page stays on the form, nothing in localStorage
+            _set(browser, "user", "alice")
+            _set(browser, "password", "wrong")
+            browser.js("document.getElementById('login-button').click()")
+            browser.wait("document.getElementById('login-error').textContent !== ''")
+            assert browser.js("document.getElementById('app').hidden") is True
+            _set(browser, "password", PASSWORD)
+            browser.js("document.getElementById('login-button').click()")
+            browser.wait("!document.getElementById('app').hidden")
+            assert browser.js("document.getElementById('model').value") == "tiny-seg"  # the models are listed before the app shows
+            assert "alice" in browser.js("document.getElementById('who').textContent")
+            assert browser.js("localStorage.length") == 0  # the session is an HttpOnly cookie, not a script-readable token
+            assert browser.js("document.cookie") == ""
+
+            browser.upload("#segment-files", world / "case.nii.gz")
+            browser.js("document.getElementById('segment-button').click()")
+            browser.wait("!document.getElementById('viewer-box').hidden", timeout=90)
+            print(f"overlay shown after {time.time() - started:.1f} s")
+            status = browser.js("document.getElementById('segment-status').textContent")
+            assert status.startswith("Done"), status
+            assert "mL" in browser.js("document.getElementById('volume').textContent")
+
+            # the label map the service gives for the same file, to know where tumour is
+            with httpx.Client(base_url=address, timeout=60) as client:
+                token = client.post("/v1/login", json={"user": "alice", "password": PASSWORD}).json()["token"]
+                answer = client.post("/v1/segment?response=json", headers={"Authorization": f"Bearer {token}"},
+                                     files={"file": ("case.nii.gz", (world / "case.nii.gz").read_bytes())}).json()
+            depth, rows, cols = answer["preview"]["shape"]
+            labels = np.frombuffer(base64.b64decode(answer["preview"]["labels"]), np.uint8).reshape(depth, rows, cols)
+            z = int(browser.js("+document.getElementById('slice').value"))
+            assert z == int(np.argmax((labels != 0).sum(axis=(1, 2))))  # it starts on the slice with the most tumour
+            tumour = labels[z] != 0
+            assert 0 < tumour.sum() < tumour.size  # the fixture's model labels part of the slice
+
+            half = browser.pixels("viewer").astype(int)
+            assert half.shape[:2] == (rows, cols)
+            grey = (half[..., 0] == half[..., 1]) & (half[..., 1] == half[..., 2])
+            assert not grey[tumour].any()  # every tumour pixel is coloured ...
+            assert grey[~tumour].all()  # ... and no background pixel is
+            assert (half[..., 0][tumour] > half[..., 1][tumour]).all()  # label 1 is red
+
+            _set(browser, "opacity", 100)
+            full = browser.pixels("viewer").astype(int)
+            assert (full[tumour][:, :3] == [255, 0, 0]).all()  # fully opaque overlay: the label colour itself
+            assert (full[~tumour] == half[~tumour]).all()  # the background does not change with opacity
+            _set(browser, "opacity", 50)
+
+            shot = tmp_path / "page.png"
+            browser.screenshot(shot)
+            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            if os.environ.get("MEDTOOLS_PAGE_SCREENSHOTS"):
+                DOCS_IMG.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(shot, DOCS_IMG / "page.png")
+
+            browser.js("document.getElementById('logout').click()")
+            browser.wait("document.readyState === 'complete' && !document.getElementById('login-section').hidden")
+        finally:
+            browser.close()
