@@ -35,6 +35,7 @@ const document = {
   getElementById: (id) => (elements[id] = elements[id] || new Element(id)),
   createElement: (tag) => new Element(tag),
   body: { appendChild() {} },
+  addEventListener() {},
 };
 
 function reply(status, body) {

@@ -181,6 +181,39 @@ def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, tmp_path
             assert (full[~tumour] == half[~tumour]).all()  # the background does not change with opacity
             _set(browser, "opacity", 50)
 
+            # window/level: the automatic window is the service's 8-bit rendering ...
+            image = np.frombuffer(base64.b64decode(answer["preview"]["image"]), np.uint8).reshape(depth, rows, cols)[z]
+            assert (half[..., 2][~tumour] == image[~tumour]).all()
+            assert browser.js("document.getElementById('wl-preset').value") == "auto"
+            steps = np.frombuffer(base64.b64decode(answer["preview"]["values"]), "<u2").reshape(depth, rows, cols)[z]
+            lo, hi = answer["preview"]["value_range"]
+            raw = lo + steps * ((hi - lo) / 65535)
+
+            def expected(window: float, level: float) -> np.ndarray:
+                return np.clip(np.round((raw - (level - window / 2)) / window * 255), 0, 255)
+
+            # ... the full range and the CT presets are computed from the raw intensities
+            browser.js("(() => { const s = document.getElementById('wl-preset'); s.value = 'full'; s.dispatchEvent(new Event('change')); })()")
+            full_range = browser.pixels("viewer").astype(int)
+            assert np.abs(full_range[..., 2][~tumour] - expected(hi - lo, (hi + lo) / 2)[~tumour]).max() <= 1
+            assert (full_range[..., 2][~tumour] != half[..., 2][~tumour]).any()  # a different window shows different greys
+            browser.js("(() => { const s = document.getElementById('wl-preset'); s.value = 'ct-bone'; s.dispatchEvent(new Event('change')); })()")
+            assert browser.js("[+document.getElementById('window').value, +document.getElementById('level').value]") == [2000, 500]
+            browser.js("(() => { const s = document.getElementById('wl-preset'); s.value = 'full'; s.dispatchEvent(new Event('change')); })()")
+            # dragging on the image: to the right widens the window, up raises the level
+            box = browser.js("(() => { const r = document.getElementById('viewer').getBoundingClientRect(); return [r.x + r.width / 2, r.y + r.height / 2]; })()")
+            before = browser.js("[+document.getElementById('window').value, +document.getElementById('level').value]")
+            browser.call("Input.dispatchMouseEvent", type="mousePressed", x=box[0], y=box[1], button="left", buttons=1, clickCount=1)
+            browser.call("Input.dispatchMouseEvent", type="mouseMoved", x=box[0] + 60, y=box[1] - 40, button="left", buttons=1)
+            browser.call("Input.dispatchMouseEvent", type="mouseReleased", x=box[0] + 60, y=box[1] - 40, button="left", buttons=0, clickCount=1)
+            after = browser.js("[+document.getElementById('window').value, +document.getElementById('level').value]")
+            assert browser.js("document.getElementById('wl-preset').value") == "custom"
+            assert after[0] > before[0] and after[1] > before[1], (before, after)
+            dragged = browser.pixels("viewer").astype(int)
+            assert np.abs(dragged[..., 2][~tumour] - expected(*after)[~tumour]).max() <= 1
+            assert (dragged[..., 2][~tumour] != full_range[..., 2][~tumour]).any()
+            browser.js("(() => { const s = document.getElementById('wl-preset'); s.value = 'auto'; s.dispatchEvent(new Event('change')); })()")
+
             shot = tmp_path / "page.png"
             browser.screenshot(shot)
             assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

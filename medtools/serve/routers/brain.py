@@ -133,7 +133,14 @@ def preview(image: Any, label: Any) -> Optional[dict[str, Any]]:
     labels = as_volume(label)
     if volume.ndim != 3 or volume.shape != labels.shape or volume.size > PREVIEW_MAX_VOXELS:
         return None
-    gray, _ = normalise_intensity(volume.astype(np.float32))
+    raw = np.nan_to_num(volume.astype(np.float32))
+    gray, window = normalise_intensity(raw)
     gray8 = np.ascontiguousarray(np.moveaxis((gray * 255).round().astype(np.uint8), 2, 0))
     lab8 = np.ascontiguousarray(np.moveaxis(np.clip(labels, 0, 255).astype(np.uint8), 2, 0))
-    return {"shape": list(gray8.shape), "image": base64.b64encode(gray8.tobytes()).decode(), "labels": base64.b64encode(lab8.tobytes()).decode()}
+    # the raw intensities for the page's window/level, as 16-bit steps over [min, max]
+    # (little-endian; value = min + step · (max − min) / 65535)
+    lo, hi = float(raw.min()), float(raw.max())
+    steps = np.zeros(raw.shape, "<u2") if hi <= lo else ((raw - lo) / (hi - lo) * 65535).round().astype("<u2")
+    steps = np.ascontiguousarray(np.moveaxis(steps, 2, 0))
+    return {"shape": list(gray8.shape), "image": base64.b64encode(gray8.tobytes()).decode(), "labels": base64.b64encode(lab8.tobytes()).decode(),
+            "values": base64.b64encode(steps.tobytes()).decode(), "value_range": [lo, hi], "window": [window["low"], window["high"]]}

@@ -3,7 +3,11 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 const COLOURS = { 1: [255, 0, 0], 2: [0, 200, 0], 3: [0, 90, 255], 4: [255, 220, 0] };
-let view = null; // {shape: [Z, rows, cols], image: Uint8Array, labels: Uint8Array}
+// {shape: [Z, rows, cols], image: Uint8Array (the server's percentile window), labels: Uint8Array,
+//  values: Uint16Array steps over range [min, max] (raw intensities), auto: [low, high]}
+let view = null;
+// window/level presets: [window, level] in the image's units (CT: Hounsfield units)
+const PRESETS = { "ct-brain": [80, 40], "ct-soft": [400, 40], "ct-bone": [2000, 500] };
 
 async function api(path, options = {}) {
   const response = await fetch(path, { credentials: "same-origin", ...options });
@@ -73,8 +77,9 @@ function draw() {
   const ctx = canvas.getContext("2d");
   const pixels = ctx.createImageData(cols, rows);
   const offset = z * rows * cols;
+  const grey = windowed(offset, rows * cols);
   for (let i = 0; i < rows * cols; i++) {
-    const g = view.image[offset + i];
+    const g = grey[i];
     const colour = COLOURS[view.labels[offset + i]] || (view.labels[offset + i] ? [255, 0, 255] : null);
     const p = 4 * i;
     if (colour) {
@@ -89,6 +94,34 @@ function draw() {
   ctx.putImageData(pixels, 0, 0);
   $("slice-label").textContent = (z + 1) + " / " + depth;
 }
+
+// The slice's grey values under the current window/level: the server's own 8-bit rendering for
+// the automatic window, else computed from the raw intensities.
+function windowed(offset, n) {
+  const preset = $("wl-preset").value;
+  if (preset === "auto" || !view.values) return view.image.subarray(offset, offset + n);
+  const w = Math.max(+$("window").value, 1e-6), low = +$("level").value - w / 2;
+  const [min, max] = view.range, step = (max - min) / 65535;
+  const out = new Uint8ClampedArray(n);
+  for (let i = 0; i < n; i++) out[i] = Math.round(((min + step * view.values[offset + i]) - low) / w * 255);
+  return out;
+}
+
+function showWindow(low, high) {
+  $("window").value = +(high - low).toPrecision(4);
+  $("level").value = +((low + high) / 2).toPrecision(4);
+}
+
+function applyPreset() {
+  if (!view) return;
+  const preset = $("wl-preset").value;
+  if (preset === "auto") showWindow(view.auto[0], view.auto[1]);
+  else if (preset === "full") showWindow(view.range[0], view.range[1]);
+  else if (PRESETS[preset]) { $("window").value = PRESETS[preset][0]; $("level").value = PRESETS[preset][1]; }
+  draw();
+}
+
+function customWindow() { $("wl-preset").value = "custom"; draw(); }
 
 $("login-form").addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -109,6 +142,23 @@ $("logout").addEventListener("click", async () => {
 
 $("model").addEventListener("change", showModalities);
 $("opacity").addEventListener("input", draw);
+$("wl-preset").addEventListener("change", applyPreset);
+$("window").addEventListener("input", customWindow);
+$("level").addEventListener("input", customWindow);
+let drag = null; // dragging on the image changes window (x) and level (y)
+$("viewer").addEventListener("mousedown", (event) => {
+  if (!view || !view.values) return;
+  event.preventDefault();
+  drag = { x: event.clientX, y: event.clientY, window: +$("window").value, level: +$("level").value };
+});
+document.addEventListener("mouseup", () => { drag = null; });
+document.addEventListener("mousemove", (event) => {
+  if (!drag) return;
+  const unit = Math.max(view.range[1] - view.range[0], 1e-6) / 400; // 400 px of drag: the whole range
+  $("window").value = +Math.max(drag.window + (event.clientX - drag.x) * unit, unit).toPrecision(4);
+  $("level").value = +(drag.level - (event.clientY - drag.y) * unit).toPrecision(4);
+  customWindow();
+});
 $("slice").addEventListener("input", draw);
 $("viewer").addEventListener("wheel", (event) => { // scroll through the slices of a volume
   if (!view) return;
@@ -135,7 +185,11 @@ $("segment-form").addEventListener("submit", async (event) => {
     link.href = URL.createObjectURL(new Blob([decode(result.label_map)]));
     link.download = result.filename;
     if (result.preview) {
-      view = { shape: result.preview.shape, image: decode(result.preview.image), labels: decode(result.preview.labels) };
+      const p = result.preview;
+      view = { shape: p.shape, image: decode(p.image), labels: decode(p.labels), range: p.value_range, auto: p.window };
+      if (p.values) { const bytes = decode(p.values); view.values = new Uint16Array(bytes.buffer, 0, bytes.length / 2); }
+      $("wl-preset").value = "auto";
+      if (view.auto) showWindow(view.auto[0], view.auto[1]);
       const depth = view.shape[0];
       $("slice").max = depth - 1;
       // start on the slice with the most tumour
