@@ -318,3 +318,41 @@ def test_protect_maps_noise_back_onto_a_resampled_grid(trained, attacker, tmp_pa
     raw = np.asarray(given.dataobj)
     noise = np.asarray(out.dataobj) - raw
     assert 0 < np.abs(noise).max() <= 0.05 * (raw.max() - raw.min()) + 1e-4
+
+
+def test_a_4d_series_is_an_item_error_for_every_reader_of_volumes(trained, attacker, tmp_path) -> None:
+    """protect, slices, seg-eval and info given a 4-D series: the documented item error (its
+    shape, one 3-D volume needed) or, for info, a description; never a traceback."""
+    array = np.stack([trained["array"], trained["array"][::-1]], axis=-1)  # 32×32×6×2
+    series = _save(array, trained["affine"], tmp_path / "in" / "series.nii.gz")
+    proc = run_cli("protect", series, "-a", attacker, "-o", tmp_path / "protected", "--steps", "1")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "32×32×6×2" in proc.stderr and "one 3-D volume" in proc.stderr
+    case = tmp_path / "data" / "P1" / "V1"
+    _save(array, trained["affine"], case / "P1_V1_flair.nii.gz")
+    _save((array > array.mean()).astype(np.uint8), trained["affine"], case / "P1_V1_seg.nii.gz")
+    proc = run_cli("slices", tmp_path / "data", "-o", tmp_path / "slices")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "32×32×6×2" in proc.stderr and "one 3-D volume" in proc.stderr
+    proc = run_cli("seg-eval", series, series)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "32×32×6×2" in proc.stderr
+    proc = run_cli("info", series)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "32" in proc.stdout
+
+
+def test_slices_cuts_a_permuted_case_in_the_data_sets_geometry(trained, tmp_path) -> None:
+    """slices: one case stored with permuted and flipped axes among cases stored as usual gives
+    the same axial PNG slices as when it is stored as usual."""
+    import shutil
+
+    perm, flips = PERMS["permuted-flipped"]
+    moved = tmp_path / "moved"
+    shutil.copytree(trained["data"], moved)
+    folder = sorted(p for p in moved.iterdir() if p.is_dir())[0]
+    for path in folder.glob("*.nii.gz"):
+        scan = nib.load(str(path))
+        _save(*_reordered(np.asarray(scan.dataobj), scan.affine, perm, flips), path)
+    run_cli("slices", trained["data"], "-o", tmp_path / "plain", "--min-area", "1", "-q", check=True)
+    run_cli("slices", moved, "-o", tmp_path / "moved-slices", "--min-area", "1", "-q", check=True)
+    plain = sorted(p.relative_to(tmp_path / "plain") for p in (tmp_path / "plain").rglob(f"*{folder.name}*.png"))
+    assert plain and plain == sorted(p.relative_to(tmp_path / "moved-slices") for p in (tmp_path / "moved-slices").rglob(f"*{folder.name}*.png"))
+    for rel in plain:
+        assert (tmp_path / "plain" / rel).read_bytes() == (tmp_path / "moved-slices" / rel).read_bytes(), rel

@@ -9,6 +9,10 @@ pixels in the slice, ``DIR/NoTumor/<case>_z<NNN>.png`` when it has none. Slices 
 ``min_brain`` of the field of view inside the head. The case name starts with the patient
 id, and ``DIR/manifest.csv`` (``file, patient_id, case, slice, tumor_pixels``) records it
 exactly, so ``core.manifest`` and every split by patient read it back.
+
+Volumes go through the one geometry step: every case is cut in the data set's geometry (its
+most common orientation, median in-plane spacing; ``core.preprocess.model_grid``), so a scan
+stored with its axes in another order still gives axial slices.
 """
 
 from __future__ import annotations
@@ -40,18 +44,41 @@ def pick_modality(row: dict[str, str], modality: str | None) -> str:
     raise InputError(f"case {row.get('case')}: no image volume")
 
 
-def case_slices(row: dict[str, str], *, modality: str | None = None, min_area: int = 20, min_brain: float = 0.1, every: int = 1, size: int | None = None) -> Iterator[dict[str, Any]]:
-    """Labelled slices of one case: dicts with levels (H, W) uint8, class, slice, tumor_pixels."""
-    from medtools.core.io import as_volume, read_image
-    from medtools.core.preprocess import PERCENTILE_NORM, normalise, resize
+def slice_geometry(rows: Sequence[dict[str, str]], modality: str | None = None) -> dict[str, Any] | None:
+    """The data set's geometry (``core.data.dataset_geometry`` over each case's chosen modality:
+    most common orientation, median spacing in it): every case is cut in it. None when the files
+    have no affine or a case has no usable modality (each case then fails or is cut as stored)."""
+    from medtools.core.data import dataset_geometry
+
+    try:
+        picked = [{"case": r.get("case", ""), "image": r[pick_modality(r, modality)]} for r in rows]
+        return dataset_geometry(picked, "image")
+    except InputError:
+        return None
+
+
+def case_slices(row: dict[str, str], *, modality: str | None = None, min_area: int = 20, min_brain: float = 0.1, every: int = 1, size: int | None = None, geometry: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Labelled slices of one case: dicts with levels (H, W) uint8, class, slice, tumor_pixels.
+
+    ``geometry`` (:func:`slice_geometry`): the volume and its mask are first mapped into it
+    (``core.preprocess.model_grid``: reoriented, resampled in-plane; the mask by nearest
+    neighbour), so a case stored in another array order gives the same axial slices; ``slice``
+    then counts along that geometry's slicing axis. A 4-D series is an InputError naming its shape."""
+    from medtools.core.data import image_volume
+    from medtools.core.io import read_image
+    from medtools.core.preprocess import PERCENTILE_NORM, model_grid, normalise, resize
 
     if "label" not in row:
         raise InputError(f"case {row.get('case')}: no tumour mask, so no Tumor/NoTumor class")
     name = pick_modality(row, modality)
-    volume = as_volume(read_image(row[name])).astype(np.float32)
-    mask = as_volume(read_image(row["label"]))
+    image = read_image(row[name])
+    volume = image_volume(image).astype(np.float32)
+    mask = image_volume(read_image(row["label"]))
     if volume.shape != mask.shape:
         raise InputError(f"case {row.get('case')}: image {volume.shape} and mask {mask.shape} differ in shape")
+    grid = model_grid(image, volume.shape, {"geometry": geometry}) if geometry else None
+    if grid is not None:
+        volume, mask = grid.to_model(volume), grid.to_model(np.rint(mask).astype(np.int64), labels=True)
     normed, _ = normalise(volume, PERCENTILE_NORM)
     head = volume > volume.min()
     for z in range(0, volume.shape[2], max(1, every)):
@@ -103,12 +130,13 @@ def write_slices(
             listing = {r["file"]: r for r in csv.DictReader(handle)}
     seen_cases = {r["case"] for r in rows}
     listing = {f: r for f, r in listing.items() if r.get("case") not in seen_cases}
+    geometry = slice_geometry(rows, modality)
     try:
         for row in rows:
             case = row["case"]
             try:
                 written = []
-                for item in case_slices(row, modality=modality, min_area=min_area, min_brain=min_brain, every=every, size=size):
+                for item in case_slices(row, modality=modality, min_area=min_area, min_brain=min_brain, every=every, size=size, geometry=geometry):
                     rel = f"{item['class']}/{case}_z{item['slice']:03d}.png"
                     target = output / rel
                     if overwrite or not target.exists():

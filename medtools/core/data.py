@@ -44,7 +44,7 @@ def image_volume(image: Any, *, volume: int | None = None) -> np.ndarray:
     if array.ndim == 4 and array.shape[-1] > 1:
         count = array.shape[-1]
         if volume is None:
-            raise InputError(f"a 4-D series ({shape}: {count} volumes of {'×'.join(str(n) for n in array.shape[:3])}); this needs one 3-D volume: segment takes --volume N (0 to {count - 1})")
+            raise InputError(f"a 4-D series ({shape}: {count} volumes of {'×'.join(str(n) for n in array.shape[:3])}); this needs one 3-D volume: segment and explain take --volume N (0 to {count - 1}); for the other commands save one volume of the series first")
         if not -count <= volume < count:
             raise InputError(f"--volume {volume} is out of range for a 4-D series of {count} volumes ({shape}); use 0 to {count - 1}")
         return array[..., volume]
