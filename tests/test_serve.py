@@ -742,9 +742,9 @@ def test_routers_are_adapters_over_medtools_api():
     import ast
 
     routers = Path(__file__).resolve().parents[1] / "medtools" / "serve" / "routers"
-    families = {"brain", "synth", "secure", "cls", "collab", "index", "phantom", "utility", "nets"}
+    families = {"brain", "synth", "secure", "cls", "collab", "index", "phantom", "utility", "nets", "explain"}
     found = sorted(p.name for p in routers.glob("*.py"))
-    assert {"service.py", "auth.py", "brain.py", "secure.py", "cls.py", "index.py"} <= set(found)
+    assert {"service.py", "auth.py", "brain.py", "secure.py", "cls.py", "index.py", "explain.py"} <= set(found)
     bad = []
     for path in routers.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -792,3 +792,36 @@ def test_index_score_reply_is_the_cli_wire_format(served, world, tmp_path):
     assert as_json["entries"] == 4 and sum(b["count"] for b in as_json["blocks"]) == 4
     wrong = client.post("/v1/index/score", files={"query": ("q.bin", b"not a query")}, headers=headers)
     assert wrong.status_code == 422
+
+
+def test_explain_is_the_cli_map(served, world, tmp_path):
+    """/v1/explain on a NIfTI: the float map `medtools explain` writes for the same file and
+    checkpoint, its numbers, and an 8-bit preview on the segment preview's grid."""
+    import gzip
+
+    import nibabel as nib
+
+    from medtools.explain.explain import explain_files
+
+    client, _ = served
+    headers = _login(client)
+    upload = {"file": ("case.nii.gz", (world / "case.nii.gz").read_bytes())}
+    assert client.post("/v1/explain", files=upload).status_code == 401
+    answer = client.post("/v1/explain?model=tiny-seg&method=occlusion", files=upload, headers=headers)  # the tiny net's Grad-CAM is all zero
+    assert answer.status_code == 200, answer.text
+    answer = answer.json()
+    assert answer["model"] == "tiny-seg" and answer["method"] == "occlusion" and answer["filename"] == "case_occlusion.nii.gz"
+    served_map = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(answer["map"]))).dataobj, np.float32)
+    assert explain_files([world / "case.nii.gz"], world / "models" / "tiny-seg.safetensors", tmp_path / "cli", method="occlusion", device="cpu") == 0
+    cli = nib.load(str(tmp_path / "cli" / "case_occlusion.nii.gz"))
+    assert served_map.shape == cli.shape and np.allclose(served_map, np.asarray(cli.dataobj, np.float32), atol=1e-5)
+    assert served_map.max() > 0
+    assert [t["target"] for t in answer["targets"]]  # the CLI's per-target numbers
+    preview = answer["preview"]
+    assert preview["shape"] == [6, 40, 36]
+    saliency = np.frombuffer(base64.b64decode(preview["saliency"]), np.uint8).reshape(preview["shape"])
+    top = served_map.max(axis=-1) if served_map.ndim == 4 else served_map
+    assert np.abs(saliency.astype(float) - np.moveaxis(np.clip(top / top.max(), 0, 1) * 255, 2, 0)).max() <= 1
+    as_file = client.post("/v1/explain?response=file", files=upload, headers=headers)
+    assert as_file.status_code == 200 and json.loads(as_file.headers["x-medtools-explain"])["model"] == "tiny-seg"
+    assert client.post("/v1/explain?method=nope", files=upload, headers=headers).status_code == 422

@@ -20,7 +20,7 @@ from typing import Any
 from medtools.core.errors import CheckpointError
 
 # which model kinds each endpoint serves
-ENDPOINT_KINDS: dict[str, tuple[str, ...]] = {"segment": ("seg",), "classify": ("cls",), "protect": ("reid", "cls"), "utility": ("seg",)}
+ENDPOINT_KINDS: dict[str, tuple[str, ...]] = {"segment": ("seg",), "classify": ("cls",), "protect": ("reid", "cls"), "utility": ("seg",), "explain": ("seg", "cls", "reid")}
 
 
 def has_family(module: str) -> bool:

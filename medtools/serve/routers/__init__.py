@@ -9,6 +9,7 @@ context, HTTP out).
 | brain | segment, protect | segment, protect |
 | secure | encrypt, decrypt | encrypt_stream, decrypt_stream |
 | cls | classify (a cls model loaded) | classify |
+| explain | explain (the explain family installed) | explain |
 | index | index, index/score (``--index``) | index_manifest, index_score |
 """
 
@@ -25,6 +26,12 @@ def include(app: Any, state: Any) -> None:
 
     for module in (service, auth, brain, secure):
         app.include_router(module.router, prefix=API)
+    from medtools.serve.backends import has_family
+
+    if has_family("medtools.explain.explain"):
+        from medtools.serve.routers import explain
+
+        app.include_router(explain.router, prefix=API)
     if any(m.runner is not None and m.kind == "cls" for m in state.models.values()):
         from medtools.serve.routers import cls
 
