@@ -119,6 +119,20 @@ class Browser:
             shutil.rmtree(self.profile, ignore_errors=True)
 
 
+def grey_of(rgba: np.ndarray) -> np.ndarray:
+    return (rgba[..., 0] == rgba[..., 1]) & (rgba[..., 1] == rgba[..., 2])
+
+
+def shoot(browser: Browser, tmp: Path, name: str) -> None:
+    """A screenshot of the page; copied to docs/img/ with MEDTOOLS_PAGE_SCREENSHOTS=1."""
+    shot = tmp / name
+    browser.screenshot(shot)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if os.environ.get("MEDTOOLS_PAGE_SCREENSHOTS"):
+        DOCS_IMG.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, DOCS_IMG / name)
+
+
 def _set(browser: Browser, element: str, value) -> None:
     """Sets an input's value and fires `input` as a user's change does."""
     browser.js(f"(() => {{ const e = document.getElementById('{element}'); e.value = {json.dumps(str(value))}; e.dispatchEvent(new Event('input', {{bubbles: true}})); }})()")
@@ -170,7 +184,7 @@ def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, tmp_path
 
             half = browser.pixels("viewer").astype(int)
             assert half.shape[:2] == (rows, cols)
-            grey = (half[..., 0] == half[..., 1]) & (half[..., 1] == half[..., 2])
+            grey = grey_of(half)
             assert not grey[tumour].any()  # every tumour pixel is coloured ...
             assert grey[~tumour].all()  # ... and no background pixel is
             assert (half[..., 0][tumour] > half[..., 1][tumour]).all()  # label 1 is red
@@ -214,12 +228,27 @@ def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, tmp_path
             assert (dragged[..., 2][~tumour] != full_range[..., 2][~tumour]).any()
             browser.js("(() => { const s = document.getElementById('wl-preset'); s.value = 'auto'; s.dispatchEvent(new Event('change')); })()")
 
-            shot = tmp_path / "page.png"
-            browser.screenshot(shot)
-            assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-            if os.environ.get("MEDTOOLS_PAGE_SCREENSHOTS"):
-                DOCS_IMG.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(shot, DOCS_IMG / "page.png")
+            shoot(browser, tmp_path, "page.png")
+
+            # the saliency overlay: /v1/explain of the same upload (occlusion: the tiny net's Grad-CAM is zero)
+            browser.js("document.getElementById('explain-method').value = 'occlusion'")
+            browser.js("(() => { const s = document.getElementById('overlay-kind'); s.value = 'saliency'; s.dispatchEvent(new Event('change')); })()")
+            browser.wait("document.getElementById('explain-status').textContent.startsWith('Saliency')", timeout=180)
+            volume = np.array(browser.js("Array.from(view.saliency)"), float).reshape(depth, rows, cols)
+            assert volume.max() == 255  # scaled to its maximum
+            zs = int(np.argmax(volume.sum(axis=(1, 2))))  # the slice with the most saliency
+            _set(browser, "slice", zs)
+            saliency = volume[zs]
+            image = np.frombuffer(base64.b64decode(answer["preview"]["image"]), np.uint8).reshape(depth, rows, cols)[zs]
+            heat = browser.pixels("viewer").astype(int)
+            a = 0.5 * saliency / 255
+            for channel, colour in enumerate((255, 140, 0)):
+                assert np.abs(heat[..., channel] - ((1 - a) * image + a * colour)).max() <= 1
+            assert (heat[..., 0] > heat[..., 2])[saliency >= 8].all() and grey_of(heat)[saliency == 0].all()
+            shoot(browser, tmp_path, "page-saliency.png")
+            browser.js("(() => { const s = document.getElementById('overlay-kind'); s.value = 'labels'; s.dispatchEvent(new Event('change')); })()")
+            _set(browser, "slice", z)
+            assert (browser.pixels("viewer") == half).all()  # back to the segmentation
 
             browser.js("document.getElementById('logout').click()")
             browser.wait("document.readyState === 'complete' && !document.getElementById('login-section').hidden")

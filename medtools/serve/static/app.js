@@ -7,6 +7,8 @@ const COLOURS = { 1: [255, 0, 0], 2: [0, 200, 0], 3: [0, 90, 255], 4: [255, 220,
 //  values: Uint16Array steps over range [min, max] (raw intensities), auto: [low, high]}
 let view = null;
 // window/level presets: [window, level] in the image's units (CT: Hounsfield units)
+const HEAT = [255, 140, 0]; // the saliency overlay's colour
+let lastUpload = null; // {files, model}: what the saliency map is asked for
 const PRESETS = { "ct-brain": [80, 40], "ct-soft": [400, 40], "ct-bone": [2000, 500] };
 
 async function api(path, options = {}) {
@@ -78,10 +80,19 @@ function draw() {
   const pixels = ctx.createImageData(cols, rows);
   const offset = z * rows * cols;
   const grey = windowed(offset, rows * cols);
+  const saliency = $("overlay-kind").value === "saliency" ? view.saliency : null;
   for (let i = 0; i < rows * cols; i++) {
     const g = grey[i];
-    const colour = COLOURS[view.labels[offset + i]] || (view.labels[offset + i] ? [255, 0, 255] : null);
     const p = 4 * i;
+    if (saliency) { // a heat colour whose opacity grows with the saliency
+      const a = alpha * saliency[offset + i] / 255;
+      pixels.data[p] = (1 - a) * g + a * HEAT[0];
+      pixels.data[p + 1] = (1 - a) * g + a * HEAT[1];
+      pixels.data[p + 2] = (1 - a) * g + a * HEAT[2];
+      pixels.data[p + 3] = 255;
+      continue;
+    }
+    const colour = COLOURS[view.labels[offset + i]] || (view.labels[offset + i] ? [255, 0, 255] : null);
     if (colour) {
       pixels.data[p] = (1 - alpha) * g + alpha * colour[0];
       pixels.data[p + 1] = (1 - alpha) * g + alpha * colour[1];
@@ -168,10 +179,38 @@ $("viewer").addEventListener("wheel", (event) => { // scroll through the slices 
   draw();
 }, { passive: false });
 
+// The saliency map of the shown case (POST /v1/explain), asked for when the overlay is switched to it.
+async function showOverlay() {
+  if (!view) return;
+  const method = $("explain-method").value;
+  if ($("overlay-kind").value === "saliency" && lastUpload && view.saliencyMethod !== method) {
+    const form = new FormData();
+    for (const file of lastUpload.files) form.append("file", file);
+    $("explain-status").textContent = "Computing the saliency map…";
+    try {
+      const params = new URLSearchParams({ model: lastUpload.model, method });
+      const result = await (await api("/v1/explain?" + params, { method: "POST", body: form })).json();
+      if (!result.preview) throw new Error("no preview for this image");
+      view.saliency = decode(result.preview.saliency);
+      view.saliencyMethod = method;
+      const flags = result.targets.flatMap((t) => t.flags || []);
+      $("explain-status").textContent = "Saliency (" + method + ") of " + result.targets.map((t) => t.target).join(", ") + (flags.length ? "; " + flags.join("; ") : "");
+    } catch (e) {
+      $("explain-status").textContent = "Failed: " + e.message;
+      return;
+    }
+  }
+  draw();
+}
+
+$("overlay-kind").addEventListener("change", showOverlay);
+$("explain-method").addEventListener("change", showOverlay);
+
 $("segment-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const form = new FormData();
   for (const file of $("segment-files").files) form.append("file", file);
+  lastUpload = { files: Array.from($("segment-files").files), model: $("model").value };
   $("segment-status").textContent = "Segmenting…";
   try {
     const params = new URLSearchParams({ response: "json", model: $("model").value });
@@ -189,6 +228,8 @@ $("segment-form").addEventListener("submit", async (event) => {
       view = { shape: p.shape, image: decode(p.image), labels: decode(p.labels), range: p.value_range, auto: p.window };
       if (p.values) { const bytes = decode(p.values); view.values = new Uint16Array(bytes.buffer, 0, bytes.length / 2); }
       $("wl-preset").value = "auto";
+      $("overlay-kind").value = "labels";
+      $("explain-status").textContent = "";
       if (view.auto) showWindow(view.auto[0], view.auto[1]);
       const depth = view.shape[0];
       $("slice").max = depth - 1;
