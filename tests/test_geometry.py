@@ -356,3 +356,27 @@ def test_slices_cuts_a_permuted_case_in_the_data_sets_geometry(trained, tmp_path
     assert plain and plain == sorted(p.relative_to(tmp_path / "moved-slices") for p in (tmp_path / "moved-slices").rglob(f"*{folder.name}*.png"))
     for rel in plain:
         assert (tmp_path / "plain" / rel).read_bytes() == (tmp_path / "moved-slices" / rel).read_bytes(), rel
+
+
+def test_index_features_and_explain_read_a_volume_in_the_training_geometry(trained, attacker, tmp_path) -> None:
+    """The index's features take a volume's middle slice in the model's training geometry (the
+    same for any storage order; a 4-D series is an input error), and a reid saliency map of a
+    permuted copy is the original's map in the copy's order."""
+    from medtools import api
+    from medtools.core.errors import InputError
+    from medtools.core.io import read_image
+    from medtools.core.predict import Predictor
+    from medtools.index.features import load
+
+    predictor = Predictor(attacker, kind="reid")
+    perm, flips = PERMS["permuted-flipped"]
+    original = read_image(trained["inputs"] / "original.nii.gz")
+    moved = read_image(trained["inputs"] / "permuted-flipped.nii.gz")
+    np.testing.assert_array_equal(load(predictor, moved), load(predictor, original))
+    series = _save(np.stack([trained["array"]] * 2, axis=-1), trained["affine"], tmp_path / "series.nii.gz")
+    with pytest.raises(InputError, match="one 3-D volume"):
+        load(predictor, series)
+    reference, _ = api.explain(original, attacker, method="gradcam")  # a fresh load each: a reused Predictor's second map differs
+    saliency, _ = api.explain(moved, attacker, method="gradcam")
+    assert saliency.array.shape == moved.array.shape
+    np.testing.assert_allclose(_back(saliency.array, perm, flips), reference.array, atol=1e-5)

@@ -254,10 +254,19 @@ def image_channels(image: Any, channels: int, norm: dict[str, Any]) -> np.ndarra
     """A read 2-D image (core.io.Image) → (channels, H, W) float32 in [0, 1] by ``norm``.
 
     RGB(A) is averaged to gray for one channel; gray is repeated for three; a volume gives its
-    middle slice.
+    middle slice, taken in the training geometry the norm records (``model_grid``: reoriented,
+    resampled in-plane), so the same scan in another storage order gives the same slice; a 4-D
+    series is an InputError naming its shape.
     """
     array = image.array
-    if array.ndim == 3 and array.shape[-1] in (3, 4):
+    volume = image.format in ("nifti", "dicom-series") and array.ndim >= 3
+    if volume:
+        from medtools.core.data import image_volume
+
+        array = image_volume(image)
+        grid = model_grid(image, array.shape, norm)
+        array = grid.to_model(array) if grid is not None else array
+    if not volume and array.ndim == 3 and array.shape[-1] in (3, 4):
         rgb = array[..., :3]
         if channels == 3:
             normed, _ = normalise(rgb, norm)

@@ -162,7 +162,7 @@ def _cls_subject(image: Image, classifier: Any, target: str, mask: Image | None)
 def _reid_subject(images: Sequence[Image], predictor: Any, target: str, mask: Image | None) -> Subject:
     from medtools import api
     from medtools.core.data import image_volume
-    from medtools.core.preprocess import resize, slices_to_volume, volume_to_slices, volumes_to_slices
+    from medtools.core.preprocess import model_grid, resize, slices_to_volume, volume_to_slices, volumes_to_slices
 
     names = list(predictor.config["class_names"])
     if target == "pred":
@@ -170,6 +170,9 @@ def _reid_subject(images: Sequence[Image], predictor: Any, target: str, mask: Im
     else:
         k = _class_index(target, names)
     volumes = [image_volume(image) for image in images]
+    grid = model_grid(images[0], volumes[0].shape, predictor.norm)  # the attacker's training geometry, as reid_scores
+    if grid is not None:
+        volumes = [grid.to_model(v) for v in volumes]
     slices, _ = volumes_to_slices(volumes, predictor.norm)
     flat = slices.reshape(len(slices), -1)
     keep = np.flatnonzero(flat.max(axis=1) - flat.min(axis=1) > 1e-3)
@@ -187,11 +190,18 @@ def _reid_subject(images: Sequence[Image], predictor: Any, target: str, mask: Im
         full = np.zeros((len(slices), *shape), np.float32)
         full[keep] = to_plain(maps)
         out = slices_to_volume(full)
+        if grid is not None:  # back onto the input's grid: linear in-plane, exact reorientation
+            out = grid.from_model(out)
         return out[:, :, 0] if reference.format in RASTER_FORMATS or reference.array.ndim == 2 else out
 
     truth = None
     if mask is not None:
-        truth = volume_to_slices(_label_volume(mask).astype(np.uint8))[keep] > 0
+        labels = _label_volume(mask).astype(np.uint8)
+        if grid is not None:
+            if labels.shape != grid.shape:
+                raise InputError(f"the mask's shape {labels.shape} is not the image's {grid.shape}")
+            labels = grid.to_model(labels, labels=True)
+        truth = volume_to_slices(labels)[keep] > 0
     notes = ["the attacker's training-time defences are not applied to the explained slices"] if predictor.config.get("defence") else []
     return Subject(predictor, False, x, names, [k], {k: np.arange(len(x))}, back, reference, mask=truth, to_plain=to_plain, notes=notes)
 
