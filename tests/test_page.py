@@ -189,6 +189,36 @@ def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, tmp_path
             assert grey[~tumour].all()  # ... and no background pixel is
             assert (half[..., 0][tumour] > half[..., 1][tumour]).all()  # label 1 is red
 
+            # the coronal and sagittal views through the cursor, and a click moving it
+            row, col = browser.js("[cursor.row, cursor.col]")
+            rs, cs = np.nonzero(tumour)
+            assert [row, col] == [(rs.min() + rs.max()) // 2, (cs.min() + cs.max()) // 2]  # the middle of the slice's tumour
+
+            def planes_match(row: int, col: int) -> None:
+                for canvas, mask in (("viewer-coronal", labels[:, row, :] != 0), ("viewer-sagittal", labels[:, :, col] != 0)):
+                    rgba = browser.pixels(canvas).astype(int)
+                    assert rgba.shape[:2] == mask.shape, canvas
+                    assert not grey_of(rgba)[mask].any() and grey_of(rgba)[~mask].all(), canvas
+
+            planes_match(row, col)
+
+            def click(canvas: str, y: int, x: int) -> None:
+                left, top, width, height, w, h = browser.js(f"(() => {{ const c = document.getElementById('{canvas}'); const r = c.getBoundingClientRect(); return [r.x, r.y, r.width, r.height, c.width, c.height]; }})()")
+                at = {"x": left + (x + 0.5) * width / w, "y": top + (y + 0.5) * height / h}
+                browser.call("Input.dispatchMouseEvent", type="mousePressed", button="left", buttons=1, clickCount=1, **at)
+                browser.call("Input.dispatchMouseEvent", type="mouseReleased", button="left", buttons=0, clickCount=1, **at)
+
+            far = np.argwhere(labels[z] == 0)[0] if (labels[z] == 0).any() else (0, 0)
+            click("viewer", int(far[0]), int(far[1]))
+            assert browser.js("[cursor.row, cursor.col]") == [int(far[0]), int(far[1])]
+            planes_match(int(far[0]), int(far[1]))
+            click("viewer-sagittal", depth - 1, 3)  # a click on the sagittal view: its slice and row
+            assert browser.js("[+document.getElementById('slice').value, cursor.row]") == [depth - 1, 3]
+            assert (browser.pixels("viewer").astype(int)[..., 0] != half[..., 0]).any()  # the axial view moved
+            _set(browser, "slice", z)
+            click("viewer", row, col)
+            assert (browser.pixels("viewer") == half).all()
+
             _set(browser, "opacity", 100)
             full = browser.pixels("viewer").astype(int)
             assert (full[tumour][:, :3] == [255, 0, 0]).all()  # fully opaque overlay: the label colour itself

@@ -68,31 +68,55 @@ function showModalities() {
   $("modalities").textContent = option ? "files in this order: " + option.dataset.modalities : "no segmentation model loaded";
 }
 
+// The three planes of the preview (slices, rows, cols): axial = one slice, coronal = one row
+// through every slice, sagittal = one column through every slice. The cursor (the slice slider's
+// slice, a row and a column) is shared: a click on one view moves the other two there.
+const cursor = { row: 0, col: 0 };
+
 function draw() {
   if (!view) return;
   const [depth, rows, cols] = view.shape;
   const z = Math.min(+$("slice").value, depth - 1);
+  cursor.row = Math.min(cursor.row, rows - 1);
+  cursor.col = Math.min(cursor.col, cols - 1);
+  const axial = new Int32Array(rows * cols);
+  for (let i = 0; i < rows * cols; i++) axial[i] = z * rows * cols + i;
+  drawPlane($("viewer"), rows, cols, axial);
+  $("planes").hidden = depth < 2; // a 2-D image shows the one view
+  if (depth > 1) {
+    const coronal = new Int32Array(depth * cols), sagittal = new Int32Array(depth * rows);
+    for (let k = 0; k < depth; k++) { // the first slice at the top
+      for (let c = 0; c < cols; c++) coronal[k * cols + c] = (k * rows + cursor.row) * cols + c;
+      for (let r = 0; r < rows; r++) sagittal[k * rows + r] = (k * rows + r) * cols + cursor.col;
+    }
+    drawPlane($("viewer-coronal"), depth, cols, coronal);
+    drawPlane($("viewer-sagittal"), depth, rows, sagittal);
+  }
+  $("slice-label").textContent = (z + 1) + " / " + depth;
+  $("cursor").textContent = "Cursor: slice " + (z + 1) + ", row " + (cursor.row + 1) + ", column " + (cursor.col + 1);
+}
+
+// One view: `index` holds, for each of its height × width pixels, the voxel it shows.
+function drawPlane(canvas, height, width, index) {
   const alpha = +$("opacity").value / 100;
-  const canvas = $("viewer");
-  canvas.width = cols;
-  canvas.height = rows;
+  canvas.width = width;
+  canvas.height = height;
   const ctx = canvas.getContext("2d");
-  const pixels = ctx.createImageData(cols, rows);
-  const offset = z * rows * cols;
-  const grey = windowed(offset, rows * cols);
+  const pixels = ctx.createImageData(width, height);
+  const grey = windowed(index);
   const saliency = $("overlay-kind").value === "saliency" ? view.saliency : null;
-  for (let i = 0; i < rows * cols; i++) {
-    const g = grey[i];
+  for (let i = 0; i < index.length; i++) {
+    const g = grey[i], v = index[i];
     const p = 4 * i;
+    pixels.data[p + 3] = 255;
     if (saliency) { // a heat colour whose opacity grows with the saliency
-      const a = alpha * saliency[offset + i] / 255;
+      const a = alpha * saliency[v] / 255;
       pixels.data[p] = (1 - a) * g + a * HEAT[0];
       pixels.data[p + 1] = (1 - a) * g + a * HEAT[1];
       pixels.data[p + 2] = (1 - a) * g + a * HEAT[2];
-      pixels.data[p + 3] = 255;
       continue;
     }
-    const colour = COLOURS[view.labels[offset + i]] || (view.labels[offset + i] ? [255, 0, 255] : null);
+    const colour = COLOURS[view.labels[v]] || (view.labels[v] ? [255, 0, 255] : null);
     if (colour) {
       pixels.data[p] = (1 - alpha) * g + alpha * colour[0];
       pixels.data[p + 1] = (1 - alpha) * g + alpha * colour[1];
@@ -100,22 +124,35 @@ function draw() {
     } else {
       pixels.data[p] = pixels.data[p + 1] = pixels.data[p + 2] = g;
     }
-    pixels.data[p + 3] = 255;
   }
   ctx.putImageData(pixels, 0, 0);
-  $("slice-label").textContent = (z + 1) + " / " + depth;
 }
 
-// The slice's grey values under the current window/level: the server's own 8-bit rendering for
-// the automatic window, else computed from the raw intensities.
-function windowed(offset, n) {
+// The grey values of the voxels `index` under the current window/level: the server's own 8-bit
+// rendering for the automatic window, else computed from the raw intensities.
+function windowed(index) {
   const preset = $("wl-preset").value;
-  if (preset === "auto" || !view.values) return view.image.subarray(offset, offset + n);
+  const out = new Uint8ClampedArray(index.length);
+  if (preset === "auto" || !view.values) {
+    for (let i = 0; i < index.length; i++) out[i] = view.image[index[i]];
+    return out;
+  }
   const w = Math.max(+$("window").value, 1e-6), low = +$("level").value - w / 2;
   const [min, max] = view.range, step = (max - min) / 65535;
-  const out = new Uint8ClampedArray(n);
-  for (let i = 0; i < n; i++) out[i] = Math.round(((min + step * view.values[offset + i]) - low) / w * 255);
+  for (let i = 0; i < index.length; i++) out[i] = Math.round(((min + step * view.values[index[i]]) - low) / w * 255);
   return out;
+}
+
+// A click (no drag) on a view moves the cursor there: the view's pixel → (slice, row, column).
+function pick(event, canvas, plane) {
+  const box = canvas.getBoundingClientRect();
+  const x = Math.floor((event.clientX - box.left) / box.width * canvas.width);
+  const y = Math.floor((event.clientY - box.top) / box.height * canvas.height);
+  if (x < 0 || y < 0 || x >= canvas.width || y >= canvas.height) return;
+  if (plane === "axial") { cursor.row = y; cursor.col = x; }
+  if (plane === "coronal") { $("slice").value = y; cursor.col = x; }
+  if (plane === "sagittal") { $("slice").value = y; cursor.row = x; }
+  draw();
 }
 
 function showWindow(low, high) {
@@ -156,15 +193,22 @@ $("opacity").addEventListener("input", draw);
 $("wl-preset").addEventListener("change", applyPreset);
 $("window").addEventListener("input", customWindow);
 $("level").addEventListener("input", customWindow);
-let drag = null; // dragging on the image changes window (x) and level (y)
-$("viewer").addEventListener("mousedown", (event) => {
-  if (!view || !view.values) return;
-  event.preventDefault();
-  drag = { x: event.clientX, y: event.clientY, window: +$("window").value, level: +$("level").value };
+let drag = null; // dragging on a view changes window (x) and level (y); a click moves the cursor
+for (const [id, plane] of [["viewer", "axial"], ["viewer-coronal", "coronal"], ["viewer-sagittal", "sagittal"]]) {
+  $(id).addEventListener("mousedown", (event) => {
+    if (!view) return;
+    event.preventDefault();
+    drag = { x: event.clientX, y: event.clientY, window: +$("window").value, level: +$("level").value, moved: false, plane, canvas: $(id) };
+  });
+}
+document.addEventListener("mouseup", (event) => {
+  if (drag && !drag.moved) pick(event, drag.canvas, drag.plane);
+  drag = null;
 });
-document.addEventListener("mouseup", () => { drag = null; });
 document.addEventListener("mousemove", (event) => {
-  if (!drag) return;
+  if (!drag || !view.values) return;
+  if (Math.abs(event.clientX - drag.x) + Math.abs(event.clientY - drag.y) < 3) return;
+  drag.moved = true;
   const unit = Math.max(view.range[1] - view.range[0], 1e-6) / 400; // 400 px of drag: the whole range
   $("window").value = +Math.max(drag.window + (event.clientX - drag.x) * unit, unit).toPrecision(4);
   $("level").value = +(drag.level - (event.clientY - drag.y) * unit).toPrecision(4);
@@ -242,6 +286,15 @@ $("segment-form").addEventListener("submit", async (event) => {
         if (count > bestCount) { best = z; bestCount = count; }
       }
       $("slice").value = best;
+      // the cursor starts in the middle of that slice's tumour (of the slice without one)
+      let r0 = view.shape[1], r1 = -1, c0 = view.shape[2], c1 = -1;
+      for (let i = 0; i < area; i++) {
+        if (!view.labels[best * area + i]) continue;
+        const r = Math.floor(i / view.shape[2]), c = i % view.shape[2];
+        r0 = Math.min(r0, r); r1 = Math.max(r1, r); c0 = Math.min(c0, c); c1 = Math.max(c1, c);
+      }
+      cursor.row = r1 >= 0 ? Math.floor((r0 + r1) / 2) : Math.floor(view.shape[1] / 2);
+      cursor.col = c1 >= 0 ? Math.floor((c0 + c1) / 2) : Math.floor(view.shape[2] / 2);
       $("viewer-box").hidden = false;
       draw();
     }
