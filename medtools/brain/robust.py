@@ -183,7 +183,9 @@ def evaluate_attack(
     seed: int = 0,
 ) -> tuple[dict[str, Any], Any]:
     """``seg-eval --attack``: Dice (per label, BraTS region, foreground) of ``model`` on each
-    case (with ground truth) under ``attack`` at each eps, and the mean over cases.
+    case (with ground truth) under ``attack`` at each eps, and the mean over cases. Each case and
+    its truth are mapped into the checkpoint's training geometry first (the attack acts on what
+    the model sees), and Dice is measured there.
 
     Returns (result, core.batch.Outcome). ``result["dice"][region]`` is the mean curve
     (one value per eps); ``result["curve"]`` holds the full mean scores per eps and
@@ -214,8 +216,13 @@ def evaluate_attack(
         nonlocal total_slices
         if case.label is None:
             raise InputError("no ground-truth label for this case")
-        loaded = load_case(case, predictor.modalities or [SINGLE], predictor.norm, with_label=True)
-        truth = volume_to_slices(_class_labels(predictor, loaded.label.reshape(*loaded.label.shape[:2], -1)))
+        loaded = load_case(case, predictor.modalities or [SINGLE], predictor.norm, with_label=True, geometry=True)  # into the training geometry, as segment
+        label = loaded.label
+        if loaded.grid is not None:  # the truth too (nearest): Dice is measured on the model's grid
+            if label.shape != loaded.grid.shape:
+                raise InputError(f"label shape {label.shape} differs from the image's {loaded.grid.shape}")
+            label = loaded.grid.to_model(label, labels=True)
+        truth = volume_to_slices(_class_labels(predictor, label.reshape(*label.shape[:2], -1)))
         if truth.shape[0] != loaded.slices.shape[0] or truth.shape[1:] != loaded.slices.shape[2:]:
             raise InputError(f"label shape {loaded.label.shape} differs from the image's")
         truth_raw = slices_to_volume(label_values[truth])
