@@ -280,6 +280,20 @@ def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, tmp_path
             _set(browser, "slice", z)
             assert (browser.pixels("viewer") == half).all()  # back to the segmentation
 
+            # classify with the cls model the service loaded: the rows are /v1/classify's answer
+            if (world / "models" / "tiny-cls.safetensors").exists():
+                assert browser.js("document.getElementById('classify-section').hidden") is False
+                assert browser.js("document.getElementById('cls-model').value") == "tiny-cls"
+                browser.upload("#classify-files", world / "slice0.png", world / "slice1.png")
+                browser.js("document.getElementById('classify-button').click()")
+                browser.wait("!document.getElementById('classify-results').hidden", timeout=60)
+                rows = browser.js("[...document.querySelectorAll('#classify-rows tr')].map((tr) => [...tr.children].map((td) => td.textContent))")
+                with httpx.Client(base_url=address, timeout=60) as client:
+                    files = [("file", (f"slice{i}.png", (world / f"slice{i}.png").read_bytes())) for i in (0, 1)]
+                    expected_rows = client.post("/v1/classify?model=tiny-cls", headers={"Authorization": f"Bearer {token}"}, files=files).json()["results"]
+                assert rows == [[r["file"], r["label"], f"{r['probability']:.3f}"] for r in expected_rows]
+                shoot(browser, tmp_path, "page-classify.png")
+
             browser.js("document.getElementById('logout').click()")
             browser.wait("document.readyState === 'complete' && !document.getElementById('login-section').hidden")
         finally:

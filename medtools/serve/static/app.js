@@ -61,6 +61,16 @@ async function showApp() {
     select.appendChild(option);
   }
   showModalities();
+  // classification: the cls models the service loaded, when it offers /v1/classify
+  const classifiers = version.models.filter((m) => m.kind === "cls");
+  $("classify-section").hidden = !(classifiers.length && (version.endpoints || []).includes("classify"));
+  $("cls-model").innerHTML = "";
+  for (const m of classifiers) {
+    const option = document.createElement("option");
+    option.value = m.name;
+    option.textContent = m.name + (m.class_names ? " (" + m.class_names.join(", ") + ")" : "");
+    $("cls-model").appendChild(option);
+  }
 }
 
 function showModalities() {
@@ -300,6 +310,34 @@ $("segment-form").addEventListener("submit", async (event) => {
     }
   } catch (e) {
     $("segment-status").textContent = "Failed: " + e.message;
+  }
+});
+
+$("classify-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData();
+  for (const file of $("classify-files").files) form.append("file", file);
+  $("classify-status").textContent = "Classifying…";
+  $("classify-results").hidden = true;
+  try {
+    const params = new URLSearchParams({ model: $("cls-model").value });
+    const result = await (await api("/v1/classify?" + params, { method: "POST", body: form })).json();
+    const rows = $("classify-rows");
+    rows.innerHTML = "";
+    for (const r of result.results) {
+      const tr = document.createElement("tr");
+      const cells = r.error ? [r.file, "error: " + r.error, ""] : [r.file, r.label, r.probability.toFixed(3)];
+      for (const text of cells) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      rows.appendChild(tr);
+    }
+    $("classify-results").hidden = false;
+    $("classify-status").textContent = "Done: model " + result.model + " (SHA-256 " + result.model_sha256.slice(0, 12) + "…)";
+  } catch (e) {
+    $("classify-status").textContent = "Failed: " + e.message;
   }
 });
 
