@@ -119,6 +119,12 @@ class Browser:
             shutil.rmtree(self.profile, ignore_errors=True)
 
 
+def answer_models(address: str) -> list[dict]:
+    import httpx
+
+    return httpx.get(address + "/v1/version", timeout=30).json()["models"]
+
+
 def grey_of(rgba: np.ndarray) -> np.ndarray:
     return (rgba[..., 0] == rgba[..., 1]) & (rgba[..., 1] == rgba[..., 2])
 
@@ -293,6 +299,29 @@ def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, tmp_path
                     expected_rows = client.post("/v1/classify?model=tiny-cls", headers={"Authorization": f"Bearer {token}"}, files=files).json()["results"]
                 assert rows == [[r["file"], r["label"], f"{r['probability']:.3f}"] for r in expected_rows]
                 shoot(browser, tmp_path, "page-classify.png")
+
+            # protect a picture against the loaded attacker: its metrics, the caveat, raw and protected side by side
+            assert browser.js("document.getElementById('protect-section').hidden") is False
+            attacker = browser.js("document.getElementById('protect-attacker').value")
+            assert attacker in {m["name"] for m in answer_models(address) if m["kind"] in ("reid", "cls")}
+            browser.upload("#protect-files", world / "slice0.png")
+            _set(browser, "protect-steps", 2)
+            browser.js("document.getElementById('protect-button').click()")
+            browser.wait("!document.getElementById('protect-result').hidden", timeout=120)
+            metrics = dict(browser.js("[...document.querySelectorAll('#protect-metrics tr')].map((tr) => [tr.children[0].textContent, tr.children[1].textContent])"))
+            assert 0 < float(metrics["linf"]) <= 0.05 + 1e-6 and float(metrics["psnr"]) > 20 and 0 < float(metrics["ssim"]) <= 1
+            assert json.loads(metrics["attackers"]) == [attacker]
+            assert "not a privacy claim" in browser.js("document.getElementById('protect-caveat').textContent")
+            browser.wait("[...document.querySelectorAll('#protect-pictures img')].every((i) => i.complete && i.naturalWidth > 0)")
+            raw, protected = browser.js(
+                "[...document.querySelectorAll('#protect-pictures img')].map((img) => { const c = document.createElement('canvas');"
+                " c.width = img.naturalWidth; c.height = img.naturalHeight; const x = c.getContext('2d'); x.drawImage(img, 0, 0);"
+                " return Array.from(x.getImageData(0, 0, c.width, c.height).data); })")
+            raw, protected = np.array(raw, int), np.array(protected, int)
+            assert raw.shape == protected.shape == (48 * 40 * 4,)  # the two pictures, side by side
+            assert 0 < np.abs(raw - protected).max() <= round(0.05 * 255) + 1  # within the noise budget
+            assert browser.js("document.querySelector('#protect-downloads a').download") == "slice0_protected.png"
+            shoot(browser, tmp_path, "page-protect.png")
 
             browser.js("document.getElementById('logout').click()")
             browser.wait("document.readyState === 'complete' && !document.getElementById('login-section').hidden")

@@ -61,6 +61,11 @@ async function showApp() {
     select.appendChild(option);
   }
   showModalities();
+  // protection: the reid/cls models as attackers, the seg models as the utility to keep
+  const attackers = version.models.filter((m) => m.kind === "reid" || m.kind === "cls");
+  $("protect-section").hidden = !(attackers.length && (version.endpoints || []).includes("protect"));
+  fillSelect($("protect-attacker"), attackers, false);
+  fillSelect($("protect-utility"), version.models.filter((m) => m.kind === "seg"), true);
   // classification: the cls models the service loaded, when it offers /v1/classify
   const classifiers = version.models.filter((m) => m.kind === "cls");
   $("classify-section").hidden = !(classifiers.length && (version.endpoints || []).includes("classify"));
@@ -310,6 +315,79 @@ $("segment-form").addEventListener("submit", async (event) => {
     }
   } catch (e) {
     $("segment-status").textContent = "Failed: " + e.message;
+  }
+});
+
+function fillSelect(select, models, withNone) {
+  select.innerHTML = "";
+  const entries = (withNone ? [{ name: "", label: "(no model)" }] : []).concat(models.map((m) => ({ name: m.name, label: m.name + " (" + m.kind + ")" })));
+  for (const entry of entries) {
+    const option = document.createElement("option");
+    option.value = entry.name;
+    option.textContent = entry.label;
+    select.appendChild(option);
+  }
+}
+
+function cell(tr, text, header) {
+  const td = document.createElement(header ? "th" : "td");
+  if (header) td.scope = "row";
+  td.textContent = text;
+  tr.appendChild(td);
+}
+
+function picture(src, caption) {
+  const figure = document.createElement("figure");
+  const img = document.createElement("img");
+  img.src = src;
+  img.alt = caption;
+  const text = document.createElement("figcaption");
+  text.textContent = caption;
+  figure.appendChild(img);
+  figure.appendChild(text);
+  return figure;
+}
+
+$("protect-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const files = Array.from($("protect-files").files);
+  const form = new FormData();
+  for (const file of files) form.append("file", file);
+  $("protect-status").textContent = "Protecting…";
+  $("protect-result").hidden = true;
+  try {
+    const params = new URLSearchParams({ attacker: $("protect-attacker").value, eps: $("protect-eps").value, steps: $("protect-steps").value });
+    if ($("protect-utility").value) params.set("utility", $("protect-utility").value);
+    const result = await (await api("/v1/protect?" + params, { method: "POST", body: form })).json();
+    const rows = $("protect-metrics");
+    rows.innerHTML = "";
+    for (const [key, value] of Object.entries(result.metrics)) {
+      if (value === null || value === "") continue;
+      const tr = document.createElement("tr");
+      cell(tr, key, true);
+      cell(tr, typeof value === "number" ? +value.toPrecision(4) + "" : typeof value === "string" ? value : JSON.stringify(value));
+      rows.appendChild(tr);
+    }
+    const pictures = $("protect-pictures"), downloads = $("protect-downloads");
+    pictures.innerHTML = "";
+    downloads.innerHTML = "";
+    result.files.forEach((f, i) => {
+      const url = URL.createObjectURL(new Blob([decode(f.data)]));
+      if (["png", "jpeg", "tiff"].includes(f.format) && files[i]) { // pictures: raw and protected side by side
+        pictures.appendChild(picture(URL.createObjectURL(files[i]), "Raw: " + files[i].name));
+        pictures.appendChild(picture(url, "Protected: " + f.filename));
+      }
+      const li = document.createElement("li"), a = document.createElement("a");
+      a.href = url;
+      a.download = f.filename;
+      a.textContent = "Download " + f.filename;
+      li.appendChild(a);
+      downloads.appendChild(li);
+    });
+    $("protect-result").hidden = false;
+    $("protect-status").textContent = "Done: " + result.files.length + " file(s) protected";
+  } catch (e) {
+    $("protect-status").textContent = "Failed: " + e.message;
   }
 });
 
