@@ -399,3 +399,19 @@ def test_seg_eval_attack_scores_a_permuted_case_as_the_original(trained, tmp_pat
     assert curves[0] and set(curves[0]) == set(curves[1])
     for region in curves[0]:
         assert curves[0][region] == pytest.approx(curves[1][region], abs=1e-6)
+
+
+def test_an_attacker_without_geometry_reads_volumes_as_stored_and_says_so(trained, attacker, tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from medtools.core import ckpt
+
+    meta = ckpt.read_metadata(attacker)
+    norm = json.loads(meta["medtools.norm"])
+    del norm["geometry"]
+    old = tmp_path / "old-reid.safetensors"
+    save_file(load_file(str(attacker)), str(old), metadata={**meta, "medtools.norm": json.dumps(norm)})
+    proc = run_cli("reid-eval", trained["work"] / "cases.csv", "-m", old, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("no training geometry recorded") == 1
+    assert json.loads(proc.stdout)["items"] > 0
