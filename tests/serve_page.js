@@ -13,7 +13,7 @@ class Element {
   constructor(id) {
     this.id = id; this.textContent = ""; this.hidden = false; this.value = ""; this.files = [];
     this.dataset = {}; this.children = []; this.listeners = {}; this.max = "0"; this.href = ""; this.download = "";
-    this.width = 0; this.height = 0; this.pixels = null;
+    this.width = 0; this.height = 0; this.pixels = null; this.style = {}; this.className = "";
   }
   set innerHTML(v) { this.children = []; }
   get selectedOptions() { return this.children.filter((c) => c.value === this.value).concat(this.children).slice(0, 1); }

@@ -195,6 +195,19 @@ def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, tmp_path
             assert grey[~tumour].all()  # ... and no background pixel is
             assert (half[..., 0][tumour] > half[..., 1][tumour]).all()  # label 1 is red
 
+            # the legend: one row per label with its colour, voxels and mL
+            legend = browser.js("[...document.querySelectorAll('#legend tr')].map((tr) => [tr.querySelector('.swatch').style.background, ...[...tr.children].slice(1).map((td) => td.textContent)])")
+            counts, voxel_ml = answer["stats"]["labels"], answer["stats"]["voxel_ml"]
+            assert legend == [["rgb(255, 0, 0)", f"label {v}", str(n), f"{n * voxel_ml:.2f} mL"] for v, n in counts.items() if v != "0"]
+            # keyboard slice scrolling on the focused view
+            browser.js("document.getElementById('viewer').focus()")
+            for key, code in (("ArrowDown", 40), ("ArrowDown", 40), ("ArrowUp", 38)):
+                browser.call("Input.dispatchKeyEvent", type="keyDown", key=key, code=key, windowsVirtualKeyCode=code)
+                browser.call("Input.dispatchKeyEvent", type="keyUp", key=key, code=key, windowsVirtualKeyCode=code)
+            moved = max(min(min(z + 1, depth - 1) + 1, depth - 1) - 1, 0)
+            assert int(browser.js("+document.getElementById('slice').value")) == moved != z
+            _set(browser, "slice", z)
+
             # the coronal and sagittal views through the cursor, and a click moving it
             row, col = browser.js("[cursor.row, cursor.col]")
             rs, cs = np.nonzero(tumour)

@@ -230,6 +230,14 @@ document.addEventListener("mousemove", (event) => {
   customWindow();
 });
 $("slice").addEventListener("input", draw);
+$("viewer").addEventListener("keydown", (event) => { // keyboard slice scrolling on the focused view
+  const step = { ArrowUp: -1, ArrowLeft: -1, PageUp: -10, ArrowDown: 1, ArrowRight: 1, PageDown: 10 }[event.key];
+  if (!view || step === undefined) return;
+  event.preventDefault();
+  const slider = $("slice");
+  slider.value = Math.max(0, Math.min(+slider.max, +slider.value + step));
+  draw();
+});
 $("viewer").addEventListener("wheel", (event) => { // scroll through the slices of a volume
   if (!view) return;
   event.preventDefault();
@@ -279,6 +287,7 @@ $("segment-form").addEventListener("submit", async (event) => {
     $("volume").textContent = stats.tumour_ml !== undefined
       ? "Tumour volume: " + stats.tumour_ml.toFixed(2) + " mL (" + stats.tumour_voxels + " voxels)"
       : "Tumour area: " + stats.tumour_voxels + " pixels";
+    showLegend(stats);
     const link = $("download");
     link.href = URL.createObjectURL(new Blob([decode(result.label_map)]));
     link.download = result.filename;
@@ -317,6 +326,27 @@ $("segment-form").addEventListener("submit", async (event) => {
     $("segment-status").textContent = "Failed: " + e.message;
   }
 });
+
+// One row per label of the answer: its colour, voxel count and, with a known spacing, mL.
+function showLegend(stats) {
+  const legend = $("legend");
+  legend.innerHTML = "";
+  for (const [value, count] of Object.entries(stats.labels || {})) {
+    if (+value === 0) continue;
+    const tr = document.createElement("tr");
+    const swatch = document.createElement("span");
+    swatch.className = "swatch";
+    const colour = COLOURS[+value] || [255, 0, 255];
+    swatch.style.background = "rgb(" + colour.join(",") + ")";
+    const td = document.createElement("td");
+    td.appendChild(swatch);
+    tr.appendChild(td);
+    cell(tr, "label " + value);
+    cell(tr, String(count));
+    cell(tr, stats.voxel_ml !== undefined ? (count * stats.voxel_ml).toFixed(2) + " mL" : count + " pixels");
+    legend.appendChild(tr);
+  }
+}
 
 function fillSelect(select, models, withNone) {
   select.innerHTML = "";
