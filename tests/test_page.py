@@ -152,7 +152,11 @@ def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, tmp_path
         print(f"server up after {time.time() - started:.1f} s")
         browser = Browser(address + "/", tmp_path)
         try:
+            # the page's Content-Security-Policy forbids inline scripts: one injected now does not run
+            policy = httpx.get(address + "/", timeout=30).headers["content-security-policy"]
+            assert "script-src 'self'" in policy and "unsafe-inline" not in policy
             browser.wait("document.readyState === 'complete' && !!document.getElementById('login-form')")
+            assert browser.js("(() => { const s = document.createElement('script'); s.textContent = 'window.injected = 1'; document.body.appendChild(s); return window.injected === undefined; })()") is True
             print(f"page loaded after {time.time() - started:.1f} s")
             # a wrong password: the message shows, the page stays on the form, nothing in localStorage
             _set(browser, "user", "alice")

@@ -26,6 +26,9 @@ from medtools.serve.routers import API  # noqa: F401  (re-exported)
 from medtools.serve.uploads import private_root, safe_name  # noqa: F401  (re-exported)
 
 STATIC = Path(__file__).with_name("static")
+# The page's policy: its own script and style only (no inline script, nothing from elsewhere),
+# pictures from itself and from the blob: URLs it makes of answers, no framing, forms only to itself.
+PAGE_CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 DEFAULT_MAX_UPLOAD = 512 * 1024 * 1024
 
 
@@ -147,7 +150,7 @@ def create_app(state: ServeState):
 
     @app.get("/", include_in_schema=False)
     def page() -> Any:
-        return FileResponse(STATIC / "index.html", media_type="text/html")
+        return FileResponse(STATIC / "index.html", media_type="text/html", headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
 
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     return app
