@@ -100,6 +100,33 @@ def test_occlusion_is_zero_where_the_model_does_not_look():
     assert result["targets"][0]["target"] == "a"
 
 
+def test_gradcam_leaves_no_hooks_on_a_shared_model_and_repeats():
+    """A loaded model is reused across calls (api, serve): Grad-CAM must not leave hooks on it."""
+    import torch
+
+    from medtools import api
+    from medtools.core.io import Image
+    from medtools.core.predict import Predictor
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+            self.layer4 = torch.nn.Conv2d(4, 4, 3, padding=1)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.layer4(torch.relu(self.conv(x)))).mean((-2, -1)))
+
+    predictor = Predictor.from_model(Net().eval(), kind="cls", config={"image_size": 32, "class_names": ["a", "b"], "in_channels": 1})
+    image = Image(np.random.default_rng(0).integers(0, 255, (32, 32)).astype(np.uint8), format="png")
+    first, _ = api.explain([image], predictor, method="gradcam", target="a", layer="layer4")
+    second, _ = api.explain([image], predictor, method="gradcam", target="a", layer="layer4")
+    assert np.array_equal(first.array, second.array)
+    assert not predictor.model.layer4._forward_hooks and not predictor.model.layer4._backward_hooks
+
+
 def test_block_cipher_maps_return_to_the_plain_frame():
     from medtools.imagecipher import block
 

@@ -131,9 +131,17 @@ def saliency(net: Any, x: Any, target: int, *, method: str, layer: str | None, r
             from monai.visualize import GradCAM, GradCAMpp
 
             cam_class = GradCAM if method == "gradcam" else GradCAMpp
-            cam = cam_class(nn_module=net, target_layers=f"model.{layer}", postprocessing=lambda m: m)
-            with torch.enable_grad():
-                out = cam(chunk, class_idx=int(target))
+            hooked = dict(net.named_modules())[f"model.{layer}"]
+            before = set(hooked._forward_hooks), set(hooked._backward_hooks)
+            try:
+                cam = cam_class(nn_module=net, target_layers=f"model.{layer}", postprocessing=lambda m: m)
+                with torch.enable_grad():
+                    out = cam(chunk, class_idx=int(target))
+            finally:  # MONAI leaves its hooks on the layer: remove them, the model is shared (serve, api)
+                for key in set(hooked._forward_hooks) - before[0]:
+                    del hooked._forward_hooks[key]
+                for key in set(hooked._backward_hooks) - before[1]:
+                    del hooked._backward_hooks[key]
             maps.append(out[:, 0].detach().float().cpu().numpy())
         elif method == "occlusion":
             from monai.visualize import OcclusionSensitivity
