@@ -8,6 +8,7 @@ const COLOURS = { 1: [255, 0, 0], 2: [0, 200, 0], 3: [0, 90, 255], 4: [255, 220,
 let view = null;
 // window/level presets: [window, level] in the image's units (CT: Hounsfield units)
 const HEAT = [255, 140, 0]; // the saliency overlay's colour
+const timings = {}; // milliseconds, read by the browser test
 let lastUpload = null; // {files, model}: what the saliency map is asked for
 const PRESETS = { "ct-brain": [80, 40], "ct-soft": [400, 40], "ct-bone": [2000, 500] };
 
@@ -281,7 +282,9 @@ $("segment-form").addEventListener("submit", async (event) => {
   $("segment-status").textContent = "Segmenting…";
   try {
     const params = new URLSearchParams({ response: "json", model: $("model").value });
-    const result = await (await api("/v1/segment?" + params, { method: "POST", body: form })).json();
+    const response = await api("/v1/segment?" + params, { method: "POST", body: form });
+    const arrived = performance.now();
+    const result = await response.json();
     const stats = result.stats;
     $("segment-status").textContent = "Done: " + result.filename;
     $("volume").textContent = stats.tumour_ml !== undefined
@@ -321,6 +324,7 @@ $("segment-form").addEventListener("submit", async (event) => {
       cursor.col = c1 >= 0 ? Math.floor((c0 + c1) / 2) : Math.floor(view.shape[2] / 2);
       $("viewer-box").hidden = false;
       draw();
+      timings.firstView = performance.now() - arrived; // the answer's headers → the three views drawn
     }
   } catch (e) {
     $("segment-status").textContent = "Failed: " + e.message;
