@@ -61,7 +61,7 @@ async function fetch(path, options = {}) {
   return reply(404, { detail: "not found" });
 }
 
-const context = { document, fetch, FormData, Blob, URLSearchParams, atob, URL: { createObjectURL: () => "blob:x" }, location: { reload() {} }, console, performance };
+const context = { document, fetch, FormData, Blob, URLSearchParams, atob, URL: { createObjectURL: () => "blob:x" }, location: { reload() {} }, console, performance, setInterval: () => 0, clearInterval: () => {} };
 vm.createContext(context);
 vm.runInContext(fs.readFileSync(appPath, "utf8"), context);
 

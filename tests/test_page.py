@@ -346,6 +346,27 @@ def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, tmp_path
             browser.close()
 
 
+def test_page_in_chromium_shows_the_session_ending(world, tmp_path):  # noqa: F811
+    """With --token-ttl 4 the header counts the session down, and at its end the page is back on
+    the log-in form with the reason; the app's data is gone from the page."""
+    with _Server(world, tmp_path, "--token-ttl", "4") as address:
+        browser = Browser(address + "/", tmp_path)
+        try:
+            browser.wait("document.readyState === 'complete' && !!document.getElementById('login-form')")
+            _set(browser, "user", "alice")
+            _set(browser, "password", PASSWORD)
+            browser.js("document.getElementById('login-button').click()")
+            browser.wait("!document.getElementById('app').hidden")
+            assert re.fullmatch(r"session ends in 0:0[1-4]", browser.js("document.getElementById('session').textContent"))
+            browser.wait("!document.getElementById('login-section').hidden", timeout=15)
+            assert browser.js("document.getElementById('login-error').textContent") == "Your session has ended; log in again."
+            assert browser.js("document.getElementById('app').hidden") is True
+            # the page ends the session up to a second early (whole seconds), never late: the server agrees soon after
+            browser.wait("fetch('/v1/me').then((r) => r.status === 401)", timeout=3)
+        finally:
+            browser.close()
+
+
 def test_page_in_chromium_is_fast_on_a_brats_sized_volume(world, tmp_path):  # noqa: F811
     """A 240×240×155 volume: the first view (axial, coronal, sagittal) is drawn ≤ 1 s after the
     answer's headers arrive (the page's performance.now()), and scrolling, one slice change per

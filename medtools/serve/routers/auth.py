@@ -1,5 +1,6 @@
 """POST /v1/login, /v1/logout, GET /v1/me: sessions over the key store (medtools.serve.auth)."""
 
+import time
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -48,5 +49,5 @@ def logout(request: Request, state: State) -> Any:
 
 @router.get("/me")
 def me(session: Doctor) -> dict[str, Any]:
-    """Who the token belongs to, and when it expires (epoch seconds)."""
-    return {"user": session.user, "expires": int(session.expires)}
+    """Who the token belongs to, and when it expires (epoch seconds, and seconds from now)."""
+    return {"user": session.user, "expires": int(session.expires), "expires_in": max(0, int(session.expires - time.time()))}

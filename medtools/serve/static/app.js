@@ -14,6 +14,7 @@ const PRESETS = { "ct-brain": [80, 40], "ct-soft": [400, 40], "ct-bone": [2000, 
 
 async function api(path, options = {}) {
   const response = await fetch(path, { credentials: "same-origin", ...options });
+  if (response.status === 401 && loggedIn && path !== "/v1/login") sessionEnded();
   if (!response.ok) {
     let detail = response.statusText;
     try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
@@ -45,9 +46,38 @@ function saveBlob(blob, name) {
   a.remove();
 }
 
+// The session's end, shown as a countdown; at the end (or at any 401) the page goes back to the
+// log-in form and says why.
+let loggedIn = false, sessionEnd = 0, sessionTimer = null;
+
+function showSession() {
+  const left = Math.max(0, Math.round((sessionEnd - performance.now()) / 1000));
+  $("session").textContent = "session ends in " + Math.floor(left / 60) + ":" + String(left % 60).padStart(2, "0");
+  if (left <= 0) sessionEnded();
+}
+
+function sessionEnded() {
+  if (!loggedIn) return;
+  loggedIn = false;
+  clearInterval(sessionTimer);
+  view = null;
+  $("app").hidden = true;
+  $("logout").hidden = true;
+  $("viewer-box").hidden = true;
+  $("who").textContent = "";
+  $("session").textContent = "";
+  $("login-section").hidden = false;
+  $("login-error").textContent = "Your session has ended; log in again.";
+}
+
 async function showApp() {
   const me = await (await api("/v1/me")).json();
   const version = await (await api("/v1/version")).json();
+  loggedIn = true;
+  sessionEnd = performance.now() + 1000 * (me.expires_in !== undefined ? me.expires_in : 900);
+  clearInterval(sessionTimer);
+  sessionTimer = setInterval(showSession, 1000);
+  showSession();
   $("who").textContent = "logged in as " + me.user;
   $("login-section").hidden = true;
   $("app").hidden = false;
