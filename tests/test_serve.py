@@ -825,3 +825,21 @@ def test_explain_is_the_cli_map(served, world, tmp_path):
     as_file = client.post("/v1/explain?response=file", files=upload, headers=headers)
     assert as_file.status_code == 200 and json.loads(as_file.headers["x-medtools-explain"])["model"] == "tiny-seg"
     assert client.post("/v1/explain?method=nope", files=upload, headers=headers).status_code == 422
+
+
+def test_cookie_authenticated_posts_need_the_page_header(served, world):
+    """CSRF: a POST authenticated by the session cookie alone is 403 without X-Medtools-Request;
+    with it, or with a bearer token, it works; GETs on the cookie need nothing."""
+    client, _ = served
+    client.cookies.clear()
+    token = client.post("/v1/login", json={"user": "alice", "password": PASSWORD}).json()["token"]
+    upload = {"file": ("report.txt", (world / "report.txt").read_bytes())}
+    try:
+        assert client.get("/v1/me").status_code == 200  # the cookie
+        refused = client.post("/v1/encrypt", files=upload)
+        assert refused.status_code == 403 and "X-Medtools-Request" in refused.json()["detail"]
+        assert client.post("/v1/encrypt", files=upload, headers={"X-Medtools-Request": "page"}).status_code == 200
+        client.cookies.clear()
+        assert client.post("/v1/encrypt", files=upload, headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    finally:
+        client.cookies.clear()

@@ -43,11 +43,24 @@ def token_of(request: Request) -> Optional[str]:
     return request.cookies.get(COOKIE)
 
 
+CSRF_HEADER = "X-Medtools-Request"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
 def doctor(request: Request, state: State) -> Any:
-    """The live session of the request's token (Authorization: Bearer, or the page's cookie); 401 without."""
+    """The live session of the request's token (Authorization: Bearer, or the page's cookie); 401 without.
+
+    A state-changing request that rides on the cookie alone must also carry the
+    ``X-Medtools-Request`` header (the page's script sends it): another site's form or script
+    cannot set a custom header on a request to this origin without a CORS preflight, which the
+    service never grants, so a forged cross-site POST is 403 even where a browser would send the
+    cookie (SameSite=Strict already keeps it off such requests in current browsers)."""
     session = state.auth.session(token_of(request))
     if session is None:
         raise HTTPException(status_code=401, detail="not logged in", headers={"WWW-Authenticate": "Bearer"})
+    bearer = request.headers.get("authorization", "").lower().startswith("bearer ")
+    if request.method not in SAFE_METHODS and not bearer and CSRF_HEADER.lower() not in request.headers:
+        raise HTTPException(status_code=403, detail=f"a request authenticated by the session cookie needs the {CSRF_HEADER} header (the page sends it)")
     return session
 
 

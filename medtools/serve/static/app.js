@@ -13,7 +13,9 @@ let lastUpload = null; // {files, model}: what the saliency map is asked for
 const PRESETS = { "ct-brain": [80, 40], "ct-soft": [400, 40], "ct-bone": [2000, 500] };
 
 async function api(path, options = {}) {
-  const response = await fetch(path, { credentials: "same-origin", ...options });
+  // the header marks the page's own requests (the server refuses cookie-authenticated POSTs without it)
+  const headers = { "X-Medtools-Request": "page", ...(options.headers || {}) };
+  const response = await fetch(path, { credentials: "same-origin", ...options, headers });
   if (response.status === 401 && loggedIn && path !== "/v1/login") sessionEnded();
   if (!response.ok) {
     let detail = response.statusText;
