@@ -344,6 +344,20 @@ def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, tmp_path
             assert browser.js("document.querySelector('#protect-downloads a').download") == "slice0_protected.png"
             shoot(browser, tmp_path, "page-protect.png")
 
+            # a zip of a DICOM series through the same form: the series' slices in the viewer
+            import zipfile
+
+            from test_core_io import write_dicom_series
+
+            series = write_dicom_series(tmp_path / "series")
+            with zipfile.ZipFile(tmp_path / "series.zip", "w") as archive:
+                for member in sorted(series.iterdir()):
+                    archive.write(member, f"series/{member.name}")
+            browser.upload("#segment-files", tmp_path / "series.zip")
+            browser.js("document.getElementById('segment-button').click()")
+            browser.wait("document.getElementById('segment-status').textContent === 'Done: series_seg.nii.gz'", timeout=90)
+            assert browser.js("document.getElementById('slice-label').textContent").endswith("/ 5")
+
             browser.js("document.getElementById('logout').click()")
             browser.wait("document.readyState === 'complete' && !document.getElementById('login-section').hidden")
         finally:

@@ -843,3 +843,31 @@ def test_cookie_authenticated_posts_need_the_page_header(served, world):
         assert client.post("/v1/encrypt", files=upload, headers={"Authorization": f"Bearer {token}"}).status_code == 200
     finally:
         client.cookies.clear()
+
+
+def test_segment_a_zip_of_a_dicom_series(served, tmp_path):
+    """A zip of one DICOM series (files in any order, in a sub-folder) is read as the series and
+    segmented: a NIfTI label map of the series' shape; a zip of nothing usable is 422."""
+    import io
+    import zipfile
+
+    from test_core_io import write_dicom_series
+
+    client, _ = served
+    headers = _login(client)
+    folder = write_dicom_series(tmp_path / "series")
+    expected = read_image(folder)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.iterdir()):
+            archive.write(path, f"study/series/{path.name}")
+    answer = client.post("/v1/segment?response=json", files={"file": ("series.zip", buffer.getvalue())}, headers=headers)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["format"] == "nifti" and body["stats"]["shape"] == list(expected.array.shape)
+    assert body["preview"]["shape"] == [expected.array.shape[2], *expected.array.shape[:2]]
+    bad = io.BytesIO()
+    with zipfile.ZipFile(bad, "w") as archive:
+        archive.writestr("../../evil.txt", b"not dicom")
+    refused = client.post("/v1/segment", files={"file": ("bad.zip", bad.getvalue())}, headers=headers)
+    assert refused.status_code == 422 and "bad.zip" in refused.json()["detail"]

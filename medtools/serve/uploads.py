@@ -96,6 +96,13 @@ class RequestFiles:
         try:
             if fmt in IN_MEMORY_READ:
                 image = _decode_in_memory(name, fmt, data)
+            elif name.lower().endswith(".zip"):
+                # a zip of one DICOM series: its files (by their own names, never its folders)
+                # into a private per-request folder, read as a series
+                series = self.folder / f"series{index}"
+                _unzip_flat(data, series, name)
+                self.names[str(series)] = name
+                image = read_image(series, nan_policy=nan_policy)
             else:
                 # NIfTI, DICOM and extension-less (PACS exports are often DICOM) need a path:
                 # a private per-request temporary file, removed with the request's folder
@@ -151,3 +158,29 @@ def _decode_in_memory(name: str, fmt: str, data: bytes) -> Any:
     except Exception as exc:  # any library error on a bad upload is an input problem, as read_image says
         reason = str(exc).replace(repr(buffer), name)
         raise InputError(f"cannot read {name}: {type(exc).__name__}: {reason}") from exc
+
+
+def _unzip_flat(data: bytes, folder: Path, name: str) -> None:
+    """The regular files of a zip into ``folder`` (0700), each under a neutral numbered name: no
+    member's path is used, so no member leaves the folder; at most as many bytes as the upload
+    limit already allowed, times a small factor against zip bombs."""
+    import io
+    import zipfile
+
+    from medtools.core.errors import InputError
+
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        members = [m for m in archive.infolist() if not m.is_dir() and not m.filename.startswith("__MACOSX/")]
+    except zipfile.BadZipFile as exc:
+        raise InputError(f"cannot read {name}: {exc}") from None
+    if not members:
+        raise InputError(f"cannot read {name}: the zip holds no files")
+    if sum(m.file_size for m in members) > 20 * max(len(data), 1 << 20):
+        raise InputError(f"cannot read {name}: it unpacks to more than 20 times its size")
+    folder.mkdir(mode=0o700)
+    for i, member in enumerate(members):
+        target = folder / f"{i:05d}.dcm"
+        with archive.open(member) as source, open(target, "wb") as sink:
+            sink.write(source.read())
+        os.chmod(target, 0o600)
