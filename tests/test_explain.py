@@ -127,6 +127,34 @@ def test_gradcam_leaves_no_hooks_on_a_shared_model_and_repeats():
     assert not predictor.model.layer4._forward_hooks and not predictor.model.layer4._backward_hooks
 
 
+@pytest.mark.parametrize("method", ["gradcam", "occlusion"])
+def test_explain_leaves_a_shared_model_in_eval_mode_with_its_statistics(method):
+    """A model with BatchNorm, loaded once: explaining must not switch it to training (its
+    running statistics would drift and the next segmentation would change)."""
+    import torch
+
+    from medtools import api
+    from medtools.core.io import Image
+    from medtools.core.predict import Predictor
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.layer4 = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.layer4(x).mean((-2, -1)))
+
+    predictor = Predictor.from_model(Net().eval(), kind="cls", config={"image_size": 32, "class_names": ["a", "b"], "in_channels": 1})
+    before = {k: v.clone() for k, v in predictor.model.state_dict().items()}
+    image = Image(np.random.default_rng(0).integers(0, 255, (32, 32)).astype(np.uint8), format="png")
+    api.explain([image], predictor, method=method, target="a", layer="layer4")
+    assert not predictor.model.training
+    assert all(torch.equal(v, before[k]) for k, v in predictor.model.state_dict().items())
+
+
 def test_block_cipher_maps_return_to_the_plain_frame():
     from medtools.imagecipher import block
 

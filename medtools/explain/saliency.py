@@ -52,7 +52,10 @@ def _torch_module() -> Any:
 
 
 def scores_module(predictor: Any, *, segment: bool) -> Any:
-    return _torch_module()(predictor, segment)
+    """The scores wrapper in the model's own mode (eval for a loaded model): MONAI's CAM and
+    occlusion restore the wrapper's mode after each call, and a wrapper left in its default train
+    mode would switch the shared model to training (BatchNorm statistics then drift)."""
+    return _torch_module()(predictor, segment).train(predictor.model.training)
 
 
 def seg_regions(probs: np.ndarray) -> np.ndarray:
