@@ -188,6 +188,239 @@ def run_engine(name: str, rendered: list, readers: dict, workers: int) -> dict:
     }
 
 
+# ---------------------------------------------------------------- anatomy: does cleaning touch what a model sees?
+
+HC18_RUN = {"full": {"size": 128, "epochs": 10, "steps": None, "test": None}, "quick": {"size": 64, "epochs": 1, "steps": 2, "test": 2}}
+CXR_RUN = {"full": {"size": 128, "epochs": 6, "steps": None, "test": None, "train": None}, "quick": {"size": 32, "epochs": 1, "steps": 2, "test": 4, "train": 40}}
+
+
+def medtools(*args: object) -> str:
+    """Run one medtools command (the console script beside this Python); its stdout."""
+    import shutil
+    import subprocess
+
+    script = Path(sys.executable).parent / "medtools"
+    command = [str(script)] if script.exists() else [shutil.which("medtools") or "medtools"]
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    proc = subprocess.run([*command, *map(str, args)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"medtools {' '.join(map(str, args))} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def held_out(groups: list[str], seed: int, folds: int) -> set[str]:
+    """Every ``folds``-th group of the sorted groups shuffled with ``seed`` (fold 0 of
+    examples/brain-privacy/split_patients.py): the held-out groups."""
+    import random
+
+    order = sorted(set(groups))
+    random.Random(seed).shuffle(order)
+    return set(order[0::folds])
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def render_variants(items: list[tuple[str, np.ndarray]], root: Path, rng: np.random.Generator, strings: int) -> dict[str, dict]:
+    """Write original/NAME.png and phi/NAME.png (PHI rendered as in the pixel benchmark), then
+    clean phi/ with ``medtools deid --clean-pixels`` into cleaned/; per image: the rendered
+    boxes and the cleaner's boxes."""
+    from PIL import Image as PILImage
+
+    for variant in ("original", "phi"):
+        (root / variant).mkdir(parents=True, exist_ok=True)
+    info: dict[str, dict] = {}
+    for name, image in items:
+        phi, truth = render(image, phi_strings(rng, strings), rng)
+        PILImage.fromarray(image).save(root / "original" / f"{name}.png")
+        PILImage.fromarray(phi).save(root / "phi" / f"{name}.png")
+        info[name] = {"rendered": [item["box"] for item in truth]}
+    start = time.perf_counter()
+    out = medtools("deid", root / "phi", "-o", root / "cleaned", "--clean-pixels", "--workers", 1, "--json", "--overwrite", "-q")
+    seconds = time.perf_counter() - start
+    for line in out.splitlines():
+        record = json.loads(line)
+        name = Path(record["output"]).stem
+        info[name]["cleaned"] = [box["box"] for box in record["changes"]["pixel_boxes"]]
+    missing = [name for name, item in info.items() if "cleaned" not in item]
+    if missing:
+        raise SystemExit(f"deid wrote no record for {missing}")
+    return {"images": info, "deid_s": round(seconds, 1)}
+
+
+def box_mask(boxes: list, shape: tuple[int, int]) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    for x0, y0, x1, y1 in boxes:
+        mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+
+
+def anatomy_hc18(args: argparse.Namespace, work: Path, mode: str) -> dict:
+    """seg-train on the training exams; segment the held-out frames as they are, with PHI, and
+    cleaned; Dice between the predictions and against the reference masks."""
+    import csv
+
+    from PIL import Image as PILImage
+
+    run = HC18_RUN[mode]
+    data = DATA / "hc18_ultrasound"
+    rows = list(csv.DictReader(open(data / "labels.csv")))
+    test_exams = held_out([r["exam_id"] for r in rows], args.seed, 5)
+    train = [r for r in rows if r["exam_id"] not in test_exams]
+    test = sorted((r for r in rows if r["exam_id"] in test_exams), key=lambda r: r["filename"])[: run["test"]]
+    manifest = write_csv(work / "hc18-train.csv", ["patient", "case", "image", "label"], [[r["exam_id"], Path(r["filename"]).stem, str(data / "images" / r["filename"]), str(data / "masks" / r["mask"])] for r in train])
+    model = work / f"hc18-seg-{mode}-seed{args.seed}.safetensors"
+    train_s = None
+    if not model.exists():
+        start = time.perf_counter()
+        medtools("seg-train", manifest, "-o", model, "--encoder", "resnet18", "--size", run["size"], "--binary", "--epochs", run["epochs"], "-b", 8, "--seed", args.seed, "--device", "cpu", "-q", *(("--steps-per-epoch", run["steps"]) if run["steps"] else ()))
+        train_s = round(time.perf_counter() - start, 1)
+    items, truth = [], {}
+    for r in test:
+        name = Path(r["filename"]).stem
+        with PILImage.open(data / "images" / r["filename"]) as pil:
+            items.append((name, np.asarray(pil.convert("L").resize((args.size, args.size), PILImage.BILINEAR))))
+        with PILImage.open(data / "masks" / r["mask"]) as pil:
+            truth[name] = np.asarray(pil.convert("L").resize((args.size, args.size), PILImage.NEAREST)) > 127
+    root = work / "hc18"
+    rendered = render_variants(items, root, np.random.default_rng(args.seed), args.strings)
+    predictions: dict[str, dict[str, np.ndarray]] = {}
+    for variant in ("original", "phi", "cleaned"):
+        medtools("segment", root / variant, "-m", model, "-o", root / f"pred-{variant}", "--device", "cpu", "--overwrite", "-q")
+        for name in truth:
+            found = sorted((root / f"pred-{variant}").glob(f"{name}*.png"))
+            if len(found) != 1:
+                raise SystemExit(f"segment wrote {len(found)} outputs for {variant}/{name}")
+            with PILImage.open(found[0]) as pil:
+                predictions.setdefault(name, {})[variant] = np.asarray(pil) > 0
+    per_image = []
+    for name, mask in truth.items():
+        p = predictions[name]
+        cleaned_boxes = box_mask(rendered["images"][name]["cleaned"], mask.shape)
+        rendered_boxes = box_mask(rendered["images"][name]["rendered"], mask.shape)
+        per_image.append({
+            "image": name,
+            "dice_truth": {v: round(dice(p[v], mask), 4) for v in p},
+            "dice_cleaned_vs_phi": round(dice(p["cleaned"], p["phi"]), 4),
+            "dice_cleaned_vs_original": round(dice(p["cleaned"], p["original"]), 4),
+            "dice_phi_vs_original": round(dice(p["phi"], p["original"]), 4),
+            "head_under_text": round(float((rendered_boxes & mask).sum()) / max(1, int(mask.sum())), 4),
+            "head_redacted": round(float((cleaned_boxes & mask).sum()) / max(1, int(mask.sum())), 4),
+        })
+    mean = lambda key, sub=None: round(float(np.mean([(r[key][sub] if sub else r[key]) for r in per_image])), 4)  # noqa: E731
+    delta = [abs(r["dice_truth"]["cleaned"] - r["dice_truth"]["phi"]) for r in per_image]
+    delta_original = [abs(r["dice_truth"]["cleaned"] - r["dice_truth"]["original"]) for r in per_image]
+    return {
+        "data": f"hc18_ultrasound: {len(test)} frames of {len({r['exam_id'] for r in test})} held-out exams (split by exam, seed {args.seed}); {len(train)} training frames",
+        "model": {"command": f"seg-train --encoder resnet18 --size {run['size']} --binary --epochs {run['epochs']} -b 8 --seed {args.seed}" + (f" --steps-per-epoch {run['steps']}" if run["steps"] else ""), "train_s": train_s},
+        "images": len(per_image),
+        "dice_truth": {v: mean("dice_truth", v) for v in ("original", "phi", "cleaned")},
+        "mean_abs_delta_dice_cleaned_vs_phi": round(float(np.mean(delta)), 4),
+        "max_abs_delta_dice_cleaned_vs_phi": round(float(np.max(delta)), 4),
+        "mean_abs_delta_dice_cleaned_vs_original": round(float(np.mean(delta_original)), 4),
+        "dice_between_predictions": {"cleaned_vs_phi": mean("dice_cleaned_vs_phi"), "cleaned_vs_original": mean("dice_cleaned_vs_original"), "phi_vs_original": mean("dice_phi_vs_original")},
+        "head_under_rendered_text": mean("head_under_text"),
+        "head_redacted": mean("head_redacted"),
+        "deid_s": rendered["deid_s"],
+        "per_image": per_image,
+    }
+
+
+def anatomy_cxr(args: argparse.Namespace, work: Path, mode: str) -> dict:
+    """cls-train on the training patients; classify the held-out X-rays as they are, with PHI,
+    and cleaned; accuracy of each and the predictions that change."""
+    import csv
+
+    from PIL import Image as PILImage
+
+    run = CXR_RUN[mode]
+    data = DATA / "cxr"
+    rows = list(csv.DictReader(open(data / "manifest.csv")))
+    test_groups = held_out([r["group_id"] for r in rows], args.seed, 4)
+    train = [r for r in rows if r["group_id"] not in test_groups]
+    test = [r for r in rows if r["group_id"] in test_groups]
+    if run["train"]:
+        train = train[:: max(1, len(train) // run["train"])][: run["train"]]
+    if run["test"]:
+        test = test[:: max(1, len(test) // run["test"])][: run["test"]]
+    manifest = write_csv(work / "cxr-train.csv", ["patient", "case", "image", "class"], [[r["group_id"], Path(r["file"]).stem, str(data / r["file"]), r["label"]] for r in train])
+    model = work / f"cxr-cls-{mode}-seed{args.seed}.safetensors"
+    train_s = None
+    if not model.exists():
+        start = time.perf_counter()
+        medtools("cls-train", manifest, "-o", model, "--arch", "resnet18", "--size", run["size"], "--epochs", run["epochs"], "-b", 32, "--seed", args.seed, "--device", "cpu", "-q", *(("--steps-per-epoch", run["steps"]) if run["steps"] else ()))
+        train_s = round(time.perf_counter() - start, 1)
+    items, labels = [], {}
+    for r in test:
+        name = Path(r["file"]).stem
+        with PILImage.open(data / r["file"]) as pil:
+            items.append((name, np.asarray(pil.convert("L").resize((args.size, args.size), PILImage.BILINEAR))))
+        labels[name] = r["label"]
+    root = work / "cxr"
+    rendered = render_variants(items, root, np.random.default_rng(args.seed + 1), args.strings)
+    predicted: dict[str, dict[str, tuple[str, float]]] = {}
+    for variant in ("original", "phi", "cleaned"):
+        for line in medtools("classify", root / variant, "-m", model, "--device", "cpu", "-q").splitlines():
+            record = json.loads(line)
+            predicted.setdefault(Path(record["path"]).stem, {})[variant] = (record["label"], float(record["probability"]))
+    if set(predicted) != set(labels):
+        raise SystemExit(f"classify answered for {len(predicted)} of {len(labels)} images")
+    accuracy = {v: round(100.0 * float(np.mean([predicted[n][v][0] == labels[n] for n in labels])), 2) for v in ("original", "phi", "cleaned")}
+    flips = lambda a, b: sorted(n for n in labels if predicted[n][a][0] != predicted[n][b][0])  # noqa: E731
+    dp = lambda a, b: round(float(np.mean([abs(predicted[n][a][1] - predicted[n][b][1]) for n in labels])), 4)  # noqa: E731
+    return {
+        "data": f"cxr: {len(test)} held-out X-rays of {len({r['group_id'] for r in test})} patients ({sum(l == 'PNEUMONIA' for l in labels.values())} pneumonia; split by patient group, seed {args.seed}); {len(train)} training images",
+        "model": {"command": f"cls-train --arch resnet18 --size {run['size']} --epochs {run['epochs']} -b 32 --seed {args.seed}" + (f" --steps-per-epoch {run['steps']}" if run["steps"] else ""), "train_s": train_s},
+        "images": len(labels),
+        "accuracy": accuracy,
+        "delta_accuracy_pt_cleaned_vs_phi": round(accuracy["cleaned"] - accuracy["phi"], 2),
+        "delta_accuracy_pt_cleaned_vs_original": round(accuracy["cleaned"] - accuracy["original"], 2),
+        "changed_predictions": {"cleaned_vs_phi": len(flips("cleaned", "phi")), "cleaned_vs_original": len(flips("cleaned", "original")), "phi_vs_original": len(flips("phi", "original"))},
+        "mean_abs_delta_probability": {"cleaned_vs_phi": dp("cleaned", "phi"), "cleaned_vs_original": dp("cleaned", "original"), "phi_vs_original": dp("phi", "original")},
+        "deid_s": rendered["deid_s"],
+    }
+
+
+def anatomy(args: argparse.Namespace) -> dict:
+    """Segmentation (HC18) and classification (CXR) of cleaned vs uncleaned vs original images."""
+    import tempfile
+
+    mode = "quick" if args.quick else "full"
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="deid-anatomy-"))
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    result = {
+        "mode": mode,
+        "size": args.size,
+        "strings_per_image": args.strings,
+        "seed": args.seed,
+        "hc18": anatomy_hc18(args, work, mode),
+        "cxr": anatomy_cxr(args, work, mode),
+    }
+    result["wall_s"] = round(time.perf_counter() - start, 1)
+    result["goal"] = {
+        "hc18_mean_abs_delta_dice_le_0.01": result["hc18"]["mean_abs_delta_dice_cleaned_vs_phi"] <= 0.01,
+        "cxr_abs_delta_accuracy_le_1pt": abs(result["cxr"]["delta_accuracy_pt_cleaned_vs_phi"]) <= 1.0,
+    }
+    if not args.work:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ocr", choices=("both", "rapidocr", "tesseract"), default="both")
@@ -196,7 +429,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="2 images, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="2 images, and the anatomy part on a few images with one-epoch models, for a smoke run")
+    parser.add_argument("--anatomy", action="store_true", help="only the anatomy part: segmentation/classification of cleaned vs uncleaned images")
+    parser.add_argument("--work", default=None, help="anatomy part: keep images, predictions and models here (models found there are reused)")
     args = parser.parse_args()
     if args.quick:
         args.images = 2
@@ -204,6 +439,13 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from medtools.secure import ocr
 
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor() or platform.machine(), "python": platform.python_version()}
+    if args.anatomy:
+        if not ocr.available("rapidocr") or not DATA.exists():
+            print(json.dumps({"benchmark": "deid-anatomy", "skipped": "rapidocr-onnxruntime (deid's default engine) not installed, or ../shared/data not found"}))
+            return
+        print(json.dumps({"benchmark": "deid-anatomy", "machine": machine, **anatomy(args)}, indent=1))
+        return
     names = [n for n in (("rapidocr", "tesseract") if args.ocr == "both" else (args.ocr,)) if ocr.available(n)]
     if not names or not DATA.exists():
         print(json.dumps({"benchmark": "deid-pixels", "skipped": f"no OCR engine of {args.ocr} installed, or ../shared/data not found"}))
@@ -218,9 +460,11 @@ def main() -> None:
         "strings_per_image": args.strings,
         "seed": args.seed,
         "workers": args.workers,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor() or platform.machine(), "python": platform.python_version()},
+        "machine": machine,
         "engines": {name: run_engine(name, rendered, readers, args.workers) for name in names},
     }
+    if args.quick and ocr.available("rapidocr"):  # make bench: the anatomy part too, in small
+        result["anatomy"] = anatomy(args)
     print(json.dumps(result, indent=1))
 
 
