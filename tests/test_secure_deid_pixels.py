@@ -254,3 +254,36 @@ def test_real_ultrasound_frame_cleaned_anatomy_untouched(tmp_path, shared_data):
 
     near_text = ndi.binary_dilation(ink, iterations=8)  # the strings and 8 px around them
     assert (inside & ~near_text).mean() < 0.02  # the boxes hold the text, not the anatomy
+
+
+BORDER_STRINGS = (("DOE^JOHN", (12, 6), 22), ("ID 4839201", (140, 10), 18))
+
+
+def anatomy_mask(image: np.ndarray) -> np.ndarray:
+    """A classical segmentation of the anatomy: above Otsu's threshold, holes filled."""
+    from scipy import ndimage as ndi
+    from skimage.filters import threshold_otsu
+
+    return ndi.binary_fill_holes(image > threshold_otsu(image))
+
+
+@needs_ocr
+def test_text_in_the_border_cleaned_segmentation_as_without_text(tmp_path):
+    """PHI burned into the black border only: the cleaned image segments exactly as the image
+    without text did (the uncleaned one does not), and no box reaches the anatomy."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    plain = phantom(2)
+    pil = Image.fromarray(plain)
+    for text, xy, size in BORDER_STRINGS:
+        ImageDraw.Draw(pil).text(xy, text, fill=255, font=ImageFont.load_default(size=size))
+    image = np.asarray(pil)
+    reference = anatomy_mask(plain)
+    assert not np.array_equal(anatomy_mask(image), reference)  # the text is segmented as well
+    Image.fromarray(image).save(tmp_path / "us.png")
+    record = json.loads(run_cli("deid", tmp_path / "us.png", "-o", tmp_path / "out", "--clean-pixels", "--json", check=True).stdout)
+    cleaned = np.asarray(Image.open(record["output"]))
+    inside = boxes_mask(record["changes"]["pixel_boxes"], image.shape)
+    assert inside.any() and not (inside & reference).any()
+    assert np.array_equal(anatomy_mask(cleaned), reference)
+    assert np.array_equal(cleaned[40:], plain[40:])  # below the border: the phantom's own pixels
