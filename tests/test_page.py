@@ -25,7 +25,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 websocket = pytest.importorskip("websocket", reason="websocket-client (the dev extra) drives Chromium")
 
-from test_serve import PASSWORD, _Server, world  # noqa: E402,F401  (world: the tiny seg model, key store, case.nii.gz)
+from test_serve import CLS_CONFIG, PASSWORD, _has_cls, _Server, world  # noqa: E402,F401  (world: the tiny seg model, key store, case.nii.gz)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
@@ -119,6 +119,37 @@ class Browser:
             shutil.rmtree(self.profile, ignore_errors=True)
 
 
+KEY = bytes(range(7, 39))  # the keyed cls model's 256-bit key (hex in page_world/cls.key)
+
+
+@pytest.fixture(scope="module")
+def page_world(world, tmp_path_factory):
+    """world's models plus, with the cls family, one built behind the block cipher (16×16 blocks,
+    the fingerprint of KEY in its config, as `cls-train --encryption block --key` records it); the
+    key file the page reads, a wrong one, and a 32×32 grey picture (the model's size)."""
+    from medtools.core.io import Image, write_image
+    from medtools.core.secrets import key_id
+
+    root = tmp_path_factory.mktemp("page")
+    shutil.copytree(world / "models", root / "models")
+    for name, key in (("cls.key", KEY), ("wrong.key", bytes(32))):
+        (root / name).write_text(key.hex() + "\n")
+        (root / name).chmod(0o600)
+    if _has_cls():
+        import torch
+
+        from medtools.core import ckpt, registry
+
+        torch.manual_seed(1)
+        kind = registry.get("cls")
+        net = registry.resolve(kind.builder)(**registry.check_config(kind, CLS_CONFIG))
+        config = {**CLS_CONFIG, "encryption": "block", "block_size": 16, "key_id": key_id(KEY)}
+        ckpt.save(root / "models" / "tiny-keyed-cls.safetensors", net.state_dict(), kind="cls", config=config, norm={"method": "unit"})
+    rng = np.random.default_rng(3)
+    write_image(Image((rng.random((32, 32)) * 255).astype(np.uint8), format="png"), root / "small.png")
+    return root
+
+
 def answer_models(address: str) -> list[dict]:
     import httpx
 
@@ -144,11 +175,11 @@ def _set(browser: Browser, element: str, value) -> None:
     browser.js(f"(() => {{ const e = document.getElementById('{element}'); e.value = {json.dumps(str(value))}; e.dispatchEvent(new Event('input', {{bubbles: true}})); }})()")
 
 
-def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, tmp_path):  # noqa: F811
+def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, page_world, tmp_path):  # noqa: F811
     import httpx
 
     started = time.time()
-    with _Server(world, tmp_path) as address:
+    with _Server(page_world, tmp_path) as address:
         print(f"server up after {time.time() - started:.1f} s")
         browser = Browser(address + "/", tmp_path)
         try:
@@ -319,7 +350,52 @@ def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, tmp_path
                     files = [("file", (f"slice{i}.png", (world / f"slice{i}.png").read_bytes())) for i in (0, 1)]
                     expected_rows = client.post("/v1/classify?model=tiny-cls", headers={"Authorization": f"Bearer {token}"}, files=files).json()["results"]
                 assert rows == [[r["file"], r["label"], f"{r['probability']:.3f}"] for r in expected_rows]
+                assert browser.js("document.getElementById('cls-privacy').textContent") == "The image is sent to the server as it is: the server sees it."
+                assert browser.js("document.getElementById('cls-key-label').hidden") is True
                 shoot(browser, tmp_path, "page-classify.png")
+
+            # a model trained behind the block cipher: the page encrypts with the doctor's key, which is never sent
+            if (page_world / "models" / "tiny-keyed-cls.safetensors").exists():
+                from medtools.imagecipher import block
+
+                browser.js("(() => { const s = document.getElementById('cls-model'); s.value = 'tiny-keyed-cls'; s.dispatchEvent(new Event('change')); })()")
+                assert browser.js("document.getElementById('cls-key-label').hidden") is False
+                assert "never sent" in browser.js("document.getElementById('cls-privacy').textContent")
+                sent = "performance.getEntriesByType('resource').filter((e) => e.name.includes('/v1/classify')).length"
+                before = browser.js(sent)
+                browser.upload("#cls-key", page_world / "wrong.key")
+                browser.upload("#classify-files", page_world / "small.png", world / "slice0.png")
+                browser.js("document.getElementById('classify-button').click()")
+                browser.wait("document.getElementById('classify-status').textContent.startsWith('Failed')")
+                assert "wrong key; nothing was sent" in browser.js("document.getElementById('classify-status').textContent")
+                assert browser.js(sent) == before  # refused in the page: no request
+                browser.upload("#cls-key", page_world / "cls.key")
+                browser.js("document.getElementById('classify-button').click()")
+                browser.wait("!document.getElementById('classify-results').hidden", timeout=60)
+                assert browser.js(sent) == before + 1
+                browser.wait("[...document.querySelectorAll('#cls-ciphers img')].every((i) => i.complete && i.naturalWidth > 0)")
+                made = browser.js(
+                    "[...document.querySelectorAll('#cls-ciphers img')].map((img) => { const c = document.createElement('canvas');"
+                    " c.width = img.naturalWidth; c.height = img.naturalHeight; const x = c.getContext('2d'); x.drawImage(img, 0, 0);"
+                    " return Array.from(x.getImageData(0, 0, c.width, c.height).data); })")
+                assert [len(m) for m in made] == [32 * 32 * 4] * 2  # both at the model's size (slice0.png resized in the page)
+                from medtools.core.io import read_image
+
+                plain = np.asarray(read_image(page_world / "small.png").array)
+                cipher = block.encrypt(plain, KEY, 8, 16)
+                made = np.array(made[0], np.uint8).reshape(32, 32, 4)
+                assert (made[..., 0] == cipher).all() and (made[..., 1] == cipher).all() and (made[..., 3] == 255).all()  # what `medtools encrypt --method block` makes
+                assert (cipher != plain).any()
+                rows = browser.js("[...document.querySelectorAll('#classify-rows tr')].map((tr) => [...tr.children].map((td) => td.textContent))")
+                from medtools.core.io import Image, write_image
+
+                write_image(Image(cipher, format="png"), tmp_path / "small_cipher.png")
+                with httpx.Client(base_url=address, timeout=60) as client:
+                    expected_rows = client.post("/v1/classify?model=tiny-keyed-cls", headers={"Authorization": f"Bearer {token}"},
+                                                files=[("file", ("small_cipher.png", (tmp_path / "small_cipher.png").read_bytes()))]).json()["results"]
+                assert rows[0] == [expected_rows[0]["file"], expected_rows[0]["label"], f"{expected_rows[0]['probability']:.3f}"]
+                assert rows[1][0] == "slice0_cipher.png" and rows[1][1] in CLS_CONFIG["class_names"]
+                shoot(browser, tmp_path, "page-classify-encrypted.png")
 
             # protect a picture against the loaded attacker: its metrics, the caveat, raw and protected side by side
             assert browser.js("document.getElementById('protect-section').hidden") is False

@@ -51,7 +51,7 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         info = {"name": self.name, "kind": self.kind, "file": self.path.name, "sha256": self.sha256}
-        for key in ("arch", "encoder", "modalities", "image_size", "label_values", "class_names"):
+        for key in ("arch", "encoder", "modalities", "image_size", "label_values", "class_names", "encryption", "block_size", "key_id"):
             if key in self.config:
                 info[key] = self.config[key]
         info["device"] = str(getattr(self.predictor, "device", ""))

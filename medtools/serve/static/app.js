@@ -107,8 +107,61 @@ async function showApp() {
     const option = document.createElement("option");
     option.value = m.name;
     option.textContent = m.name + (m.class_names ? " (" + m.class_names.join(", ") + ")" : "");
+    option.dataset.encryption = m.encryption || "none";
+    option.dataset.blockSize = m.block_size || 16;
+    option.dataset.keyId = m.key_id || "";
+    option.dataset.size = m.image_size || 0;
     $("cls-model").appendChild(option);
   }
+  showClsPrivacy();
+}
+
+// Who sees the image: a model trained on plain images gets the image itself; one trained behind
+// the block cipher gets the cipher image made here with the doctor's key, which never leaves the
+// page; for another cipher the page cannot encrypt, so it says so.
+function showClsPrivacy() {
+  const option = $("cls-model").selectedOptions[0];
+  const method = option ? option.dataset.encryption : "none";
+  const inBrowser = method === "block" && MedtoolsCipher.available();
+  $("cls-key-label").hidden = !inBrowser;
+  let text;
+  if (method === "none") {
+    text = "The image is sent to the server as it is: the server sees it.";
+  } else if (inBrowser) {
+    text = "This model was trained on block-encrypted images (key " + option.dataset.keyId + "). Your key file is read by this page and never sent: "
+      + "each image is brought to " + option.dataset.size + "×" + option.dataset.size + " grey levels and encrypted in this browser, and the server receives only the cipher image "
+      + "(the one `medtools encrypt --method block` makes). The block cipher hides the picture from view, not from someone who also holds one plain image and its cipher (docs/secure.md).";
+  } else {
+    text = (method === "block" ? "This browser offers no WebCrypto here (the page is not on HTTPS or localhost), so it cannot encrypt. "
+      : "The page does not compute this model's cipher (" + method + ") in the browser. ")
+      + "Make the cipher images on your own machine (`medtools encrypt --method " + method + " --key KEY`) and upload those; an image uploaded here is sent as it is.";
+  }
+  $("cls-privacy").textContent = text;
+}
+
+// One image file → its cipher image as a PNG: grey levels at the model's size (the browser
+// resizes a picture of another size), encrypted with the key.
+async function cipherPicture(file, key, size, block) {
+  const bitmap = await createImageBitmap(file, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = size;
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingQuality = "high";
+  ctx.drawImage(bitmap, 0, 0, size, size);
+  const rgba = ctx.getImageData(0, 0, size, size);
+  const levels = new Uint8Array(size * size);
+  for (let i = 0; i < levels.length; i++) {
+    const [r, g, b] = [rgba.data[4 * i], rgba.data[4 * i + 1], rgba.data[4 * i + 2]];
+    levels[i] = r === g && g === b ? r : Math.round((r + g + b) / 3);
+  }
+  const cipher = await MedtoolsCipher.encryptBlock(levels, size, size, key, block);
+  for (let i = 0; i < cipher.length; i++) {
+    rgba.data[4 * i] = rgba.data[4 * i + 1] = rgba.data[4 * i + 2] = cipher[i];
+    rgba.data[4 * i + 3] = 255;
+  }
+  ctx.putImageData(rgba, 0, 0);
+  const blob = await new Promise((done) => canvas.toBlob(done, "image/png"));
+  return new File([blob], file.name.replace(/\.[^.]*$/, "") + "_cipher.png", { type: "image/png" });
 }
 
 function showModalities() {
@@ -457,13 +510,31 @@ $("protect-form").addEventListener("submit", async (event) => {
   }
 });
 
+$("cls-model").addEventListener("change", showClsPrivacy);
+
 $("classify-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const form = new FormData();
-  for (const file of $("classify-files").files) form.append("file", file);
-  $("classify-status").textContent = "Classifying…";
+  const option = $("cls-model").selectedOptions[0];
   $("classify-results").hidden = true;
+  $("cls-ciphers").innerHTML = "";
   try {
+    if (option && option.dataset.encryption === "block" && MedtoolsCipher.available()) {
+      // encrypted here: the key is checked against the model's fingerprint before anything is sent
+      if (!$("cls-key").files.length) throw new Error("choose your key file (it stays in this page)");
+      const key = MedtoolsCipher.parseKey(new Uint8Array(await $("cls-key").files[0].arrayBuffer()));
+      const id = await MedtoolsCipher.keyId(key);
+      if (id !== option.dataset.keyId) throw new Error("the key's fingerprint " + id + " is not the model's (" + option.dataset.keyId + "): wrong key; nothing was sent");
+      $("classify-status").textContent = "Encrypting in this browser…";
+      for (const file of $("classify-files").files) {
+        const cipher = await cipherPicture(file, key, +option.dataset.size, +option.dataset.blockSize);
+        form.append("file", cipher);
+        $("cls-ciphers").appendChild(picture(URL.createObjectURL(cipher), "Sent: " + cipher.name));
+      }
+    } else {
+      for (const file of $("classify-files").files) form.append("file", file);
+    }
+    $("classify-status").textContent = "Classifying…";
     const params = new URLSearchParams({ model: $("cls-model").value });
     const result = await (await api("/v1/classify?" + params, { method: "POST", body: form })).json();
     const rows = $("classify-rows");
