@@ -270,6 +270,44 @@ def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, page_wor
             click("viewer", int(far[0]), int(far[1]))
             assert browser.js("[cursor.row, cursor.col]") == [int(far[0]), int(far[1])]
             planes_match(int(far[0]), int(far[1]))
+
+            # each plane is as high as its millimetres say (0.9 × 0.9 mm pixels, 2 mm slices), not its voxel count,
+            # and its crosshairs cross on the cursor's voxel
+            assert answer["preview"]["spacing"] == pytest.approx([2.0, 0.9, 0.9], rel=1e-6)
+
+            def rect(element: str) -> list[float]:
+                return browser.js(f"(() => {{ const r = document.getElementById('{element}').getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; }})()")
+
+            def crosshairs_at(canvas: str, y: int, x: int) -> None:
+                left, top, width, height = rect(canvas)
+                h, w = browser.js(f"[document.getElementById('{canvas}').height, document.getElementById('{canvas}').width]")
+                line_h, line_v = rect(canvas + "-h"), rect(canvas + "-v")
+                assert abs(line_h[1] + line_h[3] / 2 - (top + (y + 0.5) * height / h)) <= 1, (canvas, line_h, y)
+                assert abs(line_v[0] + line_v[2] / 2 - (left + (x + 0.5) * width / w)) <= 1, (canvas, line_v, x)
+                assert line_h[2] == pytest.approx(width, abs=1) and line_v[3] == pytest.approx(height, abs=1)  # across the whole view
+
+            for canvas, aspect in (("viewer", rows / cols), ("viewer-coronal", depth * 2.0 / (cols * 0.9)), ("viewer-sagittal", depth * 2.0 / (rows * 0.9))):
+                _, _, width, height = rect(canvas)
+                assert abs(height / width - aspect) <= 1.5 / width, (canvas, width, height, aspect)
+            crosshairs_at("viewer", int(far[0]), int(far[1]))
+            crosshairs_at("viewer-coronal", z, int(far[1]))
+            crosshairs_at("viewer-sagittal", z, int(far[0]))
+            # the keyboard on the coronal view moves its row: the axial and sagittal crosshairs follow
+            browser.js("document.getElementById('viewer-coronal').focus()")
+            next_row = min(int(far[0]) + 1, rows - 1)
+            browser.call("Input.dispatchKeyEvent", type="keyDown", key="ArrowDown", code="ArrowDown", windowsVirtualKeyCode=40)
+            browser.call("Input.dispatchKeyEvent", type="keyUp", key="ArrowDown", code="ArrowDown", windowsVirtualKeyCode=40)
+            assert browser.js("[cursor.row, cursor.col]") == [next_row, int(far[1])]
+            crosshairs_at("viewer", next_row, int(far[1]))
+            crosshairs_at("viewer-sagittal", z, next_row)
+            planes_match(next_row, int(far[1]))
+            browser.js("document.getElementById('viewer-sagittal').focus()")
+            browser.call("Input.dispatchKeyEvent", type="keyDown", key="ArrowLeft", code="ArrowLeft", windowsVirtualKeyCode=37)
+            browser.call("Input.dispatchKeyEvent", type="keyUp", key="ArrowLeft", code="ArrowLeft", windowsVirtualKeyCode=37)
+            assert browser.js("cursor.col") == max(int(far[1]) - 1, 0)
+            browser.js("(() => { const c = document.getElementById('crosshairs'); c.checked = false; c.dispatchEvent(new Event('change')); })()")
+            assert browser.js("document.getElementById('viewer-h').hidden && document.getElementById('viewer-coronal-v').hidden") is True
+            browser.js("(() => { const c = document.getElementById('crosshairs'); c.checked = true; c.dispatchEvent(new Event('change')); })()")
             click("viewer-sagittal", depth - 1, 3)  # a click on the sagittal view: its slice and row
             assert browser.js("[+document.getElementById('slice').value, cursor.row]") == [depth - 1, 3]
             assert (browser.pixels("viewer").astype(int)[..., 0] != half[..., 0]).any()  # the axial view moved

@@ -142,5 +142,9 @@ def preview(image: Any, label: Any) -> Optional[dict[str, Any]]:
     lo, hi = float(raw.min()), float(raw.max())
     steps = np.zeros(raw.shape, "<u2") if hi <= lo else ((raw - lo) / (hi - lo) * 65535).round().astype("<u2")
     steps = np.ascontiguousarray(np.moveaxis(steps, 2, 0))
-    return {"shape": list(gray8.shape), "image": base64.b64encode(gray8.tobytes()).decode(), "labels": base64.b64encode(lab8.tobytes()).decode(),
+    # mm between slices, rows and columns (the page sizes each plane by it); 1 where unknown
+    known = [float(s) for s in (label.spacing or ())][:3] if array.ndim >= 3 else []
+    known = [s if s > 0 and np.isfinite(s) else 1.0 for s in known] + [1.0] * (3 - len(known))
+    spacing = [known[2], known[0], known[1]]
+    return {"shape": list(gray8.shape), "spacing": spacing, "image": base64.b64encode(gray8.tobytes()).decode(), "labels": base64.b64encode(lab8.tobytes()).decode(),
             "values": base64.b64encode(steps.tobytes()).decode(), "value_range": [lo, hi], "window": [window["low"], window["high"]]}

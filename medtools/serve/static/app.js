@@ -182,7 +182,9 @@ function draw() {
   cursor.col = Math.min(cursor.col, cols - 1);
   const axial = new Int32Array(rows * cols);
   for (let i = 0; i < rows * cols; i++) axial[i] = z * rows * cols + i;
+  const [sz, sr, sc] = view.spacing; // mm between slices, rows, columns
   drawPlane($("viewer"), rows, cols, axial);
+  place("viewer", 384, rows * sr / (cols * sc), (cursor.row + 0.5) / rows, (cursor.col + 0.5) / cols);
   $("planes").hidden = depth < 2; // a 2-D image shows the one view
   if (depth > 1) {
     const coronal = new Int32Array(depth * cols), sagittal = new Int32Array(depth * rows);
@@ -192,9 +194,24 @@ function draw() {
     }
     drawPlane($("viewer-coronal"), depth, cols, coronal);
     drawPlane($("viewer-sagittal"), depth, rows, sagittal);
+    place("viewer-coronal", 240, depth * sz / (cols * sc), (z + 0.5) / depth, (cursor.col + 0.5) / cols);
+    place("viewer-sagittal", 240, depth * sz / (rows * sr), (z + 0.5) / depth, (cursor.row + 0.5) / rows);
   }
   $("slice-label").textContent = (z + 1) + " / " + depth;
   $("cursor").textContent = "Cursor: slice " + (z + 1) + ", row " + (cursor.row + 1) + ", column " + (cursor.col + 1);
+}
+
+// A view's size on the page: `width` CSS pixels wide and as high as its millimetres say (the voxel
+// spacing, not the voxel count, sets each plane's aspect); its crosshairs at the cursor (fractions
+// of the view's height and width).
+function place(id, width, aspect, y, x) {
+  const canvas = $(id);
+  canvas.style.width = width + "px";
+  canvas.style.height = Math.max(1, Math.round(width * aspect)) + "px";
+  const shown = $("crosshairs").checked;
+  $(id + "-h").hidden = $(id + "-v").hidden = !shown;
+  $(id + "-h").style.top = (100 * y) + "%";
+  $(id + "-v").style.left = (100 * x) + "%";
 }
 
 // One view: `index` holds, for each of its height × width pixels, the voxel it shows.
@@ -324,6 +341,18 @@ $("viewer").addEventListener("keydown", (event) => { // keyboard slice scrolling
   slider.value = Math.max(0, Math.min(+slider.max, +slider.value + step));
   draw();
 });
+// the coronal view's keys move its row, the sagittal view's its column (the other views follow)
+for (const [id, axis] of [["viewer-coronal", "row"], ["viewer-sagittal", "col"]]) {
+  $(id).addEventListener("keydown", (event) => {
+    const step = { ArrowUp: -1, ArrowLeft: -1, PageUp: -10, ArrowDown: 1, ArrowRight: 1, PageDown: 10 }[event.key];
+    if (!view || step === undefined) return;
+    event.preventDefault();
+    const last = view.shape[axis === "row" ? 1 : 2] - 1;
+    cursor[axis] = Math.max(0, Math.min(last, cursor[axis] + step));
+    draw();
+  });
+}
+$("crosshairs").addEventListener("change", draw);
 $("viewer").addEventListener("wheel", (event) => { // scroll through the slices of a volume
   if (!view) return;
   event.preventDefault();
@@ -381,7 +410,7 @@ $("segment-form").addEventListener("submit", async (event) => {
     link.download = result.filename;
     if (result.preview) {
       const p = result.preview;
-      view = { shape: p.shape, image: decode(p.image), labels: decode(p.labels), range: p.value_range, auto: p.window };
+      view = { shape: p.shape, image: decode(p.image), labels: decode(p.labels), range: p.value_range, auto: p.window, spacing: p.spacing || [1, 1, 1] };
       if (p.values) { const bytes = decode(p.values); view.values = new Uint16Array(bytes.buffer, 0, bytes.length / 2); }
       $("wl-preset").value = "auto";
       $("overlay-kind").value = "labels";
