@@ -102,6 +102,7 @@ complete -c medtools -n '__fish_seen_subcommand_from seg-train' -l help
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l compile
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l device
+complete -c medtools -n '__fish_seen_subcommand_from segment' -l explain
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l format
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l json
 complete -c medtools -n '__fish_seen_subcommand_from segment' -l largest-component
@@ -436,6 +437,8 @@ complete -c medtools -n '__fish_seen_subcommand_from cls-train' -l help
 complete -c medtools -n '__fish_seen_subcommand_from classify' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from classify' -l csv
 complete -c medtools -n '__fish_seen_subcommand_from classify' -l device
+complete -c medtools -n '__fish_seen_subcommand_from classify' -l explain
+complete -c medtools -n '__fish_seen_subcommand_from classify' -l explain-dir
 complete -c medtools -n '__fish_seen_subcommand_from classify' -l key
 complete -c medtools -n '__fish_seen_subcommand_from classify' -l key-file
 complete -c medtools -n '__fish_seen_subcommand_from classify' -l model
@@ -603,6 +606,7 @@ complete -c medtools -n '__fish_seen_subcommand_from explain' -l model
 complete -c medtools -n '__fish_seen_subcommand_from explain' -l output
 complete -c medtools -n '__fish_seen_subcommand_from explain' -l overwrite
 complete -c medtools -n '__fish_seen_subcommand_from explain' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from explain' -l regions
 complete -c medtools -n '__fish_seen_subcommand_from explain' -l seed
 complete -c medtools -n '__fish_seen_subcommand_from explain' -l shard
 complete -c medtools -n '__fish_seen_subcommand_from explain' -l target

@@ -27,7 +27,7 @@ from medtools.core.io import Image, read_image, write_image
 
 __all__ = [
     "Image", "RunContext", "read_image", "write_image", "load_model",
-    "segment", "protect", "reid_scores", "classify", "explain",
+    "segment", "protect", "reid_scores", "classify", "explain", "explain_beside",
     "encrypt_bytes", "decrypt_bytes", "encrypt_stream", "decrypt_stream",
     "klt_encode", "umn_map", "klt_decode", "synth", "index_query", "index_score", "index_manifest", "deid_dataset", "clean_pixels", "phi_findings",
     "pacs_query", "pacs_pull", "pacs_push",
@@ -165,13 +165,15 @@ def classify(images: Sequence[Image | str | Path] | Image, model: ModelArg, *, k
 
 
 @_in_context
-def explain(images: Sequence[Image] | Image, model: ModelArg, *, method: str = "gradcam", target: str = "pred", layer: str | None = None, mask: Image | None = None, check: bool = False, key: bytes | None = None, seed: int | None = None, batch_size: int = 16, volume: int | None = None, device: str | None = None) -> tuple[Image, dict[str, Any]]:
+def explain(images: Sequence[Image] | Image, model: ModelArg, *, method: str = "gradcam", target: str = "pred", layer: str | None = None, mask: Image | None = None, regions: Image | None = None, check: bool = False, key: bytes | None = None, seed: int | None = None, batch_size: int = 16, volume: int | None = None, device: str | None = None) -> tuple[Image, dict[str, Any]]:
     """The saliency map of a seg, cls or reid model for one image or case (a segmenter's modality
     images) → (a float Image on the input's grid, one trailing axis per target when there are
     several; the numbers: per target its localisation, and with ``check`` the model-randomisation
     and faithfulness checks and their flags). ``method``: gradcam | gradcam++ | occlusion | ig;
     ``target``: pred or a class; ``layer``: a module name (default the last conv block);
-    ``mask``: a ground-truth label image for localisation; ``key``: a cls model's cipher key."""
+    ``mask``: a ground-truth label image for localisation; ``regions``: a label image on the
+    input's grid (e.g. 0 background, 1 head, 2 tumour) whose labels each get their share of the
+    map's mass; ``key``: a cls model's cipher key."""
     from medtools.explain.explain import explain_images
 
     images = _images(images)
@@ -180,7 +182,31 @@ def explain(images: Sequence[Image] | Image, model: ModelArg, *, method: str = "
     else:
         loaded = load_model(model, kind=("seg", "cls", "reid"), key=key, device=device)
     seed = seed if seed is not None else (_context.current().seed or 0)
-    return explain_images(images, loaded, method=method, target=target, layer=layer, mask=mask, check=check, seed=seed, batch_size=batch_size, volume=volume)
+    return explain_images(images, loaded, method=method, target=target, layer=layer, mask=mask, regions=regions, check=check, seed=seed, batch_size=batch_size, volume=volume)
+
+
+def check_explain_method(method: str) -> str:
+    """``method`` when ``explain`` knows it, else a UsageError naming the choices (checked before
+    a batch starts, e.g. by ``segment --explain``)."""
+    from medtools.core.errors import UsageError
+    from medtools.explain import METHODS
+
+    if method not in METHODS:
+        raise UsageError(f"--explain {method!r}: choose from {', '.join(METHODS)}")
+    return method
+
+
+@_in_context
+def explain_beside(images: Sequence[Image] | Image, model: ModelArg, folder: str | Path, stem: str, **options: Any) -> tuple[list[Path], dict[str, Any]]:
+    """``explain`` (same keywords) and write the map in ``folder`` as ``medtools explain`` names
+    and writes it: ``<stem>_<method>.nii.gz`` (float, the first image's geometry) beside a volume,
+    ``<stem>_<method>.png`` overlays (one per target) beside a 2-D picture → (written paths, the
+    numbers). ``segment --explain`` and ``classify --explain`` call it with their loaded model."""
+    from medtools.explain.explain import map_path, write_map
+
+    images = _images(images)
+    saliency, numbers = explain(images, model, **options)
+    return write_map(images[0], saliency, map_path(folder, stem, options.get("method", "gradcam"), images[0])), numbers
 
 
 # ---------------------------------------------------------------- secure sharing

@@ -109,6 +109,7 @@ def segment(
     largest_component: Annotated[bool, typer.Option("--largest-component", help="Keep only the largest connected foreground component.")] = False,
     resample: Annotated[bool, typer.Option("--resample/--no-resample", help="Resample each volume in-plane to the model's training spacing (and back); it is always reoriented to the training orientation.")] = True,
     volume: Annotated[Optional[int], typer.Option("--volume", help="4-D series (DWI, perfusion, fMRI): segment the N-th 3-D volume (from 0); without it a 4-D input is an item error.")] = None,
+    explain: Annotated[Optional[str], typer.Option("--explain", metavar="METHOD", help="Also write each case's saliency map beside its labels with the same model, as `medtools explain` does (<case>_<method>.nii.gz): gradcam | gradcam++ | occlusion | ig.")] = None,
     batch_size: BatchSize = None,
     workers: Workers = 2,
     shard: Shard = None,
@@ -123,7 +124,7 @@ def segment(
     """Segment volumes (NIfTI, DICOM series, case folders, manifest) into label maps in the input geometry."""
     from medtools.brain.jobs import segment_job
 
-    return segment_job(inputs, model, output, probabilities=probabilities, out_format=out_format, tta=tta, largest_component=largest_component, batch_size=batch_size, workers=workers, shard=shard, device=device, precision=precision, compile=compile, overwrite=overwrite, resample=resample, volume=volume)
+    return segment_job(inputs, model, output, probabilities=probabilities, out_format=out_format, tta=tta, largest_component=largest_component, batch_size=batch_size, workers=workers, shard=shard, device=device, precision=precision, compile=compile, overwrite=overwrite, resample=resample, volume=volume, explain=explain)
 
 
 @command

@@ -78,12 +78,32 @@ def report_cases(results, record: report.RunRecord, *, skipped: int = 0) -> int:
     return outcome.exit_code
 
 
-def segment_job(inputs: list[str], model: Path, output: Path | None, *, probabilities: bool, out_format: str, tta: bool, largest_component: bool, batch_size: int | None, workers: int, shard: str | None, device: str | None, precision: str | None, compile: bool, overwrite: bool, resample: bool = True, volume: int | None = None) -> int:
-    """``segment``: label maps (and probabilities) of every case under -o; exit code."""
+def explain_side(method: str, output: Path, *, volume: int | None = None, batch_size: int | None = None):
+    """``segment --explain METHOD``: after a case's outputs, its saliency map beside them through
+    ``medtools.api.explain_beside`` with the loaded segmenter (named and written as ``medtools
+    explain`` does: ``<case>_<method>.nii.gz``; the numbers under ``explain`` in --json)."""
+    from medtools import api
+
+    api.check_explain_method(method)
+
+    def side(case: Any, images: list, model: Any) -> tuple[list[Path], dict]:
+        written, numbers = api.explain_beside(images, model, output / case.rel_dir, case.case, method=method, volume=volume, batch_size=batch_size or 16)
+        for record in numbers["targets"]:
+            for flag in record["flags"]:
+                report.warn(f"{case.case}: explain target {record['target']}: {flag}")
+        return written, {"explain": numbers}
+
+    return side
+
+
+def segment_job(inputs: list[str], model: Path, output: Path | None, *, probabilities: bool, out_format: str, tta: bool, largest_component: bool, batch_size: int | None, workers: int, shard: str | None, device: str | None, precision: str | None, compile: bool, overwrite: bool, resample: bool = True, volume: int | None = None, explain: str | None = None) -> int:
+    """``segment``: label maps (and probabilities, and with ``explain`` saliency maps) of every
+    case under -o; exit code."""
     from medtools.brain.segment import output_ext, segment_cases
     from medtools.core.inputs import check_output_arg, skip_existing
 
     output = check_output_arg(output, 2)
+    side = explain_side(explain, output, volume=volume, batch_size=batch_size) if explain is not None else None
 
     def names(case: Any) -> list[str]:
         extra = [f"{case.case}_seg_prob.nii.gz"] if probabilities and out_format != "dicom-seg" else []
@@ -91,12 +111,12 @@ def segment_job(inputs: list[str], model: Path, output: Path | None, *, probabil
 
     targets = case_outputs(output, names)
     cases = cases_for(inputs, shard, output, targets)
-    record = report.RunRecord(options={"tta": tta, "largest_component": largest_component, "resample": resample, **({"volume": volume} if volume is not None else {})})
+    record = report.RunRecord(options={"tta": tta, "largest_component": largest_component, "resample": resample, **({"volume": volume} if volume is not None else {}), **({"explain": explain} if explain is not None else {})})
     record.add_checkpoint(model)
     # skip-existing here, for either format (segment_cases only knows the .nii.gz name)
     todo = [case for case in cases if not skip_existing(targets(case)[0], overwrite)]
     skipped = len(cases) - len(todo)
-    results = segment_cases(todo, model, output, device=device, precision=precision, compile=compile, batch_size=batch_size or 32, workers=workers, probabilities=probabilities, overwrite=True, out_format=out_format, tta=tta, keep_largest=largest_component, resample=resample, volume=volume) if todo else iter(())
+    results = segment_cases(todo, model, output, device=device, precision=precision, compile=compile, batch_size=batch_size or 32, workers=workers, probabilities=probabilities, overwrite=True, out_format=out_format, tta=tta, keep_largest=largest_component, resample=resample, volume=volume, side=side) if todo else iter(())
     return report_cases(results, record, skipped=skipped)
 
 

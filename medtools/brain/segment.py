@@ -370,6 +370,7 @@ def segment_cases(
     keep_largest: bool = False,
     resample: bool = True,
     volume: int | None = None,
+    side: Any = None,
 ):
     """Segment cases; yields (case, written paths or 'skipped' or an exception) in input order.
 
@@ -382,6 +383,10 @@ def segment_cases(
 
     Slices of consecutive cases are gathered until a batch is full so small volumes still
     fill the device.
+
+    ``side(case, images, segmenter)`` → (paths, numbers), when given, runs after a case's outputs
+    are written, with the same loaded model (``segment --explain``); the case then yields
+    ``{"case", "outputs", **numbers}``.
     """
     if out_format not in ("nifti", "dicom-seg"):
         raise UsageError("--format must be nifti or dicom-seg")
@@ -405,7 +410,11 @@ def segment_cases(
             case_probs = probs[start : start + n]
             start += n
             try:
-                yield loaded.case, _write_outputs(loaded, case_probs, segmenter, targets[loaded.case.case], probabilities, out_format, keep_largest)
+                written = _write_outputs(loaded, case_probs, segmenter, targets[loaded.case.case], probabilities, out_format, keep_largest)
+                if side is not None:
+                    extra, numbers = side(loaded.case, loaded.images, segmenter)
+                    written = {"case": loaded.case.case, "outputs": [str(p) for p in [*written, *extra]], **numbers}
+                yield loaded.case, written
             except Exception as exc:  # reported per item by the caller
                 yield loaded.case, exc
         group.clear()

@@ -148,20 +148,31 @@ def classify_command(
     batch_size: int = 32,
     device: str | None = None,
     precision: str | None = None,
+    explain: str | None = None,
+    explain_dir: Path | None = None,
 ) -> int:
-    """``classify``: one JSON line (or CSV row) per image on stdout or in ``output``; exit code."""
+    """``classify``: one JSON line (or CSV row) per image on stdout or in ``output``; exit code.
+    ``explain``: each image's saliency map under ``explain_dir`` (mirroring the inputs, named as
+    ``medtools explain`` names it), the paths and numbers in the record's ``explain``."""
     import csv
     import io
     import json
 
     from medtools.core import batch, report
+    from medtools.core.errors import UsageError
     from medtools.core.inputs import expand_inputs
     from medtools.core.io import RASTER_EXTS, atomic_path
 
+    if (explain is None) != (explain_dir is None):
+        raise UsageError("--explain METHOD and --explain-dir DIR go together")
+    if explain is not None:
+        from medtools import api
+
+        api.check_explain_method(explain)
     classifier = Classifier(model, key=key, device=device, precision=precision, batch_size=batch_size)  # wrong key: exit 4 here
-    items = expand_inputs(inputs, exts=RASTER_EXTS)
+    items = expand_inputs(inputs, exts=RASTER_EXTS, **({"output": explain_dir} if explain_dir is not None else {}))
     lines: list[str] = []
-    columns = ["path", "label", "probability", *classifier.class_names]
+    columns = ["path", "label", "probability", *classifier.class_names, *(["explain"] if explain else [])]
 
     def emit(line: str) -> None:
         if output is None:
@@ -172,19 +183,44 @@ def classify_command(
     def emit_record(result: dict[str, Any]) -> None:
         if csv_output:
             buffer = io.StringIO()
-            csv.writer(buffer, lineterminator="").writerow([result["path"], result["label"], f"{result['probability']:.6f}", *(f"{result['probabilities'][c]:.6f}" for c in classifier.class_names)])
+            csv.writer(buffer, lineterminator="").writerow([result["path"], result["label"], f"{result['probability']:.6f}", *(f"{result['probabilities'][c]:.6f}" for c in classifier.class_names), *([";".join(result["explain"]["outputs"])] if explain else [])])
             emit(buffer.getvalue())
         else:
             emit(json.dumps(result))
 
     if csv_output:
         emit(",".join(columns))
-    outcome = batch.run_pairs(classifier.run([str(i.path) for i in items]), emit=emit_record, total=len(items), description="classify")
+    pairs = classifier.run([str(i.path) for i in items])
+    if explain is not None:
+        pairs = _with_maps(pairs, classifier, {str(i.path): i for i in items}, explain, explain_dir)
+    outcome = batch.run_pairs(pairs, emit=emit_record, total=len(items), description="classify")
     if output is not None and outcome.ok:
         with atomic_path(output) as tmp:
             Path(tmp).write_text("\n".join(lines) + "\n")
         report.log(f"wrote {output}")
     return outcome.exit_code
+
+
+def _with_maps(pairs: Iterator[tuple[str, Any]], classifier: Classifier, items: dict[str, Any], method: str, folder: Path) -> Iterator[tuple[str, Any]]:
+    """``classify --explain``: each classified image's map through ``medtools.api.explain_beside``
+    with the loaded classifier (plain-frame maps for a block cipher with the key)."""
+    from medtools import api
+    from medtools.core import report
+    from medtools.core.inputs import output_for
+    from medtools.core.io import read_image
+
+    for name, result in pairs:
+        if not isinstance(result, Exception):
+            try:
+                stem = output_for(items[name], folder, ext="")  # the mirrored place, checked against the inputs
+                written, numbers = api.explain_beside([read_image(name)], classifier, stem.parent, stem.name, method=method)
+                for record in numbers["targets"]:
+                    for flag in record["flags"]:
+                        report.warn(f"{name}: explain target {record['target']}: {flag}")
+                result = {**result, "explain": {"outputs": [str(p) for p in written], **numbers}}
+            except Exception as exc:  # reported per image by the batch driver
+                result = exc
+        yield name, result
 
 
 def render_metrics(result: dict[str, Any]) -> list[str]:

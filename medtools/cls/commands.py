@@ -108,6 +108,8 @@ def classify(
     key: KeyFile = None,
     csv_output: Annotated[bool, typer.Option("--csv", help="CSV (path,label,probability,<class>...) instead of JSON Lines.")] = False,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the table to this file (atomically) instead of stdout.")] = None,
+    explain: Annotated[Optional[str], typer.Option("--explain", metavar="METHOD", help="Also write each image's saliency map with the same model, as `medtools explain` does (with --explain-dir): gradcam | gradcam++ | occlusion | ig; paths and numbers in the record's explain.")] = None,
+    explain_dir: Annotated[Optional[Path], typer.Option("--explain-dir", help="Folder for the --explain maps (mirrors the inputs).")] = None,
     batch_size: BatchSize = None,
     device: Device = None,
     precision: Precision = None,
@@ -116,7 +118,7 @@ def classify(
     """Classify images: JSON Lines (or --csv) with path, label, probability of the positive class."""
     from medtools.cls.classify import classify_command
 
-    return classify_command(inputs, model, key=_key(key), csv_output=csv_output, output=output, batch_size=batch_size or 32, device=device, precision=precision)
+    return classify_command(inputs, model, key=_key(key), csv_output=csv_output, output=output, batch_size=batch_size or 32, device=device, precision=precision, explain=explain, explain_dir=explain_dir)
 
 
 @command

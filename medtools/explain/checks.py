@@ -6,7 +6,7 @@
   stays the same when the weights are random explains the image, not the model: flagged.
 - Localisation where a mask exists: the share of saliency mass inside the mask (and the share of
   the area it covers, what a uniform map scores) and the pointing game (the hottest pixel lies
-  in the mask).
+  in the mask); with a label map, the share of mass on each label (tumour, head, background).
 - Faithfulness (Petsiuk et al. 2018, RISE): deletion (remove the most salient pixels first, to
   zero) and insertion (reveal them first, over a blurred copy) curves of the target's
   probability; their AUC against the same curves in a random order. Deletion must fall faster
@@ -66,6 +66,20 @@ def localisation(maps: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         "pointing_game": hits / games if games else None,
         "pointing_slices": games,
     }
+
+
+def region_mass(saliency_map: np.ndarray, labels: np.ndarray) -> dict[str, dict[str, float]]:
+    """Share of the saliency mass and of the area on each label of a label map of the same
+    shape (e.g. 0 background, 1 head, 2 tumour): ``{label: {"mass": m, "area": a}}``; a
+    uniform map has mass = area on every label."""
+    saliency_map = np.asarray(saliency_map, dtype=np.float64)
+    labels = np.rint(np.asarray(labels)).astype(np.int64)
+    total = float(saliency_map.sum())
+    out = {}
+    for value in np.unique(labels):
+        inside = labels == value
+        out[str(int(value))] = {"mass": float(saliency_map[inside].sum() / total) if total > 0 else 0.0, "area": float(inside.mean())}
+    return out
 
 
 def _auc(curve: np.ndarray) -> float:

@@ -250,6 +250,7 @@ def explain_images(
     target: str = "pred",
     layer: str | None = None,
     mask: Image | None = None,
+    regions: Image | None = None,
     check: bool = False,
     check_slices: int = CHECK_SLICES,
     seed: int = 0,
@@ -262,13 +263,15 @@ def explain_images(
     ``target``: ``pred`` (the predicted class; a segmenter's every predicted foreground class;
     an attacker's top-1 identity) or a class name/index. ``check``: model randomisation and
     faithfulness on the ``check_slices`` slices with the largest target (localisation always
-    runs where a mask or a prediction exists)."""
+    runs where a mask or a prediction exists). ``regions``: a label image on the input's grid
+    (e.g. 0 background, 1 head, 2 tumour): the share of each target's mass on each label."""
     if method not in METHODS:
         raise UsageError(f"--method {method!r}: choose from {', '.join(METHODS)}")
     subject = subject_for(list(images), model, target=target, mask=mask, volume=volume)
     predictor = subject.predictor
     if method in ("gradcam", "gradcam++") or layer is not None:
         layer = check_layer(predictor.model, layer)
+    labels = _region_labels(regions, subject) if regions is not None else None
     records, volumes = [], []
     for k in subject.targets:
         items = subject.rows[k]
@@ -285,6 +288,8 @@ def explain_images(
             record["localisation_prediction"] = checks_lib.localisation(maps, predicted)
         if subject.mask is not None:
             record["localisation_mask"] = checks_lib.localisation(subject.to_plain(maps), subject.mask[items])
+        if labels is not None:
+            record["regions"] = checks_lib.region_mass(volumes[-1], labels)
         if check:
             record.update(_checks(subject, predictor, k, items, maps, method, layer, batch_size, check_slices, seed))
         record["flags"] = checks_lib.flags(record)
@@ -301,6 +306,23 @@ def explain_images(
         saliency_image = Image(array.astype(np.float32), affine=reference.affine, format="nifti", meta={**meta, **({"header": header} if header is not None else {})})
     result = {"method": method, "layer": layer, "frame": subject.frame, "targets": records, "notes": subject.notes}
     return saliency_image, result
+
+
+def _region_labels(regions: Image, subject: Subject) -> np.ndarray | None:
+    """The label map of ``regions`` on the grid of the maps ``subject.back`` gives (None, noted,
+    when the map stays in a cipher frame)."""
+    from medtools.core.data import image_volume
+
+    if subject.frame != "input" and subject.frame != "plain":
+        subject.notes.append("--regions: the map is in the cipher frame, no region shares")
+        return None
+    shape = subject.back(np.zeros(subject.x.shape[:1] + subject.x.shape[-2:], np.float32)).shape
+    labels = image_volume(regions)
+    if len(shape) == 2 and labels.ndim == 3 and labels.shape[2] == 1:
+        labels = labels[:, :, 0]
+    if labels.shape != shape:
+        raise InputError(f"the region label map's shape {labels.shape} is not the image's {shape}")
+    return labels
 
 
 def _checks(subject: Subject, predictor: Any, k: int, items: np.ndarray, maps: np.ndarray, method: str, layer: str | None, batch_size: int, limit: int, seed: int) -> dict[str, Any]:
@@ -355,6 +377,42 @@ def overlay(image: Image, saliency_map: np.ndarray, alpha: float = 0.5) -> Image
     return Image(np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8), format="png")
 
 
+def map_suffix(method: str) -> str:
+    """What a map's file name adds to its input's stem: ``_gradcam``, ``_gradcampp``, ``_occlusion``, ``_ig``."""
+    return "_" + method.replace("+", "p")
+
+
+def map_path(folder: Any, stem: str, method: str, source: Image) -> Any:
+    """Where ``medtools explain`` (and ``segment``/``classify --explain``) put the map of an
+    input named ``stem`` in ``folder``: ``<stem>_<method>.png`` beside a 2-D picture,
+    ``<stem>_<method>.nii.gz`` beside a volume."""
+    from pathlib import Path
+
+    raster = source.format in RASTER_FORMATS
+    return Path(folder) / f"{stem}{map_suffix(method)}{'.png' if raster else '.nii.gz'}"
+
+
+def write_map(source: Image, saliency_image: Image, path: Any) -> list[Any]:
+    """Write a map at ``path``: the float NIfTI (one volume per target) for a volume; a PNG
+    overlay per target for a 2-D picture (``<name>_<target>.png`` when there are several).
+    Returns the written paths."""
+    from pathlib import Path
+
+    from medtools.core.io import write_image
+
+    path = Path(path)
+    if saliency_image.format != "png":
+        return [write_image(saliency_image, path, format="nifti")]
+    names = saliency_image.meta["targets"]
+    maps = saliency_image.array
+    layers = [maps] if maps.ndim == 2 else [maps[..., i] for i in range(maps.shape[-1])]
+    written = []
+    for index, layer_map in enumerate(layers):
+        target = path if len(layers) == 1 else path.with_name(path.name.replace(".png", f"_{names[index]}.png"))
+        written.append(write_image(overlay(source, layer_map), target, format="png"))
+    return written
+
+
 def explain_files(
     inputs: Sequence[str],
     model: Any,
@@ -364,6 +422,7 @@ def explain_files(
     target: str = "pred",
     layer: str | None = None,
     mask: Any = None,
+    regions: Any = None,
     check: bool = False,
     key: bytes | None = None,
     batch_size: int | None = None,
@@ -376,13 +435,14 @@ def explain_files(
     """``medtools explain``: one map per input file (a volume, a 2-D image; a single-modality
     segmenter, a classifier or an attacker) written beside its mirror under ``output``: a float
     NIfTI (one volume per target) for volumes, a PNG overlay per target for pictures. Paths on
-    stdout, or one JSON line per input with the numbers; the exit code of the batch driver."""
+    stdout, or one JSON line per input with the numbers; the exit code of the batch driver.
+    ``mask`` / ``regions``: a file for every input, or a folder mirroring the inputs."""
     from pathlib import Path
 
     from medtools import api
     from medtools.core import batch, report
     from medtools.core.inputs import check_output_arg, expand_inputs, output_for, select_shard, skip_existing
-    from medtools.core.io import RASTER_EXTS, read_image, write_image
+    from medtools.core.io import RASTER_EXTS, read_image
 
     if method not in METHODS:
         raise UsageError(f"--method {method!r}: choose from {', '.join(METHODS)}")
@@ -395,39 +455,30 @@ def explain_files(
     output = Path(output)
     items = select_shard(expand_inputs(inputs, output=output), shard)
     check_output_arg(output, len(items))
-    mask_path = Path(mask) if mask is not None else None
-    suffix = "_" + method.replace("+", "p")
+    suffix = map_suffix(method)
 
     def targets_of(item: Any) -> Path:
         raster = item.path.name.lower().endswith(RASTER_EXTS)
         return output_for(item, output, ext=".png" if raster else ".nii.gz", suffix=suffix)
 
-    def mask_for(item: Any) -> Image | None:
-        if mask_path is None:
+    def label_for(item: Any, where: Any, what: str) -> Image | None:
+        if where is None:
             return None
-        if mask_path.is_dir():
-            candidate = mask_path / item.rel
+        where = Path(where)
+        if where.is_dir():
+            candidate = where / item.rel
             if not candidate.exists():
-                raise InputError(f"no mask {candidate} for {item.path}")
+                raise InputError(f"no {what} {candidate} for {item.path}")
             return read_image(candidate)
-        return read_image(mask_path)
+        return read_image(where)
 
     def work(item: Any) -> Any:
         target_path = targets_of(item)
         if skip_existing(target_path, overwrite):
             return batch.SKIPPED
         image = read_image(item.path)
-        saliency_image, result = api.explain([image], loaded, method=method, target=target, layer=layer, mask=mask_for(item), check=check, seed=seed, batch_size=batch_size or 16, volume=volume)
-        written = []
-        if saliency_image.format == "png":
-            names = saliency_image.meta["targets"]
-            maps = saliency_image.array if saliency_image.array.ndim == 2 and len(names) <= 1 else saliency_image.array
-            layers = [maps] if maps.ndim == 2 else [maps[..., i] for i in range(maps.shape[-1])]
-            for index, layer_map in enumerate(layers):
-                path = target_path if len(layers) == 1 else target_path.with_name(target_path.name.replace(".png", f"_{names[index]}.png"))
-                written.append(write_image(overlay(image, layer_map), path, format="png"))
-        else:
-            written.append(write_image(saliency_image, target_path, format="nifti"))
+        saliency_image, result = api.explain([image], loaded, method=method, target=target, layer=layer, mask=label_for(item, mask, "mask"), regions=label_for(item, regions, "region map"), check=check, seed=seed, batch_size=batch_size or 16, volume=volume)
+        written = write_map(image, saliency_image, target_path)
         for record in result["targets"]:
             for flag in record["flags"]:
                 report.warn(f"{item.path}: target {record['target']}: {flag}")
