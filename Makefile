@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.medtools-installed
-EXTRAS ?= dev,dp,dicomseg,serve,he,pacs,deid,explain
+EXTRAS ?= dev,dp,dicomseg,serve,he,pacs,deid,explain,fl
 JOBS   ?= 2
 
 .PHONY: install demo test test-fast bench completions clean

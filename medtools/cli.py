@@ -37,6 +37,7 @@ FAMILIES = (
     "medtools.serve.commands",
     "medtools.pacs.commands",
     "medtools.explain.commands",
+    "medtools.fl.commands",
 )
 PHANTOM = "medtools.phantom.commands"  # a Typer group of its own (`medtools phantom brain|cxr`)
 MODULES = (PHANTOM, *FAMILIES)

@@ -19,6 +19,7 @@ register_kind(
     "seg",
     family="brain",
     builder="medtools.nets.segmenter:build_segmenter",
+    trainer="medtools.brain.segment:train_segmenter",
     description="tumour segmentation (smp encoder-decoder)",
     builder_keys=SEGMENTER_KEYS,
     info_keys=("modalities", "image_size", "label_values", "class_names", "context"),

@@ -119,6 +119,8 @@ def train_segmenter(
     adv_train: float = 0.0,
     adv_eps: float | None = None,
     adv_steps: int | None = None,
+    normalization: str = "batch",
+    loop: Any = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Train a segmenter on 2-D slices of volumes or on 2-D image/mask pairs (see docs/brain.md).
@@ -131,6 +133,10 @@ def train_segmenter(
     slices per side as channels, on-the-fly augmentation (``augment``, core.augment), a
     ``schedule`` (poly/cosine) and, with a validation split, the best epoch by the per-case
     validation Dice kept as ``output`` (the last one beside it, ``*.last.safetensors``).
+
+    ``normalization`` "group" builds the network with GroupNorm instead of BatchNorm (DP-SGD
+    needs per-sample gradients). ``loop`` replaces ``core.train.fit`` with a loop of the same
+    signature (federated training runs fit once per round there, ``medtools.fl``).
     """
     from medtools.core.augment import augment_batch, crop_batch, parse_augment
     from medtools.core.data import ForegroundBatchSampler
@@ -185,6 +191,7 @@ def train_segmenter(
         "image_size": image_size,
         "label_values": label_values,
         **({"context": context} if context else {}),
+        **({"normalization": normalization} if normalization != "batch" else {}),
     }
     with initial_weights(seed):
         model = ckpt.new_model("seg", config)
@@ -236,7 +243,7 @@ def train_segmenter(
         keep_best=keep_best and val_set is not None,
         schedule=schedule,
     )
-    result = fit(model, train_set.torch_dataset("labels"), step, spec, validate=validate, batch_sampler=sampler, streams=streams)
+    result = (loop or fit)(model, train_set.torch_dataset("labels"), step, spec, validate=validate, batch_sampler=sampler, streams=streams)
     result.update({"train_slices": len(train_set), "val_slices": 0 if val_set is None else len(val_set), "classes": classes, "label_values": label_values, "modalities": modalities, "recipe": recipe})
     return result
 

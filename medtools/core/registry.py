@@ -46,6 +46,7 @@ class Kind:
     default_norm: Mapping[str, Any] | None = None  # medtools.norm assumed when a checkpoint recorded none
     example: str | None = None  # "module:function"(config, n, size) -> (x, extra kwargs): contract-test inputs
     channels_key: str | None = "in_channels"
+    trainer: str | None = None  # "module:function" training this kind (the *-train command's); fl-train runs it at each site
 
     @property
     def config_keys(self) -> tuple[str, ...]:

@@ -17,11 +17,32 @@ SEG_ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
     "fpn": ("FPN", {}),
     "deeplabv3plus": ("DeepLabV3Plus", {}),
 }
-SEGMENTER_KEYS = ("arch", "encoder", "in_channels", "classes", "encoder_depth")
+SEGMENTER_KEYS = ("arch", "encoder", "in_channels", "classes", "encoder_depth", "normalization")
+NORMALIZATIONS = ("batch", "group")
 
 
-def build_segmenter(*, arch: str = "unet", encoder: str = "resnet34", in_channels: int = 1, classes: int = 2, encoder_depth: int = 5):
-    """An smp model, random init (no download)."""
+def group_norm(model: Any) -> Any:
+    """Every BatchNorm2d of ``model`` replaced in place by GroupNorm (32 groups, or the largest
+    divisor of the channels below that), as Opacus' ``ModuleValidator.fix`` does: DP-SGD needs
+    per-sample gradients, which BatchNorm mixes across the batch. No random draw."""
+    import math
+
+    import torch
+
+    for name, child in list(model.named_children()):
+        if isinstance(child, torch.nn.BatchNorm2d):
+            channels = child.num_features
+            norm = torch.nn.GroupNorm(math.gcd(32, channels), channels, affine=child.affine)
+            if isinstance(getattr(child, "act", None), torch.nn.Module):  # timm's BatchNormAct2d: norm, dropout, activation
+                norm = torch.nn.Sequential(norm, child.drop, child.act)
+            setattr(model, name, norm)
+        else:
+            group_norm(child)
+    return model
+
+
+def build_segmenter(*, arch: str = "unet", encoder: str = "resnet34", in_channels: int = 1, classes: int = 2, encoder_depth: int = 5, normalization: str = "batch"):
+    """An smp model, random init (no download); ``normalization`` "group" swaps BatchNorm for GroupNorm."""
     import segmentation_models_pytorch as smp
 
     if arch not in SEG_ARCHS:
@@ -31,10 +52,13 @@ def build_segmenter(*, arch: str = "unet", encoder: str = "resnet34", in_channel
     if class_name in ("Unet", "UnetPlusPlus"):
         kwargs["encoder_depth"] = encoder_depth
         kwargs["decoder_channels"] = [256, 128, 64, 32, 16][:encoder_depth]
+    if normalization not in NORMALIZATIONS:
+        raise UsageError(f"unknown normalization {normalization!r}; choose from {', '.join(NORMALIZATIONS)}")
     try:
-        return getattr(smp, class_name)(**kwargs)
+        model = getattr(smp, class_name)(**kwargs)
     except KeyError as exc:
         raise UsageError(f"unknown encoder {encoder!r} ({exc})") from None
+    return group_norm(model) if normalization == "group" else model
 
 
 def segmenter_features(model: Any, images: Any) -> Any:
