@@ -456,7 +456,43 @@ def test_page_in_chromium_logs_in_segments_and_draws_the_overlay(world, page_wor
             assert raw.shape == protected.shape == (48 * 40 * 4,)  # the two pictures, side by side
             assert 0 < np.abs(raw - protected).max() <= round(0.05 * 255) + 1  # within the noise budget
             assert browser.js("document.querySelector('#protect-downloads a').download") == "slice0_protected.png"
+            assert browser.js("document.getElementById('protect-volume').hidden") is True
+            said = browser.js("[...document.querySelectorAll('#protect-said tr')].map((tr) => [...tr.children].map((td) => td.textContent))")
+            names = next(m for m in answer_models(address) if m["name"] == attacker)["class_names"]
+            assert len(said) == 1 and said[0][0] == attacker
+            assert all(re.fullmatch(r"(.+) \((0\.\d{3}|1\.000)\)", c) and c.rsplit(" (", 1)[0] in names for c in said[0][1:]), said
             shoot(browser, tmp_path, "page-protect.png")
+
+            # a volume: the same slice before and after in the raw image's window, the difference, the attackers' answers
+            browser.upload("#protect-files", world / "case.nii.gz")
+            browser.js("document.getElementById('protect-button').click()")
+            browser.wait("document.getElementById('protect-status').textContent.startsWith('Done') && !document.getElementById('protect-volume').hidden", timeout=120)
+            assert browser.js("document.getElementById('protect-pictures').children.length") == 0
+            depth, rows, cols = answer["preview"]["shape"]
+            zp = int(browser.js("+document.getElementById('protect-slice').value"))
+            assert zp == depth // 2 and browser.js("document.getElementById('protect-slice-label').textContent") == f"{zp + 1} / {depth}"
+            before = browser.pixels("protect-raw").astype(int)
+            assert before.shape[:2] == (rows, cols)
+            preview8 = np.frombuffer(base64.b64decode(answer["preview"]["image"]), np.uint8).reshape(depth, rows, cols)
+            assert (before[..., 0] == preview8[zp]).all()  # the raw slice in the same window as the viewer's
+            import gzip
+
+            import nibabel as nib
+
+            assert browser.js("document.querySelector('#protect-downloads a').download") == "case_protected.nii.gz"
+            saved = base64.b64decode(browser.js("protectView.file.data"))  # what the download link holds
+            protected_volume = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(saved)).dataobj, np.float32)  # the file the doctor downloads
+            low, high = browser.js("protectView.window")
+            expected_after = np.round(np.clip((protected_volume[:, :, zp] - low) / (high - low), 0, 1) * 255)
+            after = browser.pixels("protect-protected").astype(int)
+            assert np.abs(after[..., 0] - expected_after).max() <= 1
+            assert (after[..., 0] != before[..., 0]).any()  # the noise shows
+            diff = browser.pixels("protect-diff").astype(int)[..., 0]
+            assert (diff == np.minimum(255, 10 * np.abs(after[..., 0] - before[..., 0]))).all()
+            metrics = dict(browser.js("[...document.querySelectorAll('#protect-metrics tr')].map((tr) => [tr.children[0].textContent, tr.children[1].textContent])"))
+            assert float(metrics["psnr"]) > 20 and 0 < float(metrics["ssim"]) <= 1
+            assert len(browser.js("[...document.querySelectorAll('#protect-said tr')]")) == 1
+            shoot(browser, tmp_path, "page-protect-volume.png")
 
             # a zip of a DICOM series through the same form: the series' slices in the viewer
             import zipfile

@@ -67,6 +67,8 @@ def protect(
         for model in sorted({id(m): m for m in [*chosen, *([seg] if seg else [])]}.values(), key=lambda m: m.name):
             locks.enter_context(model.lock)  # a fixed order: no deadlock between requests
         protected, metrics = api.protect(images, [m.predictor for m in chosen], utility=seg.predictor if seg else None, case_id=safe_name(case), patient=patient, key=os.urandom(32), eps=eps, steps=steps, objective=objective, ctx=call.ctx)
+        # what each attacker says of the case before and after: its top identities (api.reid_scores, as reid-eval scores them)
+        said = [{"attacker": m.name, "raw": api.reid_scores(images, m.predictor, top=3, ctx=call.ctx)["top"], "protected": api.reid_scores(protected, m.predictor, top=3, ctx=call.ctx)["top"]} for m in chosen]
     out = []
     for upload, image in zip(file, protected):
         name = safe_name(upload.filename)
@@ -74,7 +76,7 @@ def protect(
         fmt, target = format_of(name), f"{stem}_protected{ext.lower()}"
         out.append({"filename": target, "format": fmt, "data": base64.b64encode(files.encode(image, fmt, target)).decode()})
     state.auth.audit(action="protect", user=call.user, input=",".join(safe_name(f.filename) for f in file), result="ok")
-    return {"metrics": {**metrics, "attackers": [m.name for m in chosen], "utility": seg.name if seg else None}, "files": out}
+    return {"metrics": {**metrics, "attackers": [m.name for m in chosen], "utility": seg.name if seg else None}, "files": out, "attackers_say": said, "preview": protect_preview(images[0], protected[0])}
 
 
 # ---------------------------------------------------------------- answers
@@ -117,6 +119,29 @@ def label_stats(label: Any) -> dict[str, Any]:
         stats["voxel_ml"] = voxel_ml
         stats["tumour_ml"] = foreground * voxel_ml
     return stats
+
+
+def protect_preview(raw: Any, protected: Any) -> Optional[dict[str, Any]]:
+    """The first modality before and after protection as 8-bit (slices, rows, cols) in one window
+    (the raw image's 0.5–99.5th percentile window, raw units), base64, for the page to show side by side."""
+    import numpy as np
+
+    from medtools.core.io import RASTER_FORMATS, as_volume
+    from medtools.core.preprocess import normalise_intensity
+
+    def volume(image: Any) -> Any:
+        array = np.asarray(image.array)
+        if image.format in RASTER_FORMATS and array.ndim == 3:
+            array = array.mean(axis=-1)
+        return np.nan_to_num(as_volume(image.with_array(array)).astype(np.float32))
+
+    before, after = volume(raw), volume(protected)
+    if before.ndim != 3 or before.shape != after.shape or before.size > PREVIEW_MAX_VOXELS:
+        return None
+    gray, window = normalise_intensity(before)
+    low, high = window["low"], window["high"]
+    eight = lambda x: base64.b64encode(np.ascontiguousarray(np.moveaxis((x * 255).round().astype(np.uint8), 2, 0)).tobytes()).decode()  # noqa: E731
+    return {"shape": [before.shape[2], before.shape[0], before.shape[1]], "window": [low, high], "raw": eight(gray), "protected": eight(np.clip((after - low) / (high - low), 0.0, 1.0))}
 
 
 def preview(image: Any, label: Any) -> Optional[dict[str, Any]]:

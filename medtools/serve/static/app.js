@@ -496,6 +496,33 @@ function picture(src, caption) {
   return figure;
 }
 
+// The protected volume's slice: raw, protected (both in the raw image's percentile window) and
+// their difference ten times amplified.
+let protectView = null;
+
+function drawProtect() {
+  if (!protectView) return;
+  const [depth, rows, cols] = protectView.shape;
+  const z = Math.min(+$("protect-slice").value, depth - 1), area = rows * cols;
+  const raw = protectView.raw.subarray(z * area, (z + 1) * area), protectedSlice = protectView.protected.subarray(z * area, (z + 1) * area);
+  const diff = new Uint8Array(area);
+  for (let i = 0; i < area; i++) diff[i] = Math.min(255, 10 * Math.abs(protectedSlice[i] - raw[i]));
+  for (const [id, grey] of [["protect-raw", raw], ["protect-protected", protectedSlice], ["protect-diff", diff]]) {
+    const canvas = $(id);
+    canvas.width = cols;
+    canvas.height = rows;
+    const ctx = canvas.getContext("2d"), pixels = ctx.createImageData(cols, rows);
+    for (let i = 0; i < area; i++) {
+      pixels.data[4 * i] = pixels.data[4 * i + 1] = pixels.data[4 * i + 2] = grey[i];
+      pixels.data[4 * i + 3] = 255;
+    }
+    ctx.putImageData(pixels, 0, 0);
+  }
+  $("protect-slice-label").textContent = (z + 1) + " / " + depth;
+}
+
+$("protect-slice").addEventListener("input", drawProtect);
+
 $("protect-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const files = Array.from($("protect-files").files);
@@ -516,14 +543,31 @@ $("protect-form").addEventListener("submit", async (event) => {
       cell(tr, typeof value === "number" ? +value.toPrecision(4) + "" : typeof value === "string" ? value : JSON.stringify(value));
       rows.appendChild(tr);
     }
+    const said = $("protect-said");
+    said.innerHTML = "";
+    for (const a of result.attackers_say || []) {
+      const tr = document.createElement("tr");
+      cell(tr, a.attacker, true);
+      for (const top of [a.raw, a.protected]) cell(tr, top.length ? top[0].identity + " (" + top[0].probability.toFixed(3) + ")" : "");
+      said.appendChild(tr);
+    }
     const pictures = $("protect-pictures"), downloads = $("protect-downloads");
     pictures.innerHTML = "";
     downloads.innerHTML = "";
+    protectView = null;
+    $("protect-volume").hidden = true;
     result.files.forEach((f, i) => {
       const url = URL.createObjectURL(new Blob([decode(f.data)]));
       if (["png", "jpeg", "tiff"].includes(f.format) && files[i]) { // pictures: raw and protected side by side
         pictures.appendChild(picture(URL.createObjectURL(files[i]), "Raw: " + files[i].name));
         pictures.appendChild(picture(url, "Protected: " + f.filename));
+      } else if (i === 0 && result.preview) { // a volume: the same slice before and after, and the difference
+        const p = result.preview;
+        protectView = { shape: p.shape, window: p.window, raw: decode(p.raw), protected: decode(p.protected), file: f }; // file: the answer's protected file (base64)
+        $("protect-slice").max = p.shape[0] - 1;
+        $("protect-slice").value = Math.floor(p.shape[0] / 2);
+        $("protect-volume").hidden = false;
+        drawProtect();
       }
       const li = document.createElement("li"), a = document.createElement("a");
       a.href = url;
