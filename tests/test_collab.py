@@ -99,6 +99,112 @@ def test_known_plaintext_recovers_key_from_d_plus_1_pairs_and_fails_with_half():
     assert np.abs(recovered - pz[d + 1 :]).max() < 1e-8
 
 
+TRANSFORMS = [
+    ("linear", {}),
+    ("linear", {"block_permute": 2}),
+    ("nonlinear", {}),
+    ("nonlinear", {"block_permute": 2, "layers": 3, "gain": 2.0}),
+]
+
+
+@pytest.mark.parametrize("transform,extra", TRANSFORMS)
+def test_every_transform_round_trips_to_float_tolerance(transform, extra):
+    from medtools.collab import klt
+
+    channels = [1, 3, 8]
+    key = klt.generate(channels, seed=5, transform=transform, **extra)
+    rng = np.random.default_rng(0)
+    z = [rng.normal(0, 0.5, (3, c, 8 >> k, 8 >> k)) for k, c in enumerate(channels)]
+    zp = klt.apply(key, z)
+    assert [p.shape for p in zp] == [a.shape for a in z]  # same grid, same payload
+    assert max(np.abs(a - b).max() for a, b in zip(zp, z)) > 0.3
+    assert max(np.abs(a - b).max() for a, b in zip(klt.invert(key, zp), z)) < 1e-9  # float64
+    back = klt.invert(key, [p.astype(np.float32) for p in zp])  # as stored in a latent file
+    assert max(np.abs(a - b).max() for a, b in zip(back, z)) < 1e-4
+    other = klt.generate(channels, seed=6, transform=transform, **extra)
+    for a, b in zip(klt.invert(other, zp), z):
+        assert np.linalg.norm(a - b) > 0.5 * np.linalg.norm(b)
+
+
+def test_key_file_records_its_transform_and_refuses_unknown_or_tampered(tmp_path):
+    from medtools.collab import klt
+    from medtools.core import ckpt
+    from medtools.core.errors import CheckpointError, UsageError
+
+    key = klt.generate([2, 4], seed=9, transform="nonlinear", block_permute=2, layers=3, gain=1.5)
+    path = klt.save_key(key, tmp_path / "n.key")
+    saved = ckpt.load(path, kind="klt-key")
+    assert saved.config["transform"] == "nonlinear"
+    assert saved.config["transform_params"] == {"block_permute": 2, "layers": 3, "hidden": 16, "kernel": 3, "gain": 1.5}
+    loaded = klt.load_key(path)
+    assert loaded.key_id == key.key_id and loaded.transform == "nonlinear" and loaded.perm.tolist() == key.perm.tolist()
+    z = [np.random.default_rng(1).normal(size=(2, c, 4 >> k, 4 >> k)) for k, c in enumerate([2, 4])]
+    assert all(np.array_equal(a, b) for a, b in zip(klt.apply(loaded, z), klt.apply(key, z)))
+
+    def tampered(name, config=None, tensors=None):
+        changed = ckpt.load(path, kind="klt-key")
+        changed.config.update(config or {})
+        changed.tensors.update(tensors or {})
+        target = tmp_path / name
+        ckpt.save(target, changed.tensors, kind="klt-key", config=changed.config)
+        os.chmod(target, 0o600)
+        return target
+
+    with pytest.raises(CheckpointError, match="unknown transform 'rot13'"):
+        klt.load_key(tampered("unknown.key", {"transform": "rot13"}))
+    with pytest.raises(CheckpointError, match="do not match"):  # parameters changed, tensors not
+        klt.load_key(tampered("gain.key", {"transform_params": {**saved.config["transform_params"], "gain": 1.0}}))
+    with pytest.raises(CheckpointError, match="missing"):
+        klt.load_key(tampered("layers.key", {"transform_params": {**saved.config["transform_params"], "layers": 4}}))
+    with pytest.raises(CheckpointError, match="do not match"):
+        klt.load_key(tampered("w.key", tensors={"c.1.0.w1": saved.tensors["c.1.0.w1"] * 1.001}))
+    with pytest.raises(CheckpointError, match="invalid parameters"):
+        klt.load_key(tampered("kernel.key", {"transform_params": {**saved.config["transform_params"], "kernel": 2}}))
+    with pytest.raises(CheckpointError, match="not a permutation"):
+        klt.load_key(tampered("perm.key", tensors={"perm": saved.tensors["perm"] * 0}))
+    with pytest.raises(UsageError, match="unknown transform"):
+        klt.generate([2], transform="rot13")
+    # the command: an unknown transform is a usage error (2); a tampered key file a checkpoint error (3)
+    assert run_cli("klt-keygen", "-o", tmp_path / "x.key", "--transform", "rot13").returncode == 2
+    image = tmp_path / "img.png"
+    from PIL import Image
+
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    config = {"in_channels": 1, "out_channels": 1, "widths": [8, 16], "latent_channels": [2, 4], "image_size": 16, "target": "image"}
+    ckpt.save(tmp_path / "ae.safetensors", ckpt.new_model("ae-image", config).state_dict(), kind="ae-image", config=config, norm={"method": "unit"})
+    assert run_cli("klt-encode", image, "-m", tmp_path / "ae.safetensors", "-k", path, "-o", tmp_path / "ok", check=True).returncode == 0
+    refused = run_cli("klt-encode", image, "-m", tmp_path / "ae.safetensors", "-k", tmp_path / "unknown.key", "-o", tmp_path / "out")
+    assert refused.returncode == 3 and "unknown transform 'rot13'" in refused.stderr, refused.stderr
+
+
+def test_closed_form_known_plaintext_recovers_linear_key_but_not_nonlinear():
+    from medtools.collab import attacks, klt
+
+    rng = np.random.default_rng(2)
+    z = [rng.normal(0, 0.5, (2, 4, 16, 16))]
+    errors = {}
+    for transform in ("linear", "nonlinear"):
+        key = klt.generate([4], seed=4, transform=transform)
+        zp = klt.apply(key, z)
+        pz, pp = attacks.pixel_pairs(z)[0], attacks.pixel_pairs(zp)[0]
+        a, b = attacks.fit_affine(pz, pp)  # every pixel of both images: 512 pairs for 20 unknowns
+        rec = attacks.invert_affine(a, b, pp)
+        errors[transform] = float(np.linalg.norm(rec - pz) / np.linalg.norm(pz))
+    assert errors["linear"] < 1e-8
+    assert errors["nonlinear"] > 0.2, errors  # no affine map explains the keyed couplings
+
+
+def test_block_matching_recovers_a_linear_block_permutation():
+    """The known-plaintext attacker's block matching (a block's total variance survives the mix)."""
+    from medtools.collab import attacks, klt
+
+    rng = np.random.default_rng(3)
+    z = [rng.normal(0, 1, (4, 4, 16, 16)) * rng.uniform(0.2, 2, (4, 1, 16, 16))]
+    key = klt.generate([4], seed=1, block_permute=4)
+    perm = attacks.recover_blocks(z, klt.apply(key, z), 4)
+    assert np.mean(perm == key.perm) == 1.0
+
+
 def test_membership_auc_is_oriented_so_half_is_chance():
     from medtools.collab.attacks import auc
 

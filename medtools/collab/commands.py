@@ -86,15 +86,24 @@ def klt_keygen(
     model: Annotated[Optional[Path], typer.Option("-m", "--model", help="An ae-image/ae-mask checkpoint: the key fits its latent channels.")] = None,
     latent_channels: Annotated[Optional[str], typer.Option("--latent-channels", help="Latent channels per scale, if no -m (default 4,8,16,32).")] = None,
     bias_scale: Annotated[float, typer.Option("--bias-scale", min=0.0, help="Standard deviation of the bias b.")] = 1.0,
+    transform: Annotated[str, typer.Option("--transform", help="linear (z' = Qᵀz + b) or nonlinear (the same, then keyed invertible coupling layers).")] = "linear",
+    block_permute: Annotated[int, typer.Option("--block-permute", min=0, help="Also permute G×G blocks of every latent scale's grid by the key (0: off; G must divide every scale's size).")] = 0,
+    layers: Annotated[Optional[int], typer.Option("--layers", min=1, help="nonlinear: coupling layers per scale (default 2).")] = None,
+    hidden: Annotated[Optional[int], typer.Option("--hidden", min=1, help="nonlinear: channels of each coupling layer's keyed conditioner (default 16).")] = None,
+    kernel: Annotated[Optional[int], typer.Option("--kernel", min=1, help="nonlinear: odd kernel size of the conditioner's convolutions (default 3).")] = None,
+    gain: Annotated[Optional[float], typer.Option("--gain", min=0.0, help="nonlinear: strength of the coupling layers (0: linear again; default 1).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Reproducible key (tests and examples only; default: OS CSPRNG).")] = None,
     overwrite: Overwrite = False,
     json_output: Json = False,
     quiet: Quiet = False,
 ) -> int:
-    """Make a client key: per-scale random orthogonal Q (sign-fixed QR of a Gaussian) and bias b."""
+    """Make a client key: per-scale random orthogonal Q and bias b (linear), plus keyed coupling layers (nonlinear) and a block permutation (--block-permute)."""
     from medtools.collab.klt import keygen_job
 
-    return keygen_job(output, model=model, latent_channels=_ints(latent_channels or "4,8,16,32", "--latent-channels"), bias_scale=bias_scale, seed=seed, overwrite=overwrite)
+    return keygen_job(
+        output, model=model, latent_channels=_ints(latent_channels or "4,8,16,32", "--latent-channels"), bias_scale=bias_scale, seed=seed, overwrite=overwrite,
+        transform=transform, block_permute=block_permute, layers=layers, hidden=hidden, kernel=kernel, gain=gain,
+    )
 
 
 @command
@@ -129,15 +138,18 @@ def umn_train(
     output: CheckpointOut,
     keys: Annotated[Optional[Path], typer.Option("--keys", help="Folder (or file) of the clients' keys; without it the UMN learns in the protected space.")] = None,
     widths: Widths = "32,64,128,256",
+    dp_epsilon: Annotated[Optional[float], typer.Option("--dp-epsilon", help="Train with DP-SGD (opacus) to this privacy budget ε (against membership inference).")] = None,
+    dp_delta: Annotated[float, typer.Option("--dp-delta", help="DP δ (must be < 1/number of latent pairs).")] = 1e-3,
+    max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="DP-SGD per-sample gradient clipping norm C.")] = 1.0,
     options=None,
     json_output: Json = False,
     quiet: Quiet = False,
 ) -> int:
-    """Server: train the Unified Mapping Network on (image, mask) latent pairs of several clients."""
+    """Server: train the Unified Mapping Network on (image, mask) latent pairs of several clients; optional DP-SGD."""
     from medtools.collab.umn import train_umn
 
     record = report.RunRecord(seed=options.seed)
-    result = train_umn(inputs, output, options=options, keys=keys, widths=_ints(widths, "--widths"))
+    result = train_umn(inputs, output, options=options, keys=keys, widths=_ints(widths, "--widths"), dp_epsilon=dp_epsilon, dp_delta=dp_delta, max_grad_norm=max_grad_norm)
     emit_training_result(result, json_output, record)
     return 0
 
@@ -212,10 +224,12 @@ def collab_eval(
 @command
 def collab_attack(
     latents: Annotated[Optional[list[str]], typer.Argument(help="Victim's protected image latents (known-plaintext / eavesdropper attacks).", show_default=False)] = None,
-    images: Annotated[Optional[Path], typer.Option("--images", help="Victim's clean images (the first --known are the attacker's known plaintexts; the rest are scored).")] = None,
+    images: Annotated[Optional[list[Path]], typer.Option("--images", help="Victim's clean images, repeatable (the first --known are the attacker's known plaintexts; the rest are scored).")] = None,
     model: Annotated[Optional[Path], typer.Option("-m", "--model", help="Attacker's ae-image: the victim's (exact pairs) or a surrogate trained on public images.")] = None,
     known: Annotated[int, typer.Option("--known", min=1, help="Known plaintext images.")] = 1,
     known_pairs: Annotated[Optional[str], typer.Option("--known-pairs", help="Pixel pairs per scale to try, comma-separated (default d/2, d, d+1, 2d, 4(d+1), all).")] = None,
+    known_images: Annotated[Optional[str], typer.Option("--known-images", help="Known-plaintext curve: numbers N of known images, comma-separated (e.g. 1,2,4,8,16,32); closed-form fit and a learned inverse per N.")] = None,
+    inverse_steps: Annotated[int, typer.Option("--inverse-steps", min=1, help="Training steps of the learned inverse per N (--known-images).")] = 200,
     true_key: Annotated[Optional[Path], typer.Option("--true-key", help="Evaluator only: the victim's key, to report key-recovery error.")] = None,
     public: Annotated[Optional[Path], typer.Option("--public", help="Learned inversion: public images to train a key-agnostic decoder on (random keys per batch).")] = None,
     inversion_epochs: Annotated[int, typer.Option("--inversion-epochs", min=1, help="Epochs of the learned inversion attacker.")] = 20,
@@ -229,10 +243,11 @@ def collab_attack(
     json_output: Json = False,
     quiet: Quiet = False,
 ) -> int:
-    """Attack protected latents: no key, wrong key, known-plaintext key recovery (--known-pairs); MIA on the UMN (--umn)."""
+    """Attack protected latents: no key, wrong key, known plaintext (--known-pairs, --known-images), learned inversion (--public); MIA on the UMN (--umn)."""
     from medtools.collab.attacks import attack_job
 
     return attack_job(
         latents, images=images, model=model, known=known, known_pairs=_ints(known_pairs, "--known-pairs"), true_key=true_key, public=public,
         inversion_epochs=inversion_epochs, umn=umn, members=members, nonmembers=nonmembers, keys=keys, seed=seed, batch_size=batch_size or 16, device=device,
+        known_images=_ints(known_images, "--known-images"), inverse_steps=inverse_steps,
     )

@@ -3,6 +3,7 @@
 A latent file is a safetensors file of kind ``klt-latent``: tensors ``z.0 … z.{K−1}``
 (C_k, H_k, W_k) in float32 or float16, and ``medtools.config`` naming the case, the source
 model kind (``ae-image`` or ``ae-mask``; ``umn`` for mapped latents), the key id, the
+key's public transform description (name and parameters, never key material), the
 state (``protected``/``mapped``/``plain``), the input image's H×W and format (so decoded
 masks come back in the input's geometry). It never holds key material.
 """
@@ -128,7 +129,7 @@ def encode_images(
         x = np.stack([value[3] for _, value in batch])
         protected = klt.apply(key, encode(predictor, x))
         for index, (item, (target, shape, fmt, _)) in enumerate(batch):
-            config = {"source": predictor.kind.name, "case": case_name(item.path), "key_id": key.key_id, "state": "protected", "image_shape": shape, "format": fmt, "model_sha256": source_sha}
+            config = {"source": predictor.kind.name, "case": case_name(item.path), "key_id": key.key_id, "transform": key.describe(), "state": "protected", "image_shape": shape, "format": fmt, "model_sha256": source_sha}
             sizes = write_latent(target, [z[index] for z in protected], config, fp16=fp16)
             yield item, {"input": str(item.path), "output": str(target), **sizes}
 

@@ -36,7 +36,7 @@ register_kind(
     builder="medtools.collab.umn:build_umn",
     description="Unified Mapping Network: image latents → mask latents (pyramid pooling 1,3,5,7; server side)",
     builder_keys=UMN_KEYS,
-    info_keys=("space",),
+    info_keys=("space", "dp"),
     forward="medtools.collab.umn:map_packed",
     example="medtools.collab.umn:contract_example",
     task="none",
@@ -48,8 +48,8 @@ register_kind(
     "klt-key",
     family="collab",
     builder=None,
-    description="client key of the Keyed Latent Transform: per-scale orthogonal Q and bias b (file mode 0600)",
-    info_keys=("latent_channels", "key_id", "seeded", "bias_scale"),
+    description="client key of the Keyed Latent Transform: per-scale orthogonal Q and bias b, keyed coupling layers (nonlinear) and block permutation (file mode 0600)",
+    info_keys=("latent_channels", "key_id", "seeded", "bias_scale", "transform", "transform_params"),
     task="none",
     channels_key=None,
 )
@@ -59,7 +59,7 @@ register_kind(
     family="collab",
     builder=None,
     description="one image's multi-scale latents, protected by a client's KLT key (the payload a client sends)",
-    info_keys=("source", "case", "key_id", "shapes", "image_shape", "format", "state", "dtype"),
+    info_keys=("source", "case", "key_id", "transform", "shapes", "image_shape", "format", "state", "dtype"),
     task="none",
     channels_key=None,
 )

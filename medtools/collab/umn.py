@@ -166,11 +166,15 @@ def train_umn(
     keys: Path | None,
     widths: Sequence[int] = DEFAULT_WIDTHS,
     options: TrainOptions | None = None,
+    dp_epsilon: float | None = None,
+    dp_delta: float = 1e-3,
+    max_grad_norm: float = 1.0,
     **settings: Any,
 ) -> dict[str, Any]:
     """umn-train: MSE between mapped and true mask latents, each scale weighted equally.
     ``options`` (or single shared settings such as ``epochs=3``): ``core.train.TrainOptions``,
-    defaults ``TRAIN_DEFAULTS``."""
+    defaults ``TRAIN_DEFAULTS``. ``dp_epsilon``: DP-SGD (opacus, ``dp.py``) to this ε at
+    ``dp_delta`` (< 1/number of pairs), per-sample clipping ``max_grad_norm``."""
     import torch
 
     from medtools.core.train import fit, initial_weights, train_options
@@ -199,11 +203,30 @@ def train_umn(
         return ((net(xb) - yb).pow(2) * w).sum(1).mean()
 
     report.log(f"umn-train: {len(x)} pairs from {len({lat.config.get('key_id') for lat in images})} clients, space {config['space']}")
+    dp = None
+    if dp_epsilon is not None:
+        from medtools.collab.dp import DPTraining
+        from medtools.core.train import distributed_context
+
+        if dp_epsilon <= 0:
+            raise UsageError("--dp-epsilon must be positive")
+        if not 0 < dp_delta < 1.0 / len(x):
+            raise UsageError(f"--dp-delta {dp_delta} must be in (0, 1/N) = (0, {1.0 / len(x):.3g}) for N={len(x)} training pairs")
+        if distributed_context()[2] > 1:
+            raise UsageError("DP training under torchrun is not supported (opacus needs DPDDP); run on one process")
+        if options.compile:
+            raise UsageError("--compile cannot be combined with DP training (opacus hooks)")
+        if options.precision not in (None, "auto", "fp32"):
+            raise UsageError("DP training runs in fp32 (per-sample gradients); drop --precision")
+        options = options.replace(precision="fp32")
+        per_epoch = options.steps_per_epoch or -(-len(x) // min(options.batch_size, len(x)))
+        dp = DPTraining(epsilon=dp_epsilon, delta=dp_delta, max_grad_norm=max_grad_norm, planned_steps=options.epochs * per_epoch)
+        config["dp"] = True
     spec = options.replace(batch_size=min(options.batch_size, len(x))).spec(
         output=Path(output), kind="umn", config=config, provenance={"pairs": len(x), "clients": sorted({str(lat.config.get("key_id")) for lat in images}), **options.id_provenance(train_cases=[lat.case for lat in images])},
         precise_bn_batches=0,
     )
-    return fit(model, torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), step, spec)
+    return fit(model, torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), step, spec, prepare=dp.prepare if dp else None, after_epoch=dp.after_epoch if dp else None)
 
 
 def map_latents(
