@@ -108,6 +108,7 @@ class SiteLoop:
                     local_spec = local_spec.replace(precision="fp32", precise_bn_batches=0)
                     extra = {"prepare": accountant.prepare, "after_epoch": accountant.after_epoch}
                 trained = copy.deepcopy(model)
+                trained.train()
                 result = fit(trained, train_set, local_step, local_spec, validate=validate, batch_sampler=None if accountant is not None else batch_sampler, streams=streams, **extra)
                 local = ckpt.load(local_spec.output)
                 params = {k: v.numpy() for k, v in local.tensors.items()}

@@ -200,7 +200,7 @@ def simulate(job_folder: Path, workspace: Path, *, sites: int, threads: int = 1,
         raise UsageError(f"fl-train: the FLARE simulator did not finish within {timeout:.0f} s (log: {log})")
     if not found:
         tail = _tail(log)
-        raise _site_error(tail) or UsageError(f"fl-train: the federated run ended without a global model (exit {code}); last lines of {log}:\n{tail}")
+        raise _site_error(log) or UsageError(f"fl-train: the federated run ended without a global model (exit {code}); last lines of {log}:\n{tail}")
     return found[0]
 
 
@@ -217,11 +217,22 @@ def _tail(log: Path, lines: int = 15) -> str:
         return ""
 
 
-def _site_error(text: str) -> Exception | None:
-    for line in text.splitlines():
-        if "InputError" in line:
-            return InputError("fl-train: a site could not read its data: " + line.split("InputError", 1)[1].strip(": "))
-    return None
+def _site_error(log: Path) -> Exception | None:
+    """The first medtools error a site raised (its type, so the exit code is the site's), from the simulator log."""
+    import re
+
+    from medtools.core import errors
+
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    found = re.search(r"medtools\.core\.errors\.(\w+): (.*)", text)
+    if not found:
+        return None
+    kind = getattr(errors, found.group(1), None)
+    kind = kind if isinstance(kind, type) and issubclass(kind, errors.MedtoolsError) else UsageError
+    return kind(f"fl-train: a site stopped the run: {found.group(2).strip()} (log: {log})")
 
 
 def publish(found: Path, output: Path) -> Path:

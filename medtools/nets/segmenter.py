@@ -29,12 +29,16 @@ def group_norm(model: Any) -> Any:
 
     import torch
 
+    from medtools.nets.layers import Copy
+
     for name, child in list(model.named_children()):
         if isinstance(child, torch.nn.BatchNorm2d):
             channels = child.num_features
-            norm = torch.nn.GroupNorm(math.gcd(32, channels), channels, affine=child.affine)
+            # the norm's output copied: under Opacus it is the tensor the backward hook returned, which a
+            # residual block's in-place `out += identity` may not modify
+            norm = torch.nn.Sequential(torch.nn.GroupNorm(math.gcd(32, channels), channels, affine=child.affine), Copy())
             if isinstance(getattr(child, "act", None), torch.nn.Module):  # timm's BatchNormAct2d: norm, dropout, activation
-                norm = torch.nn.Sequential(norm, child.drop, child.act)
+                norm = torch.nn.Sequential(*norm, child.drop, child.act)
             setattr(model, name, norm)
         else:
             group_norm(child)
@@ -42,7 +46,8 @@ def group_norm(model: Any) -> Any:
 
 
 def build_segmenter(*, arch: str = "unet", encoder: str = "resnet34", in_channels: int = 1, classes: int = 2, encoder_depth: int = 5, normalization: str = "batch"):
-    """An smp model, random init (no download); ``normalization`` "group" swaps BatchNorm for GroupNorm."""
+    """An smp model, random init (no download); ``normalization`` "group" swaps BatchNorm for
+    GroupNorm and turns in-place activations off (the same function, for Opacus' DP-SGD)."""
     import segmentation_models_pytorch as smp
 
     if arch not in SEG_ARCHS:
@@ -58,7 +63,12 @@ def build_segmenter(*, arch: str = "unet", encoder: str = "resnet34", in_channel
         model = getattr(smp, class_name)(**kwargs)
     except KeyError as exc:
         raise UsageError(f"unknown encoder {encoder!r} ({exc})") from None
-    return group_norm(model) if normalization == "group" else model
+    if normalization == "group":
+        group_norm(model)
+        for module in model.modules():  # Opacus' backward hooks refuse in-place activations
+            if isinstance(getattr(module, "inplace", None), bool):
+                module.inplace = False
+    return model
 
 
 def segmenter_features(model: Any, images: Any) -> Any:
