@@ -31,6 +31,7 @@ __all__ = [
     "encrypt_bytes", "decrypt_bytes", "encrypt_stream", "decrypt_stream",
     "klt_encode", "umn_map", "klt_decode", "synth", "index_query", "index_score", "index_manifest", "deid_dataset", "clean_pixels", "phi_findings",
     "pacs_query", "pacs_pull", "pacs_push",
+    "fl_train", "fl_job", "fl_attack",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -491,3 +492,53 @@ def pacs_push(url: str, datasets: Sequence[Any], *, batch_size: int = 16, token:
             status, reason = fates.get(str(ds.SOPInstanceUID), ("failed", "not named in the PACS's answer"))
             results.append({"sop_uid": str(ds.SOPInstanceUID), "status": status, "reason": reason})
     return results
+
+
+# ---------------------------------------------------------------- federated training (NVIDIA FLARE)
+
+
+@_in_context
+def fl_train(kind: str, sites: Sequence[str | Path], output: str | Path, *, rounds: int = 5, local_epochs: int = 1, algorithm: str = "fedavg", mu: float | None = None, dp_epsilon: float | None = None, dp_delta: float = 1e-5, min_sites: int | None = None, timeout: float | None = None, options: Any = None, **trainer: Any) -> dict[str, Any]:
+    """Federated training of ``kind`` over site manifests in FLARE's simulator (one client per
+    site runs the kind's own trainer; FedAvg/FedProx; DP-SGD per site with ``dp_epsilon``) →
+    the summary (rounds, sites, per-round metrics, privacy); the global model is written to
+    ``output`` as an ordinary checkpoint. ``options``: a ``TrainOptions`` or a dict of its
+    fields (batch_size, lr, seed, device ...); other keywords go to the trainer (size, encoder ...)."""
+    from medtools.fl.train import fl_train as run
+
+    return run(kind, sites, Path(output), rounds=rounds, local_epochs=local_epochs, algorithm=algorithm, mu=mu, dp_epsilon=dp_epsilon, dp_delta=dp_delta, min_sites=min_sites, timeout=timeout, options=options, trainer=trainer)
+
+
+@_in_context
+def fl_job(kind: str, sites: Sequence[str | Path], output: str | Path, *, rounds: int = 5, local_epochs: int = 1, algorithm: str = "fedavg", mu: float | None = None, dp_epsilon: float | None = None, dp_delta: float = 1e-5, min_sites: int | None = None, options: Any = None, **trainer: Any) -> dict[str, Any]:
+    """The same federated job as a FLARE job folder ``output`` for a real federation (site
+    manifest paths as each site sees them) → {"output", "sites", "rounds"}."""
+    from medtools.fl.train import fl_job as export
+
+    return export(kind, sites, Path(output), rounds=rounds, local_epochs=local_epochs, algorithm=algorithm, mu=mu, dp_epsilon=dp_epsilon, dp_delta=dp_delta, min_sites=min_sites, options=options, trainer=trainer)
+
+
+# ---------------------------------------------------------------- federated: attack on an update
+
+
+@_in_context
+def fl_attack(image: Image | str | Path, model: ModelArg | None = None, *, kind: str = "cls", arch: str | None = None, encoder: str | None = None, size: int | None = None, mask: Image | None = None, settings: Any = None, device: str | None = None, **options: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Gradient inversion ("Inverting Gradients", Geiping et al. 2020) of one site's update on
+    one image (batch 1) of a seg or cls model: a checkpoint path, an ``AttackModel`` from
+    ``medtools.fl.attack.prepare_model``, or None for a fresh small model of ``kind``/``arch``.
+    → ({"plain": x̂, "dp": x̂ (with ``dp_epsilon``)} as arrays in [0, 1] at the model's size,
+    the record: PSNR/SSIM against the true image per arm, the random start's as a baseline, the
+    DP noise and ε). ``settings``: an ``AttackSettings``, or its fields as keywords (``steps``,
+    ``tv``, ``dp_epsilon``, ``dp_delta``, ``seed``...); ``mask``: a segmenter's label image."""
+    from medtools.fl.attack import AttackModel, AttackSettings, attack_image, check_settings, prepare_model
+
+    if settings is None:
+        options.setdefault("seed", _context.current().seed or 0)
+        settings = AttackSettings(**options)
+    elif options:
+        raise TypeError(f"give settings or its fields, not both ({', '.join(options)})")
+    check_settings(settings)
+    target = model if isinstance(model, AttackModel) else prepare_model(model, kind=kind, arch=arch, encoder=encoder, size=size, seed=settings.seed)
+    if not isinstance(image, Image):
+        image = read_image(image)
+    return attack_image(target, _images(image)[0], mask=mask, settings=settings, device=_device(device))
