@@ -322,3 +322,64 @@ def test_collab_attack_recovers_key_from_one_known_image_and_membership_runs(pip
     assert abs(rows[32]["psnr"] - result["latent_attacks"]["with_key_psnr"]) < 0.05
     assert result["latent_attacks"]["no_key_psnr"] < result["latent_attacks"]["with_key_psnr"]
     assert result["membership"]["auc"] == pytest.approx(0.5)  # the same cases on both sides: chance exactly
+
+
+@pytest.fixture(scope="module")
+def nonlinear(pipeline):
+    """Client a again, now with a keyed nonlinear transform and a 4×4 block permutation; a
+    server with keys (the plain-space UMN above) and a keyless server (UMN trained on the
+    protected latents), one with DP-SGD."""
+    root, train, test = pipeline["root"], pipeline["train"], pipeline["test"]
+    keys = root / "nkeys"
+    made = run_cli("klt-keygen", "-o", keys / "n1.key", "-m", root / "ae-image.safetensors", "--transform", "nonlinear", "--block-permute", "4", "--seed", "21", "--json", check=True)
+    run_cli("klt-keygen", "-o", keys / "n2.key", "-m", root / "ae-image.safetensors", "--transform", "nonlinear", "--block-permute", "4", "--seed", "22", "-q", check=True)
+    n1 = keys / "n1.key"
+    run_cli("klt-encode", train / "images", "-m", root / "ae-image.safetensors", "-k", n1, "-o", root / "nlat" / "img", "-q", check=True)
+    run_cli("klt-encode", train / "masks", "-m", root / "ae-mask.safetensors", "-k", n1, "-o", root / "nlat" / "mask", "-q", check=True)
+    run_cli("klt-encode", test / "images", "-m", root / "ae-image.safetensors", "-k", n1, "-o", root / "ntest", "-q", check=True)
+    # the server that holds the key: the same plain-space UMN as the linear pipeline
+    run_cli("umn-map", root / "ntest", "-m", root / "umn.safetensors", "-k", n1, "-o", root / "nmapped", "-q", check=True)
+    for who in ("n1", "n2"):
+        run_cli("klt-decode", root / "nmapped", "-m", root / "ae-mask.safetensors", "-k", keys / f"{who}.key", "-o", root / f"npred-{who}", "-q", check=True)
+    # the keyless server: trained and run on the protected latents, never a key
+    net = ["--widths", "8,16,32", "--epochs", "12", "--lr", "3e-3", "-q"]
+    run_cli("umn-train", root / "nlat", "-o", root / "numn.safetensors", *net, check=True)
+    run_cli("umn-map", root / "ntest", "-m", root / "numn.safetensors", "-o", root / "nmapped-keyless", "-q", check=True)
+    run_cli("klt-decode", root / "nmapped-keyless", "-m", root / "ae-mask.safetensors", "-k", n1, "-o", root / "npred-keyless", "-q", check=True)
+    dp = run_cli("umn-train", root / "nlat", "-o", root / "numn-dp.safetensors", "--dp-epsilon", "4", "--json", *net[:-1], check=True)
+    return {"keygen": json.loads(made.stdout), "dp": json.loads(dp.stdout), "keys": keys}
+
+
+def test_nonlinear_pipeline_through_the_cli(pipeline, nonlinear):
+    root, test = pipeline["root"], pipeline["test"]
+    assert nonlinear["keygen"]["transform"] == "nonlinear" and nonlinear["keygen"]["transform_params"]["block_permute"] == 4
+    linear = _eval(root / "pred", test / "masks")
+    keyed = _eval(root / "npred-n1", test / "masks")
+    # a server with the key inverts the transform exactly: the same masks as with the linear KLT
+    assert abs(keyed["dice"] - linear["dice"]) < 0.02, (keyed["dice"], linear["dice"])
+    keyless = _eval(root / "npred-keyless", test / "masks")
+    assert keyless["dice"] > max(keyless["baseline_empty_dice"], keyless["baseline_full_dice"]) + 0.2, keyless
+    from medtools.core import ckpt
+
+    info = ckpt.load(root / "numn.safetensors", tensors=False)
+    assert info.config["space"] == "protected"
+
+
+def test_block_permutation_destroys_the_wrong_key_mask(pipeline, nonlinear):
+    """Linear KLT: a wrong key still gives a usable mask (docs/collab.md); with the keyed
+    nonlinear transform and 4×4 block permutation another client's key gives a scrambled one."""
+    root, test = pipeline["root"], pipeline["test"]
+    linear_wrong = _eval(root / "pred-wrong", test / "masks")["dice"]
+    right = _eval(root / "npred-n1", test / "masks")["dice"]
+    wrong = _eval(root / "npred-n2", test / "masks")["dice"]
+    assert wrong < right - 0.3 and wrong < linear_wrong - 0.3, (wrong, right, linear_wrong)
+
+
+def test_umn_train_dp_epsilon_records_the_budget_spent(pipeline, nonlinear):
+    from medtools.core import ckpt
+
+    info = ckpt.load(pipeline["root"] / "numn-dp.safetensors", tensors=False)
+    dp = info.provenance["dp"]
+    assert dp["target_epsilon"] == 4.0 and dp["library"] == "opacus"
+    assert 0.5 < dp["epsilon"] <= 4.0 + 1e-6 and dp["noise_multiplier"] > 0.3
+    assert info.config["dp"] is True

@@ -43,10 +43,10 @@ def payload_numbers(latent_channels: Sequence[int], image_size: int) -> int:
 def pack(latents: Sequence[Any]) -> Any:
     """[(N, C_k, H_k, W_k)] → (N, D) (torch or numpy)."""
     if isinstance(latents[0], np.ndarray):
-        return np.concatenate([z.reshape(len(z), -1) for z in latents], axis=1)
+        return np.concatenate([z.reshape(len(z), int(np.prod(z.shape[1:]))) for z in latents], axis=1)
     import torch
 
-    return torch.cat([z.reshape(z.shape[0], -1) for z in latents], dim=1)
+    return torch.cat([z.flatten(1) for z in latents], dim=1)  # also for an empty batch (DP-SGD's Poisson sampling)
 
 
 def unpack(packed: Any, shapes: Sequence[tuple[int, int, int]]) -> list[Any]:

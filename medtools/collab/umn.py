@@ -200,7 +200,8 @@ def train_umn(
     def step(net: Any, batch: Any) -> Any:
         xb, yb = batch
         w = weights.to(xb.device)
-        return ((net(xb) - yb).pow(2) * w).sum(1).mean()
+        per_pair = ((net(xb) - yb).pow(2) * w).sum(1)
+        return per_pair.sum() / max(len(per_pair), 1)  # an empty Poisson batch (DP-SGD) gives 0, not NaN
 
     report.log(f"umn-train: {len(x)} pairs from {len({lat.config.get('key_id') for lat in images})} clients, space {config['space']}")
     dp = None
