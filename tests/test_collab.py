@@ -383,3 +383,39 @@ def test_umn_train_dp_epsilon_records_the_budget_spent(pipeline, nonlinear):
     assert dp["target_epsilon"] == 4.0 and dp["library"] == "opacus"
     assert 0.5 < dp["epsilon"] <= 4.0 + 1e-6 and dp["noise_multiplier"] > 0.3
     assert info.config["dp"] is True
+
+
+def test_dp_per_sample_gradients_of_the_umn_match_autograd():
+    """opacus' hook mode on the UMN: per-sample gradients equal per-example autograd, and an
+    empty batch (Poisson sampling draws them) passes."""
+    import torch
+    from opacus import GradSampleModule
+
+    from medtools.collab.dp import GRAD_SAMPLE_MODE
+    from medtools.collab.umn import build_umn
+
+    assert GRAD_SAMPLE_MODE == "hooks"
+    torch.manual_seed(0)
+    model = build_umn(in_channels=[2, 4], out_channels=[2, 4], image_size=16, widths=[8, 16])
+    for module in model.modules():
+        if getattr(module, "inplace", False):
+            module.inplace = False
+    d = 2 * 64 + 4 * 16
+    x, y = torch.randn(3, d), torch.randn(3, d)
+    wrapped = GradSampleModule(model, batch_first=True, loss_reduction="mean", force_functorch=False)
+    ((wrapped(x) - y) ** 2).sum(1).mean().backward()
+    params = dict(model.named_parameters())
+    samples = {n: p.grad_sample.clone() for n, p in params.items()}
+    wrapped.disable_hooks()
+    worst = 0.0
+    for i in range(3):
+        for p in params.values():
+            p.grad = None
+        ((model(x[i : i + 1]) - y[i : i + 1]) ** 2).sum(1).mean().backward()
+        worst = max(worst, max(float((samples[n][i] - p.grad).abs().max() / (p.grad.abs().max() + 1e-12)) for n, p in params.items()))
+    assert worst < 1e-4
+    wrapped.enable_hooks()
+    for p in params.values():
+        p.grad, p.grad_sample = None, None
+    wrapped(torch.randn(0, d)).pow(2).sum().backward()
+    assert params["heads.0.weight"].grad_sample.shape[0] == 0

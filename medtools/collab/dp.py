@@ -9,7 +9,8 @@ with the accountant's history. The UMN uses GroupNorm, Conv2d, SiLU, adaptive po
 interpolation: opacus' validator finds nothing to replace (in-place activations are switched to
 out-of-place for training: the same function); a model it rejects is refused,
 never silently changed (a checkpoint must rebuild from its config). Per-sample gradients
-use opacus' functorch mode (exact per-example autograd).
+use opacus' hook mode: on the UMN it matches per-example autograd (tests/test_collab.py) and,
+unlike functorch mode, it takes the empty batches Poisson sampling draws.
 
 The unit of privacy is one (image latent, mask latent) pair, i.e. one image; a patient
 with several images spends ε once per image.
@@ -22,7 +23,7 @@ from typing import Any
 from medtools.core import report
 from medtools.core.errors import UsageError
 
-GRAD_SAMPLE_MODE = "functorch"
+GRAD_SAMPLE_MODE = "hooks"
 
 
 class DPTraining:
