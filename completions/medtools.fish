@@ -586,6 +586,11 @@ complete -c medtools -n '__fish_seen_subcommand_from serve' -l index
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l max-failures
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l max-upload-mb
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l models
+complete -c medtools -n '__fish_seen_subcommand_from serve' -l pacs
+complete -c medtools -n '__fish_seen_subcommand_from serve' -l pacs-ca-file
+complete -c medtools -n '__fish_seen_subcommand_from serve' -l pacs-password-file
+complete -c medtools -n '__fish_seen_subcommand_from serve' -l pacs-token-file
+complete -c medtools -n '__fish_seen_subcommand_from serve' -l pacs-user
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l port
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l precision
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l public

@@ -43,6 +43,7 @@ class ServeState:
     models: dict[str, backends.LoadedModel]
     auth: Authenticator
     index: Optional[backends.IndexService] = None
+    pacs: Optional[backends.PacsService] = None
     max_upload: int = DEFAULT_MAX_UPLOAD
     tmp_root: Path = field(default_factory=lambda: private_root())
     settings: RunContext = field(default_factory=RunContext)
@@ -156,11 +157,12 @@ def create_app(state: ServeState):
     return app
 
 
-def build(models_dir: Path, store: Path, *, allowed_hosts: list[str] | None = None, index: Path | None = None, public: Path | None = None, audit_log: Path | None = None, ttl: float | None = None, max_failures: int | None = None, max_upload: int | None = None, device: str | None = None, precision: str | None = None, settings: RunContext | None = None, allow_identifying: bool = False):
+def build(models_dir: Path, store: Path, *, allowed_hosts: list[str] | None = None, index: Path | None = None, public: Path | None = None, pacs: Any = None, audit_log: Path | None = None, ttl: float | None = None, max_failures: int | None = None, max_upload: int | None = None, device: str | None = None, precision: str | None = None, settings: RunContext | None = None, allow_identifying: bool = False):
     """Load models and key store once → (ASGI app with the body limit, state). ``settings``:
     the service's run context (default: the caller's, e.g. the ``serve`` command's), with
     ``device`` and ``precision`` set. A checkpoint naming its training data is refused (exit 3)
-    unless ``allow_identifying`` (``backends.load_models``)."""
+    unless ``allow_identifying`` (``backends.load_models``). ``pacs``: a
+    :class:`medtools.serve.backends.PacsService` to open studies from."""
     from medtools.core import context
     from medtools.serve.auth import DEFAULT_MAX_FAILURES, DEFAULT_TTL, RateLimiter
 
@@ -171,7 +173,7 @@ def build(models_dir: Path, store: Path, *, allowed_hosts: list[str] | None = No
     settings = base.derive(device=device if device is not None else base.device, precision=precision if precision is not None else base.precision)
     index_service = backends.IndexService.open(index, public) if index is not None else None
     models = backends.load_models(models_dir, device=settings.device, precision=settings.precision, allow_identifying=allow_identifying)
-    state = ServeState(models=models, auth=auth, index=index_service, max_upload=max_upload or DEFAULT_MAX_UPLOAD, tmp_root=private_root(), settings=settings)
+    state = ServeState(models=models, auth=auth, index=index_service, pacs=pacs, max_upload=max_upload or DEFAULT_MAX_UPLOAD, tmp_root=private_root(), settings=settings)
     app = create_app(state)
     if allowed_hosts:  # Host header check: a web page that rebinds its DNS name to 127.0.0.1 gets 400
         from starlette.middleware.trustedhost import TrustedHostMiddleware

@@ -112,6 +112,24 @@ def pick_model(models: dict[str, LoadedModel], endpoint: str, name: str | None) 
     return fitting[0]
 
 
+@dataclass(frozen=True)
+class PacsService:
+    """The PACS the page opens studies from (DICOMweb, ``--pacs URL``), with the service's own
+    account (``--pacs-user``/``--pacs-password-file`` or ``--pacs-token-file``; the credentials are
+    read from their files per request, never sent to the page). The routers call
+    :func:`medtools.api.pacs_query` and :func:`medtools.api.pacs_pull` with :meth:`options`."""
+
+    url: str
+    user: str | None = None
+    password_file: Path | None = None
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    timeout: float = 30.0
+
+    def options(self) -> dict[str, Any]:
+        return {"user": self.user, "password_file": self.password_file, "token_file": self.token_file, "ca_file": self.ca_file, "timeout": self.timeout}
+
+
 @dataclass
 class IndexService:
     """The server half of ``medtools index query``: the index folder and its public context.

@@ -28,6 +28,11 @@ def serve(
     max_upload_mb: Annotated[Optional[float], typer.Option("--max-upload-mb", help="Largest request body in MiB (default 512); larger → 413.", min=0.001)] = None,
     forwarded_allow_ips: Annotated[Optional[str], typer.Option("--forwarded-allow-ips", help="Proxies (IPs or networks, comma-separated, or *) whose X-Forwarded-For gives the client address; default none: headers ignored, even from loopback.")] = None,
     allow_identifying_checkpoints: Annotated[bool, typer.Option("--allow-identifying-checkpoints", help="Load checkpoints whose metadata names their training data (clear case/patient ids, paths); refused by default (exit 3): serve a `medtools ckpt strip` copy instead.")] = False,
+    pacs: Annotated[Optional[str], typer.Option("--pacs", help="DICOMweb root of a PACS (e.g. http://pacs:8042/dicom-web): the page lists its series and opens one to segment.")] = None,
+    pacs_user: Annotated[Optional[str], typer.Option("--pacs-user", help="The service's HTTP basic user on the PACS (password from --pacs-password-file or MEDTOOLS_PACS_PASSWORD).")] = None,
+    pacs_password_file: Annotated[Optional[Path], typer.Option("--pacs-password-file", help="The --pacs-user's password, first line of this file (mode 0600).")] = None,
+    pacs_token_file: Annotated[Optional[Path], typer.Option("--pacs-token-file", help="A bearer token for the PACS in this file (mode 0600).")] = None,
+    pacs_ca_file: Annotated[Optional[Path], typer.Option("--pacs-ca-file", help="CA bundle (PEM) that signed the PACS's HTTPS certificate.")] = None,
     device: Device = None,
     precision: Precision = None,
     quiet: Quiet = False,
@@ -38,4 +43,4 @@ def serve(
     """
     from medtools.serve.server import serve as run
 
-    return run(models=models, store=store, host=host, port=port, index=index, public=public, audit_log=audit_log, token_ttl=token_ttl, max_failures=max_failures, max_upload_mb=max_upload_mb, trusted_proxies=forwarded_allow_ips, device=device, precision=precision, allow_identifying=allow_identifying_checkpoints)
+    return run(models=models, store=store, host=host, port=port, index=index, public=public, audit_log=audit_log, token_ttl=token_ttl, max_failures=max_failures, max_upload_mb=max_upload_mb, trusted_proxies=forwarded_allow_ips, device=device, precision=precision, allow_identifying=allow_identifying_checkpoints, pacs=pacs, pacs_user=pacs_user, pacs_password_file=pacs_password_file, pacs_token_file=pacs_token_file, pacs_ca_file=pacs_ca_file)

@@ -3,12 +3,12 @@
 The CLI's exit codes come from the error types (:mod:`medtools.core.errors`); the service maps
 the same types onto statuses: unreadable or unfitting upload and tampered ciphertext 422, bad
 request 400, failed log-in 401 (no hint which part), not a recipient 403, too many failed
-log-ins 429 (with Retry-After), a model problem 500.
+log-ins 429 (with Retry-After), a model problem 500, a PACS that does not answer 502.
 """
 
 from __future__ import annotations
 
-from medtools.core.errors import CheckpointError, InputError, IntegrityError, MedtoolsError, UsageError
+from medtools.core.errors import CheckpointError, InputError, IntegrityError, MedtoolsError, RemoteError, UsageError
 from medtools.serve.auth import LoginFailed, TooManyAttempts
 
 
@@ -33,4 +33,6 @@ def status_of(exc: MedtoolsError) -> tuple[int, dict[str, str]]:
         return 400, {}
     if isinstance(exc, CheckpointError):
         return 500, {}
+    if isinstance(exc, RemoteError):  # the PACS did not answer
+        return 502, {}
     return 422, {}

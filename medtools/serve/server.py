@@ -93,9 +93,15 @@ def serve(
     device: str | None = None,
     precision: str | None = None,
     allow_identifying: bool = False,
+    pacs: str | None = None,
+    pacs_user: str | None = None,
+    pacs_password_file: Path | None = None,
+    pacs_token_file: Path | None = None,
+    pacs_ca_file: Path | None = None,
 ) -> int:
     """Load the models and the key store, then serve until SIGTERM/Ctrl-C; returns 0.
-    ``allow_identifying``: load checkpoints that name their training data (refused otherwise)."""
+    ``allow_identifying``: load checkpoints that name their training data (refused otherwise).
+    ``pacs``: a DICOMweb root the page lists and opens studies from, with the service's account."""
     from medtools.core.errors import UsageError
 
     try:
@@ -108,12 +114,17 @@ def serve(
     from medtools.serve.app import build
 
     proxies = forwarded_allow_ips(trusted_proxies)  # a bad value: exit 2 before anything loads
+    from medtools.serve.backends import PacsService
+
+    if pacs is None and any(v is not None for v in (pacs_user, pacs_password_file, pacs_token_file, pacs_ca_file)):
+        raise UsageError("--pacs-user, --pacs-password-file, --pacs-token-file and --pacs-ca-file go with --pacs URL")
+    pacs_service = PacsService(pacs, user=pacs_user, password_file=pacs_password_file, token_file=pacs_token_file, ca_file=pacs_ca_file) if pacs else None
 
     audit_log = audit_log if audit_log is not None else Path(store).with_name(Path(store).name + ".audit.jsonl")
     app, state = build(
         models, store, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"] if _is_loopback(host) else None, index=index, public=public, audit_log=audit_log, ttl=token_ttl, max_failures=max_failures,
         max_upload=int(max_upload_mb * 1024 * 1024) if max_upload_mb else None, device=device, precision=precision,
-        allow_identifying=allow_identifying,
+        allow_identifying=allow_identifying, pacs=pacs_service,
     )
     try:
         sock = bind(host, port)
@@ -127,6 +138,8 @@ def serve(
             report.log(f"medtools serve: client addresses from X-Forwarded-For sent by {', '.join(proxies)}")
         if state.index is not None:
             report.log(f"medtools serve: encrypted index {index} (scores only; the secret context stays with the client)")
+        if pacs_service is not None:
+            report.log(f"medtools serve: studies from the PACS at {pacs_service.url}")
         # the address is printed even with -q: scripts read it (e.g. with --port 0)
         print(f"medtools serve: listening on http://{shown}:{actual} (API docs at http://{shown}:{actual}/docs)", file=sys.stderr, flush=True)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=10, **uvicorn_options(proxies))

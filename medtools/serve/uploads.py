@@ -118,6 +118,28 @@ class RequestFiles:
         image.meta["source"] = image.meta["path"] = name
         return image
 
+    def series(self, datasets: list[Any], name: str, *, nan_policy: str | None = None) -> Any:
+        """pydicom Datasets of one series (from the PACS) → Image: written under neutral numbered
+        names into the request's private folder and read as a series; named ``name`` in messages."""
+        import pydicom
+
+        from medtools.core.io import read_image
+        from medtools.core.io.dicom import pydicom_major
+
+        folder = self.folder / "pacs"
+        folder.mkdir(mode=0o700)
+        for i, ds in enumerate(datasets):  # Part 10 files (preamble, file meta), as `pacs pull` writes them
+            options = {"enforce_file_format": True} if pydicom_major() >= 3 else {"write_like_original": False}
+            pydicom.dcmwrite(str(folder / f"{i:05d}.dcm"), ds, **options)
+        self.names[str(folder)] = name
+        try:
+            image = read_image(folder, nan_policy=nan_policy)
+        except MedtoolsError as exc:
+            exc.args = (self.scrub(str(exc)),)
+            raise
+        image.meta["source"] = image.meta["path"] = name
+        return image
+
     # -- out
     def encode(self, image: Any, fmt: str, name: str) -> bytes:
         """The file bytes of ``image`` in ``fmt`` (what ``write_image`` writes to ``name``)."""

@@ -11,6 +11,7 @@ context, HTTP out).
 | cls | classify (a cls model loaded) | classify |
 | explain | explain (the explain family installed) | explain |
 | index | index, index/score (``--index``) | index_manifest, index_score |
+| pacs | pacs/series, pacs/segment (``--pacs``) | pacs_query, pacs_pull + segment |
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def include(app: Any, state: Any) -> None:
         from medtools.serve.routers import index
 
         app.include_router(index.router, prefix=API)
+    if state.pacs is not None:
+        from medtools.serve.routers import pacs
+
+        app.include_router(pacs.router, prefix=API)
 
 
 def endpoints(app: Any) -> list[str]:

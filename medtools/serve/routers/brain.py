@@ -32,9 +32,15 @@ def segment(
     """Label map in the input's geometry (`medtools.api.segment`, what `medtools segment` runs)."""
     chosen = pick_model(state.models, "segment", model)
     images = [files.read(upload, i, nan_policy=call.ctx.nan_policy) for i, upload in enumerate(file)]
+    return segment_answer(call, files, chosen, images, file[0].filename, response)
+
+
+def segment_answer(call: Any, files: Any, chosen: Any, images: list[Any], upload_name: Optional[str], response: str) -> Any:
+    """``api.segment`` of ``images`` on the chosen model → the label map file (stats in a header),
+    or with ``response=json`` the stats, the label map in base64 and the page's preview."""
     with chosen.lock:  # api.segment checks the modality count and shapes (422 with its reason)
         label = api.segment(images, chosen.model, ctx=call.ctx)
-    label, fmt, name = label_file(images[0], label, file[0].filename)
+    label, fmt, name = label_file(images[0], label, upload_name)
     data = files.encode(label, fmt, name)
     stats = {"model": chosen.name, "model_sha256": chosen.sha256, **label_stats(label)}
     if response == "json":

@@ -99,6 +99,8 @@ async function showApp() {
   $("protect-section").hidden = !(attackers.length && (version.endpoints || []).includes("protect"));
   fillSelect($("protect-attacker"), attackers, false);
   fillSelect($("protect-utility"), version.models.filter((m) => m.kind === "seg"), true);
+  // the PACS's study list, when the service has one (--pacs)
+  $("pacs-section").hidden = !(version.endpoints || []).includes("pacs/series");
   // classification: the cls models the service loaded, when it offers /v1/classify
   const classifiers = version.models.filter((m) => m.kind === "cls");
   $("classify-section").hidden = !(classifiers.length && (version.endpoints || []).includes("classify"));
@@ -365,6 +367,7 @@ $("viewer").addEventListener("wheel", (event) => { // scroll through the slices 
 async function showOverlay() {
   if (!view) return;
   const method = $("explain-method").value;
+  if ($("overlay-kind").value === "saliency" && !lastUpload) $("explain-status").textContent = "The saliency map is computed for an uploaded file.";
   if ($("overlay-kind").value === "saliency" && lastUpload && view.saliencyMethod !== method) {
     const form = new FormData();
     for (const file of lastUpload.files) form.append("file", file);
@@ -393,10 +396,15 @@ $("segment-form").addEventListener("submit", async (event) => {
   const form = new FormData();
   for (const file of $("segment-files").files) form.append("file", file);
   lastUpload = { files: Array.from($("segment-files").files), model: $("model").value };
+  const params = new URLSearchParams({ response: "json", model: $("model").value });
+  await segmentAndShow("/v1/segment?" + params, { method: "POST", body: form });
+});
+
+// A segment answer (an upload's, or a PACS series') in the viewer, the legend and the download link.
+async function segmentAndShow(path, options) {
   $("segment-status").textContent = "Segmenting…";
   try {
-    const params = new URLSearchParams({ response: "json", model: $("model").value });
-    const response = await api("/v1/segment?" + params, { method: "POST", body: form });
+    const response = await api(path, options);
     const arrived = performance.now();
     const result = await response.json();
     const stats = result.stats;
@@ -442,6 +450,39 @@ $("segment-form").addEventListener("submit", async (event) => {
     }
   } catch (e) {
     $("segment-status").textContent = "Failed: " + e.message;
+  }
+}
+
+// The PACS's series (GET /v1/pacs/series), one row each with a button that pulls and segments it.
+$("pacs-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("pacs-status").textContent = "Asking the PACS…";
+  $("pacs-results").hidden = true;
+  try {
+    const params = new URLSearchParams({ patient: $("pacs-patient").value, modality: $("pacs-modality").value });
+    const result = await (await api("/v1/pacs/series?" + params)).json();
+    const rows = $("pacs-rows");
+    rows.innerHTML = "";
+    for (const s of result.series) {
+      const tr = document.createElement("tr");
+      for (const text of [s.patient_id, s.date, s.modality, s.description, String(s.instances)]) cell(tr, text || "");
+      const td = document.createElement("td"), button = document.createElement("button");
+      button.type = "button";
+      button.textContent = "Open";
+      button.setAttribute("aria-label", "Open and segment the " + (s.modality || "") + " series " + (s.description || s.series_uid) + " of patient " + (s.patient_id || ""));
+      button.addEventListener("click", () => {
+        lastUpload = null; // no file for the saliency map: it asks for an upload
+        const params = new URLSearchParams({ study_uid: s.study_uid, series_uid: s.series_uid, model: $("model").value, response: "json" });
+        segmentAndShow("/v1/pacs/segment?" + params, { method: "POST" });
+      });
+      td.appendChild(button);
+      tr.appendChild(td);
+      rows.appendChild(tr);
+    }
+    $("pacs-results").hidden = false;
+    $("pacs-status").textContent = result.series.length + " series in the PACS";
+  } catch (e) {
+    $("pacs-status").textContent = "Failed: " + e.message;
   }
 });
 
