@@ -4,6 +4,9 @@
     transforms.py WORK [--configs NAME,...] [--umn-epochs 30] [--inversion-epochs 20]
                        [--dp-epsilon 8] [--curve 1,2,4,8,16,32] [--frontier]
 
+``--frontier`` runs the weaker and stronger settings (gain 0.5 and 2, 2×2 and 8×8 blocks) into
+WORK/transforms/frontier.json; ``frontier.py`` plots Dice, inversion PSNR and MIA AUC over them.
+
 WORK holds the split (``data/``) and the shared autoencoders (``ae-image``, ``ae-mask``), as
 the Makefile makes them. For each transform configuration (keys ``linear``, ``linear-b4``,
 ``nonlinear``, ``nonlinear-b4``; with ``--frontier`` also weaker and stronger settings) it runs
@@ -53,15 +56,15 @@ def main() -> None:
     parser.add_argument("--frontier", action="store_true")
     parser.add_argument("--umn-epochs", type=int, default=30)
     parser.add_argument("--inversion-epochs", type=int, default=20)
-    parser.add_argument("--dp-epsilon", type=float, default=8.0)
+    parser.add_argument("--dp-epsilon", type=float, default=8.0, help="ε of the DP-SGD UMN (0: no DP run)")
     parser.add_argument("--curve", default="1,2,4,8,16,32")
     parser.add_argument("--widths", default="8,16,32")
     parser.add_argument("--medtools", default=os.environ.get("MEDTOOLS", "medtools"))
     args = parser.parse_args()
     work = args.work.resolve()
     data = work / "data"
-    table = {**CONFIGS, **(FRONTIER if args.frontier else {})}
-    names = args.configs.split(",") if args.configs else list(table)
+    table = {**CONFIGS, **FRONTIER}
+    names = args.configs.split(",") if args.configs else list(FRONTIER if args.frontier else CONFIGS)
 
     def run(*cmd: object, out: Path | None = None) -> str:
         proc = subprocess.run([args.medtools, *map(str, cmd)], capture_output=True, text=True)
@@ -72,7 +75,7 @@ def main() -> None:
             out.write_text(proc.stdout)
         return proc.stdout
 
-    summary_path = work / "transforms" / "summary.json"
+    summary_path = work / "transforms" / ("frontier.json" if args.frontier else "summary.json")
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     for name in names:
         d = work / "transforms" / name
@@ -89,7 +92,7 @@ def main() -> None:
                         run("klt-encode", data / client / part / kind, "-m", work / f"{model}.safetensors", "-k", key, "-o", target, "-q")
         (d / "payload.safetensors").unlink(missing_ok=True)
         payload = json.loads(run("klt-encode", next(iter(sorted((data / "a" / "test" / "images").glob("*.png")))), "-m", work / "ae-image.safetensors", "-k", d / "a.key", "-o", d / "payload.safetensors", "--json", "-q").splitlines()[0])
-        for tag, extra in (("umn", []), ("umn-dp", ["--dp-epsilon", str(args.dp_epsilon)])):
+        for tag, extra in (("umn", []), ("umn-dp", ["--dp-epsilon", str(args.dp_epsilon)]))[: 2 if args.dp_epsilon else 1]:
             ckpt = d / f"{tag}.safetensors"
             if not ckpt.exists():
                 run("umn-train", d / "lat" / "a" / "train", "--widths", args.widths, "--epochs", args.umn_epochs, *extra, "-o", ckpt, "-q")
@@ -113,11 +116,12 @@ def main() -> None:
             "config": name,
             "keygen": table[name],
             "dice_keyless": load("eval-umn-a.json")["dice"],
-            "dice_keyless_dp": load("eval-umn-dp-a.json")["dice"],
+            "dice_keyless_dp": load("eval-umn-dp-a.json")["dice"] if args.dp_epsilon else None,
             "dice_other_client": load("eval-umn-b.json")["dice"],
             "dice_prior": load("eval-umn-a.json")["baseline_prior_dice"],
             "mia_auc": load("mia-umn.json")["membership"]["auc"],
-            "mia_auc_dp": load("mia-umn-dp.json")["membership"]["auc"],
+            "mia_auc_dp": load("mia-umn-dp.json")["membership"]["auc"] if args.dp_epsilon else None,
+            "dp_epsilon": args.dp_epsilon or None,
             "reference_psnr": ki["reference_psnr"],
             "with_key_psnr": ki.get("with_key_psnr"),
             "no_key_psnr": attack["latent_attacks"]["no_key_psnr"],
