@@ -191,6 +191,7 @@ def run_engine(name: str, rendered: list, readers: dict, workers: int) -> dict:
 # ---------------------------------------------------------------- anatomy: does cleaning touch what a model sees?
 
 HC18_RUN = {"full": {"size": 128, "epochs": 10, "steps": None, "test": None}, "quick": {"size": 64, "epochs": 1, "steps": 2, "test": 2}}
+PAIRS = ("cleaned_vs_phi", "cleaned_vs_original", "phi_vs_original", "inpainted_vs_phi")
 CXR_RUN = {"full": {"size": 128, "epochs": 6, "steps": None, "test": None, "train": None}, "quick": {"size": 32, "epochs": 1, "steps": 2, "test": 4, "train": 40}}
 
 
@@ -228,10 +229,16 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
     return path
 
 
+VARIANTS = ("original", "phi", "cleaned", "inpainted")
+
+
 def render_variants(items: list[tuple[str, np.ndarray]], root: Path, rng: np.random.Generator, strings: int) -> dict[str, dict]:
     """Write original/NAME.png and phi/NAME.png (PHI rendered as in the pixel benchmark), then
     clean phi/ with ``medtools deid --clean-pixels`` into cleaned/; per image: the rendered
-    boxes and the cleaner's boxes."""
+    boxes and the cleaner's boxes. inpainted/ is a diagnostic, not what deid writes: the same
+    boxes of phi/ filled from their surroundings (OpenCV's Telea inpainting) instead of with the
+    background value."""
+    import cv2
     from PIL import Image as PILImage
 
     for variant in ("original", "phi"):
@@ -252,6 +259,12 @@ def render_variants(items: list[tuple[str, np.ndarray]], root: Path, rng: np.ran
     missing = [name for name, item in info.items() if "cleaned" not in item]
     if missing:
         raise SystemExit(f"deid wrote no record for {missing}")
+    (root / "inpainted").mkdir(exist_ok=True)
+    for name, _image in items:
+        with PILImage.open(root / "phi" / f"{name}.png") as pil:
+            phi = np.asarray(pil)
+        holes = box_mask(info[name]["cleaned"], phi.shape).astype(np.uint8)
+        PILImage.fromarray(cv2.inpaint(phi, holes, 5, cv2.INPAINT_TELEA)).save(root / "inpainted" / f"{name}.png")
     return {"images": info, "deid_s": round(seconds, 1)}
 
 
@@ -297,7 +310,7 @@ def anatomy_hc18(args: argparse.Namespace, work: Path, mode: str) -> dict:
     root = work / "hc18"
     rendered = render_variants(items, root, np.random.default_rng(args.seed), args.strings)
     predictions: dict[str, dict[str, np.ndarray]] = {}
-    for variant in ("original", "phi", "cleaned"):
+    for variant in VARIANTS:
         medtools("segment", root / variant, "-m", model, "-o", root / f"pred-{variant}", "--device", "cpu", "--overwrite", "-q")
         for name in truth:
             found = sorted((root / f"pred-{variant}").glob(f"{name}*.png"))
@@ -316,21 +329,26 @@ def anatomy_hc18(args: argparse.Namespace, work: Path, mode: str) -> dict:
             "dice_cleaned_vs_phi": round(dice(p["cleaned"], p["phi"]), 4),
             "dice_cleaned_vs_original": round(dice(p["cleaned"], p["original"]), 4),
             "dice_phi_vs_original": round(dice(p["phi"], p["original"]), 4),
+            "dice_inpainted_vs_phi": round(dice(p["inpainted"], p["phi"]), 4),
             "head_under_text": round(float((rendered_boxes & mask).sum()) / max(1, int(mask.sum())), 4),
             "head_redacted": round(float((cleaned_boxes & mask).sum()) / max(1, int(mask.sum())), 4),
         })
     mean = lambda key, sub=None: round(float(np.mean([(r[key][sub] if sub else r[key]) for r in per_image])), 4)  # noqa: E731
     delta = [abs(r["dice_truth"]["cleaned"] - r["dice_truth"]["phi"]) for r in per_image]
     delta_original = [abs(r["dice_truth"]["cleaned"] - r["dice_truth"]["original"]) for r in per_image]
+    delta_phi_original = [abs(r["dice_truth"]["phi"] - r["dice_truth"]["original"]) for r in per_image]
+    delta_inpainted = [abs(r["dice_truth"]["inpainted"] - r["dice_truth"]["phi"]) for r in per_image]
     return {
         "data": f"hc18_ultrasound: {len(test)} frames of {len({r['exam_id'] for r in test})} held-out exams (split by exam, seed {args.seed}); {len(train)} training frames",
         "model": {"command": f"seg-train --encoder resnet18 --size {run['size']} --binary --epochs {run['epochs']} -b 8 --seed {args.seed}" + (f" --steps-per-epoch {run['steps']}" if run["steps"] else ""), "train_s": train_s},
         "images": len(per_image),
-        "dice_truth": {v: mean("dice_truth", v) for v in ("original", "phi", "cleaned")},
+        "dice_truth": {v: mean("dice_truth", v) for v in VARIANTS},
         "mean_abs_delta_dice_cleaned_vs_phi": round(float(np.mean(delta)), 4),
         "max_abs_delta_dice_cleaned_vs_phi": round(float(np.max(delta)), 4),
         "mean_abs_delta_dice_cleaned_vs_original": round(float(np.mean(delta_original)), 4),
-        "dice_between_predictions": {"cleaned_vs_phi": mean("dice_cleaned_vs_phi"), "cleaned_vs_original": mean("dice_cleaned_vs_original"), "phi_vs_original": mean("dice_phi_vs_original")},
+        "mean_abs_delta_dice_phi_vs_original": round(float(np.mean(delta_phi_original)), 4),
+        "mean_abs_delta_dice_inpainted_vs_phi": round(float(np.mean(delta_inpainted)), 4),
+        "dice_between_predictions": {"cleaned_vs_phi": mean("dice_cleaned_vs_phi"), "cleaned_vs_original": mean("dice_cleaned_vs_original"), "phi_vs_original": mean("dice_phi_vs_original"), "inpainted_vs_phi": mean("dice_inpainted_vs_phi")},
         "head_under_rendered_text": mean("head_under_text"),
         "head_redacted": mean("head_redacted"),
         "deid_s": rendered["deid_s"],
@@ -344,6 +362,8 @@ def anatomy_cxr(args: argparse.Namespace, work: Path, mode: str) -> dict:
     import csv
 
     from PIL import Image as PILImage
+
+    from collections import Counter
 
     run = CXR_RUN[mode]
     data = DATA / "cxr"
@@ -371,13 +391,13 @@ def anatomy_cxr(args: argparse.Namespace, work: Path, mode: str) -> dict:
     root = work / "cxr"
     rendered = render_variants(items, root, np.random.default_rng(args.seed + 1), args.strings)
     predicted: dict[str, dict[str, tuple[str, float]]] = {}
-    for variant in ("original", "phi", "cleaned"):
+    for variant in VARIANTS:
         for line in medtools("classify", root / variant, "-m", model, "--device", "cpu", "-q").splitlines():
             record = json.loads(line)
             predicted.setdefault(Path(record["path"]).stem, {})[variant] = (record["label"], float(record["probability"]))
     if set(predicted) != set(labels):
         raise SystemExit(f"classify answered for {len(predicted)} of {len(labels)} images")
-    accuracy = {v: round(100.0 * float(np.mean([predicted[n][v][0] == labels[n] for n in labels])), 2) for v in ("original", "phi", "cleaned")}
+    accuracy = {v: round(100.0 * float(np.mean([predicted[n][v][0] == labels[n] for n in labels])), 2) for v in VARIANTS}
     flips = lambda a, b: sorted(n for n in labels if predicted[n][a][0] != predicted[n][b][0])  # noqa: E731
     dp = lambda a, b: round(float(np.mean([abs(predicted[n][a][1] - predicted[n][b][1]) for n in labels])), 4)  # noqa: E731
     return {
@@ -387,9 +407,13 @@ def anatomy_cxr(args: argparse.Namespace, work: Path, mode: str) -> dict:
         "accuracy": accuracy,
         "delta_accuracy_pt_cleaned_vs_phi": round(accuracy["cleaned"] - accuracy["phi"], 2),
         "delta_accuracy_pt_cleaned_vs_original": round(accuracy["cleaned"] - accuracy["original"], 2),
-        "changed_predictions": {"cleaned_vs_phi": len(flips("cleaned", "phi")), "cleaned_vs_original": len(flips("cleaned", "original")), "phi_vs_original": len(flips("phi", "original"))},
-        "mean_abs_delta_probability": {"cleaned_vs_phi": dp("cleaned", "phi"), "cleaned_vs_original": dp("cleaned", "original"), "phi_vs_original": dp("phi", "original")},
+        "delta_accuracy_pt_inpainted_vs_phi": round(accuracy["inpainted"] - accuracy["phi"], 2),
+        "changed_predictions": {pair: len(flips(*pair.split("_vs_"))) for pair in PAIRS},
+        "changed_to": {pair: dict(Counter(predicted[n][pair.split("_vs_")[0]][0] for n in flips(*pair.split("_vs_")))) for pair in PAIRS},
+        "mean_abs_delta_probability": {pair: dp(*pair.split("_vs_")) for pair in PAIRS},
+        "image_redacted": round(float(np.mean([box_mask(rendered["images"][n]["cleaned"], (args.size, args.size)).mean() for n in labels])), 4),
         "deid_s": rendered["deid_s"],
+        "per_image": [{"image": n, "truth": labels[n], **{v: [predicted[n][v][0], round(predicted[n][v][1], 4)] for v in VARIANTS}} for n in sorted(labels)],
     }
 
 
