@@ -583,6 +583,7 @@ complete -c medtools -n '__fish_seen_subcommand_from serve' -l device
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l forwarded-allow-ips
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l host
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l index
+complete -c medtools -n '__fish_seen_subcommand_from serve' -l index-secret
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l max-failures
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l max-upload-mb
 complete -c medtools -n '__fish_seen_subcommand_from serve' -l models

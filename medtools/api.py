@@ -440,6 +440,29 @@ def index_manifest(index: str | Path) -> dict[str, Any]:
     return Index.load(Path(index)).data
 
 
+# ---------------------------------------------------------------- similar cases for the doctor's page (serve)
+
+
+@_in_context
+def index_search(image: Image | str | Path, *, index: str | Path, secret: str | Path, k: int = 5, model: str | Path | None = None, root: str | None = None, device: str | None = None) -> dict[str, Any]:
+    """``index_query`` with each hit's verification status spelled out: the index is verified
+    first (a changed, missing or extra entry is an IntegrityError naming them: nothing is
+    ranked), then every hit carries ``verified`` (its inclusion proof checked on its own
+    against ``root``, else the index's root), ``checked_against`` and ``proof_hashes``."""
+    from medtools.core.errors import IntegrityError
+    from medtools.index.store import check_proof
+
+    result = index_query(image, index=index, secret=secret, k=k, model=model, root=root, device=device)
+    for hit in result["hits"]:
+        try:
+            checked = check_proof(hit["proof"], root=root or result["root"])
+            hit.update(verified=True, checked_against=checked["root"], reason="")
+        except IntegrityError as exc:
+            hit.update(verified=False, checked_against=root or result["root"], reason=str(exc))
+        hit["proof_hashes"] = len(hit["proof"].get("audit_path", []))
+    return result
+
+
 # ---------------------------------------------------------------- PACS (DICOMweb)
 
 

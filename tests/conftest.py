@@ -72,7 +72,7 @@ def shared_data() -> Path:
 # `make test-fast` (-m "not slow", one process) stays a few minutes; `make test` runs them all.
 SLOW_MODULES = {
     "test_api", "test_brain", "test_brain_defences", "test_brain_inmemory", "test_ckpt_ids", "test_cli_foundation", "test_cls",
-    "test_collab", "test_contract", "test_core_train", "test_ddp", "test_examples", "test_explain", "test_faults", "test_geometry",
+    "test_collab", "test_contract", "test_core_train", "test_ddp", "test_examples", "test_explain", "test_faults", "test_fl", "test_geometry",
     "test_index", "test_model_contract", "test_page", "test_pacs", "test_protect_objectives", "test_repro", "test_secure_deid_pixels",
     "test_seg_recipe", "test_seg_robust", "test_serve", "test_synth_cli", "test_synth_cond", "test_synth_mia", "test_tstr",
     "test_fl_attack",

@@ -1,0 +1,175 @@
+"""fl-train / fl-job on NVIDIA FLARE: three phantom sites, two rounds, a tiny segmenter.
+
+The simulator runs real FLARE server and client processes; every test that starts one checks
+that no process of the run outlives the command.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+pytest.importorskip("nvflare")
+pytestmark = pytest.mark.slow
+
+TINY = ["--encoder", "tu-test_resnet", "--size", "32", "--binary", "-b", "8", "--local-epochs", "2", "--lr", "3e-3", "--seed", "0"]
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if text in cmdline and state != "Z":
+            found.append(f"{entry.name}: {cmdline[:160]}")
+    return found
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("fl-sites")
+    run_cli("phantom", "brain", "-o", root / "phantoms", "-n", "6", "--visits", "1", "--size", "32", "--slices", "8", "-q", check=True)
+    run_cli("manifest", root / "phantoms", "-o", root / "all.csv", "-q", check=True)
+    with open(root / "all.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = reader.fieldnames, list(reader)
+    patients = sorted({r["patient"] for r in rows})
+    paths = {"all": root / "all.csv"}
+    for index in range(3):
+        path = root / f"site{index + 1}.csv"
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(r for r in rows if r["patient"] in patients[2 * index : 2 * index + 2])
+        paths[f"site-{index + 1}"] = path
+    return paths
+
+
+def _fl_train(sites: dict[str, Path], output: Path, *extra: str) -> dict:
+    proc = run_cli("fl-train", "seg", sites["site-1"], sites["site-2"], sites["site-3"], "-o", output, "--rounds", "2", *TINY, "--timeout", "600", "--json", *extra, check=True)
+    assert _processes_mentioning(str(output.parent)) == [], "a FLARE process outlived fl-train"
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def federated(sites, tmp_path_factory) -> tuple[Path, dict]:
+    output = tmp_path_factory.mktemp("fl-run") / "global.safetensors"
+    return output, _fl_train(sites, output)
+
+
+def _dice(model: Path, sites: dict[str, Path], work: Path) -> float:
+    pred = work / f"pred-{model.stem}"
+    run_cli("segment", sites["all"], "-m", model, "-o", pred, "-q", check=True)
+    scores = json.loads(run_cli("seg-eval", pred, sites["all"], "--json", "--no-hd95", "-q", check=True).stdout)
+    return scores["mean"]["foreground"]["dice"]
+
+
+def test_three_site_run_gives_a_checkpoint_segment_loads_that_beats_the_untrained_model(federated, sites, tmp_path) -> None:
+    from medtools.core import ckpt
+    from medtools.core.train import initial_weights
+
+    output, result = federated
+    assert result["rounds"] == 2 and result["sites"] == ["site-1", "site-2", "site-3"]
+    loaded = ckpt.load(output, kind="seg")
+    with initial_weights(0):  # the model every site starts from (the same seed)
+        untrained = ckpt.new_model("seg", loaded.config)
+    ckpt.save(tmp_path / "untrained.safetensors", untrained.state_dict(), kind="seg", config=loaded.config, norm=loaded.norm)
+    trained, baseline = _dice(output, sites, tmp_path), _dice(tmp_path / "untrained.safetensors", sites, tmp_path)
+    assert trained > baseline + 0.05, (trained, baseline)
+
+
+def test_metadata_has_rounds_site_ids_and_per_round_metrics_but_no_paths(federated, sites) -> None:
+    from medtools.core import ckpt
+
+    output, _ = federated
+    meta = ckpt.load(output, tensors=False).provenance
+    fed = meta["federated"]
+    assert fed["engine"] == "nvflare" and fed["algorithm"] == "fedavg" and fed["rounds"] == 2
+    assert fed["sites"] == ["site-1", "site-2", "site-3"]
+    assert [r["round"] for r in fed["history"]] == [1, 2]
+    for record in fed["history"]:
+        assert set(record["sites"]) == {"site-1", "site-2", "site-3"}
+        assert all("global_val_dice_mean" in m and "local_loss" in m for m in record["sites"].values())
+    assert set(fed["final"]) == {"site-1", "site-2", "site-3"}
+    raw = json.dumps(ckpt.read_metadata(output))
+    assert str(sites["all"].parent) not in raw and "phantom-p0" not in raw
+
+
+def test_same_seed_gives_identical_weights_on_cpu(federated, sites, tmp_path) -> None:
+    from safetensors.numpy import load_file
+
+    output, _ = federated
+    again = tmp_path / "again.safetensors"
+    _fl_train(sites, again)
+    first, second = load_file(str(output)), load_file(str(again))
+    assert first.keys() == second.keys()
+    assert all((first[k] == second[k]).all() for k in first)
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt", "missing-image"])
+def test_a_bad_site_manifest_stops_the_run_with_exit_5_and_no_model(problem, sites, tmp_path) -> None:
+    bad = tmp_path / "bad.csv"
+    if problem == "corrupt":
+        bad.write_bytes(b"\x00\xff\xfe garbage, not,a manifest\n\x89PNG\r\n")
+    elif problem == "missing-image":
+        text = sites["site-2"].read_text().replace("_flair.nii.gz", "_gone.nii.gz")
+        bad.write_text(text)
+    output = tmp_path / "out" / "global.safetensors"
+    proc = run_cli("fl-train", "seg", sites["site-1"], bad, sites["site-3"], "-o", output, "--rounds", "2", *TINY)
+    assert proc.returncode == 5, proc.stderr
+    assert "site-2" in proc.stderr
+    assert not output.exists() and not any(output.parent.glob("*")) if output.parent.exists() else True
+
+
+@pytest.mark.parametrize("algorithm", ["fedprox"])
+def test_fedprox_runs_and_is_recorded(algorithm, sites, tmp_path) -> None:
+    from medtools.core import ckpt
+
+    output = tmp_path / "prox.safetensors"
+    _fl_train(sites, output, "--algorithm", algorithm, "--mu", "0.1")
+    fed = ckpt.load(output, tensors=False).provenance["federated"]
+    assert fed["algorithm"] == "fedprox" and fed["fedprox_mu"] == 0.1
+
+
+def test_dp_epsilon_is_recorded_and_grows_with_the_rounds(sites, tmp_path) -> None:
+    from medtools.core import ckpt
+
+    output = tmp_path / "dp.safetensors"
+    result = _fl_train(sites, output, "--dp-epsilon", "8", "--dp-delta", "1e-5")
+    meta = ckpt.load(output, tensors=False)
+    assert meta.config.get("normalization") == "group"
+    dp = meta.provenance["dp"]
+    assert set(dp["per_site"]) == {"site-1", "site-2", "site-3"}
+    for site in dp["per_site"].values():
+        per_round = site["epsilon_per_round"]
+        assert len(per_round) == 2 and 0 < per_round[0] < per_round[1] <= 8.0 + 1e-6
+        assert per_round[1] > 7.5  # the noise is calibrated to spend the target over all rounds
+    assert [sorted(r["epsilon"]) for r in meta.provenance["federated"]["history"]] == [["site-1", "site-2", "site-3"]] * 2
+    assert result["dp"]["epsilon"] == dp["epsilon"]
+
+
+def test_fl_job_exports_a_flare_job_folder_without_copies_of_medtools(sites, tmp_path) -> None:
+    job = tmp_path / "job"
+    proc = run_cli("fl-job", "seg", "/data/a.csv", "/data/b.csv", "/data/c.csv", "-o", job, "--rounds", "3", *TINY, check=True)
+    assert proc.stdout.strip() == str(job)
+    server = json.loads((job / "app_server" / "config" / "config_fed_server.json").read_text())
+    assert server["workflows"][0]["path"] == "medtools.fl.server.GlobalModel"
+    assert server["workflows"][0]["args"]["num_rounds"] == 3
+    for index, path in enumerate(["/data/a.csv", "/data/b.csv", "/data/c.csv"], start=1):
+        app = job / f"app_site-{index}"
+        client = json.loads((app / "config" / "config_fed_client.json").read_text())
+        args = client["executors"][0]["executor"]["args"]
+        assert args["task_script_path"] == "medtools_site.py" and f"--manifest {path}" in args["task_script_args"]
+        assert sorted(p.name for p in (app / "custom").rglob("*") if p.is_file()) == ["medtools_site.py"]
+    assert run_cli("fl-job", "seg", "/data/a.csv", "-o", job, "-q").returncode == 2  # never into an existing folder
