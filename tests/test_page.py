@@ -178,11 +178,32 @@ def orthanc(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(page_world, orthanc, tmp_path_factory):
-    """One `medtools serve` (page_world's models; the Orthanc as its PACS when there is one) and one
-    headless Chromium on its page, for the module's tests; both stopped at its end."""
+def search_index(page_world, tmp_path_factory):
+    """With TenSEAL: default (N = 8192) keys and an encrypted index of 6 phantom chest X-rays built
+    with page_world's tiny seg model (`medtools index keygen` and `index build`); else None."""
+    try:
+        import tenseal  # noqa: F401
+    except ModuleNotFoundError:
+        return None
+    from conftest import run_cli
+
+    from medtools.phantom.generate import write_cxr_phantoms
+
+    root = tmp_path_factory.mktemp("index")
+    write_cxr_phantoms(root / "img", n=6, patients=3, size=32, seed=0)
+    run_cli("index", "keygen", "-o", root / "ctx", check=True)
+    built = run_cli("index", "build", root / "img", "-m", page_world / "models" / "tiny-seg.safetensors", "--public", root / "ctx" / "public", "-o", root / "idx", "--json", check=True)
+    return {"root": root, "built": json.loads(built.stdout), "options": ["--index", str(root / "idx"), "--public", str(root / "ctx" / "public"), "--index-secret", str(root / "ctx" / "secret")]}
+
+
+@pytest.fixture(scope="module")
+def service(page_world, orthanc, search_index, tmp_path_factory):
+    """One `medtools serve` (page_world's models; the Orthanc as its PACS and the encrypted index with
+    its secret context when there are) and one headless Chromium on its page, for the module's
+    tests; both stopped at its end."""
     tmp = tmp_path_factory.mktemp("service")
-    with _Server(page_world, tmp, *(orthanc["options"] if orthanc else [])) as address:
+    options = (orthanc["options"] if orthanc else []) + (search_index["options"] if search_index else [])
+    with _Server(page_world, tmp, *options) as address:
         browser = Browser(address + "/", tmp)
         try:
             yield address, browser
@@ -673,3 +694,47 @@ def test_page_in_chromium_opens_a_series_from_the_pacs(service, orthanc, tmp_pat
     assert (shown == np.frombuffer(base64.b64decode(answer["preview"]["labels"]), np.uint8)).all()
     assert browser.js("document.getElementById('volume').textContent") == f"Tumour volume: {answer['stats']['tumour_ml']:.2f} mL ({answer['stats']['tumour_voxels']} voxels)"
     shoot(browser, tmp_path, "page-pacs.png")
+
+
+def test_page_in_chromium_searches_similar_cases_in_the_encrypted_index(service, search_index, tmp_path):
+    """With --index-secret, a query image through the page gives `medtools index query`'s hits, each
+    marked verified; a tampered block makes the search refuse, and says so."""
+    if search_index is None:
+        pytest.skip("TenSEAL (the he extra) is not installed: no encrypted index")
+    from conftest import run_cli
+
+    address, browser = service
+    fresh(browser, address)
+    log_in(browser)
+    assert browser.js("document.getElementById('search-section').hidden") is False
+    assert "sees the image" in browser.js("document.getElementById('search-privacy').textContent")
+    root = search_index["root"]
+    images = sorted((root / "img").rglob("*.png"))
+    query = images[2]
+    browser.upload("#search-file", query)
+    _set(browser, "search-k", 3)
+    browser.js("document.getElementById('search-button').click()")
+    browser.wait("!document.getElementById('search-results').hidden", timeout=120)
+    rows = browser.js("[...document.querySelectorAll('#search-rows tr')].map((tr) => [...tr.children].map((td) => td.textContent))")
+    cli = json.loads(run_cli("index", "query", query, "-i", root / "idx", "--secret", root / "ctx" / "secret", "-k", "3", "--json", check=True).stdout)
+    assert [r[1] for r in rows] == [h["id"] for h in cli["hits"]] and rows[0][1] == query.relative_to(root / "img").as_posix()
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    assert all(abs(float(r[2]) - h["score"]) <= 2e-4 for r, h in zip(rows, cli["hits"]))
+    built_root = search_index["built"]["root"]
+    assert all(r[3].startswith("verified: inclusion proof (") and r[3].endswith(f"leads to root {built_root[:12]}…") for r in rows), rows
+    assert built_root[:12] in browser.js("document.getElementById('search-caption').textContent")
+    shoot(browser, tmp_path, "page-search.png")
+    # one changed bit in a block of the index: the search refuses before ranking, and the page says why
+    block = root / "idx" / "blocks" / "000000.ckks"
+    original = block.read_bytes()
+    tampered = bytearray(original)
+    tampered[len(tampered) // 2] ^= 1
+    try:
+        block.write_bytes(bytes(tampered))
+        browser.js("document.getElementById('search-button').click()")
+        browser.wait("document.getElementById('search-status').textContent.startsWith('Failed')", timeout=120)
+        status = browser.js("document.getElementById('search-status').textContent")
+        assert "does not verify" in status and "refusing" in status, status
+        assert browser.js("document.getElementById('search-results').hidden") is True
+    finally:
+        block.write_bytes(original)

@@ -157,7 +157,7 @@ def create_app(state: ServeState):
     return app
 
 
-def build(models_dir: Path, store: Path, *, allowed_hosts: list[str] | None = None, index: Path | None = None, public: Path | None = None, pacs: Any = None, audit_log: Path | None = None, ttl: float | None = None, max_failures: int | None = None, max_upload: int | None = None, device: str | None = None, precision: str | None = None, settings: RunContext | None = None, allow_identifying: bool = False):
+def build(models_dir: Path, store: Path, *, allowed_hosts: list[str] | None = None, index: Path | None = None, public: Path | None = None, index_secret: Path | None = None, pacs: Any = None, audit_log: Path | None = None, ttl: float | None = None, max_failures: int | None = None, max_upload: int | None = None, device: str | None = None, precision: str | None = None, settings: RunContext | None = None, allow_identifying: bool = False):
     """Load models and key store once → (ASGI app with the body limit, state). ``settings``:
     the service's run context (default: the caller's, e.g. the ``serve`` command's), with
     ``device`` and ``precision`` set. A checkpoint naming its training data is refused (exit 3)
@@ -171,7 +171,9 @@ def build(models_dir: Path, store: Path, *, allowed_hosts: list[str] | None = No
         raise UsageError("--index DIR and --public CTX go together (the index and its public CKKS context)")
     base = settings if settings is not None else context.current()
     settings = base.derive(device=device if device is not None else base.device, precision=precision if precision is not None else base.precision)
-    index_service = backends.IndexService.open(index, public) if index is not None else None
+    if index_secret is not None and index is None:
+        raise UsageError("--index-secret goes with --index DIR --public CTX")
+    index_service = backends.IndexService.open(index, public, index_secret) if index is not None else None
     models = backends.load_models(models_dir, device=settings.device, precision=settings.precision, allow_identifying=allow_identifying)
     state = ServeState(models=models, auth=auth, index=index_service, pacs=pacs, max_upload=max_upload or DEFAULT_MAX_UPLOAD, tmp_root=private_root(), settings=settings)
     app = create_app(state)

@@ -139,15 +139,19 @@ class IndexService:
     loaded by the first request that sees it). The secret context never reaches the server: a context
     holding the secret key is refused at start-up (exit 2), as by ``index build``. Scoring is
     :func:`medtools.api.index_score` (what ``index score`` runs), one request at a time.
+    With ``--index-secret`` the service also holds the secret context, so the page can search by
+    image (:func:`medtools.api.index_search`): the service then sees the query image and the
+    scores, as the client of ``index query`` does; the hits' proofs are checked as there.
     """
 
     folder: Path
     context: Any
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     resident: Any = None  # medtools.index.store.Resident: blocks deserialised once, kept
+    secret: Path | None = None  # --index-secret: the service searches for the page (it then sees the query)
 
     @classmethod
-    def open(cls, folder: Path | str, public: Path | str) -> "IndexService":
+    def open(cls, folder: Path | str, public: Path | str, secret: Path | str | None = None) -> "IndexService":
         from medtools.core.errors import IntegrityError, UsageError
 
         if not has_family("medtools.index.store"):
@@ -163,6 +167,11 @@ class IndexService:
         if key_id != context.key_id:
             raise IntegrityError(f"--public {public} is key {context.key_id}, the index {folder} is encrypted for key {key_id}")
         service.resident.blocks(Index.load(service.folder), context)  # loaded at start, not by the first query
+        if secret is not None:  # the key is checked now, not by the first search
+            held = load_context(Path(secret), secret=True)
+            if held.key_id != key_id:
+                raise IntegrityError(f"--index-secret {secret} is key {held.key_id}, the index {folder} is encrypted for key {key_id}")
+            service.secret = Path(secret)
         return service
 
     @staticmethod

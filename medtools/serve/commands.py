@@ -22,6 +22,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", help="TCP port (0: a free one; the address is printed on stderr).", min=0, max=65535)] = 8000,
     index: Annotated[Optional[Path], typer.Option("--index", help="An encrypted index folder (`medtools index build`): /v1/index/score scores encrypted queries on it.")] = None,
     public: Annotated[Optional[Path], typer.Option("--public", help="The index's public CKKS context (ctx/public; a secret context is refused).")] = None,
+    index_secret: Annotated[Optional[Path], typer.Option("--index-secret", help="The index's secret CKKS context (ctx/secret): the page searches similar cases by image; the service then sees the query images.")] = None,
     audit_log: Annotated[Optional[Path], typer.Option("--audit-log", help="JSON Lines audit of log-ins, encrypts and decrypts (default STORE.audit.jsonl).")] = None,
     token_ttl: Annotated[Optional[float], typer.Option("--token-ttl", help="Session lifetime in seconds (default 900).", min=1)] = None,
     max_failures: Annotated[Optional[int], typer.Option("--max-failures", help="Failed log-ins per user and per client in 5 minutes before 429 (default 5).", min=1)] = None,
@@ -43,4 +44,4 @@ def serve(
     """
     from medtools.serve.server import serve as run
 
-    return run(models=models, store=store, host=host, port=port, index=index, public=public, audit_log=audit_log, token_ttl=token_ttl, max_failures=max_failures, max_upload_mb=max_upload_mb, trusted_proxies=forwarded_allow_ips, device=device, precision=precision, allow_identifying=allow_identifying_checkpoints, pacs=pacs, pacs_user=pacs_user, pacs_password_file=pacs_password_file, pacs_token_file=pacs_token_file, pacs_ca_file=pacs_ca_file)
+    return run(models=models, store=store, host=host, port=port, index=index, public=public, index_secret=index_secret, audit_log=audit_log, token_ttl=token_ttl, max_failures=max_failures, max_upload_mb=max_upload_mb, trusted_proxies=forwarded_allow_ips, device=device, precision=precision, allow_identifying=allow_identifying_checkpoints, pacs=pacs, pacs_user=pacs_user, pacs_password_file=pacs_password_file, pacs_token_file=pacs_token_file, pacs_ca_file=pacs_ca_file)

@@ -85,6 +85,7 @@ def serve(
     port: int = 8000,
     index: Path | None = None,
     public: Path | None = None,
+    index_secret: Path | None = None,
     audit_log: Path | None = None,
     token_ttl: float | None = None,
     max_failures: int | None = None,
@@ -122,7 +123,7 @@ def serve(
 
     audit_log = audit_log if audit_log is not None else Path(store).with_name(Path(store).name + ".audit.jsonl")
     app, state = build(
-        models, store, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"] if _is_loopback(host) else None, index=index, public=public, audit_log=audit_log, ttl=token_ttl, max_failures=max_failures,
+        models, store, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"] if _is_loopback(host) else None, index=index, public=public, index_secret=index_secret, audit_log=audit_log, ttl=token_ttl, max_failures=max_failures,
         max_upload=int(max_upload_mb * 1024 * 1024) if max_upload_mb else None, device=device, precision=precision,
         allow_identifying=allow_identifying, pacs=pacs_service,
     )
@@ -137,7 +138,10 @@ def serve(
         if proxies:
             report.log(f"medtools serve: client addresses from X-Forwarded-For sent by {', '.join(proxies)}")
         if state.index is not None:
-            report.log(f"medtools serve: encrypted index {index} (scores only; the secret context stays with the client)")
+            if state.index.secret is not None:
+                report.log(f"medtools serve: encrypted index {index}; with --index-secret the service searches it for the page (it sees the query images)")
+            else:
+                report.log(f"medtools serve: encrypted index {index} (scores only; the secret context stays with the client)")
         if pacs_service is not None:
             report.log(f"medtools serve: studies from the PACS at {pacs_service.url}")
         # the address is printed even with -q: scripts read it (e.g. with --port 0)

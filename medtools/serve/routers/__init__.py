@@ -10,7 +10,7 @@ context, HTTP out).
 | secure | encrypt, decrypt | encrypt_stream, decrypt_stream |
 | cls | classify (a cls model loaded) | classify |
 | explain | explain (the explain family installed) | explain |
-| index | index, index/score (``--index``) | index_manifest, index_score |
+| index | index, index/score (``--index``); index/search (``--index-secret``) | index_manifest, index_score; index_search |
 | pacs | pacs/series, pacs/segment (``--pacs``) | pacs_query, pacs_pull + segment |
 """
 
@@ -41,6 +41,8 @@ def include(app: Any, state: Any) -> None:
         from medtools.serve.routers import index
 
         app.include_router(index.router, prefix=API)
+        if state.index.secret is not None:
+            app.include_router(index.search_router, prefix=API)
     if state.pacs is not None:
         from medtools.serve.routers import pacs
 

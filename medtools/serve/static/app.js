@@ -99,6 +99,8 @@ async function showApp() {
   $("protect-section").hidden = !(attackers.length && (version.endpoints || []).includes("protect"));
   fillSelect($("protect-attacker"), attackers, false);
   fillSelect($("protect-utility"), version.models.filter((m) => m.kind === "seg"), true);
+  // similar cases, when the service searches its encrypted index (--index-secret)
+  $("search-section").hidden = !(version.endpoints || []).includes("index/search");
   // the PACS's study list, when the service has one (--pacs)
   $("pacs-section").hidden = !(version.endpoints || []).includes("pacs/series");
   // classification: the cls models the service loaded, when it offers /v1/classify
@@ -667,6 +669,33 @@ $("classify-form").addEventListener("submit", async (event) => {
     $("classify-status").textContent = "Done: model " + result.model + " (SHA-256 " + result.model_sha256.slice(0, 12) + "…)";
   } catch (e) {
     $("classify-status").textContent = "Failed: " + e.message;
+  }
+});
+
+// Similar cases (POST /v1/index/search): rank, case, cosine similarity and each hit's proof.
+$("search-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const form = new FormData();
+  form.append("file", $("search-file").files[0]);
+  $("search-status").textContent = "Searching the encrypted index…";
+  $("search-results").hidden = true;
+  try {
+    const params = new URLSearchParams({ k: $("search-k").value });
+    const result = await (await api("/v1/index/search?" + params, { method: "POST", body: form })).json();
+    const rows = $("search-rows");
+    rows.innerHTML = "";
+    for (const hit of result.hits) {
+      const tr = document.createElement("tr");
+      const status = hit.verified ? "verified: inclusion proof (" + hit.proof_hashes + " hashes) leads to root " + hit.checked_against.slice(0, 12) + "…" : "NOT verified: " + hit.reason;
+      for (const text of [String(hit.rank), hit.id, hit.score.toFixed(4), status]) cell(tr, text);
+      tr.className = hit.verified ? "verified" : "unverified";
+      rows.appendChild(tr);
+    }
+    $("search-caption").textContent = "Index of " + result.entries + " cases, root " + result.root.slice(0, 12) + "…" + (result.trusted_root ? " (" + result.trusted_root + ")" : "") + ", verified before ranking";
+    $("search-results").hidden = false;
+    $("search-status").textContent = "Done: " + result.hits.length + " hit(s) for " + result.query;
+  } catch (e) {
+    $("search-status").textContent = "Failed: " + e.message;
   }
 });
 
