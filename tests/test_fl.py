@@ -173,3 +173,69 @@ def test_fl_job_exports_a_flare_job_folder_without_copies_of_medtools(sites, tmp
         assert args["task_script_path"] == "medtools_site.py" and f"--manifest {path}" in args["task_script_args"]
         assert sorted(p.name for p in (app / "custom").rglob("*") if p.is_file()) == ["medtools_site.py"]
     assert run_cli("fl-job", "seg", "/data/a.csv", "-o", job, "-q").returncode == 2  # never into an existing folder
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_poc_mode_one_server_and_three_client_processes_on_loopback(sites, tmp_path) -> None:
+    """docs/federated.md's walk-through: nvflare poc prepare/start, job submit/wait/download, poc stop."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    workspace = tmp_path / "poc"
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "NVFLARE_POC_WORKSPACE": str(workspace), "MEDTOOLS_DEVICE": "cpu", "OMP_WAIT_POLICY": "PASSIVE"}
+    (tmp_path / "home").mkdir()
+    nvflare = str(Path(sys.executable).with_name("nvflare"))
+
+    def flare(*args: str, timeout: float = 180) -> str:
+        proc = subprocess.run([nvflare, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path, stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, f"nvflare {' '.join(args)}: {proc.stdout[-2000:]} {proc.stderr[-2000:]}"
+        return proc.stdout + proc.stderr
+
+    flare("poc", "prepare", "-n", "3", "--force")
+    project = yaml.safe_load((workspace / "project.yml").read_text())
+    for participant in project["participants"]:
+        if participant["type"] == "server":
+            participant.update(fed_learn_port=_free_port(), admin_port=_free_port(), default_host="localhost")
+    (tmp_path / "project.yml").write_text(yaml.safe_dump(project))
+    flare("poc", "prepare", "-i", str(tmp_path / "project.yml"), "--force")
+    kit = workspace / "example_project" / "prod_00"
+    resources = kit / "server" / "local" / "resources.json"
+    policy = json.loads(resources.read_text())
+    policy["class_allow_list"].append("medtools.fl.server.GlobalModel")  # the server admin allows medtools' controller
+    resources.write_text(json.dumps(policy, indent=2))
+    job = tmp_path / "job"
+    run_cli("fl-job", "seg", sites["site-1"], sites["site-2"], sites["site-3"], "-o", job, "--rounds", "2", *TINY, check=True)
+    try:
+        flare("poc", "start", "--timeout", "120")
+        running = _processes_mentioning(str(kit))
+        assert sum("server_train" in p for p in running) >= 1 and sum("client_train" in p for p in running) >= 3, running
+        job_id = flare("job", "submit", "-j", str(job)).strip().splitlines()[-1].split("job_id:")[-1].strip()
+        assert "COMPLETED" in flare("job", "wait", job_id, "--timeout", "600", timeout=660)
+        flare("job", "download", job_id, "-o", str(tmp_path / "result"))
+    finally:
+        subprocess.run([nvflare, "poc", "stop"], capture_output=True, env=env, timeout=180, cwd=tmp_path, stdin=subprocess.DEVNULL)
+        import signal
+        import time
+
+        deadline = time.time() + 30
+        while _processes_mentioning(str(kit)) and time.time() < deadline:
+            time.sleep(1)
+        leftovers = _processes_mentioning(str(kit))
+        for line in leftovers:  # stop what the POC left, then fail below
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    assert leftovers == [], "POC processes outlived `nvflare poc stop`"
+    model = next((tmp_path / "result").glob("*/workspace/global.safetensors"))
+    from medtools.core import ckpt
+
+    assert ckpt.load(model, tensors=False).provenance["federated"]["sites"] == ["site-1", "site-2", "site-3"]
+    run_cli("segment", sites["all"], "-m", model, "-o", tmp_path / "pred", "-q", check=True)
+    assert len(list((tmp_path / "pred").rglob("*_seg.nii.gz"))) == 6
