@@ -15,6 +15,9 @@ complete -c medtools -n '__fish_use_subcommand' -a deid
 complete -c medtools -n '__fish_use_subcommand' -a encrypt
 complete -c medtools -n '__fish_use_subcommand' -a explain
 complete -c medtools -n '__fish_use_subcommand' -a fid
+complete -c medtools -n '__fish_use_subcommand' -a fl-attack
+complete -c medtools -n '__fish_use_subcommand' -a fl-job
+complete -c medtools -n '__fish_use_subcommand' -a fl-train
 complete -c medtools -n '__fish_use_subcommand' -a index
 complete -c medtools -n '__fish_use_subcommand' -a info
 complete -c medtools -n '__fish_use_subcommand' -a keys
@@ -490,13 +493,19 @@ complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l widths
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l workers
 complete -c medtools -n '__fish_seen_subcommand_from ae-train' -l help
 complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l bias-scale
+complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l block-permute
+complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l gain
+complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l hidden
 complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l json
+complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l kernel
 complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l latent-channels
+complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l layers
 complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l model
 complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l output
 complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l overwrite
 complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l quiet
 complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l seed
+complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l transform
 complete -c medtools -n '__fish_seen_subcommand_from klt-keygen' -l help
 complete -c medtools -n '__fish_seen_subcommand_from klt-encode' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from klt-encode' -l device
@@ -514,12 +523,15 @@ complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l compile
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l deterministic
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l device
+complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l dp-delta
+complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l dp-epsilon
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l epochs
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l id-key
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l json
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l keep-ids
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l keys
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l lr
+complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l max-grad-norm
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l output
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l precision
 complete -c medtools -n '__fish_seen_subcommand_from umn-train' -l quiet
@@ -563,10 +575,12 @@ complete -c medtools -n '__fish_seen_subcommand_from collab-eval' -l help
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l batch-size
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l device
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l images
+complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l inverse-steps
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l inversion-epochs
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l json
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l keys
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l known
+complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l known-images
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l known-pairs
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l members
 complete -c medtools -n '__fish_seen_subcommand_from collab-attack' -l model
@@ -618,6 +632,88 @@ complete -c medtools -n '__fish_seen_subcommand_from explain' -l shard
 complete -c medtools -n '__fish_seen_subcommand_from explain' -l target
 complete -c medtools -n '__fish_seen_subcommand_from explain' -l volume
 complete -c medtools -n '__fish_seen_subcommand_from explain' -l help
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l algorithm
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l arch
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l augment
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l batch-size
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l binary
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l deterministic
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l device
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l dp-delta
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l dp-epsilon
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l encoder
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l json
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l keep-workspace
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l local-epochs
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l lr
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l min-sites
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l modalities
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l mu
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l output
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l precision
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l resize
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l rounds
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l schedule
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l seed
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l size
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l steps-per-epoch
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l timeout
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l val-fraction
+complete -c medtools -n '__fish_seen_subcommand_from fl-train' -l help
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l algorithm
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l arch
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l augment
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l batch-size
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l binary
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l deterministic
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l device
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l dp-delta
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l dp-epsilon
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l encoder
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l json
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l local-epochs
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l lr
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l min-sites
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l modalities
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l mu
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l output
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l precision
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l resize
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l rounds
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l schedule
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l seed
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l size
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l steps-per-epoch
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l val-fraction
+complete -c medtools -n '__fish_seen_subcommand_from fl-job' -l help
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l arch
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l classes
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l device
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l dp-delta
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l dp-epsilon
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l dp-max-grad-norm
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l dp-sample-rate
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l dp-steps
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l encoder
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l json
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l kind
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l label
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l labels
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l mask
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l model
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l output
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l overwrite
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l quiet
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l restarts
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l seed
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l shard
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l site-lr
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l size
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l steps
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l tv
+complete -c medtools -n '__fish_seen_subcommand_from fl-attack' -l help
 complete -c medtools -n '__fish_seen_subcommand_from phantom' -a brain
 complete -c medtools -n '__fish_seen_subcommand_from phantom' -a cxr
 complete -c medtools -n '__fish_seen_subcommand_from phantom; and __fish_seen_subcommand_from brain' -l output
