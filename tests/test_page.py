@@ -738,3 +738,46 @@ def test_page_in_chromium_searches_similar_cases_in_the_encrypted_index(service,
         assert browser.js("document.getElementById('search-results').hidden") is True
     finally:
         block.write_bytes(original)
+
+
+UNNAMED = """[...document.querySelectorAll('input, select, textarea, button, canvas, img')].filter((e) => {
+  const named = (e.getAttribute('aria-label') || '').trim() || [...(e.labels || [])].map((l) => l.textContent).join(' ').trim()
+    || (e.tagName === 'BUTTON' ? e.textContent.trim() : '') || (e.tagName === 'IMG' ? (e.getAttribute('alt') || '').trim() : '');
+  return !named; }).map((e) => e.id || e.outerHTML.slice(0, 80))"""
+
+
+def test_page_in_chromium_names_every_control_and_works_by_keyboard(service, world):  # noqa: F811
+    """Every control (input, select, button, the views, pictures; hidden ones too) has a name, from
+    its label, aria-label, text or alt; the log-in works with the keyboard alone, Tab reaches every
+    visible control, and Enter on the Segment button segments."""
+    address, browser = service
+    fresh(browser, address)
+    assert browser.js(UNNAMED) == []
+    browser.js("document.getElementById('user').focus()")
+    browser.call("Input.insertText", text="alice")
+    press(browser, "Tab", 9)
+    assert browser.js("document.activeElement.id") == "password"
+    browser.call("Input.insertText", text=PASSWORD)
+    press(browser, "Enter", 13, "\r")
+    browser.wait("!document.getElementById('app').hidden && document.getElementById('model').value !== ''")
+    assert browser.js(UNNAMED) == []
+    visible = browser.js("[...document.querySelectorAll('input, select, textarea, button, [tabindex]')].filter((e) => e.offsetParent !== null && !e.disabled && e.tabIndex >= 0)"
+                         ".map((e, i) => { e.dataset.tabcheck = i; return e.id || e.textContent; })")
+    assert {"segment-files", "segment-button", "encrypt-file", "decrypt-file", "logout", "Encrypt", "Decrypt"} <= set(visible), visible
+    browser.js("document.activeElement.blur()")
+    seen = set()
+    for _ in range(len(visible) + 3):
+        press(browser, "Tab", 9)
+        seen.add(browser.js("document.activeElement.dataset.tabcheck"))
+    assert {str(i) for i in range(len(visible))} <= seen, [visible[i] for i in range(len(visible)) if str(i) not in seen]
+    browser.upload("#segment-files", world / "case.nii.gz")
+    browser.js("document.getElementById('segment-button').focus()")
+    press(browser, "Enter", 13, "\r")
+    browser.wait("!document.getElementById('viewer-box').hidden", timeout=90)
+    assert browser.js(UNNAMED) == []
+    browser.js("document.getElementById('viewer').focus()")
+    before = int(browser.js("+document.getElementById('slice').value"))
+    press(browser, "Home", 36)  # not a slice key: nothing moves
+    assert int(browser.js("+document.getElementById('slice').value")) == before
+    press(browser, "PageUp", 33)
+    assert int(browser.js("+document.getElementById('slice').value")) == max(before - 10, 0)
