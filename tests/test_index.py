@@ -238,7 +238,11 @@ def test_cli_pipeline_encrypted_top_k_equals_plaintext_and_tampering_exits_4(pip
     assert run_cli("index", "score", root / "q.bin", "-i", root / "idx", "--public", root / "ctx" / "secret", "-o", root / "s.bin").returncode == 2
     run_cli("index", "score", root / "q.bin", "-i", root / "idx", "--public", root / "ctx" / "public", "-o", root / "s.bin", check=True)
     ranked = run_cli("index", "rank", root / "s.bin", "-i", root / "idx", "--secret", root / "ctx" / "secret", "-k", "4", check=True)
-    assert [line.split("\t")[0] for line in ranked.stdout.splitlines()] == [h["id"] for h in result["hits"]]
+    # a second encryption of the query carries other CKKS noise: near-tied entries may swap, so the
+    # over-the-wire ranking is checked as a plaintext top-4 too, not against the first one's order
+    wire = [line.split("\t")[0] for line in ranked.stdout.splitlines()]
+    assert len(set(wire)) == 4 and wire[0] == ids[3]
+    assert np.allclose([plain[ids.index(i)] for i in wire], np.sort(plain)[::-1][:4], atol=1e-4)
     assert run_cli("index", "verify", "--proof", root / "hits.json", "--root", built["root"]).returncode == 0
 
     assert run_cli("index", "verify", root / "idx", "--root", built["root"]).returncode == 0
