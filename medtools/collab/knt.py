@@ -60,12 +60,16 @@ def generate_layers(c: int, *, layers: int, hidden: int, kernel: int, gain: floa
 
 
 def _st(layer: dict[str, Any], kept: Any, gain_bound: float) -> tuple[Any, Any]:
+    """The conditioner, in float32 (CPU convolutions in float64 are two orders of magnitude
+    slower); forward and inverse compute it from the same kept half, so the coupling stays
+    invertible to the float32 rounding of the conditioner's input (~1e-7 relative)."""
     import torch
     import torch.nn.functional as F
 
     pad = int(layer["w1"].shape[-1]) // 2
-    h = torch.tanh(F.conv2d(kept, layer["w1"], layer["c1"], padding=pad))
-    st = F.conv2d(h, layer["w2"], layer["c2"], padding=pad)
+    x = kept.float()
+    h = torch.tanh(F.conv2d(x, layer["w1"].float(), layer["c1"].float(), padding=pad))
+    st = F.conv2d(h, layer["w2"].float(), layer["c2"].float(), padding=pad).to(kept.dtype)
     c = kept.shape[1]
     return gain_bound * torch.tanh(st[:, :c]), st[:, c:]
 
