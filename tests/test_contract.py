@@ -219,7 +219,7 @@ def test_a_named_pipe_in_a_folder_never_hangs_a_command(odd_folder, data, tmp_pa
         values["output"] = str(tmp_path / "out")
     if "key" in names:
         values["key"] = str(data / "k.key")
-    tiny = (("epochs", "1"), ("steps_per_epoch", "1"), ("batch_size", "2"), ("size", "16"), ("widths", "8,16"), ("norm_groups", "4"), ("layers_per_block", "1"), ("timesteps", "10"), ("latent_channels", "2,2"))
+    tiny = (("epochs", "1"), ("steps_per_epoch", "1"), ("batch_size", "2"), ("size", "16"), ("widths", "8,16"), ("norm_groups", "4"), ("layers_per_block", "1"), ("timesteps", "10"), ("latent_channels", "2,2"), ("steps", "1"))
     for name, value in tiny:
         if name in names:  # training commands: the smallest run that still reads the folder
             values[name] = value
