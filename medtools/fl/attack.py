@@ -12,13 +12,15 @@ the same way as g:
 Adam on the signed gradient of x with step-size decay at 3/8, 5/8, 7/8 of the run, box
 constraint), from a Gaussian start. The label is inferred from the update as in iDLG (Zhao et
 al. 2020: the one negative entry of the last layer's bias gradient under cross-entropy) for a
-classifier; a segmenter's mask is given (``masks``: the attacker knows it, a worst case) or
-optimised jointly with the image as soft labels (DLG, Zhu et al. 2019).
+classifier. A segmenter's site trains on its mask; the attacker is given it (``labels="known"``,
+a worst case) or optimises it jointly with the image as soft labels (DLG, Zhu et al. 2019).
 
 With DP, the site's step is Opacus DP-SGD: the per-sample gradient clipped to ``max_grad_norm``,
 Gaussian noise of σ·max_grad_norm added, σ calibrated by Opacus' RDP accountant to (ε, δ) for
 ``dp_steps`` steps at sampling rate ``dp_sample_rate`` (by default one step at rate 1: this one
 update alone spends ε, the least noise any ε-DP site could add, again the attacker's best case).
+Per-sample gradients come from Opacus' expanded-weights mode ("ew"): its hook mode refuses the
+in-place residual additions of timm ResNets.
 
 breaching (Geiping's framework, pypi 0.1.2 of 2022) was not used: unmaintained, Hydra-configured
 with process-wide state, classification only, and without Opacus' DP-SGD; the attack is short.
@@ -40,7 +42,8 @@ import numpy as np
 
 from medtools.core.errors import InputError, UsageError
 
-# the paper's optimiser (its reference implementation's defaults), at fewer iterations
+# the paper's optimiser step (its reference implementation's default), at fewer iterations; the TV
+# weight was set once on a phantom before any HC18 run (the paper uses 1e-4 to 1e-1 by setting)
 ATTACK_LR = 0.1
 TV_WEIGHT = 0.01
 SITE_LR = 0.01
@@ -184,15 +187,16 @@ def invert(model: Any, kind: str, update: Sequence[Any], shape: tuple[int, ...],
     target = [-u for u in update]  # Δθ = −lr·g: the gradient's direction
     target_norm = torch.sqrt(sum((t * t).sum() for t in target))
     params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
     loss_fn = _loss_fn(kind)
     best, best_cost = None, math.inf
     for _ in range(max(1, settings.restarts)):
-        x = torch.randn(shape, generator=generator).mul_(0.25).add_(0.5).clamp_(0, 1).requires_grad_(True)
+        x = torch.randn(shape, generator=generator).mul_(0.25).add_(0.5).clamp_(0, 1).to(device).requires_grad_(True)
         soft = None
         variables = [x]
         if label is None:  # segmenter without a known mask: joint soft-label optimisation
             classes = int(model(to_model(x.detach())).shape[1])
-            soft = torch.randn((shape[0], classes, *shape[2:]), generator=generator).requires_grad_(True)
+            soft = torch.randn((shape[0], classes, *shape[2:]), generator=generator).to(device).requires_grad_(True)
             variables.append(soft)
         optimizer = torch.optim.Adam(variables, lr=settings.lr)
         milestones = [int(settings.steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
@@ -235,8 +239,10 @@ def attack_one(model: Any, kind: str, image: np.ndarray, *, mask: np.ndarray | N
     from medtools.core.preprocess import to_model_range
     from medtools.core.train import derive_seed
 
+    from medtools.core.device import resolve_device
+
     norm = norm or {}
-    device = torch.device(device or "cpu")
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
     model = model.to(device).train()
     for p in model.parameters():
         p.requires_grad_(True)
