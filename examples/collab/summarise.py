@@ -53,5 +53,40 @@ def main() -> None:
             print(f"payload per query (client {client}): {p['payload_bytes']} bytes tensors, {p['file_bytes']} bytes file")
 
 
+def transforms(work: Path) -> None:
+    """One table per transform from transforms.py's summary.json (and frontier.json)."""
+    base = load(work / "baseline.json") or {}
+    unet = base.get("a", {}).get("dice")
+    for name in ("summary.json", "frontier.json"):
+        rows = load(work / "transforms" / name) or {}
+        for config, r in rows.items():
+            ref = r["reference_psnr"]
+            print(f"\n#### {config} (`klt-keygen {' '.join(r['keygen'])}`)\n")
+            print("| measure | reached | goal |")
+            print("|---|---|---|")
+            curve = r["known_images"]
+            cells = []
+            for n, v in curve.items():
+                extra = f", blocks {v['blocks_recovered']:.2f}" if "blocks_recovered" in v else ""
+                cells.append(f"N={n}: {v['closed_form_psnr']:.2f} / {v['learned_psnr']:.2f}{extra}")
+            at8 = curve.get("8")
+            verdict = "-" if at8 is None else ("met" if max(at8["closed_form_psnr"], at8["learned_psnr"]) <= ref + 3 else "missed")
+            print(f"| known plaintext, PSNR dB (closed form / learned inverse), {r['targets']} targets; no information {ref:.2f}, with key {r['with_key_psnr']:.2f} | {'; '.join(cells)} | ≤ {ref + 3:.2f} at N=8: {verdict} |")
+            li, lref = r["learned_inversion_psnr"], r["learned_inversion_reference_psnr"]
+            print(f"| learned inversion over random keys (no key, no pair) | {li:.2f} dB (no information {lref:.2f}) | ≤ {lref + 3:.2f}: {'met' if li <= lref + 3 else 'missed'} |")
+            print(f"| eavesdropper (decodes without key) / other client (b's key), image PSNR | {r['no_key_psnr']:.2f} / {r['other_key_psnr']:.2f} dB | |")
+            print(f"| other client's key on a's mapped masks, Dice | {r['dice_other_client']:.3f} (mean-mask prior {r['dice_prior']:.3f}) | |")
+            eps = f"ε={r['dp_epsilon']:g}" if r.get("dp_epsilon") else "ε=?"
+            dp = f"; DP-SGD {eps}: {r['mia_auc_dp']:.3f}" if r.get("mia_auc_dp") is not None else ""
+            print(f"| membership AUC, keyless UMN | {r['mia_auc']:.3f}{dp} | ≤ 0.60: {'met' if min(r['mia_auc'], r.get('mia_auc_dp') or 1) <= 0.60 else 'missed'} |")
+            dpd = f"; DP-SGD {eps}: {r['dice_keyless_dp']:.3f}" if r.get("dice_keyless_dp") is not None else ""
+            goal = f"≥ {unet - 0.03:.3f} (U-Net {unet:.3f})" if unet is not None else "U-Net − 0.03"
+            print(f"| Dice, keyless server (client a) | {r['dice_keyless']:.3f}{dpd} | {goal} |")
+
+
 if __name__ == "__main__":
+    if "--transforms" in sys.argv:
+        sys.argv.remove("--transforms")
+        transforms(Path(sys.argv[1] if len(sys.argv) > 1 else "work"))
+        raise SystemExit(0)
     main()
