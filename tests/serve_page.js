@@ -38,11 +38,37 @@ const document = {
   addEventListener() {},
 };
 
+// ?response=binary: the JSON answer as the server's binary body (length, head, raw arrays)
+function binary(body) {
+  const head = JSON.parse(JSON.stringify(body)), arrays = [];
+  let total = 0;
+  if (head.preview) {
+    const parts = {};
+    for (const key of ["image", "labels", "values"]) {
+      const bytes = Buffer.from(head.preview[key], "base64");
+      total += total % 2;
+      parts[key] = [total, bytes.length];
+      arrays.push([total, bytes]);
+      total += bytes.length;
+      delete head.preview[key];
+    }
+    head.preview.parts = parts;
+  }
+  let text = Buffer.from(JSON.stringify(head));
+  if ((4 + text.length) % 2) text = Buffer.concat([text, Buffer.from(" ")]);
+  const out = Buffer.alloc(4 + text.length + total);
+  out.writeUInt32LE(text.length, 0);
+  text.copy(out, 4);
+  for (const [offset, bytes] of arrays) bytes.copy(out, 4 + text.length + offset);
+  return out.buffer.slice(out.byteOffset, out.byteOffset + out.length);
+}
+
 function reply(status, body) {
   return {
     ok: status < 400, status, statusText: String(status),
     headers: { get: () => null },
     json: async () => body,
+    arrayBuffer: async () => binary(body),
     blob: async () => new Blob([JSON.stringify(body)]),
   };
 }
@@ -61,7 +87,7 @@ async function fetch(path, options = {}) {
   return reply(404, { detail: "not found" });
 }
 
-const context = { document, fetch, FormData, Blob, URLSearchParams, atob, URL: { createObjectURL: () => "blob:x" }, location: { reload() {} }, console, performance, setInterval: () => 0, clearInterval: () => {} };
+const context = { document, fetch, FormData, Blob, URLSearchParams, atob, TextDecoder, URL: { createObjectURL: () => "blob:x" }, location: { reload() {} }, console, performance, setInterval: () => 0, clearInterval: () => {} };
 vm.createContext(context);
 vm.runInContext(fs.readFileSync(appPath, "utf8"), context);
 

@@ -236,6 +236,17 @@ def test_page_script_draws_the_overlay(served, world, tmp_path):
     labels = np.frombuffer(base64.b64decode(answer["preview"]["labels"]), np.uint8).reshape(shape)
     label_map = np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(answer["label_map"]))).dataobj)
     assert np.array_equal(labels, np.moveaxis(label_map, 2, 0))  # the preview is the label map
+    # ?response=binary (what the page reads): the same answer, its arrays as raw bytes after a JSON head
+    import struct
+
+    body = client.post("/v1/segment?response=binary", files={"file": ("case.nii.gz", (world / "case.nii.gz").read_bytes())}, headers=headers).content
+    (length,) = struct.unpack("<I", body[:4])
+    head = json.loads(body[4 : 4 + length])
+    parts = head["preview"].pop("parts")
+    assert (4 + length) % 2 == 0 and all(offset % 2 == 0 for offset, _ in parts.values())
+    for key, (offset, size) in parts.items():
+        assert body[4 + length + offset : 4 + length + offset + size] == base64.b64decode(answer["preview"][key]), key
+    assert head["preview"] == {k: v for k, v in answer["preview"].items() if k not in parts} and head["stats"] == answer["stats"] and head["label_map"] == answer["label_map"]
     # a known pattern so the colours can be checked whatever the tiny model predicted
     pattern = np.zeros(shape, np.uint8)
     pattern[4, 5:15, 8:20] = 1

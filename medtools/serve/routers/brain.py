@@ -27,7 +27,7 @@ def segment(
     files: Files,
     file: Annotated[list[UploadFile], File(description="The case's images (NIfTI, single-file DICOM, PNG/JPG/TIFF, NPY/NPZ), one per modality in the model's order (see /v1/version).")],
     model: Annotated[Optional[str], Query(description="Model name (file stem in --models); default the first seg model.")] = None,
-    response: Annotated[str, Query(pattern="^(file|json)$", description="file: the label map (PNG for pictures, else the input's format), stats in the X-Medtools-Stats header; json: stats, the label map in base64 and a preview for the page.")] = "file",
+    response: Annotated[str, Query(pattern="^(file|json|binary)$", description="file: the label map (PNG for pictures, else the input's format), stats in the X-Medtools-Stats header; json: stats, the label map in base64 and a preview for the page; binary: the same as one binary body (a JSON header, then the preview's arrays as raw bytes), what the page reads.")] = "file",
 ) -> Any:
     """Label map in the input's geometry (`medtools.api.segment`, what `medtools segment` runs)."""
     chosen = pick_model(state.models, "segment", model)
@@ -45,6 +45,8 @@ def segment_answer(call: Any, files: Any, chosen: Any, images: list[Any], upload
     stats = {"model": chosen.name, "model_sha256": chosen.sha256, **label_stats(label)}
     if response == "json":
         return {"stats": stats, "filename": name, "format": fmt, "label_map": base64.b64encode(data).decode(), "preview": preview(images[0], label)}
+    if response == "binary":
+        return binary_answer({"stats": stats, "filename": name, "format": fmt, "label_map": base64.b64encode(data).decode()}, preview(images[0], label, encode=False))
     return Response(data, media_type=MEDIA_TYPES.get(fmt, "application/octet-stream"), headers={"Content-Disposition": f'attachment; filename="{name}"', "X-Medtools-Stats": json.dumps(stats, sort_keys=True)})
 
 
@@ -150,8 +152,38 @@ def protect_preview(raw: Any, protected: Any) -> Optional[dict[str, Any]]:
     return {"shape": [before.shape[2], before.shape[0], before.shape[1]], "window": [low, high], "raw": eight(gray), "protected": eight(np.clip((after - low) / (high - low), 0.0, 1.0))}
 
 
-def preview(image: Any, label: Any) -> Optional[dict[str, Any]]:
-    """8-bit image and label slices (Z, rows, cols) for the page's viewer, base64."""
+def binary_answer(head: dict[str, Any], view: Optional[dict[str, Any]]) -> Any:
+    """``?response=binary``: a 4-byte little-endian length, the JSON ``head`` (with ``preview``'s
+    fields and, for its arrays ``image``, ``labels`` and ``values``, their [offset, length] in the
+    body), then the arrays' raw bytes (``values`` at an even offset). The page reads it without
+    parsing or base64-decoding tens of megabytes."""
+    import struct
+
+    arrays: dict[str, bytes] = {}
+    if view is not None:
+        head = {**head, "preview": {k: v for k, v in view.items() if not isinstance(v, bytes)}}
+        arrays = {k: v for k, v in view.items() if isinstance(v, bytes)}
+    layout, offset = {}, 0
+    for key, data in arrays.items():
+        offset += offset % 2
+        layout[key] = [offset, len(data)]
+        offset += len(data)
+    if view is not None:
+        head["preview"]["parts"] = layout
+    text = json.dumps(head).encode()
+    text += b" " * ((4 + len(text)) % 2)  # the arrays start at an even byte: 16-bit values stay aligned
+    body = bytearray(struct.pack("<I", len(text)) + text)
+    start = len(body)
+    body.extend(b"\0" * offset)
+    for key, data in arrays.items():
+        at = start + layout[key][0]
+        body[at : at + len(data)] = data
+    return Response(bytes(body), media_type="application/octet-stream")
+
+
+def preview(image: Any, label: Any, *, encode: bool = True) -> Optional[dict[str, Any]]:
+    """8-bit image and label slices (Z, rows, cols) for the page's viewer, base64 (raw bytes with
+    ``encode=False``)."""
     import numpy as np
 
     from medtools.core.io import RASTER_FORMATS, as_volume
@@ -177,5 +209,6 @@ def preview(image: Any, label: Any) -> Optional[dict[str, Any]]:
     known = [float(s) for s in (label.spacing or ())][:3] if array.ndim >= 3 else []
     known = [s if s > 0 and np.isfinite(s) else 1.0 for s in known] + [1.0] * (3 - len(known))
     spacing = [known[2], known[0], known[1]]
-    return {"shape": list(gray8.shape), "spacing": spacing, "image": base64.b64encode(gray8.tobytes()).decode(), "labels": base64.b64encode(lab8.tobytes()).decode(),
-            "values": base64.b64encode(steps.tobytes()).decode(), "value_range": [lo, hi], "window": [window["low"], window["high"]]}
+    out = (lambda b: base64.b64encode(b).decode()) if encode else (lambda b: b)  # noqa: E731
+    return {"shape": list(gray8.shape), "spacing": spacing, "image": out(gray8.tobytes()), "labels": out(lab8.tobytes()),
+            "values": out(steps.tobytes()), "value_range": [lo, hi], "window": [window["low"], window["high"]]}

@@ -39,7 +39,7 @@ def pacs_segment(
     study_uid: Annotated[str, Query(description="Study Instance UID.")],
     series_uid: Annotated[str, Query(description="Series Instance UID (one series: the volume).")],
     model: Annotated[Optional[str], Query(description="Model name (file stem in --models); default the first seg model.")] = None,
-    response: Annotated[str, Query(pattern="^(file|json)$", description="As /v1/segment.")] = "json",
+    response: Annotated[str, Query(pattern="^(file|json|binary)$", description="As /v1/segment.")] = "json",
 ) -> Any:
     """One series pulled from the PACS (`medtools pacs pull`) and segmented as an upload of it
     would be: the answer of /v1/segment (a NIfTI label map of the series)."""

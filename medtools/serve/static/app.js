@@ -221,33 +221,47 @@ function place(id, width, aspect, y, x) {
 // One view: `index` holds, for each of its height × width pixels, the voxel it shows.
 function drawPlane(canvas, height, width, index) {
   const alpha = +$("opacity").value / 100;
-  canvas.width = width;
-  canvas.height = height;
+  if (canvas.width !== width) canvas.width = width; // (setting it, even unchanged, clears and reallocates)
+  if (canvas.height !== height) canvas.height = height;
   const ctx = canvas.getContext("2d");
   const pixels = ctx.createImageData(width, height);
   const grey = windowed(index);
   const saliency = $("overlay-kind").value === "saliency" ? view.saliency : null;
-  for (let i = 0; i < index.length; i++) {
-    const g = grey[i], v = index[i];
-    const p = 4 * i;
+  if (!saliency) { // the segmentation: one table lookup per pixel, (label, grey) → RGBA
+    const table = overlayTable(alpha), out = new Uint32Array(pixels.data.buffer), labels = view.labels;
+    for (let i = 0; i < index.length; i++) {
+      const label = labels[index[i]];
+      out[i] = table[(label < 5 ? label : 5) * 256 + grey[i]];
+    }
+    ctx.putImageData(pixels, 0, 0);
+    return;
+  }
+  for (let i = 0; i < index.length; i++) { // the saliency: a heat colour whose opacity grows with it
+    const g = grey[i], p = 4 * i, a = alpha * saliency[index[i]] / 255;
+    pixels.data[p] = (1 - a) * g + a * HEAT[0];
+    pixels.data[p + 1] = (1 - a) * g + a * HEAT[1];
+    pixels.data[p + 2] = (1 - a) * g + a * HEAT[2];
     pixels.data[p + 3] = 255;
-    if (saliency) { // a heat colour whose opacity grows with the saliency
-      const a = alpha * saliency[v] / 255;
-      pixels.data[p] = (1 - a) * g + a * HEAT[0];
-      pixels.data[p + 1] = (1 - a) * g + a * HEAT[1];
-      pixels.data[p + 2] = (1 - a) * g + a * HEAT[2];
-      continue;
-    }
-    const colour = COLOURS[view.labels[v]] || (view.labels[v] ? [255, 0, 255] : null);
-    if (colour) {
-      pixels.data[p] = (1 - alpha) * g + alpha * colour[0];
-      pixels.data[p + 1] = (1 - alpha) * g + alpha * colour[1];
-      pixels.data[p + 2] = (1 - alpha) * g + alpha * colour[2];
-    } else {
-      pixels.data[p] = pixels.data[p + 1] = pixels.data[p + 2] = g;
-    }
   }
   ctx.putImageData(pixels, 0, 0);
+}
+
+// RGBA (as one 32-bit word per pixel, in the canvas's byte order) of every (label, grey) pair at this
+// opacity: row 0 grey, rows 1–4 the label colours, row 5 any other label (magenta), each the grey
+// blended with the colour and rounded as the canvas rounds.
+function overlayTable(alpha) {
+  const bytes = new Uint8ClampedArray(6 * 256 * 4);
+  for (let label = 0; label < 6; label++) {
+    const colour = label === 0 ? null : COLOURS[label] || [255, 0, 255];
+    for (let g = 0; g < 256; g++) {
+      const p = 4 * (label * 256 + g);
+      bytes[p] = colour ? (1 - alpha) * g + alpha * colour[0] : g;
+      bytes[p + 1] = colour ? (1 - alpha) * g + alpha * colour[1] : g;
+      bytes[p + 2] = colour ? (1 - alpha) * g + alpha * colour[2] : g;
+      bytes[p + 3] = 255;
+    }
+  }
+  return new Uint32Array(bytes.buffer);
 }
 
 // The grey values of the voxels `index` under the current window/level: the server's own 8-bit
@@ -398,9 +412,26 @@ $("segment-form").addEventListener("submit", async (event) => {
   const form = new FormData();
   for (const file of $("segment-files").files) form.append("file", file);
   lastUpload = { files: Array.from($("segment-files").files), model: $("model").value };
-  const params = new URLSearchParams({ response: "json", model: $("model").value });
+  const params = new URLSearchParams({ response: "binary", model: $("model").value });
   await segmentAndShow("/v1/segment?" + params, { method: "POST", body: form });
 });
+
+// A binary segment answer (?response=binary): a 4-byte little-endian length, the JSON head, then the
+// preview's arrays at the [offset, length] the head gives: views on the one buffer, nothing to
+// parse or decode (the 16-bit values start at an even byte).
+async function readBinary(response) {
+  const buffer = await response.arrayBuffer();
+  const length = new DataView(buffer).getUint32(0, true);
+  const head = JSON.parse(new TextDecoder().decode(new Uint8Array(buffer, 4, length)));
+  const p = head.preview;
+  if (p) {
+    const at = (key) => 4 + length + p.parts[key][0];
+    p.image = new Uint8Array(buffer, at("image"), p.parts.image[1]);
+    p.labels = new Uint8Array(buffer, at("labels"), p.parts.labels[1]);
+    p.values = new Uint16Array(buffer, at("values"), p.parts.values[1] / 2);
+  }
+  return head;
+}
 
 // A segment answer (an upload's, or a PACS series') in the viewer, the legend and the download link.
 async function segmentAndShow(path, options) {
@@ -408,7 +439,7 @@ async function segmentAndShow(path, options) {
   try {
     const response = await api(path, options);
     const arrived = performance.now();
-    const result = await response.json();
+    const result = await readBinary(response);
     const stats = result.stats;
     $("segment-status").textContent = "Done: " + result.filename;
     $("volume").textContent = stats.tumour_ml !== undefined
@@ -420,8 +451,7 @@ async function segmentAndShow(path, options) {
     link.download = result.filename;
     if (result.preview) {
       const p = result.preview;
-      view = { shape: p.shape, image: decode(p.image), labels: decode(p.labels), range: p.value_range, auto: p.window, spacing: p.spacing || [1, 1, 1] };
-      if (p.values) { const bytes = decode(p.values); view.values = new Uint16Array(bytes.buffer, 0, bytes.length / 2); }
+      view = { shape: p.shape, image: p.image, labels: p.labels, values: p.values, range: p.value_range, auto: p.window, spacing: p.spacing || [1, 1, 1] };
       $("wl-preset").value = "auto";
       $("overlay-kind").value = "labels";
       $("explain-status").textContent = "";
@@ -474,7 +504,7 @@ $("pacs-form").addEventListener("submit", async (event) => {
       button.setAttribute("aria-label", "Open and segment the " + (s.modality || "") + " series " + (s.description || s.series_uid) + " of patient " + (s.patient_id || ""));
       button.addEventListener("click", () => {
         lastUpload = null; // no file for the saliency map: it asks for an upload
-        const params = new URLSearchParams({ study_uid: s.study_uid, series_uid: s.series_uid, model: $("model").value, response: "json" });
+        const params = new URLSearchParams({ study_uid: s.study_uid, series_uid: s.series_uid, model: $("model").value, response: "binary" });
         segmentAndShow("/v1/pacs/segment?" + params, { method: "POST" });
       });
       td.appendChild(button);
