@@ -74,7 +74,7 @@ for name, command in runs.items():
     table_path.write_text(json.dumps(table, indent=1))
     print(f"{name}: {row}", file=sys.stderr, flush=True)
 
-print(f"| model | held-out Dice | train time (s) |\n|---|---|---|")
+print("| model | held-out Dice | train time (s) |\n|---|---|---|")
 for name, row in table.items():
     eps = f" (ε = {row['epsilon']})" if "epsilon" in row else ""
     print(f"| {name}{eps} | {row['dice']:.4f} | {row['train_seconds']:.0f} |")

@@ -93,9 +93,11 @@ class SiteLoop:
 
                     proximal = PTFedProxLoss(mu=mu)
 
-                    def local_step(net: Any, batch: Any, _step: Any = step) -> Any:
+                    def proximal_step(net: Any, batch: Any, _step: Any = step) -> Any:
                         module = getattr(net, "_module", net)  # Opacus wraps the model
                         return _step(net, batch) + proximal(module, global_model)
+
+                    local_step = proximal_step
 
                 seed = derive_seed(spec.seed, "fl", self.site, round_index)
                 if streams is not None:

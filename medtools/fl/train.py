@@ -70,10 +70,10 @@ def fl_job(
     entry = registry.get(kind)
     if not entry.trainer:
         raise UsageError(f"fl-job: kind {kind!r} has no trainer")
-    scratch = Path(tempfile.mkdtemp(prefix=".fl-job-", dir=output.parent if output.parent.exists() else None))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".fl-job-", dir=output.parent))
     try:
         folder = build_job(kind, list(sites), scratch, rounds=rounds, local_epochs=local_epochs, algorithm=algorithm, mu=mu, dp_epsilon=dp_epsilon, dp_delta=dp_delta, min_sites=min_sites, options=_options(options), trainer=_trainer_kwargs(trainer))
-        output.parent.mkdir(parents=True, exist_ok=True)
         folder.rename(output)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -106,6 +106,8 @@ def fl_train(
 
     manifests = [Path(s).resolve() for s in sites]
     check_outputs(manifests, [output])
+    if keep_workspace is not None and Path(keep_workspace).exists():
+        raise UsageError(f"--keep-workspace {keep_workspace} exists; give a new folder")
     check_sites(kind, manifests)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,6 @@ def fl_train(
         publish(found, output)
     finally:
         if keep_workspace is not None:
-            shutil.rmtree(keep_workspace, ignore_errors=True)
             shutil.move(str(scratch), keep_workspace)
         else:
             shutil.rmtree(scratch, ignore_errors=True)
