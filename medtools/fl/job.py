@@ -7,8 +7,8 @@ FedAvg controller) and one client app per site, FLARE's ``ScriptRunner`` running
 site sees it) and the training settings. Sites are named ``site-1`` … ``site-N`` in manifest
 order (the names ``nvflare poc prepare -n N`` gives).
 
-``simulate`` runs ``nvflare simulator`` on that folder in a child process of its own session,
-bounded by a timeout; whatever happens, every process of that session is then ended, so no
+``simulate`` runs ``nvflare simulator`` on that folder in a child process that leads a process group of its
+own, bounded by a timeout; whatever happens, every process of that group is then ended, so no
 FLARE process outlives the call. The global checkpoint is taken from the server's run folder
 only when the run finished; -o is written by an atomic rename, so a failed run leaves no model.
 """
@@ -154,8 +154,8 @@ def build_job(
     return folder
 
 
-def _end_session(process: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL, to every process of the child's session (FLARE's server and clients)."""
+def _end_group(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL, to every process of the child's process group (FLARE's server and clients)."""
     for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(process.pid, sig)
@@ -163,12 +163,12 @@ def _end_session(process: subprocess.Popen) -> None:
             return
         deadline = time.time() + wait
         while time.time() < deadline:
-            if process.poll() is not None and not _session_alive(process.pid):
+            if process.poll() is not None and not _group_alive(process.pid):
                 return
             time.sleep(0.2)
 
 
-def _session_alive(sid: int) -> bool:
+def _group_alive(group: int) -> bool:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -176,7 +176,7 @@ def _session_alive(sid: int) -> bool:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if len(fields) > 3 and int(fields[3]) == sid and fields[0] != "Z":
+        if len(fields) > 2 and int(fields[2]) == group and fields[0] != "Z":  # state, ppid, pgrp, ...
             return True
     return False
 
@@ -194,7 +194,7 @@ def simulate(job_folder: Path, workspace: Path, *, sites: int, threads: int = 1,
         except subprocess.TimeoutExpired:
             code = None
         finally:
-            _end_session(process)
+            _end_group(process)
     found = sorted(workspace.glob(f"**/app_server/{_output_name()}")) + sorted(workspace.glob(f"server/**/{_output_name()}"))
     if code is None:
         raise UsageError(f"fl-train: the FLARE simulator did not finish within {timeout:.0f} s (log: {log})")
