@@ -60,8 +60,9 @@ def fonts(size: int, rng: np.random.Generator):
     return ImageFont.load_default(size=size)
 
 
-def render(image: np.ndarray, strings: list[str], rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
-    """Draw the strings; return the image and, per string, its box and per-character ink masks."""
+def render(image: np.ndarray, strings: list[str], rng: np.random.Generator, *, border_only: bool = False) -> tuple[np.ndarray, list[dict]]:
+    """Draw the strings; return the image and, per string, its box and per-character ink masks.
+    Every other string goes near a corner, the others anywhere; ``border_only``: all near a corner."""
     from PIL import Image as PILImage
     from PIL import ImageDraw
 
@@ -84,7 +85,7 @@ def render(image: np.ndarray, strings: list[str], rng: np.random.Generator) -> t
         full = np.maximum.reduce(layers)
         lh, lw = full.shape
         for _attempt in range(50):
-            corner = index % 2 == 0
+            corner = border_only or index % 2 == 0
             if corner:
                 top = int(rng.choice([rng.integers(2, max(3, h // 10)), rng.integers(max(3, h - h // 10 - lh), max(4, h - lh - 1))]))
                 left = int(rng.choice([rng.integers(2, max(3, w // 10)), rng.integers(max(3, w - w // 4 - lw), max(4, w - lw - 1))]))
@@ -232,7 +233,7 @@ def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
 VARIANTS = ("original", "phi", "cleaned", "inpainted")
 
 
-def render_variants(items: list[tuple[str, np.ndarray]], root: Path, rng: np.random.Generator, strings: int) -> dict[str, dict]:
+def render_variants(items: list[tuple[str, np.ndarray]], root: Path, rng: np.random.Generator, strings: int, border_only: bool = False) -> dict[str, dict]:
     """Write original/NAME.png and phi/NAME.png (PHI rendered as in the pixel benchmark), then
     clean phi/ with ``medtools deid --clean-pixels`` into cleaned/; per image: the rendered
     boxes and the cleaner's boxes. inpainted/ is a diagnostic, not what deid writes: the same
@@ -245,7 +246,7 @@ def render_variants(items: list[tuple[str, np.ndarray]], root: Path, rng: np.ran
         (root / variant).mkdir(parents=True, exist_ok=True)
     info: dict[str, dict] = {}
     for name, image in items:
-        phi, truth = render(image, phi_strings(rng, strings), rng)
+        phi, truth = render(image, phi_strings(rng, strings), rng, border_only=border_only)
         PILImage.fromarray(image).save(root / "original" / f"{name}.png")
         PILImage.fromarray(phi).save(root / "phi" / f"{name}.png")
         info[name] = {"rendered": [item["box"] for item in truth]}
@@ -307,8 +308,8 @@ def anatomy_hc18(args: argparse.Namespace, work: Path, mode: str) -> dict:
             items.append((name, np.asarray(pil.convert("L").resize((args.size, args.size), PILImage.BILINEAR))))
         with PILImage.open(data / "masks" / r["mask"]) as pil:
             truth[name] = np.asarray(pil.convert("L").resize((args.size, args.size), PILImage.NEAREST)) > 127
-    root = work / "hc18"
-    rendered = render_variants(items, root, np.random.default_rng(args.seed), args.strings)
+    root = work / f"hc18-{args.placement}"
+    rendered = render_variants(items, root, np.random.default_rng(args.seed), args.strings, args.placement == "corners")
     predictions: dict[str, dict[str, np.ndarray]] = {}
     for variant in VARIANTS:
         medtools("segment", root / variant, "-m", model, "-o", root / f"pred-{variant}", "--device", "cpu", "--overwrite", "-q")
@@ -388,8 +389,8 @@ def anatomy_cxr(args: argparse.Namespace, work: Path, mode: str) -> dict:
         with PILImage.open(data / r["file"]) as pil:
             items.append((name, np.asarray(pil.convert("L").resize((args.size, args.size), PILImage.BILINEAR))))
         labels[name] = r["label"]
-    root = work / "cxr"
-    rendered = render_variants(items, root, np.random.default_rng(args.seed + 1), args.strings)
+    root = work / f"cxr-{args.placement}"
+    rendered = render_variants(items, root, np.random.default_rng(args.seed + 1), args.strings, args.placement == "corners")
     predicted: dict[str, dict[str, tuple[str, float]]] = {}
     for variant in VARIANTS:
         for line in medtools("classify", root / variant, "-m", model, "--device", "cpu", "-q").splitlines():
@@ -429,6 +430,7 @@ def anatomy(args: argparse.Namespace) -> dict:
         "mode": mode,
         "size": args.size,
         "strings_per_image": args.strings,
+        "placement": args.placement,
         "seed": args.seed,
         "hc18": anatomy_hc18(args, work, mode),
         "cxr": anatomy_cxr(args, work, mode),
@@ -455,6 +457,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="2 images, and the anatomy part on a few images with one-epoch models, for a smoke run")
     parser.add_argument("--anatomy", action="store_true", help="only the anatomy part: segmentation/classification of cleaned vs uncleaned images")
+    parser.add_argument("--placement", choices=("mixed", "corners"), default="mixed", help="anatomy part: half the strings near a corner and half anywhere (mixed), or all near a corner")
     parser.add_argument("--work", default=None, help="anatomy part: keep images, predictions and models here (models found there are reused)")
     args = parser.parse_args()
     if args.quick:
