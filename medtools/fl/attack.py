@@ -391,6 +391,9 @@ def attack_image(target: AttackModel, image: Any, *, mask: Any = None, settings:
     from medtools.core.preprocess import load_image, resize
     from medtools.core.train import derive_seed
 
+    from medtools.core.device import resolve_device
+
+    device = resolve_device(device) if not isinstance(device, torch.device) else device  # once per image, not per arm
     truth = load_image(image, target.size, target.channels, target.norm)
     labels = None
     if target.kind == "seg":
