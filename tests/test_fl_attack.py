@@ -101,6 +101,8 @@ def test_segmenter_with_known_mask(phantom_png):
     mask = Image(((_phantom() > 150) * 255).astype(np.uint8), format="png")
     images, record = api.fl_attack(phantom_png, kind="seg", mask=mask, steps=2, labels="known")
     assert record["plain"]["mask"] == "known" and images["plain"].shape == (32, 32)
+    _, record = api.fl_attack(phantom_png, kind="seg", mask=mask, steps=2)  # the attacker optimises the mask too
+    assert record["plain"]["mask"] == "optimised"
     with pytest.raises(Exception, match="mask"):
         api.fl_attack(phantom_png, kind="seg", steps=1)
 
