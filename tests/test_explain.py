@@ -54,9 +54,12 @@ def test_gradcam_on_the_tumour_and_the_randomised_twin_is_flagged(seg, brain_pha
 def test_cli_map_keeps_the_input_geometry_and_json(seg, brain_phantom, tmp_path):
     from medtools.core.io import read_image
 
-    flair, _ = _case(brain_phantom)
-    proc = run_cli("explain", flair, "-m", seg, "-o", tmp_path, "--json", "-q", check=True)
+    flair, label = _case(brain_phantom)
+    proc = run_cli("explain", flair, "-m", seg, "-o", tmp_path, "--regions", label, "--json", "-q", check=True)
     record = json.loads(proc.stdout.splitlines()[0])
+    shares = record["targets"][0]["regions"]  # the phantom's labels as regions: the tumour labels hold most of the mass
+    assert sum(v["mass"] for v in shares.values()) == pytest.approx(1.0)
+    assert shares["0"]["mass"] < 0.5 < shares["0"]["area"]
     written = read_image(record["outputs"][0])
     source = read_image(flair)
     assert written.array.shape == source.array.shape and written.array.dtype == np.float32
