@@ -103,6 +103,10 @@ def segment_job(inputs: list[str], model: Path, output: Path | None, *, probabil
     from medtools.core.inputs import check_output_arg, skip_existing
 
     output = check_output_arg(output, 2)
+    if explain is not None and compile:
+        from medtools.core.errors import UsageError
+
+        raise UsageError("--explain hooks the eager model's layers: drop --compile")
     side = explain_side(explain, output, volume=volume, batch_size=batch_size) if explain is not None else None
 
     def names(case: Any) -> list[str]:
