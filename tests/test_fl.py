@@ -239,3 +239,18 @@ def test_poc_mode_one_server_and_three_client_processes_on_loopback(sites, tmp_p
     assert ckpt.load(model, tensors=False).provenance["federated"]["sites"] == ["site-1", "site-2", "site-3"]
     run_cli("segment", sites["all"], "-m", model, "-o", tmp_path / "pred", "-q", check=True)
     assert len(list((tmp_path / "pred").rglob("*_seg.nii.gz"))) == 6
+
+
+def test_a_kind_without_a_trainer_is_a_usage_error(sites, tmp_path) -> None:
+    proc = run_cli("fl-train", "ddpm", sites["site-1"], "-o", tmp_path / "m.safetensors", "--rounds", "1")
+    assert proc.returncode == 2 and "seg" in proc.stderr
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_api_fl_job_writes_the_folder_fl_job_writes(sites, tmp_path) -> None:
+    from medtools import api
+
+    result = api.fl_job("seg", [sites["site-1"], sites["site-2"]], tmp_path / "job", rounds=4, local_epochs=3, algorithm="fedprox", mu=0.05, options={"seed": 7, "batch_size": 4}, size=32, binary=True)
+    assert result == {"output": str(tmp_path / "job"), "sites": ["site-1", "site-2"], "rounds": 4}
+    server = json.loads((tmp_path / "job" / "app_server" / "config" / "config_fed_server.json").read_text())["workflows"][0]["args"]
+    assert server["num_rounds"] == 4 and server["fedprox_mu"] == 0.05 and server["num_clients"] == 2
