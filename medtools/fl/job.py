@@ -197,7 +197,7 @@ def simulate(job_folder: Path, workspace: Path, *, sites: int, threads: int = 1,
             _end_group(process)
     found = sorted(workspace.glob(f"**/app_server/{_output_name()}")) + sorted(workspace.glob(f"server/**/{_output_name()}"))
     if code is None:
-        raise UsageError(f"fl-train: the FLARE simulator did not finish within {timeout:.0f} s (log: {log})")
+        raise UsageError(f"fl-train: the FLARE simulator did not finish within {timeout:.0f} s (--keep-workspace DIR keeps its log)")
     if not found:
         tail = _tail(log)
         raise _site_error(log) or UsageError(f"fl-train: the federated run ended without a global model (exit {code}); last lines of {log}:\n{tail}")
@@ -232,7 +232,7 @@ def _site_error(log: Path) -> Exception | None:
         return None
     kind = getattr(errors, found.group(1), None)
     kind = kind if isinstance(kind, type) and issubclass(kind, errors.MedtoolsError) else UsageError
-    return kind(f"fl-train: a site stopped the run: {found.group(2).strip()} (log: {log})")
+    return kind(f"fl-train: a site stopped the run: {found.group(2).strip()}")
 
 
 def publish(found: Path, output: Path) -> Path:
