@@ -254,3 +254,31 @@ def test_api_fl_job_writes_the_folder_fl_job_writes(sites, tmp_path) -> None:
     assert result == {"output": str(tmp_path / "job"), "sites": ["site-1", "site-2"], "rounds": 4}
     server = json.loads((tmp_path / "job" / "app_server" / "config" / "config_fed_server.json").read_text())["workflows"][0]["args"]
     assert server["num_rounds"] == 4 and server["fedprox_mu"] == 0.05 and server["num_clients"] == 2
+
+
+def test_a_classifier_trains_federated_and_classify_loads_it(tmp_path) -> None:
+    run_cli("phantom", "cxr", "-o", tmp_path / "cxr", "-n", "48", "--patients", "24", "--size", "32", "-q", check=True)
+    run_cli("manifest", tmp_path / "cxr", "-o", tmp_path / "all.csv", "-q", check=True)
+    with open(tmp_path / "all.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields, rows = reader.fieldnames, list(reader)
+    patients = sorted({r["patient"] for r in rows})
+    sites = []
+    for index in range(3):
+        path = tmp_path / f"site{index + 1}.csv"
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(r for r in rows if patients.index(r["patient"]) % 3 == index)
+        sites.append(path)
+    output = tmp_path / "cls.safetensors"
+    run_cli("fl-train", "cls", *sites, "-o", output, "--rounds", "2", "--local-epochs", "2", "--arch", "test_resnet", "--size", "32", "-b", "4", "--timeout", "600", "-q", check=True)
+    assert _processes_mentioning(str(tmp_path)) == []
+    records = [json.loads(line) for line in run_cli("classify", tmp_path / "cxr", "-m", output, check=True).stdout.splitlines()]
+    assert len(records) == 48 and {r["label"] for r in records} <= {"NORMAL", "PNEUMONIA"}
+    from medtools.core import ckpt
+
+    loaded = ckpt.load(output, kind="cls", tensors=False)
+    assert loaded.config["class_names"] == ["NORMAL", "PNEUMONIA"] and loaded.provenance["federated"]["sites"] == ["site-1", "site-2", "site-3"]
+    refused = run_cli("fl-train", "cls", *sites, "-o", tmp_path / "dp.safetensors", "--arch", "test_resnet", "--dp-epsilon", "8")
+    assert refused.returncode == 2 and "BatchNorm" in refused.stderr

@@ -16,6 +16,7 @@ register_kind(
     "cls",
     family="cls",
     builder="medtools.nets.classifier:build_classifier",
+    trainer="medtools.cls.train:train_classifier",
     description="image classifier (timm) on plain or encrypted images",
     builder_keys=CLASSIFIER_KEYS,
     info_keys=("image_size", "class_names", "positive", "encryption", "block_size", "key_id"),

@@ -93,11 +93,13 @@ def train_classifier(
     val_fraction: float = 0.2,
     drop_rate: float = 0.0,
     options: TrainOptions | None = None,
+    loop: Any = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Train and write ``output``; returns the training summary (history, validation metrics).
     ``options`` (or single shared settings such as ``epochs=3``): ``core.train.TrainOptions``,
-    defaults ``TRAIN_DEFAULTS``."""
+    defaults ``TRAIN_DEFAULTS``. ``loop`` replaces ``core.train.fit`` with a loop of the same
+    signature (federated training, ``medtools.fl``)."""
     import torch
 
     from medtools.core.metrics import evaluate, positive_class
@@ -166,7 +168,7 @@ def train_classifier(
         drop_last=len(train_rows) > batch_size,
     )
     # BatchNorm recalibration must see what step() feeds the network (model range, not [0, 1])
-    result = fit(model, train_set, step, spec, validate=validate if val_rows else None, model_inputs=lambda b: to_model_range(b[0], norm))
+    result = (loop or fit)(model, train_set, step, spec, validate=validate if val_rows else None, model_inputs=lambda b: to_model_range(b[0], norm))
     result.update({k: provenance[k] for k in ("train_patients", "val_patients", "train_images", "val_images")})
     result["encryption"] = enc.config()
     return result

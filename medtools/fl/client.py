@@ -111,7 +111,7 @@ class SiteLoop:
                     extra = {"prepare": accountant.prepare, "after_epoch": accountant.after_epoch}
                 trained = copy.deepcopy(model)
                 trained.train()
-                result = fit(trained, train_set, local_step, local_spec, validate=validate, batch_sampler=None if accountant is not None else batch_sampler, streams=streams, **extra)
+                result = fit(trained, train_set, local_step, local_spec, validate=validate, batch_sampler=None if accountant is not None else batch_sampler, streams=streams, **fit_kwargs, **extra)
                 local = ckpt.load(local_spec.output)
                 params = {k: v.numpy() for k, v in local.tensors.items()}
                 _load_state(model, params)

@@ -9,7 +9,7 @@ import typer
 
 from medtools.cliutil import CheckpointOut, Deterministic, Device, Json, Lr, Overwrite, Precision, Quiet, Seed, Shard, StepsPerEpoch, TrainSeed, command
 
-Kind = Annotated[str, typer.Argument(help="Model kind to train (seg).", show_default=False)]
+Kind = Annotated[str, typer.Argument(help="Model kind to train: seg or cls.", show_default=False)]
 Sites = Annotated[list[Path], typer.Argument(help="One manifest CSV per site (site-1, site-2, ... in this order).", show_default=False)]
 Rounds = Annotated[int, typer.Option("--rounds", min=1, help="Federated rounds.")]
 LocalEpochs = Annotated[int, typer.Option("--local-epochs", min=1, help="Epochs each site trains per round.")]
@@ -21,8 +21,8 @@ MinSites = Annotated[Optional[int], typer.Option("--min-sites", min=1, help="Sit
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1, help="Items (slices/images) per batch at each site.")]
 Size = Annotated[Optional[int], typer.Option("--size", min=16, help="Slices/images resized to size×size.")]
 Resize = Annotated[Optional[tuple[int, int]], typer.Option("--resize", help="Resize to H W instead of --size square.")]
-Encoder = Annotated[Optional[str], typer.Option("--encoder", help="smp encoder (random init), e.g. resnet18.")]
-Arch = Annotated[Optional[str], typer.Option("--arch", help="unet | unet-scse | unetplusplus | fpn | deeplabv3plus")]
+Encoder = Annotated[Optional[str], typer.Option("--encoder", help="seg: smp encoder (random init), e.g. resnet18.")]
+Arch = Annotated[Optional[str], typer.Option("--arch", help="seg: unet | unet-scse | unetplusplus | fpn | deeplabv3plus; cls: densenet121 | xception | any timm model name.")]
 Modalities = Annotated[Optional[str], typer.Option("--modalities", help="Comma-separated, e.g. flair,t1ce (default: all present in every case).")]
 Binary = Annotated[bool, typer.Option("--binary", help="Target vs background (any label > 0).")]
 ValFraction = Annotated[Optional[float], typer.Option("--val-fraction", help="Share of each site's patients held out for the site's validation.")]
@@ -56,7 +56,7 @@ def fl_train(
     binary: Binary = False,
     val_fraction: ValFraction = None,
     augment: Augment = None,
-    schedule: Schedule = "constant",
+    schedule: Schedule = None,
     batch_size: BatchSize = 16,
     lr: Lr = 1e-3,
     steps_per_epoch: StepsPerEpoch = None,
@@ -104,7 +104,7 @@ def fl_job(
     binary: Binary = False,
     val_fraction: ValFraction = None,
     augment: Augment = None,
-    schedule: Schedule = "constant",
+    schedule: Schedule = None,
     batch_size: BatchSize = 16,
     lr: Lr = 1e-3,
     steps_per_epoch: StepsPerEpoch = None,

@@ -72,9 +72,9 @@ def check_sites(kind: str, manifests: list[Path]) -> None:
             raise InputError(f"{name}: site manifest {manifest}: {exc}") from None
         except (OSError, UnicodeDecodeError, ValueError, KeyError) as exc:
             raise InputError(f"{name}: site manifest {manifest} is not a readable manifest CSV ({exc})") from None
-        labelled = [r for r in rows if r.get("label")]
+        labelled = [r for r in rows if r.get("label") or r.get("class")]
         if not labelled:
-            raise InputError(f"{name}: site manifest {manifest} lists no labelled case")
+            raise InputError(f"{name}: site manifest {manifest} lists no labelled case (no label or class)")
         for row in labelled:
             for column, value in row.items():
                 if column in ("patient", "case", "visit", "class") or not value:

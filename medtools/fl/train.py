@@ -36,13 +36,27 @@ def _options(options: TrainOptions | dict[str, Any] | None) -> dict[str, Any]:
     return {k: values[k] for k in SITE_OPTIONS}
 
 
-def _trainer_kwargs(trainer: dict[str, Any] | None) -> dict[str, Any]:
-    trainer = {k: v for k, v in (trainer or {}).items() if v is not None}
+def _trainer_kwargs(kind: str, trainer: dict[str, Any] | None, *, dp: bool = False) -> dict[str, Any]:
+    """The keywords for KIND's trainer; one it does not take is a UsageError naming the flag."""
+    import inspect
+
+    from medtools.core import registry
+
+    accepted = inspect.signature(registry.resolve(registry.get(kind).trainer)).parameters
+    trainer = {k: v for k, v in (trainer or {}).items() if v is not None and v is not False}
+    unknown = sorted(k for k in trainer if k not in accepted)
+    if unknown:
+        raise UsageError(f"fl-train {kind}: {', '.join('--' + k.replace('_', '-') for k in unknown)} is not an option of {kind}'s trainer")
+    if dp and "normalization" not in accepted:
+        raise UsageError(f"--dp-epsilon: {kind}'s trainer cannot build its network without BatchNorm (DP-SGD needs per-sample gradients); federated DP supports seg")
+    if "schedule" in accepted:
+        trainer.setdefault("schedule", "constant")  # one learning rate for all rounds (a per-round schedule would restart every round)
     if isinstance(trainer.get("modalities"), str):
         trainer["modalities"] = [m.strip() for m in trainer["modalities"].split(",") if m.strip()]
     if trainer.get("resize") is not None:
         trainer["resize"] = [int(v) for v in trainer["resize"]]
-    trainer.setdefault("keep_best", False)
+    if "keep_best" in accepted:
+        trainer.setdefault("keep_best", False)
     return trainer
 
 
@@ -73,7 +87,7 @@ def fl_job(
     output.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".fl-job-", dir=output.parent))
     try:
-        folder = build_job(kind, list(sites), scratch, rounds=rounds, local_epochs=local_epochs, algorithm=algorithm, mu=mu, dp_epsilon=dp_epsilon, dp_delta=dp_delta, min_sites=min_sites, options=_options(options), trainer=_trainer_kwargs(trainer))
+        folder = build_job(kind, list(sites), scratch, rounds=rounds, local_epochs=local_epochs, algorithm=algorithm, mu=mu, dp_epsilon=dp_epsilon, dp_delta=dp_delta, min_sites=min_sites, options=_options(options), trainer=_trainer_kwargs(kind, trainer, dp=dp_epsilon is not None))
         folder.rename(output)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -114,7 +128,7 @@ def fl_train(
     started = time.time()
     scratch = Path(tempfile.mkdtemp(prefix=f".{output.name}.fl-", dir=output.parent))
     try:
-        folder = build_job(kind, manifests, scratch / "job", rounds=rounds, local_epochs=local_epochs, algorithm=algorithm, mu=mu, dp_epsilon=dp_epsilon, dp_delta=dp_delta, min_sites=min_sites, options=_options(options), trainer=_trainer_kwargs(trainer))
+        folder = build_job(kind, manifests, scratch / "job", rounds=rounds, local_epochs=local_epochs, algorithm=algorithm, mu=mu, dp_epsilon=dp_epsilon, dp_delta=dp_delta, min_sites=min_sites, options=_options(options), trainer=_trainer_kwargs(kind, trainer, dp=dp_epsilon is not None))
         report.log(f"fl-train: {len(manifests)} sites, {rounds} rounds × {local_epochs} local epochs, {algorithm}{', DP ε=' + str(dp_epsilon) if dp_epsilon else ''} (FLARE simulator, workspace {scratch})")
         found = simulate(folder, scratch / "workspace", sites=len(manifests), threads=threads or len(manifests), timeout=timeout, log=scratch / "simulator.log")
         publish(found, output)
