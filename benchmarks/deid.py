@@ -249,7 +249,7 @@ def render_variants(items: list[tuple[str, np.ndarray]], root: Path, rng: np.ran
         phi, truth = render(image, phi_strings(rng, strings), rng, border_only=border_only)
         PILImage.fromarray(image).save(root / "original" / f"{name}.png")
         PILImage.fromarray(phi).save(root / "phi" / f"{name}.png")
-        info[name] = {"rendered": [item["box"] for item in truth]}
+        info[name] = {"rendered": [item["box"] for item in truth], "chars": [item["chars"] for item in truth]}
     start = time.perf_counter()
     out = medtools("deid", root / "phi", "-o", root / "cleaned", "--clean-pixels", "--workers", 1, "--json", "--overwrite", "-q")
     seconds = time.perf_counter() - start
@@ -260,13 +260,20 @@ def render_variants(items: list[tuple[str, np.ndarray]], root: Path, rng: np.ran
     missing = [name for name, item in info.items() if "cleaned" not in item]
     if missing:
         raise SystemExit(f"deid wrote no record for {missing}")
+    chars = covered = strings_missed = 0
+    for item in info.values():
+        redacted = box_mask(item["cleaned"], items[0][1].shape)
+        for string in item.pop("chars"):
+            hits = [redacted[ys, xs].mean() >= 0.95 for ys, xs in string]
+            chars, covered, strings_missed = chars + len(hits), covered + sum(hits), strings_missed + (not all(hits))
     (root / "inpainted").mkdir(exist_ok=True)
     for name, _image in items:
         with PILImage.open(root / "phi" / f"{name}.png") as pil:
             phi = np.asarray(pil)
         holes = box_mask(info[name]["cleaned"], phi.shape).astype(np.uint8)
         PILImage.fromarray(cv2.inpaint(phi, holes, 5, cv2.INPAINT_TELEA)).save(root / "inpainted" / f"{name}.png")
-    return {"images": info, "deid_s": round(seconds, 1)}
+    recall = {"char_recall": round(covered / max(1, chars), 4), "chars": chars, "covered": int(covered), "strings_not_fully_covered": strings_missed}
+    return {"images": info, "deid_s": round(seconds, 1), "recall": recall}
 
 
 def box_mask(boxes: list, shape: tuple[int, int]) -> np.ndarray:
@@ -352,6 +359,7 @@ def anatomy_hc18(args: argparse.Namespace, work: Path, mode: str) -> dict:
         "dice_between_predictions": {"cleaned_vs_phi": mean("dice_cleaned_vs_phi"), "cleaned_vs_original": mean("dice_cleaned_vs_original"), "phi_vs_original": mean("dice_phi_vs_original"), "inpainted_vs_phi": mean("dice_inpainted_vs_phi")},
         "head_under_rendered_text": mean("head_under_text"),
         "head_redacted": mean("head_redacted"),
+        "recall": rendered["recall"],
         "deid_s": rendered["deid_s"],
         "per_image": per_image,
     }
@@ -413,6 +421,7 @@ def anatomy_cxr(args: argparse.Namespace, work: Path, mode: str) -> dict:
         "changed_to": {pair: dict(Counter(predicted[n][pair.split("_vs_")[0]][0] for n in flips(*pair.split("_vs_")))) for pair in PAIRS},
         "mean_abs_delta_probability": {pair: dp(*pair.split("_vs_")) for pair in PAIRS},
         "image_redacted": round(float(np.mean([box_mask(rendered["images"][n]["cleaned"], (args.size, args.size)).mean() for n in labels])), 4),
+        "recall": rendered["recall"],
         "deid_s": rendered["deid_s"],
         "per_image": [{"image": n, "truth": labels[n], **{v: [predicted[n][v][0], round(predicted[n][v][1], 4)] for v in VARIANTS}} for n in sorted(labels)],
     }
