@@ -57,6 +57,18 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> N
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=1e-6)
 
 
+def test_resume_of_a_finished_run_whose_model_is_gone_is_an_error(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    train(out, 2)
+    assert train(out, 2, resume=True)["epochs"] == 2 and out.exists()  # -o present: nothing to do
+    out.unlink()
+    with pytest.raises(CheckpointError, match="already holds all 2 epochs"):
+        train(out, 2, resume=True)
+    assert not out.exists()
+    train(out, 3, resume=True)  # one more epoch writes it again
+    assert ckpt.load(out, kind="test").provenance["epochs"] == 3
+
+
 def test_seed_makes_training_reproducible(tmp_path: Path) -> None:
     train(tmp_path / "a.safetensors", 1, seed=5)
     train(tmp_path / "b.safetensors", 1, seed=5)

@@ -584,6 +584,13 @@ class _Run:
             start_epoch = int(saved.config["epoch"])
             history = list(saved.config.get("history", []))
             timings = list(saved.config.get("timings", []))
+            if start_epoch >= spec.epochs and not spec.output.exists():
+                # nothing left to train, and the model this state belongs to is gone: exit 0 with no
+                # -o would lie (the state holds the last epoch, not -o's best epoch or its extras)
+                raise CheckpointError(
+                    f"--resume: {sidecar} already holds all {start_epoch} epochs but {spec.output} is missing; "
+                    f"resume with more --epochs than {start_epoch} or train again without --resume"
+                )
             report.log(f"resuming from epoch {start_epoch} ({sidecar})")
 
         loader = self._loader(batch_sampler, collate_fn)
