@@ -419,3 +419,23 @@ def test_dp_per_sample_gradients_of_the_umn_match_autograd():
         p.grad, p.grad_sample = None, None
     wrapped(torch.randn(0, d)).pow(2).sum().backward()
     assert params["heads.0.weight"].grad_sample.shape[0] == 0
+
+
+def test_collab_attack_known_images_curve_linear_vs_nonlinear(pipeline, nonlinear):
+    """--known-images: the closed form recovers the linear key from one known image (latent
+    error ~0); on the nonlinear, block-permuted key it does not, and the attacker's block
+    matching reports how many blocks it placed."""
+    root, train = pipeline["root"], pipeline["train"]
+
+    def curve(latents, key):
+        proc = run_cli("collab-attack", latents, "--images", train / "images", "-m", root / "ae-image.safetensors", "--true-key", key,
+                       "--known-pairs", "1000000", "--known-images", "1,2", "--inverse-steps", "20", "--json", check=True)
+        return json.loads(proc.stdout)["known_images"]
+
+    lin = curve(root / "lat" / "img", root / "keys" / "a.key")
+    non = curve(root / "nlat" / "img", nonlinear["keys"] / "n1.key")
+    assert lin["targets"] == non["targets"] == 14 and non["transform"]["transform"] == "nonlinear"
+    assert [r["images"] for r in non["curve"]] == [1, 2] and all("blocks_recovered" in r for r in non["curve"])
+    assert all("blocks_recovered" not in r for r in lin["curve"])  # no permutation recorded, none estimated
+    assert lin["curve"][0]["closed_form_latent_error"] < 1e-4
+    assert non["curve"][0]["closed_form_latent_error"] > 100 * lin["curve"][0]["closed_form_latent_error"] + 0.05
