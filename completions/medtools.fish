@@ -379,6 +379,7 @@ complete -c medtools -n '__fish_seen_subcommand_from deid' -l audit-csv
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l clean-descriptors
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l clean-pixels
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l date-shift
+complete -c medtools -n '__fish_seen_subcommand_from deid' -l fill
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l insecure-permissions
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l json
 complete -c medtools -n '__fish_seen_subcommand_from deid' -l key

@@ -272,9 +272,10 @@ def decrypt_bytes(data: bytes, **options: Any) -> bytes:
 
 
 @_in_context
-def deid_dataset(dataset: Any, *, key: bytes | None = None, date_shift: int | None = None, pseudonymize: bool = False, clean_pixels: bool = False, ocr: str | None = None, clean_descriptors: bool = False, allow_burned_in: bool = False, audit: dict[str, Any] | None = None, deidentifier: Any = None) -> tuple[Any, list[str]]:
+def deid_dataset(dataset: Any, *, key: bytes | None = None, date_shift: int | None = None, pseudonymize: bool = False, clean_pixels: bool = False, ocr: str | None = None, fill: str | None = None, clean_descriptors: bool = False, allow_burned_in: bool = False, audit: dict[str, Any] | None = None, deidentifier: Any = None) -> tuple[Any, list[str]]:
     """De-identify a pydicom Dataset in place (PS3.15 basic profile; pixels untouched unless
-    ``clean_pixels``: OCR'd text filled in every frame) → (dataset, warnings). ``audit`` (a dict)
+    ``clean_pixels``: OCR'd text filled in every frame, with the background value or, with
+    ``fill="inpaint"``, from the surroundings) → (dataset, warnings). ``audit`` (a dict)
     receives what changed. Pass one ``deidentifier`` (``medtools.secure.deid.make_deidentifier``)
     to many calls so that UIDs and pseudonyms stay consistent across a study."""
     from medtools.secure.deid import make_deidentifier
@@ -284,19 +285,23 @@ def deid_dataset(dataset: Any, *, key: bytes | None = None, date_shift: int | No
     if clean_pixels:
         from medtools.secure.pixels import PixelCleaner
 
-        pixels = PixelCleaner.create(ocr=ocr)
+        pixels = PixelCleaner.create(ocr=ocr, fill=fill)
+    elif fill is not None:
+        from medtools.core.errors import UsageError
+
+        raise UsageError("fill is part of clean_pixels: add clean_pixels=True")
     warnings = run.dicom(dataset, pixels=pixels, audit=audit)
     return dataset, warnings
 
 
 @_in_context
-def clean_pixels(array: Any, *, regions: str | Path | None = None, ocr: str | None = None) -> tuple[Any, list[dict[str, Any]]]:
-    """Burned-in text of one 2-D image (H×W or H×W×C array) filled with its background value →
-    (cleaned copy, boxes with masked text). ``ocr``: rapidocr (default; the deid extra) or
-    tesseract (the executable)."""
+def clean_pixels(array: Any, *, regions: str | Path | None = None, ocr: str | None = None, fill: str | None = None) -> tuple[Any, list[dict[str, Any]]]:
+    """Burned-in text of one 2-D image (H×W or H×W×C array) filled with its background value
+    (``fill="inpaint"``: from the surrounding pixels, OpenCV Telea) → (cleaned copy, boxes with
+    masked text). ``ocr``: rapidocr (default; the deid extra) or tesseract (the executable)."""
     from medtools.secure.pixels import PixelCleaner, clean_image
 
-    return clean_image(array, cleaner=PixelCleaner.create(regions=regions, ocr=ocr))
+    return clean_image(array, cleaner=PixelCleaner.create(regions=regions, ocr=ocr, fill=fill))
 
 
 @_in_context

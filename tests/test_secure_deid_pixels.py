@@ -4,7 +4,8 @@ Text is drawn with Pillow's own font at known places (on a dark border and on th
 in a PNG, a single-frame DICOM, a multi-frame DICOM and a NIfTI volume, and on one real HC18
 ultrasound frame. After cleaning, OCR reads none of the strings, every pixel outside the
 reported boxes is unchanged, and phi-scan passes what it failed before (exit 7). The default
-engine (RapidOCR) runs every case; Tesseract, the option, runs the PNG case.
+engine (RapidOCR) runs every case; Tesseract, the option, runs the PNG case. ``--fill inpaint``
+fills the boxes from their surroundings: the same checks hold.
 """
 
 from __future__ import annotations
@@ -287,3 +288,88 @@ def test_text_in_the_border_cleaned_segmentation_as_without_text(tmp_path):
     assert inside.any() and not (inside & reference).any()
     assert np.array_equal(anatomy_mask(cleaned), reference)
     assert np.array_equal(cleaned[40:], plain[40:])  # below the border: the phantom's own pixels
+
+
+# ---------------------------------------------------------------- --fill inpaint
+
+
+@needs_ocr
+def test_inpaint_fill_text_gone_phi_scan_clean_outside_unchanged(tmp_path, burned):
+    """--fill inpaint on a PNG and a 3-frame DICOM (text in the middle frame): OCR reads none of
+    the strings, phi-scan passes, every pixel outside the boxes is unchanged, the boxes hold
+    values from around them (not the black background) within the image's range, and the audit
+    (JSON, CSV) and the DICOM header say the boxes were inpainted."""
+    from PIL import Image
+
+    image, ink = burned
+    plain = phantom(1)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(image).save(tmp_path / "in" / "scan.png")
+    cine = np.stack([plain, image, plain])
+    write_dicom(tmp_path / "in" / "cine.dcm", cine)
+    proc = run_cli("deid", tmp_path / "in", "-o", tmp_path / "out", "--clean-pixels", "--fill", "inpaint", "--json", "--audit-csv", tmp_path / "audit.csv", check=True)
+    records = {json.loads(line)["input"].split("/")[-1]: json.loads(line) for line in proc.stdout.splitlines()}
+    assert {r["changes"]["pixel_fill"] for r in records.values()} == {"inpaint"}
+
+    cleaned = np.asarray(Image.open(tmp_path / "out" / "scan.png"))
+    inside = boxes_mask(records["scan.png"]["changes"]["pixel_boxes"], image.shape)
+    assert inside[ink].mean() > 0.98 and not read(cleaned)
+    assert np.array_equal(cleaned[~inside], image[~inside])
+    date_box = inside.copy()
+    date_box[:100] = date_box[140:] = False  # the box of the date, on the anatomy (values 20..170)
+    assert date_box.any() and cleaned[date_box].min() > 0  # filled from the anatomy, no black box
+    assert cleaned[date_box].max() < 255  # and not from the white ink
+
+    ds = pydicom.dcmread(tmp_path / "out" / "cine.dcm")
+    frames = ds.pixel_array.reshape(cine.shape)
+    assert frames.dtype == np.uint16 and ds.BurnedInAnnotation == "NO"
+    assert "inpainted" in ds.DeidentificationMethod[1] and "113101" in {item.CodeValue for item in ds.DeidentificationMethodCodeSequence}
+    inside = boxes_mask(records["cine.dcm"]["changes"]["pixel_boxes"], image.shape)
+    stored = cine.astype(np.uint16) * 16
+    for k in range(3):
+        assert np.array_equal(frames[k][~inside], stored[k][~inside])
+        assert stored[k][~inside].min() <= frames[k][inside].min() and frames[k][inside].max() <= stored[k][~inside].max()
+    assert not read((frames[1] // 16).astype(np.uint8))
+
+    rows = [r for r in csv.DictReader(open(tmp_path / "audit.csv")) if r["what"] == "pixels"]
+    assert len(rows) == sum(len(r["changes"]["pixel_boxes"]) for r in records.values())
+    assert {r["action"] for r in rows} == {"inpainted (ocr)"}
+    scan = run_cli("phi-scan", tmp_path / "out", "--json")
+    assert scan.returncode == 0, scan.stdout + scan.stderr
+    assert scan.stdout == ""
+
+
+def test_inpaint_frame_keeps_dtype_range_and_outside():
+    """Signed 16-bit, float with NaN outside the box, and RGB: the dtype stays, the filled values
+    lie within the known pixels' range, nothing outside the box moves."""
+    pytest.importorskip("cv2")
+    from medtools.secure.pixels import inpaint_frame
+
+    rng = np.random.default_rng(0)
+    box = (20, 10, 40, 25)
+    inside = np.zeros((48, 64), bool)
+    inside[10:25, 20:40] = True
+    ct = rng.integers(-1000, 1500, (48, 64)).astype(np.int16)
+    ct[inside] = 3000  # "text": brighter than anything around
+    volume = rng.normal(0, 1, (48, 64)).astype(np.float64)
+    volume[0, 0] = np.nan
+    volume[inside] = 50.0
+    rgb = rng.integers(0, 200, (48, 64, 3)).astype(np.uint8)
+    rgb[inside] = 255
+    for frame in (ct, volume, rgb):
+        out = inpaint_frame(frame, [box])
+        assert out.dtype == frame.dtype and out.shape == frame.shape
+        np.testing.assert_array_equal(out[~inside], frame[~inside])  # NaN included
+        known = frame[~inside]
+        assert np.nanmin(known) <= out[inside].min() and out[inside].max() <= np.nanmax(known)
+    assert np.array_equal(inpaint_frame(ct, [box]), inpaint_frame(ct, [box]))  # deterministic
+
+
+def test_fill_needs_clean_pixels_and_a_known_value(tmp_path):
+    from PIL import Image
+
+    Image.fromarray(phantom()).save(tmp_path / "x.png")
+    alone = run_cli("deid", tmp_path / "x.png", "-o", tmp_path / "out", "--fill", "inpaint")
+    assert alone.returncode == 2 and "--clean-pixels" in alone.stderr
+    unknown = run_cli("deid", tmp_path / "x.png", "-o", tmp_path / "out", "--clean-pixels", "--fill", "blur")
+    assert unknown.returncode == 2 and "background | inpaint" in unknown.stderr and not (tmp_path / "out").exists()

@@ -282,6 +282,7 @@ def deid(
     clean_pixels: Annotated[bool, typer.Option("--clean-pixels", help="Clean Pixel Data option: fill burned-in text found by OCR with the background value; DICOM (all frames), NIfTI slices, PNG/JPG/TIFF.")] = False,
     ocr: Annotated[Optional[str], typer.Option("--ocr", help="OCR engine of --clean-pixels: rapidocr (default; the deid extra) | tesseract (apt-get install tesseract-ocr).")] = None,
     pixel_regions: Annotated[Optional[Path], typer.Option("--pixel-regions", help="CSV of known text boxes (x,y,width,height[,Manufacturer,ManufacturerModelName,Rows,Columns]) filled as well; needs --clean-pixels.")] = None,
+    fill: Annotated[Optional[str], typer.Option("--fill", help="How --clean-pixels fills each text box: background (default; the image's most frequent value, PS3.15 Clean Pixel Data) | inpaint (from the surrounding pixels, OpenCV Telea; no black boxes for a model to see).")] = None,
     clean_descriptors: Annotated[bool, typer.Option("--clean-descriptors", help="Clean Descriptors option: keep StudyDescription, SeriesDescription, ImageComments... with names, IDs and dates replaced.")] = False,
     allow_burned_in: Annotated[bool, typer.Option("--allow-burned-in", help="Accept files whose BurnedInAnnotation is YES without --clean-pixels (else an item error).")] = False,
     audit_csv: Annotated[Optional[Path], typer.Option("--audit-csv", help="Write what changed per file (tags per action, pixel boxes) as CSV.")] = None,
@@ -296,7 +297,7 @@ def deid(
     from medtools.secure.deid import deid_files
 
     return deid_files(
-        inputs, output, key_file=key, date_shift=date_shift, pseudonymize=pseudonymize, mapping=mapping, clean_pixels=clean_pixels, ocr=ocr, pixel_regions=pixel_regions,
+        inputs, output, key_file=key, date_shift=date_shift, pseudonymize=pseudonymize, mapping=mapping, clean_pixels=clean_pixels, ocr=ocr, pixel_regions=pixel_regions, fill=fill,
         clean_descriptors=clean_descriptors, allow_burned_in=allow_burned_in, audit_csv=audit_csv, shard=shard, overwrite=overwrite, workers=workers,
     )
 

@@ -18,8 +18,10 @@ DICOM (pydicom, tag level; pixel data bytes are never decoded or touched):
   patient's own names, IDs and birth date (read from the header first) and date, 6+-digit,
   e-mail and ``Family^Given`` patterns replaced by ``*`` (``secure/phi.py``);
 * ``pixels`` (Clean Pixel Data option): burned-in text found by OCR, and known device regions,
-  are filled with the background value in every frame (``secure/pixels.py``); the pixel data is
-  then stored uncompressed and BurnedInAnnotation becomes NO. A file whose BurnedInAnnotation is
+  are filled with the background value in every frame, or inpainted from their surroundings
+  (``fill="inpaint"``; ``secure/pixels.py``); the pixel data is then stored uncompressed and
+  BurnedInAnnotation becomes NO; with inpainting, DeidentificationMethod gets a second value
+  saying so. A file whose BurnedInAnnotation is
   YES and whose pixels are not cleaned is refused (an item error) unless ``allow_burned_in``;
 * PatientIdentityRemoved, DeidentificationMethod and its code sequence (113100, and 113107,
   113101, 113105 for the options) record what was done; ``audit`` lists every change.
@@ -165,6 +167,7 @@ class Deidentifier:
             from medtools.secure.pixels import clean_dicom_pixels
 
             audit["pixel_boxes"] = clean_dicom_pixels(ds, pixels)
+            audit["pixel_fill"] = pixels.fill
         identifiers = Identifiers.from_dataset(ds) if self.clean_descriptors else None
         patient_id = str(ds.get("PatientID", "") or "")
         patient_name = str(ds.get("PatientName", "") or "")
@@ -185,7 +188,7 @@ class Deidentifier:
                 ds.PatientID = self.pseudonym("patient_id", patient_id)
             if patient_name:
                 ds.PatientName = self.pseudonym("patient_name", patient_name) if not patient_id else ds.PatientID
-        self._mark(ds, pixels=pixels is not None)
+        self._mark(ds, pixels=pixels is not None, fill=getattr(pixels, "fill", "background"))
         return warnings
 
     def _dataset(self, ds, tags: dict[str, list[str]] | None = None) -> None:
@@ -240,7 +243,7 @@ class Deidentifier:
                 if replaced != [str(v) for v in values]:
                     note("uid replaced", keyword)
 
-    def _mark(self, ds, *, pixels: bool = False) -> None:
+    def _mark(self, ds, *, pixels: bool = False, fill: str = "background") -> None:
         from pydicom.dataset import Dataset
 
         ds.PatientIdentityRemoved = "YES"
@@ -261,7 +264,8 @@ class Deidentifier:
             codes.append(CLEAN_DESCRIPTORS_CODE)
         if options:
             method = (method if len(options) == 1 else "medtools: PS3.15 E basic") + ", " + ", ".join(options)
-        ds.DeidentificationMethod = method
+        # LO is 64 characters at most: how the pixels were filled is a second value
+        ds.DeidentificationMethod = [method, INPAINT_METHOD] if pixels and fill == "inpaint" else method
         items = []
         for value, meaning in codes:
             item = Dataset()
@@ -282,6 +286,9 @@ class Deidentifier:
         for (kind, original), new in sorted(self.mapping.items()):
             writer.writerow([kind, original, new])
         return write_private(Path(path), text.getvalue().encode("utf-8"))
+
+
+INPAINT_METHOD = "medtools: pixel text boxes inpainted (OpenCV Telea)"
 
 
 def _shift(value: Any, vr: str, days: int) -> Any:
@@ -344,6 +351,7 @@ def deid_nifti(source: Path, target: Path, *, pixels: Any = None, audit: dict[st
         from medtools.secure.pixels import clean_volume
 
         image.array, audit["pixel_boxes"] = clean_volume(image.array, pixels)
+        audit["pixel_fill"] = pixels.fill
     write_image(image, target)
     return []
 
@@ -356,6 +364,7 @@ def deid_raster(source: Path, target: Path, *, pixels: Any, audit: dict[str, Any
     audit = {} if audit is None else audit
     image = read_image(source, nan_policy="keep")
     image.array, audit["pixel_boxes"] = clean_image(image.array, cleaner=pixels)
+    audit["pixel_fill"] = pixels.fill
     write_image(image, target)
     return ["JPEG re-encoded: pixels outside the text boxes change slightly"] if image.format == "jpeg" else []
 
@@ -384,10 +393,11 @@ def audit_rows(record: dict[str, Any]) -> list[list[str]]:
     changes = record.get("changes", {})
     for action, names in changes.get("tags", {}).items():
         rows.extend([record["input"], record["output"], "tag", str(name), action, ""] for name in names)
+    done = "inpainted" if changes.get("pixel_fill") == "inpaint" else "filled"
     for box in changes.get("pixel_boxes", []):
         where = f"frame {box['frame']}" if "frame" in box else "image"
         detail = " ".join(str(v) for v in box["box"]) + (f" text={box['text']}" if "text" in box else "")
-        rows.append([record["input"], record["output"], "pixels", where, f"filled ({box['source']})", detail])
+        rows.append([record["input"], record["output"], "pixels", where, f"{done} ({box['source']})", detail])
     return rows
 
 
@@ -427,6 +437,7 @@ def deid_files(
     clean_pixels: bool = False,
     ocr: str | None = None,
     pixel_regions: Path | None = None,
+    fill: str | None = None,
     clean_descriptors: bool = False,
     allow_burned_in: bool = False,
     audit_csv: Path | None = None,
@@ -438,7 +449,8 @@ def deid_files(
     (mirroring the inputs) on the batch driver; each result is emitted as written (path, or a
     JSON line under --json with the file's ``changes``: tags per action, pixel boxes); the
     mapping table goes to ``mapping`` and the audit CSV to ``audit_csv`` at the end.
-    ``key_file``: the UID/pseudonym key (default: random per run). Returns the exit code."""
+    ``key_file``: the UID/pseudonym key (default: random per run). ``fill``: how text boxes are
+    filled, background (default) or inpaint (``pixels.FILLS``). Returns the exit code."""
     from medtools.core import batch, report
     from medtools.core.errors import UsageError
     from medtools.core.secrets import read_key_file
@@ -447,6 +459,8 @@ def deid_files(
         raise UsageError("--pixel-regions is part of --clean-pixels: add --clean-pixels")
     if ocr is not None and not clean_pixels:
         raise UsageError("--ocr is part of --clean-pixels: add --clean-pixels")
+    if fill is not None and not clean_pixels:
+        raise UsageError("--fill is part of --clean-pixels: add --clean-pixels")
     run = make_deidentifier(read_key_file(key_file) if key_file is not None else None, date_shift=date_shift, pseudonymize=pseudonymize, clean_descriptors=clean_descriptors, allow_burned_in=allow_burned_in)
     from medtools.core.inputs import check_output_arg, expand_inputs, output_for, select_shard, skip_existing
     from medtools.core.io import DICOM_EXTS, NIFTI_EXTS, RASTER_EXTS
@@ -458,7 +472,7 @@ def deid_files(
     if clean_pixels:
         from medtools.secure.pixels import PixelCleaner
 
-        pixels = PixelCleaner.create(regions=pixel_regions, ocr=ocr, threads=ocr_threads(n_workers, len(items)))
+        pixels = PixelCleaner.create(regions=pixel_regions, ocr=ocr, threads=ocr_threads(n_workers, len(items)), fill=fill)
     output = check_output_arg(output, len(items))
     records: list[dict[str, Any]] = []
 

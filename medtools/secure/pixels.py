@@ -1,12 +1,15 @@
-"""Burned-in text in pixel data: find it with OCR, replace each text box by the background value.
+"""Burned-in text in pixel data: find it with OCR, replace each text box by the background value
+(or fill it from its surroundings).
 
 The PS3.15 Clean Pixel Data option. Each frame is scaled to 8 bits (min..max; RGB: the
 brightest channel) and handed to an OCR engine (``secure/ocr.py``: RapidOCR by default,
 Tesseract as an option), which finds words in its white top-hat. Each box grows by the engine's
-margin and is filled with the frame's background value: its most frequent value (per channel),
-which is the black of the border on ultrasound and X-ray exports. Known text regions of a
-device (a CSV of boxes, optionally restricted to a Manufacturer/model/size) are filled whatever
-OCR finds.
+margin and is filled (``fill``) with the frame's background value: its most frequent value (per
+channel), which is the black of the border on ultrasound and X-ray exports; or, with
+``fill="inpaint"``, from the pixels around it by OpenCV's Telea inpainting (per frame and
+channel, in the frame's dtype and range; pixels outside the boxes are not touched), so that a
+model does not see black boxes where the text was. Known text regions of a device (a CSV of
+boxes, optionally restricted to a Manufacturer/model/size) are filled whatever OCR finds.
 
 Recall is what redaction needs; the recognised string only feeds the report (masked there).
 Bright text (white, grey, coloured) is searched; dark text on a bright background is not.
@@ -28,6 +31,8 @@ from medtools.core.errors import InputError, UsageError
 
 REGION_COLUMNS = ("x", "y", "width", "height")
 REGION_MATCH = ("Manufacturer", "ManufacturerModelName", "Rows", "Columns")
+FILLS = ("background", "inpaint")
+INPAINT_RADIUS = 5  # px around each missing pixel that Telea's method averages
 
 
 @dataclass(frozen=True)
@@ -141,23 +146,70 @@ def background_value(frame: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=array.dtype) if array.ndim == 3 else np.asarray(out[0], dtype=array.dtype)
 
 
+def check_fill(fill: str | None) -> str:
+    """The fill of the boxes (``FILLS``; None: background); inpainting needs OpenCV (cv2)."""
+    fill = fill or "background"
+    if fill not in FILLS:
+        raise UsageError(f"--fill {fill}: one of {' | '.join(FILLS)}")
+    if fill == "inpaint":
+        import importlib.util
+
+        if importlib.util.find_spec("cv2") is None:
+            raise UsageError("--fill inpaint needs OpenCV: pip install 'medtools[deid]' (rapidocr-onnxruntime brings opencv-python)")
+    return fill
+
+
+def inpaint_frame(frame: np.ndarray, boxes: Iterable[tuple[int, int, int, int]]) -> np.ndarray:
+    """One frame (H×W or H×W×C) with each box (x0, y0, x1, y1) filled from its surroundings by
+    OpenCV's Telea inpainting, channel by channel in float32, then rounded and clipped back to
+    the frame's dtype and min..max. Pixels outside the boxes are returned unchanged."""
+    import cv2
+
+    array = np.asarray(frame)
+    holes = np.zeros(array.shape[:2], np.uint8)
+    for x0, y0, x1, y1 in boxes:
+        holes[y0:y1, x0:x1] = 1
+    if not holes.any():
+        return array.copy()
+    if holes.all():  # nothing to fill from
+        return np.full_like(array, background_value(array))
+    channels = array[..., None] if array.ndim == 2 else array
+    out = array.copy()
+    inside = holes.astype(bool)
+    for c in range(channels.shape[-1]):
+        known = channels[..., c][~inside].astype(np.float64)
+        known = known[np.isfinite(known)]
+        lo, hi = (float(known.min()), float(known.max())) if known.size else (0.0, 0.0)
+        channel = np.nan_to_num(np.asarray(channels[..., c], dtype=np.float32), nan=lo, posinf=hi, neginf=lo)
+        filled = np.clip(cv2.inpaint(channel, holes, INPAINT_RADIUS, cv2.INPAINT_TELEA), lo, hi)
+        if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
+            filled = np.rint(filled)
+        target = out if array.ndim == 2 else out[..., c]
+        target[inside] = filled[inside].astype(array.dtype)
+    return out
+
+
 @dataclass
 class PixelCleaner:
-    """Clean Pixel Data settings of one run: the OCR engine (None: known regions only), known regions."""
+    """Clean Pixel Data settings of one run: the OCR engine (None: known regions only), known
+    regions, how the boxes are filled (``FILLS``)."""
 
     engine: Any = None
     regions: Sequence[Region] = ()
     read: bool = False
+    fill: str = "background"
 
     @classmethod
-    def create(cls, *, regions: Path | str | None = None, ocr: str | None = None, use_ocr: bool = True, threads: int | None = None, read: bool = False) -> PixelCleaner:
+    def create(cls, *, regions: Path | str | None = None, ocr: str | None = None, use_ocr: bool = True, threads: int | None = None, read: bool = False, fill: str | None = None) -> PixelCleaner:
         """``ocr``: the engine name (``ocr.ENGINES``; default RapidOCR); an engine that is not
         installed is a UsageError naming what to install. ``threads``: per OCR call (RapidOCR).
         ``read``: recognise the text in each box as well (phi-scan's report needs it; cleaning
-        only needs the boxes)."""
+        only needs the boxes). ``fill``: background (default; the frame's most frequent value)
+        or inpaint (from the surroundings, OpenCV Telea)."""
         from medtools.secure import ocr as engines
 
-        return cls(engine=engines.create(ocr, threads=threads) if use_ocr else None, regions=read_regions(regions) if regions is not None else (), read=read)
+        fill = check_fill(fill)
+        return cls(engine=engines.create(ocr, threads=threads) if use_ocr else None, regions=read_regions(regions) if regions is not None else (), read=read, fill=fill)
 
     def boxes(self, frames: Iterable[np.ndarray], attributes: dict[str, str] | None = None) -> list[tuple[int, Box]]:
         """(frame index, grown box) of every text box found (OCR) or known (regions)."""
@@ -176,15 +228,21 @@ class PixelCleaner:
         """Clean a stack of frames (N×H×W or N×H×W×C), returning a copy and the box records.
 
         ``union``: a box found in one frame is filled in every frame (burned-in text stays put
-        while the anatomy moves, and OCR may miss it in some frames)."""
+        while the anatomy moves, and OCR may miss it in some frames). Each frame is filled on
+        its own (``fill``: background value, or inpainted from that frame's pixels)."""
         frames = np.asarray(frames)
         found = self.boxes(frames, attributes)
         out = frames.copy()
         targets = sorted({(box.x0, box.y0, box.x1, box.y1) for _, box in found}) if union else None
         for index in range(out.shape[0]):
-            fill = background_value(out[index])
             boxes = targets if union else [(b.x0, b.y0, b.x1, b.y1) for i, b in found if i == index]
-            for x0, y0, x1, y1 in boxes or ():
+            if not boxes:
+                continue
+            if self.fill == "inpaint":
+                out[index] = inpaint_frame(out[index], boxes)
+                continue
+            fill = background_value(out[index])
+            for x0, y0, x1, y1 in boxes:
                 out[index, y0:y1, x0:x1] = fill
         return out, [box.record(index) for index, box in found]
 
