@@ -373,3 +373,20 @@ def test_fill_needs_clean_pixels_and_a_known_value(tmp_path):
     assert alone.returncode == 2 and "--clean-pixels" in alone.stderr
     unknown = run_cli("deid", tmp_path / "x.png", "-o", tmp_path / "out", "--clean-pixels", "--fill", "blur")
     assert unknown.returncode == 2 and "background | inpaint" in unknown.stderr and not (tmp_path / "out").exists()
+
+
+@needs_ocr
+def test_api_deid_dataset_inpaint(tmp_path, burned):
+    """The in-memory entry point takes the same fill and records it."""
+    from medtools import api
+
+    image, ink = burned
+    write_dicom(tmp_path / "one.dcm", image[None])
+    ds = pydicom.dcmread(tmp_path / "one.dcm")
+    audit: dict = {}
+    api.deid_dataset(ds, clean_pixels=True, fill="inpaint", audit=audit)
+    assert audit["pixel_fill"] == "inpaint" and audit["pixel_boxes"]
+    assert list(ds.DeidentificationMethod)[1].endswith("inpainted (OpenCV Telea)")
+    inside = boxes_mask(audit["pixel_boxes"], image.shape)
+    after = ds.pixel_array // 16
+    assert np.array_equal(after[~inside], image[~inside]) and not read(after.astype(np.uint8))
