@@ -206,22 +206,13 @@ def train_umn(
     report.log(f"umn-train: {len(x)} pairs from {len({lat.config.get('key_id') for lat in images})} clients, space {config['space']}")
     dp = None
     if dp_epsilon is not None:
-        from medtools.collab.dp import DPTraining
-        from medtools.core.train import distributed_context
+        from medtools.collab.dp import umn_dp
+        from medtools.core.dp import check_options
 
-        if dp_epsilon <= 0:
-            raise UsageError("--dp-epsilon must be positive")
-        if not 0 < dp_delta < 1.0 / len(x):
-            raise UsageError(f"--dp-delta {dp_delta} must be in (0, 1/N) = (0, {1.0 / len(x):.3g}) for N={len(x)} training pairs")
-        if distributed_context()[2] > 1:
-            raise UsageError("DP training under torchrun is not supported (opacus needs DPDDP); run on one process")
-        if options.compile:
-            raise UsageError("--compile cannot be combined with DP training (opacus hooks)")
-        if options.precision not in (None, "auto", "fp32"):
-            raise UsageError("DP training runs in fp32 (per-sample gradients); drop --precision")
+        check_options(epsilon=dp_epsilon, delta=dp_delta, n_items=len(x), unit="training pairs", compile=options.compile, precision=options.precision)
         options = options.replace(precision="fp32")
         per_epoch = options.steps_per_epoch or -(-len(x) // min(options.batch_size, len(x)))
-        dp = DPTraining(epsilon=dp_epsilon, delta=dp_delta, max_grad_norm=max_grad_norm, planned_steps=options.epochs * per_epoch)
+        dp = umn_dp(epsilon=dp_epsilon, delta=dp_delta, max_grad_norm=max_grad_norm, planned_steps=options.epochs * per_epoch)
         config["dp"] = True
     spec = options.replace(batch_size=min(options.batch_size, len(x))).spec(
         output=Path(output), kind="umn", config=config, provenance={"pairs": len(x), "clients": sorted({str(lat.config.get("key_id")) for lat in images}), **options.id_provenance(train_cases=[lat.case for lat in images])},

@@ -16,66 +16,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from medtools.core import report
-from medtools.core.errors import UsageError
+from medtools.core.dp import DPSGD
 
-GRAD_SAMPLE_MODE = "hooks"
 MAX_GRAD_NORM = 1.0
 
 
-class SiteDP:
-    """fit()'s prepare/after_epoch for DP-SGD, with one accountant for all of a site's rounds."""
+class SiteDP(DPSGD):
+    """DP-SGD with one accountant for all of a site's rounds (σ calibrated once for the whole plan)."""
 
     def __init__(self, *, epsilon: float, delta: float, rounds: int, local_epochs: int, max_grad_norm: float = MAX_GRAD_NORM):
-        if epsilon <= 0:
-            raise UsageError("--dp-epsilon must be positive")
-        self.epsilon, self.delta, self.rounds, self.local_epochs, self.max_grad_norm = float(epsilon), float(delta), int(rounds), int(local_epochs), float(max_grad_norm)
-        self.history: list[tuple[float, float, int]] = []
-        self.noise_multiplier: float | None = None
-        self.sample_rate: float | None = None
+        self.rounds, self.local_epochs = int(rounds), int(local_epochs)
+        super().__init__(
+            epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
+            planned_steps=lambda per_epoch: self.rounds * self.local_epochs * per_epoch,
+        )
         self.per_round: list[float] = []
-        self.engine: Any = None
-
-    def prepare(self, model: Any, optimizer: Any, loader: Any) -> tuple[Any, Any, Any]:
-        import warnings
-
-        from opacus import PrivacyEngine
-        from opacus.accountants.utils import get_noise_multiplier
-        from opacus.validators import ModuleValidator
-
-        problems = ModuleValidator.validate(model, strict=False)
-        if problems:
-            raise UsageError(f"this model has layers Opacus cannot train privately: {'; '.join(map(str, problems))[:300]}")
-        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
-        warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
-        warnings.filterwarnings("ignore", message=".*Optimal order is the largest alpha.*")
-        if self.noise_multiplier is None:
-            self.sample_rate = 1.0 / len(loader)
-            planned = self.rounds * self.local_epochs * len(loader)
-            self.noise_multiplier = float(get_noise_multiplier(target_epsilon=self.epsilon, target_delta=self.delta, sample_rate=self.sample_rate, steps=planned, accountant="rdp"))
-            report.log(f"DP-SGD: target ε={self.epsilon} δ={self.delta} over {self.rounds} rounds, noise multiplier {self.noise_multiplier:.3f}, clip {self.max_grad_norm}, sample rate {self.sample_rate:.4f}, {planned} steps")
-        self.engine = PrivacyEngine(accountant="rdp")
-        self.engine.accountant.history = list(self.history)
-        return self.engine.make_private(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm, poisson_sampling=True, grad_sample_mode=GRAD_SAMPLE_MODE)
 
     def after_epoch(self, epoch: int, model: Any) -> dict[str, Any]:
-        self.history = [tuple(h) for h in self.engine.accountant.history]
-        spent = float(self.engine.get_epsilon(self.delta))
+        spent = self.epsilon_spent()
         if epoch == self.local_epochs:
             self.per_round.append(spent)
         return {"dp_epsilon": spent}
 
     def spent(self) -> dict[str, Any]:
         """What the site has spent so far (sent to the server with each update)."""
-        return {
-            "epsilon": self.per_round[-1] if self.per_round else 0.0,
-            "epsilon_per_round": self.per_round,
-            "delta": self.delta,
-            "target_epsilon": self.epsilon,
-            "noise_multiplier": self.noise_multiplier,
-            "max_grad_norm": self.max_grad_norm,
-            "sample_rate": self.sample_rate,
-            "steps": sum(int(h[2]) for h in self.history),
-            "accountant": "rdp",
-            "library": "opacus",
-        }
+        record = self.record(self.per_round[-1] if self.per_round else 0.0)
+        record.pop("accountant_history")
+        return {**record, "epsilon_per_round": self.per_round}

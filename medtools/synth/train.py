@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from medtools.core import ckpt, report
+from medtools.core.dp import DPSGD, check_options
 from medtools.core.preprocess import canonical_norm, to_model_range
 from medtools.core.errors import InputError, UsageError
 from medtools.core.train import TrainOptions, fit, initial_weights, train_options
@@ -67,60 +68,6 @@ def ddpm_step(scheduler: Any, *, null_class: int | None = None, label_dropout: f
     return step
 
 
-class DPTraining:
-    """The prepare/after_epoch pair that makes fit() train with DP-SGD and account ε."""
-
-    def __init__(self, *, epsilon: float, delta: float, max_grad_norm: float, planned_steps: int, resume_from: Path | None = None):
-        self.epsilon, self.delta, self.max_grad_norm, self.planned_steps = epsilon, delta, max_grad_norm, planned_steps
-        self.resume_from = resume_from
-        self.engine: Any = None
-        self.noise_multiplier: float | None = None
-        self.sample_rate: float | None = None
-
-    def prepare(self, model: Any, optimizer: Any, loader: Any) -> tuple[Any, Any, Any]:
-        import warnings
-
-        from opacus import PrivacyEngine
-        from opacus.accountants.utils import get_noise_multiplier
-        from opacus.validators import ModuleValidator
-
-        problems = ModuleValidator.validate(model, strict=False)
-        if problems:  # never for UNet2DModel (GroupNorm); refuse rather than change the architecture
-            raise UsageError(f"this UNet has layers opacus cannot train privately: {'; '.join(map(str, problems))}")
-        # opacus' notices (secure RNG off: fine for research use; RDP order at the range end) are not user errors
-        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
-        warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
-        warnings.filterwarnings("ignore", message=".*Optimal order is the largest alpha.*")
-        self.sample_rate = 1.0 / len(loader)
-        self.noise_multiplier = float(get_noise_multiplier(target_epsilon=self.epsilon, target_delta=self.delta, sample_rate=self.sample_rate, steps=self.planned_steps, accountant="rdp"))
-        self.engine = PrivacyEngine(accountant="rdp")
-        if self.resume_from is not None and self.resume_from.is_file():
-            saved = ckpt.load(self.resume_from, tensors=False).provenance.get("dp") or {}
-            self.engine.accountant.history = [tuple(h) for h in saved.get("accountant_history", [])]
-        report.log(f"DP-SGD: target ε={self.epsilon} δ={self.delta}, noise multiplier {self.noise_multiplier:.3f}, clip {self.max_grad_norm}, sample rate {self.sample_rate:.4f}, {self.planned_steps} steps")
-        return self.engine.make_private(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm, poisson_sampling=True, grad_sample_mode=GRAD_SAMPLE_MODE)
-
-    def after_epoch(self, epoch: int, model: Any) -> dict[str, Any]:
-        spent = float(self.engine.get_epsilon(self.delta))
-        return {
-            "dp_epsilon": spent,
-            "dp": {
-                "epsilon": spent,
-                "delta": self.delta,
-                "target_epsilon": self.epsilon,
-                "noise_multiplier": self.noise_multiplier,
-                "max_grad_norm": self.max_grad_norm,
-                "sample_rate": self.sample_rate,
-                "steps": sum(int(h[2]) for h in self.engine.accountant.history),
-                "accountant": "rdp",
-                "accountant_history": [list(h) for h in self.engine.accountant.history],
-                "library": "opacus",
-                "grad_sample_mode": GRAD_SAMPLE_MODE,
-                "layers_replaced": [],
-            },
-        }
-
-
 def train_ddpm(
     *,
     inputs: Sequence[str],
@@ -155,8 +102,6 @@ def train_ddpm(
     import torch
     from torch.utils.data import TensorDataset
 
-    from medtools.core.train import distributed_context
-
     options = train_options(options, TRAIN_DEFAULTS, **settings)
     batch_size, precision = options.batch_size, options.precision
 
@@ -181,21 +126,18 @@ def train_ddpm(
         report.log("classes: " + ", ".join(f"{c} {int((labels == i).sum())}" for i, c in enumerate(class_names)) + f"; label dropout {label_dropout}")
         dataset = TensorDataset(images, labels)
 
-    dp: DPTraining | None = None
+    dp: DPSGD | None = None
     if dp_epsilon is not None:
-        if dp_epsilon <= 0:
-            raise UsageError("--dp-epsilon must be positive")
-        if not 0 < dp_delta < 1.0 / len(refs):
-            raise UsageError(f"--dp-delta {dp_delta} must be in (0, 1/N) = (0, {1.0 / len(refs):.3g}) for N={len(refs)} training images")
-        if distributed_context()[2] > 1:
-            raise UsageError("DP training under torchrun is not supported (opacus needs DPDDP); run on one process")
-        if options.compile:
-            raise UsageError("--compile cannot be combined with DP training (opacus hooks)")
-        if precision not in (None, "auto", "fp32"):
-            raise UsageError("DP training runs in fp32 (per-sample gradients); drop --precision")
+        check_options(epsilon=dp_epsilon, delta=dp_delta, n_items=len(refs), unit="training images", compile=options.compile, precision=precision)
         precision = "fp32"
         per_epoch = options.steps_per_epoch or -(-len(dataset) // batch_size)
-        dp = DPTraining(epsilon=dp_epsilon, delta=dp_delta, max_grad_norm=max_grad_norm, planned_steps=options.epochs * per_epoch, resume_from=output if options.resume else None)
+        history = None
+        if options.resume and Path(output).is_file():  # ε already spent by the run being resumed
+            history = (ckpt.load(output, tensors=False).provenance.get("dp") or {}).get("accountant_history")
+        dp = DPSGD(
+            epsilon=dp_epsilon, delta=dp_delta, max_grad_norm=max_grad_norm, planned_steps=options.epochs * per_epoch,
+            grad_sample_mode=GRAD_SAMPLE_MODE, what="UNet", history=history, extra={"layers_replaced": []},
+        )
 
     with initial_weights(options.seed):
         model = ckpt.new_model("ddpm", config)
