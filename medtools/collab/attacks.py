@@ -91,17 +91,10 @@ def attack_latents(
     ``key`` (the true key, for the evaluator only) adds the key-recovery error.
     """
     from medtools.collab import klt
-    from medtools.collab.autoencoder import case_name, load_batch
-    from medtools.collab.latents import LATENT_EXTS, ae_predictor, decode, encode, read_latent, stack
-    from medtools.core.inputs import expand_inputs
+    from medtools.collab.autoencoder import load_batch
+    from medtools.collab.latents import ae_predictor, decode, encode, stack
 
-    files = {}
-    for item in expand_inputs(latents, exts=LATENT_EXTS):
-        lat = read_latent(item.path)
-        if lat.config.get("source") == "ae-image":
-            files[lat.case] = lat
-    clean = {case_name(i.path): i.path for i in expand_inputs(list(images) if isinstance(images, (list, tuple)) else [images])}
-    cases = sorted(set(files) & set(clean))
+    files, clean, cases = _matched_cases(latents, images)
     if len(cases) < known + 1:
         raise InputError(f"need at least {known + 1} image latents with matching clean images (found {len(cases)})")
     if len({lat.config.get("key_id") for lat in files.values()}) > 1:
@@ -391,9 +384,9 @@ def learned_inversion(
     import torch
     import torch.nn.functional as F
 
-    from medtools.collab.autoencoder import case_name, load_batch
+    from medtools.collab.autoencoder import load_batch
     from medtools.collab.evaluate import psnr_ssim
-    from medtools.collab.latents import LATENT_EXTS, decode, encode, read_latent, stack
+    from medtools.collab.latents import decode, encode, stack
     from medtools.core import ckpt as ckpt_lib
     from medtools.core.inputs import expand_inputs
     from medtools.core.predict import Predictor
@@ -401,13 +394,7 @@ def learned_inversion(
 
     from medtools.collab import klt
 
-    files = {}
-    for item in expand_inputs(latents, exts=LATENT_EXTS):
-        lat = read_latent(item.path)
-        if lat.config.get("source") == "ae-image":
-            files[lat.case] = lat
-    clean = {case_name(i.path): i.path for i in expand_inputs(list(images) if isinstance(images, (list, tuple)) else [images])}
-    cases = sorted(set(files) & set(clean))
+    files, clean, cases = _matched_cases(latents, images)
     if not cases:
         raise InputError("no protected image latents match the clean images by case")
     described = transform_of(files)
@@ -534,3 +521,18 @@ def attack_job(latents: Any, *, images: Any, model: Any, known: int, known_pairs
         raise UsageError("nothing to attack: give protected LATENTS (with --images, -m) and/or --umn with --members/--nonmembers")
     report.emit_result(result, render, record=record)
     return 0
+
+
+def _matched_cases(latents: Any, images: Any) -> tuple[dict, dict, list]:
+    """Protected image latents and clean images paired by case: (latents by case, clean paths by case, shared cases)."""
+    from medtools.collab.autoencoder import case_name
+    from medtools.collab.latents import LATENT_EXTS, read_latent
+    from medtools.core.inputs import expand_inputs
+
+    files = {}
+    for item in expand_inputs(latents, exts=LATENT_EXTS):
+        lat = read_latent(item.path)
+        if lat.config.get("source") == "ae-image":
+            files[lat.case] = lat
+    clean = {case_name(i.path): i.path for i in expand_inputs(list(images) if isinstance(images, (list, tuple)) else [images])}
+    return files, clean, sorted(set(files) & set(clean))
